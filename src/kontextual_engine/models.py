@@ -1,0 +1,301 @@
+"""Plain data: the records the repository hands out, and canonical JSON.
+
+Records are frozen dataclasses. JSON-valued fields (metadata, provenance,
+parameters, diagnostics) are held as canonical JSON text and decoded on
+access, so a caller who mutates what it got back cannot change the record,
+and two records are equal exactly when their JSON is type-exactly equal.
+
+No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from .errors import ValidationError
+
+JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]  # noqa: UP007
+JSONObject = dict[str, JSON]
+
+# Deeper documents are almost always a bug or an attack (recursion bombs);
+# 32 levels is far beyond any real metadata and well inside Python's stack.
+MAX_JSON_DEPTH = 32
+# Metadata belongs in the index, bodies in the object store: 1 MiB of
+# canonical JSON per field keeps index rows small and listing fast.
+MAX_JSON_BYTES = 1 << 20
+# SQLite's JSON functions and INTEGER columns are 64-bit; larger integers
+# would silently become floats there, so they are refused everywhere.
+MIN_JSON_INT = -(1 << 63)
+MAX_JSON_INT = (1 << 63) - 1
+# Names are paths-like identifiers people type; 1024 is the common PATH_MAX.
+MAX_NAME_LENGTH = 1024
+
+
+def _check_json(value: object, where: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str) and "\x00" in value:
+            raise ValidationError(f"{where}: string contains a NUL character")
+        return
+    if isinstance(value, int):
+        if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+            raise ValidationError(f"{where}: integer {value} is outside the signed 64-bit range")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{where}: {value!r} is not representable in JSON")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"{where}: key {key!r} is not a string")
+            if "\x00" in key:
+                raise ValidationError(f"{where}: key {key!r} contains a NUL character")
+            _check_json(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise ValidationError(f"{where}: {type(value).__name__} value {value!r} is not JSON")
+
+
+def canonical_json(value: object, where: str = "value") -> str:
+    """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN) or raise."""
+    _check_json(value, where, 0)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    if len(text.encode("utf-8")) > MAX_JSON_BYTES:
+        raise ValidationError(f"{where}: JSON larger than {MAX_JSON_BYTES} bytes")
+    return text
+
+
+def canonical_object(value: Mapping[str, Any] | None, where: str) -> str:
+    """Canonical JSON of a JSON object (``None`` means ``{}``) or raise."""
+    if value is None:
+        return "{}"
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{where} must be a JSON object, got {type(value).__name__}")
+    return canonical_json(value, where)
+
+
+def check_name(value: object, what: str) -> str:
+    """A name: a non-empty string without control characters."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValidationError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LENGTH}")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValidationError(f"{what} {value!r} contains a control character")
+    if value != value.strip():
+        raise ValidationError(f"{what} {value!r} has leading or trailing white space")
+    return value
+
+
+def utc(moment: datetime) -> datetime:
+    """Check a timestamp is timezone-aware and return it in UTC."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError(f"timestamp {moment!r} is not timezone-aware")
+    return moment.astimezone(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    """The one text form of a timestamp: ISO 8601, microseconds, ``Z``."""
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"invalid timestamp {text!r}") from exc
+
+
+def _decode(text: str) -> Any:
+    return json.loads(text)
+
+
+class ChangeAction(str, enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    TRANSITION = "transition"
+
+
+class EntityKind(str, enum.Enum):
+    COLLECTION = "collection"
+    ARTIFACT = "artifact"
+    RELATIONSHIP = "relationship"
+    RUN = "run"
+    STEP = "step"
+    CONTEXT_PACKAGE = "context_package"
+    EXTERNAL_REFERENCE = "external_reference"
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: str
+    name: str
+    description: str
+    metadata_json: str
+    created_at: datetime
+    sequence: int
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The live state of an artifact: its current revision."""
+
+    id: str
+    collection_id: str
+    name: str
+    artifact_type: str
+    media_type: str | None
+    digest: str
+    size: int
+    revision: int
+    metadata_json: str
+    provenance_json: str
+    created_at: datetime
+    updated_at: datetime
+    sequence: int
+    run_id: str | None = None
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+    @property
+    def provenance(self) -> JSONObject:
+        return _decode(self.provenance_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ArtifactRevision:
+    """One revision of an artifact, kept after the artifact is deleted."""
+
+    artifact_id: str
+    revision: int
+    collection_id: str
+    name: str
+    artifact_type: str
+    media_type: str | None
+    digest: str
+    size: int
+    metadata_json: str
+    provenance_json: str
+    created_at: datetime
+    change_sequence: int
+    run_id: str | None = None
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+    @property
+    def provenance(self) -> JSONObject:
+        return _decode(self.provenance_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Relationship:
+    id: str
+    source_id: str
+    target_id: str
+    relationship_type: str
+    metadata_json: str
+    created_at: datetime
+    sequence: int
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One entry of the change feed. ``sequence`` is global, gap-free, monotonic."""
+
+    sequence: int
+    entity_kind: str
+    entity_id: str
+    action: str
+    timestamp: datetime
+    revision: int | None = None
+    old_digest: str | None = None
+    new_digest: str | None = None
+    details_json: str = "{}"
+
+    @property
+    def details(self) -> JSONObject:
+        return _decode(self.details_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """Input to the bulk API: one artifact to create or update by name."""
+
+    name: str
+    content: bytes
+    artifact_type: str
+    media_type: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    provenance: Mapping[str, Any] | None = None
+
+
+class PutOutcome(str, enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    artifact: Artifact
+    outcome: PutOutcome
+
+
+@dataclass(frozen=True)
+class RelatedTo:
+    """Query filter: artifacts related to ``artifact_id``.
+
+    ``direction`` is seen from ``artifact_id``: ``outgoing`` finds the targets
+    of its relationships, ``incoming`` the sources of relationships pointing
+    at it, ``both`` either.
+    """
+
+    artifact_id: str
+    relationship_type: str | None = None
+    direction: str = "both"
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters combined with AND. ``None`` means "no filter on this field".
+
+    Results come in creation order (ascending ``Artifact.sequence``).
+    ``after`` is a cursor: only artifacts whose sequence is greater are
+    returned, so passing the last result's ``sequence`` gives the next page.
+    """
+
+    ids: tuple[str, ...] | None = None
+    collection_id: str | None = None
+    name: str | None = None
+    digest: str | None = None
+    artifact_type: str | None = None
+    metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+    text: str | None = None
+    related_to: RelatedTo | None = None
+    limit: int | None = None
+    after: int | None = None

@@ -1,0 +1,14 @@
+"""Storage: the repository contract and its backends."""
+
+from .contract import KnowledgeRepository, normalize_query
+from .ids import MonotonicIds, SequentialIds, TickingClock
+from .memory import InMemoryKnowledgeRepository
+
+__all__ = [
+    "InMemoryKnowledgeRepository",
+    "KnowledgeRepository",
+    "MonotonicIds",
+    "SequentialIds",
+    "TickingClock",
+    "normalize_query",
+]

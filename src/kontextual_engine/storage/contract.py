@@ -1,0 +1,795 @@
+"""The repository contract: ``KnowledgeRepository``.
+
+The public methods here *are* the contract. They validate input, apply the
+semantics of DESIGN.md "The repository contract" and write change records;
+a backend supplies only storage primitives (the ``_``-prefixed abstract
+methods) and its own ``transaction()``. So every backend shares one
+implementation of every rule, and a rule changes in one place.
+
+Semantics, for every backend:
+
+* Every listing is in creation order (ascending ``sequence``), where an
+  entity's ``sequence`` is the sequence number of the change record that
+  created it.
+* Every mutation appends exactly one :class:`ChangeRecord` per entity it
+  changes; sequence numbers are global, start at 1, and have no gaps (a
+  rolled-back transaction gives its numbers back).
+* Artifact names are unique among the *live* artifacts of a collection.
+* An update that changes content, artifact type, media type, name or
+  metadata makes revision n+1; one that changes nothing makes nothing
+  (not even a change record). Provenance belongs to the revision it came
+  with: it is recorded on a new revision and, on its own, makes none.
+* Delete hides an artifact from ``get_artifact``, name lookup and queries,
+  frees its name, deletes its relationships (each with a change record), and
+  keeps its revisions and change records readable.
+* A relationship needs live source and target; (source, target, type) is
+  unique among existing relationships.
+* ``transaction()`` is nestable; an exception leaving any level undoes that
+  level's work, and leaving the outermost level undoes everything.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from .. import digests
+from ..errors import (
+    ArtifactNotFound,
+    CollectionNotEmptyError,
+    CollectionNotFound,
+    DuplicateNameError,
+    DuplicateRelationshipError,
+    IntegrityError,
+    RelationshipNotFound,
+    RevisionConflictError,
+    RevisionNotFound,
+    ValidationError,
+)
+from ..models import (
+    Artifact,
+    ArtifactRevision,
+    ChangeAction,
+    ChangeRecord,
+    Collection,
+    EntityKind,
+    NewArtifact,
+    PutOutcome,
+    PutResult,
+    Query,
+    RelatedTo,
+    Relationship,
+    canonical_json,
+    canonical_object,
+    check_name,
+    utc,
+)
+from . import text
+from .ids import Clock, IdSource, MonotonicIds, system_clock
+
+DIRECTIONS = ("outgoing", "incoming", "both")
+# A page larger than this is a full scan in disguise; callers page instead.
+MAX_QUERY_LIMIT = 100_000
+
+
+def _check_optional_str(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    return check_name(value, what)
+
+
+def _check_content(content: object) -> bytes:
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"content must be bytes, got {type(content).__name__}")
+    return bytes(content)
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise ValidationError(f"{what} must be an id string, got {value!r}")
+    return value
+
+
+def _check_revision_number(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def normalize_query(query: Query) -> Query:
+    """Validate a query; return it with metadata canonicalised. Shared by backends."""
+    if not isinstance(query, Query):
+        raise ValidationError(f"query must be a Query, got {type(query).__name__}")
+    if query.ids is not None:
+        if isinstance(query.ids, str):
+            raise ValidationError("Query.ids must be a sequence of ids, not one string")
+        for artifact_id in query.ids:
+            _check_id(artifact_id, "Query.ids item")
+    if query.collection_id is not None:
+        _check_id(query.collection_id, "Query.collection_id")
+    for what, field in (("Query.name", query.name), ("Query.artifact_type", query.artifact_type)):
+        if field is not None and not isinstance(field, str):
+            raise ValidationError(f"{what} must be a string, got {field!r}")
+    if query.digest is not None:
+        digests.parse_digest(query.digest)
+    if query.metadata is not None:
+        canonical_object(query.metadata, "Query.metadata")
+    if query.text is not None:
+        text.parse_terms(query.text)
+    if query.related_to is not None:
+        related = query.related_to
+        if not isinstance(related, RelatedTo):
+            raise ValidationError("Query.related_to must be a RelatedTo")
+        _check_id(related.artifact_id, "RelatedTo.artifact_id")
+        if related.direction not in DIRECTIONS:
+            raise ValidationError(
+                f"RelatedTo.direction {related.direction!r} is not one of {DIRECTIONS}"
+            )
+        if related.relationship_type is not None and not isinstance(
+            related.relationship_type, str
+        ):
+            raise ValidationError("RelatedTo.relationship_type must be a string")
+    for what, value in (("Query.limit", query.limit), ("Query.after", query.after)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValidationError(f"{what} must be an integer, got {value!r}")
+    if query.limit is not None and not 0 <= query.limit <= MAX_QUERY_LIMIT:
+        raise ValidationError(f"Query.limit {query.limit} is outside 0..{MAX_QUERY_LIMIT}")
+    if query.after is not None and query.after < 0:
+        raise ValidationError(f"Query.after {query.after} is negative")
+    return query
+
+
+def metadata_value_matches(actual: Any, expected: Any) -> bool:
+    """Type-exact JSON equality: ``true``, ``1``, ``1.0`` and ``"1"`` all differ."""
+    if type(actual) is not type(expected):
+        return False
+    if isinstance(expected, (list, dict)):
+        return canonical_json(actual) == canonical_json(expected)
+    return bool(actual == expected)
+
+
+class KnowledgeRepository(abc.ABC):
+    """A store of collections, artifacts, revisions, relationships and changes."""
+
+    def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
+        self._clock = clock or system_clock
+        self._ids = ids or MonotonicIds()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources. A closed repository must not be used again."""
+
+    def __enter__(self) -> KnowledgeRepository:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """All-or-nothing group of operations; nestable."""
+
+    def _now(self) -> datetime:
+        return utc(self._clock())
+
+    # -- collections -------------------------------------------------------
+
+    def create_collection(
+        self, name: str, *, description: str = "", metadata: Mapping[str, Any] | None = None
+    ) -> Collection:
+        check_name(name, "collection name")
+        if not isinstance(description, str):
+            raise ValidationError("collection description must be a string")
+        metadata_json = canonical_object(metadata, "collection metadata")
+        with self.transaction():
+            if self._find_collection_by_name(name) is not None:
+                raise DuplicateNameError(f"collection {name!r} already exists")
+            now = self._now()
+            collection = Collection(
+                id=self._ids("collection"),
+                name=name,
+                description=description,
+                metadata_json=metadata_json,
+                created_at=now,
+                sequence=self._next_sequence(),
+            )
+            self._insert_collection(collection)
+            self._record(collection.sequence, EntityKind.COLLECTION, collection.id,
+                         ChangeAction.CREATE, now, details={"name": name})
+            return collection
+
+    def get_collection(self, collection_id: str) -> Collection:
+        _check_id(collection_id, "collection id")
+        collection = self._find_collection(collection_id)
+        if collection is None:
+            raise CollectionNotFound(collection_id)
+        return collection
+
+    def get_collection_by_name(self, name: str) -> Collection:
+        if not isinstance(name, str):
+            raise ValidationError(f"collection name must be a string, got {name!r}")
+        collection = self._find_collection_by_name(name)
+        if collection is None:
+            raise CollectionNotFound(name, f"collection not found: {name!r}")
+        return collection
+
+    def list_collections(self) -> list[Collection]:
+        return self._list_collections()
+
+    def delete_collection(self, collection_id: str) -> None:
+        """Delete an empty collection (one without live artifacts)."""
+        with self.transaction():
+            collection = self.get_collection(collection_id)
+            live = self._count_live_artifacts(collection_id)
+            if live:
+                raise CollectionNotEmptyError(
+                    f"collection {collection.name!r} ({collection_id}) still has "
+                    f"{live} artifact(s)"
+                )
+            now = self._now()
+            self._delete_collection(collection_id, now)
+            self._record(self._next_sequence(), EntityKind.COLLECTION, collection_id,
+                         ChangeAction.DELETE, now, details={"name": collection.name})
+
+    # -- artifacts ---------------------------------------------------------
+
+    def create_artifact(
+        self,
+        collection_id: str,
+        name: str,
+        content: bytes,
+        *,
+        artifact_type: str,
+        media_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> Artifact:
+        item = NewArtifact(name, content, artifact_type, media_type, metadata, provenance)
+        with self.transaction():
+            self.get_collection(collection_id)
+            checked = self._check_new(item)
+            if self._find_artifact_by_name(collection_id, name) is not None:
+                raise DuplicateNameError(
+                    f"artifact {name!r} already exists in collection {collection_id}"
+                )
+            return self._create(collection_id, checked)
+
+    def put_artifacts(
+        self, collection_id: str, items: Iterable[NewArtifact]
+    ) -> list[PutResult]:
+        """The bulk API: create or update many artifacts by name, in one transaction.
+
+        For each item, a live artifact of that name in the collection is updated
+        (a new revision only if something changed), otherwise one is created.
+        All bodies are made durable together before the index commits.
+        """
+        with self.transaction():
+            self.get_collection(collection_id)
+            results: list[PutResult] = []
+            seen: set[str] = set()
+            for item in items:
+                checked = self._check_new(item)
+                if checked.name in seen:
+                    raise DuplicateNameError(
+                        f"artifact name {checked.name!r} appears twice in one put_artifacts call"
+                    )
+                seen.add(checked.name)
+                existing = self._find_artifact_by_name(collection_id, checked.name)
+                if existing is None:
+                    results.append(PutResult(self._create(collection_id, checked),
+                                             PutOutcome.CREATED))
+                    continue
+                updated = self._update(
+                    existing,
+                    content=checked.content,
+                    artifact_type=checked.artifact_type,
+                    media_type=checked.media_type,
+                    media_type_given=True,
+                    metadata=checked.metadata,
+                    provenance=checked.provenance,
+                )
+                outcome = PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
+                results.append(PutResult(updated, outcome))
+            return results
+
+    def get_artifact(self, artifact_id: str) -> Artifact:
+        _check_id(artifact_id, "artifact id")
+        artifact = self._find_artifact(artifact_id)
+        if artifact is None:
+            raise ArtifactNotFound(artifact_id)
+        return artifact
+
+    def get_artifact_by_name(self, collection_id: str, name: str) -> Artifact:
+        _check_id(collection_id, "collection id")
+        if not isinstance(name, str):
+            raise ValidationError(f"artifact name must be a string, got {name!r}")
+        artifact = self._find_artifact_by_name(collection_id, name)
+        if artifact is None:
+            raise ArtifactNotFound(
+                f"{collection_id}/{name}",
+                f"artifact not found: {name!r} in collection {collection_id}",
+            )
+        return artifact
+
+    def read_content(self, artifact_id: str, revision: int | None = None) -> bytes:
+        """The body of the current revision, or of ``revision`` (also once deleted)."""
+        if revision is None:
+            return self._load_body(self.get_artifact(artifact_id).digest)
+        return self._load_body(self.get_revision(artifact_id, revision).digest)
+
+    def update_artifact(
+        self,
+        artifact_id: str,
+        *,
+        content: bytes | None = None,
+        artifact_type: str | None = None,
+        media_type: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        expected_revision: int | None = None,
+    ) -> Artifact:
+        """Change what is given; ``None`` leaves a field as it is.
+
+        ``metadata`` replaces the whole metadata object. Returns the artifact
+        as it is afterwards (the same record if nothing changed).
+        """
+        if content is not None:
+            content = _check_content(content)
+        if artifact_type is not None:
+            check_name(artifact_type, "artifact type")
+        if media_type is not None:
+            check_name(media_type, "media type")
+        if name is not None:
+            check_name(name, "artifact name")
+        metadata_json = None if metadata is None else canonical_object(metadata, "metadata")
+        provenance_json = (
+            None if provenance is None else canonical_object(provenance, "provenance")
+        )
+        if expected_revision is not None:
+            _check_revision_number(expected_revision, "expected_revision")
+        with self.transaction():
+            current = self.get_artifact(artifact_id)
+            if expected_revision is not None and expected_revision != current.revision:
+                raise RevisionConflictError(artifact_id, expected_revision, current.revision)
+            if name is not None and name != current.name:
+                clash = self._find_artifact_by_name(current.collection_id, name)
+                if clash is not None:
+                    raise DuplicateNameError(
+                        f"artifact {name!r} already exists in collection "
+                        f"{current.collection_id}"
+                    )
+            return self._update(
+                current,
+                content=content,
+                artifact_type=artifact_type,
+                media_type=media_type,
+                media_type_given=media_type is not None,
+                name=name,
+                metadata=metadata_json,
+                provenance=provenance_json,
+            )
+
+    def delete_artifact(self, artifact_id: str, *, expected_revision: int | None = None) -> None:
+        if expected_revision is not None:
+            _check_revision_number(expected_revision, "expected_revision")
+        with self.transaction():
+            current = self.get_artifact(artifact_id)
+            if expected_revision is not None and expected_revision != current.revision:
+                raise RevisionConflictError(artifact_id, expected_revision, current.revision)
+            now = self._now()
+            for relationship in self._list_relationships(artifact_id, "both", None):
+                self._remove_relationship(relationship, now)
+            self._delete_artifact(artifact_id, now)
+            self._record(self._next_sequence(), EntityKind.ARTIFACT, artifact_id,
+                         ChangeAction.DELETE, now, revision=current.revision,
+                         old_digest=current.digest,
+                         details={"collection_id": current.collection_id,
+                                  "name": current.name})
+
+    def list_artifacts(self, collection_id: str | None = None) -> list[Artifact]:
+        """Every live artifact (of one collection), in creation order."""
+        if collection_id is not None:
+            self.get_collection(collection_id)
+        return self._query(Query(collection_id=collection_id))
+
+    def query(self, query: Query | None = None, /, **filters: Any) -> list[Artifact]:
+        """Live artifacts matching every given filter, in creation order.
+
+        Pass a :class:`Query` or its fields as keyword arguments.
+        """
+        if query is None:
+            if "ids" in filters and filters["ids"] is not None:
+                filters["ids"] = tuple(filters["ids"])
+            try:
+                query = Query(**filters)
+            except TypeError as exc:
+                raise ValidationError(f"bad query filter: {exc}") from exc
+        elif filters:
+            raise ValidationError("pass either a Query or keyword filters, not both")
+        return self._query(normalize_query(query))
+
+    # -- revisions ---------------------------------------------------------
+
+    def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
+        """Revision history, oldest first; readable after the artifact is deleted."""
+        _check_id(artifact_id, "artifact id")
+        revisions = self._list_revisions(artifact_id)
+        if not revisions:
+            raise ArtifactNotFound(artifact_id)
+        return revisions
+
+    def get_revision(self, artifact_id: str, revision: int) -> ArtifactRevision:
+        _check_id(artifact_id, "artifact id")
+        _check_revision_number(revision, "revision")
+        found = self._find_revision(artifact_id, revision)
+        if found is None:
+            if not self._list_revisions(artifact_id):
+                raise ArtifactNotFound(artifact_id)
+            raise RevisionNotFound(
+                f"{artifact_id}@{revision}",
+                f"revision {revision} of artifact {artifact_id!r} not found",
+            )
+        return found
+
+    # -- relationships -----------------------------------------------------
+
+    def create_relationship(
+        self,
+        source_id: str,
+        target_id: str,
+        relationship_type: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Relationship:
+        check_name(relationship_type, "relationship type")
+        metadata_json = canonical_object(metadata, "relationship metadata")
+        with self.transaction():
+            for role, artifact_id in (("source", source_id), ("target", target_id)):
+                _check_id(artifact_id, f"relationship {role}")
+                if self._find_artifact(artifact_id) is None:
+                    raise IntegrityError(
+                        f"relationship {role} {artifact_id!r} is not a live artifact"
+                    )
+            if self._find_relationship_by_key(source_id, target_id, relationship_type):
+                raise DuplicateRelationshipError(
+                    f"relationship {source_id} -[{relationship_type}]-> {target_id} "
+                    "already exists"
+                )
+            now = self._now()
+            relationship = Relationship(
+                id=self._ids("relationship"),
+                source_id=source_id,
+                target_id=target_id,
+                relationship_type=relationship_type,
+                metadata_json=metadata_json,
+                created_at=now,
+                sequence=self._next_sequence(),
+            )
+            self._insert_relationship(relationship)
+            self._record(relationship.sequence, EntityKind.RELATIONSHIP, relationship.id,
+                         ChangeAction.CREATE, now,
+                         details={"source_id": source_id, "target_id": target_id,
+                                  "relationship_type": relationship_type})
+            return relationship
+
+    def get_relationship(self, relationship_id: str) -> Relationship:
+        _check_id(relationship_id, "relationship id")
+        relationship = self._find_relationship(relationship_id)
+        if relationship is None:
+            raise RelationshipNotFound(relationship_id)
+        return relationship
+
+    def list_relationships(
+        self,
+        artifact_id: str | None = None,
+        *,
+        direction: str = "both",
+        relationship_type: str | None = None,
+    ) -> list[Relationship]:
+        """Relationships (of one artifact, seen from it), in creation order."""
+        if direction not in DIRECTIONS:
+            raise ValidationError(f"direction {direction!r} is not one of {DIRECTIONS}")
+        if artifact_id is not None:
+            _check_id(artifact_id, "artifact id")
+        return self._list_relationships(artifact_id, direction, relationship_type)
+
+    def delete_relationship(self, relationship_id: str) -> None:
+        with self.transaction():
+            self._remove_relationship(self.get_relationship(relationship_id), self._now())
+
+    # -- change records ----------------------------------------------------
+
+    def list_changes(
+        self, since: int = 0, *, entity_id: str | None = None, limit: int | None = None
+    ) -> list[ChangeRecord]:
+        """Change records with sequence > ``since``, ascending."""
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValidationError(f"since must be a non-negative integer, got {since!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise ValidationError(f"limit must be a non-negative integer, got {limit!r}")
+        return self._list_changes(since, entity_id, limit)
+
+    def last_sequence(self) -> int:
+        """The sequence number of the newest change record (0 when there is none)."""
+        return self._last_sequence()
+
+    # -- shared machinery --------------------------------------------------
+
+    def _record(
+        self,
+        sequence: int,
+        kind: EntityKind,
+        entity_id: str,
+        action: ChangeAction,
+        timestamp: datetime,
+        *,
+        revision: int | None = None,
+        old_digest: str | None = None,
+        new_digest: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> ChangeRecord:
+        change = ChangeRecord(
+            sequence=sequence,
+            entity_kind=kind.value,
+            entity_id=entity_id,
+            action=action.value,
+            timestamp=timestamp,
+            revision=revision,
+            old_digest=old_digest,
+            new_digest=new_digest,
+            details_json=canonical_json(dict(details or {}), "change details"),
+        )
+        self._append_change(change)
+        return change
+
+    def _check_new(self, item: NewArtifact) -> _CheckedArtifact:
+        if not isinstance(item, NewArtifact):
+            raise ValidationError(f"expected a NewArtifact, got {type(item).__name__}")
+        return _CheckedArtifact(
+            name=check_name(item.name, "artifact name"),
+            content=_check_content(item.content),
+            artifact_type=check_name(item.artifact_type, "artifact type"),
+            media_type=_check_optional_str(item.media_type, "media type"),
+            metadata=canonical_object(item.metadata, "metadata"),
+            provenance=canonical_object(item.provenance, "provenance"),
+        )
+
+    def _create(self, collection_id: str, item: _CheckedArtifact) -> Artifact:
+        digest, size = self._store_body(item.content)
+        now = self._now()
+        sequence = self._next_sequence()
+        artifact = Artifact(
+            id=self._ids("artifact"),
+            collection_id=collection_id,
+            name=item.name,
+            artifact_type=item.artifact_type,
+            media_type=item.media_type,
+            digest=digest,
+            size=size,
+            revision=1,
+            metadata_json=item.metadata,
+            provenance_json=item.provenance,
+            created_at=now,
+            updated_at=now,
+            sequence=sequence,
+        )
+        self._insert_artifact(artifact, _revision_of(artifact, sequence),
+                              text.searchable_text(item.content))
+        self._record(sequence, EntityKind.ARTIFACT, artifact.id, ChangeAction.CREATE, now,
+                     revision=1, new_digest=digest,
+                     details={"collection_id": collection_id, "name": item.name})
+        return artifact
+
+    def _update(
+        self,
+        current: Artifact,
+        *,
+        content: bytes | None = None,
+        artifact_type: str | None = None,
+        media_type: str | None = None,
+        media_type_given: bool = False,
+        name: str | None = None,
+        metadata: str | None = None,
+        provenance: str | None = None,
+    ) -> Artifact:
+        digest, size = current.digest, current.size
+        if content is not None:
+            digest, size = digests.digest_bytes(content), len(content)
+        changes = {
+            "digest": digest,
+            "size": size,
+            "artifact_type": artifact_type or current.artifact_type,
+            "media_type": media_type if media_type_given else current.media_type,
+            "name": name or current.name,
+            "metadata_json": current.metadata_json if metadata is None else metadata,
+        }
+        changed = sorted(
+            key for key, value in changes.items()
+            if key != "size" and getattr(current, key) != value
+        )
+        if not changed:
+            return current
+        if content is not None and digest != current.digest:
+            stored, _ = self._store_body(content)
+            assert stored == digest
+        now = self._now()
+        sequence = self._next_sequence()
+        updated = Artifact(
+            id=current.id,
+            collection_id=current.collection_id,
+            revision=current.revision + 1,
+            provenance_json=provenance if provenance is not None else "{}",
+            created_at=current.created_at,
+            updated_at=now,
+            sequence=current.sequence,
+            **changes,  # type: ignore[arg-type]
+        )
+        searchable = None
+        if digest != current.digest:
+            searchable = text.searchable_text(content) if content is not None else None
+        self._replace_artifact(updated, _revision_of(updated, sequence),
+                               digest != current.digest, searchable)
+        self._record(sequence, EntityKind.ARTIFACT, current.id, ChangeAction.UPDATE, now,
+                     revision=updated.revision, old_digest=current.digest, new_digest=digest,
+                     details={"changed": [key.removesuffix("_json") for key in changed]})
+        return updated
+
+    def _remove_relationship(self, relationship: Relationship, now: datetime) -> None:
+        self._delete_relationship(relationship.id)
+        self._record(self._next_sequence(), EntityKind.RELATIONSHIP, relationship.id,
+                     ChangeAction.DELETE, now,
+                     details={"source_id": relationship.source_id,
+                              "target_id": relationship.target_id,
+                              "relationship_type": relationship.relationship_type})
+
+    # -- backend primitives ------------------------------------------------
+    # Called inside transaction(); arguments are already validated.
+
+    @abc.abstractmethod
+    def _next_sequence(self) -> int:
+        """Reserve the next change sequence number (given back on rollback)."""
+
+    @abc.abstractmethod
+    def _last_sequence(self) -> int: ...
+
+    @abc.abstractmethod
+    def _store_body(self, content: bytes) -> tuple[str, int]:
+        """Store a body (durable before the enclosing transaction commits)."""
+
+    @abc.abstractmethod
+    def _load_body(self, digest: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def _insert_collection(self, collection: Collection) -> None: ...
+
+    @abc.abstractmethod
+    def _find_collection(self, collection_id: str) -> Collection | None: ...
+
+    @abc.abstractmethod
+    def _find_collection_by_name(self, name: str) -> Collection | None: ...
+
+    @abc.abstractmethod
+    def _list_collections(self) -> list[Collection]: ...
+
+    @abc.abstractmethod
+    def _count_live_artifacts(self, collection_id: str) -> int: ...
+
+    @abc.abstractmethod
+    def _delete_collection(self, collection_id: str, now: datetime) -> None: ...
+
+    @abc.abstractmethod
+    def _insert_artifact(
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def _replace_artifact(
+        self,
+        artifact: Artifact,
+        revision: ArtifactRevision,
+        content_changed: bool,
+        searchable: str | None,
+    ) -> None:
+        """Store a new current revision; ``searchable`` matters only if content changed."""
+
+    @abc.abstractmethod
+    def _find_artifact(self, artifact_id: str) -> Artifact | None:
+        """The live artifact, or None (also when deleted)."""
+
+    @abc.abstractmethod
+    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None: ...
+
+    @abc.abstractmethod
+    def _delete_artifact(self, artifact_id: str, now: datetime) -> None: ...
+
+    @abc.abstractmethod
+    def _query(self, query: Query) -> list[Artifact]: ...
+
+    @abc.abstractmethod
+    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]: ...
+
+    @abc.abstractmethod
+    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None: ...
+
+    @abc.abstractmethod
+    def _insert_relationship(self, relationship: Relationship) -> None: ...
+
+    @abc.abstractmethod
+    def _find_relationship(self, relationship_id: str) -> Relationship | None: ...
+
+    @abc.abstractmethod
+    def _find_relationship_by_key(
+        self, source_id: str, target_id: str, relationship_type: str
+    ) -> Relationship | None: ...
+
+    @abc.abstractmethod
+    def _list_relationships(
+        self, artifact_id: str | None, direction: str, relationship_type: str | None
+    ) -> list[Relationship]: ...
+
+    @abc.abstractmethod
+    def _delete_relationship(self, relationship_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def _append_change(self, change: ChangeRecord) -> None: ...
+
+    @abc.abstractmethod
+    def _list_changes(
+        self, since: int, entity_id: str | None, limit: int | None
+    ) -> list[ChangeRecord]: ...
+
+    def iter_changes(self, since: int = 0, *, page: int = 1000) -> Iterator[ChangeRecord]:
+        """Every change after ``since``, fetched a page at a time."""
+        while True:
+            batch = self.list_changes(since, limit=page)
+            yield from batch
+            if len(batch) < page:
+                return
+            since = batch[-1].sequence
+
+
+class _CheckedArtifact:
+    """A validated :class:`NewArtifact`, with JSON fields already canonical."""
+
+    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        content: bytes,
+        artifact_type: str,
+        media_type: str | None,
+        metadata: str,
+        provenance: str,
+    ) -> None:
+        self.name = name
+        self.content = content
+        self.artifact_type = artifact_type
+        self.media_type = media_type
+        self.metadata = metadata
+        self.provenance = provenance
+
+
+def _revision_of(artifact: Artifact, change_sequence: int) -> ArtifactRevision:
+    return ArtifactRevision(
+        artifact_id=artifact.id,
+        revision=artifact.revision,
+        collection_id=artifact.collection_id,
+        name=artifact.name,
+        artifact_type=artifact.artifact_type,
+        media_type=artifact.media_type,
+        digest=artifact.digest,
+        size=artifact.size,
+        metadata_json=artifact.metadata_json,
+        provenance_json=artifact.provenance_json,
+        created_at=artifact.updated_at,
+        change_sequence=change_sequence,
+        run_id=artifact.run_id,
+    )

@@ -1,0 +1,256 @@
+"""``InMemoryKnowledgeRepository``: the reference backend.
+
+Everything lives in dictionaries of immutable records. Writes go through
+:meth:`_put` / :meth:`_pop`, which log how to undo them, so ``transaction()``
+rolls back for real (nested levels too) in time proportional to the work
+undone. One re-entrant lock serialises transactions across threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from .. import digests
+from ..errors import ObjectNotFound
+from ..models import Artifact, ArtifactRevision, ChangeRecord, Collection, Query, Relationship
+from . import text
+from .contract import KnowledgeRepository, metadata_value_matches
+from .ids import Clock, IdSource
+
+_MISSING = object()
+
+
+class InMemoryKnowledgeRepository(KnowledgeRepository):
+    def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
+        super().__init__(clock=clock, ids=ids)
+        self._lock = threading.RLock()
+        self._undo: list[list[Callable[[], None]]] = []
+        self.bodies: dict[str, bytes] = {}
+        self.collections: dict[str, Collection] = {}
+        self.collection_names: dict[str, str] = {}
+        self.artifacts: dict[str, Artifact] = {}
+        self.artifact_names: dict[tuple[str, str], str] = {}
+        self.searchable: dict[str, str | None] = {}
+        self.revisions: dict[str, list[ArtifactRevision]] = {}
+        self.relationships: dict[str, Relationship] = {}
+        self.relationship_keys: dict[tuple[str, str, str], str] = {}
+        self.changes: list[ChangeRecord] = []
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._undo.append([])
+            try:
+                yield
+            except BaseException:
+                for undo in reversed(self._undo.pop()):
+                    undo()
+                raise
+            done = self._undo.pop()
+            if self._undo:
+                self._undo[-1].extend(done)
+
+    def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
+        previous = table.get(key, _MISSING)
+        table[key] = value
+        self._log(lambda: table.pop(key) if previous is _MISSING
+                  else table.__setitem__(key, previous))
+
+    def _pop(self, table: dict[Any, Any], key: Any) -> None:
+        previous = table.pop(key)
+        self._log(lambda: table.__setitem__(key, previous))
+
+    def _log(self, undo: Callable[[], None]) -> None:
+        assert self._undo, "write outside a transaction"
+        self._undo[-1].append(undo)
+
+    # -- primitives --------------------------------------------------------
+
+    def _next_sequence(self) -> int:
+        return self._last_sequence() + 1
+
+    def _last_sequence(self) -> int:
+        return self.changes[-1].sequence if self.changes else 0
+
+    def _store_body(self, content: bytes) -> tuple[str, int]:
+        digest = digests.digest_bytes(content)
+        self.bodies.setdefault(digest, content)  # unreferenced bodies are garbage, never wrong
+        return digest, len(content)
+
+    def _load_body(self, digest: str) -> bytes:
+        try:
+            return self.bodies[digest]
+        except KeyError:
+            raise ObjectNotFound(digest) from None
+
+    def _insert_collection(self, collection: Collection) -> None:
+        self._put(self.collections, collection.id, collection)
+        self._put(self.collection_names, collection.name, collection.id)
+
+    def _find_collection(self, collection_id: str) -> Collection | None:
+        with self._lock:
+            collection = self.collections.get(collection_id)
+            if collection is None or self.collection_names.get(collection.name) != collection_id:
+                return None
+            return collection
+
+    def _find_collection_by_name(self, name: str) -> Collection | None:
+        with self._lock:
+            collection_id = self.collection_names.get(name)
+            return None if collection_id is None else self.collections[collection_id]
+
+    def _list_collections(self) -> list[Collection]:
+        with self._lock:
+            return sorted((self.collections[cid] for cid in self.collection_names.values()),
+                          key=lambda c: c.sequence)
+
+    def _count_live_artifacts(self, collection_id: str) -> int:
+        return sum(1 for cid, _ in self.artifact_names if cid == collection_id)
+
+    def _delete_collection(self, collection_id: str, now: datetime) -> None:
+        self._pop(self.collection_names, self.collections[collection_id].name)
+
+    def _insert_artifact(
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
+    ) -> None:
+        self._put(self.artifacts, artifact.id, artifact)
+        self._put(self.artifact_names, (artifact.collection_id, artifact.name), artifact.id)
+        self._put(self.searchable, artifact.id, searchable)
+        self._put(self.revisions, artifact.id, [revision])
+
+    def _replace_artifact(
+        self,
+        artifact: Artifact,
+        revision: ArtifactRevision,
+        content_changed: bool,
+        searchable: str | None,
+    ) -> None:
+        previous = self.artifacts[artifact.id]
+        if previous.name != artifact.name:
+            self._pop(self.artifact_names, (previous.collection_id, previous.name))
+            self._put(self.artifact_names, (artifact.collection_id, artifact.name), artifact.id)
+        self._put(self.artifacts, artifact.id, artifact)
+        if content_changed:
+            self._put(self.searchable, artifact.id, searchable)
+        self._put(self.revisions, artifact.id, [*self.revisions[artifact.id], revision])
+
+    def _find_artifact(self, artifact_id: str) -> Artifact | None:
+        with self._lock:
+            artifact = self.artifacts.get(artifact_id)
+            if artifact is None:
+                return None
+            key = (artifact.collection_id, artifact.name)
+            return artifact if self.artifact_names.get(key) == artifact_id else None
+
+    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
+        with self._lock:
+            artifact_id = self.artifact_names.get((collection_id, name))
+            return None if artifact_id is None else self.artifacts[artifact_id]
+
+    def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
+        artifact = self.artifacts[artifact_id]
+        self._pop(self.artifact_names, (artifact.collection_id, artifact.name))
+
+    def _query(self, query: Query) -> list[Artifact]:
+        with self._lock:
+            live = [self.artifacts[aid] for aid in self.artifact_names.values()]
+            related = self._related_ids(query) if query.related_to is not None else None
+            terms = text.parse_terms(query.text) if query.text is not None else None
+            ids = set(query.ids) if query.ids is not None else None
+            found = [
+                artifact for artifact in live
+                if (ids is None or artifact.id in ids)
+                and (query.collection_id is None or artifact.collection_id == query.collection_id)
+                and (query.name is None or artifact.name == query.name)
+                and (query.digest is None or artifact.digest == digests.parse_digest(query.digest))
+                and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
+                and (related is None or artifact.id in related)
+                and (query.metadata is None or _metadata_matches(artifact, query.metadata))
+                and (terms is None or text.matches(terms, self.searchable[artifact.id]))
+            ]
+            found.sort(key=lambda artifact: artifact.sequence)
+            if query.after is not None:
+                found = [artifact for artifact in found if artifact.sequence > query.after]
+            return found if query.limit is None else found[: query.limit]
+
+    def _related_ids(self, query: Query) -> set[str]:
+        related = query.related_to
+        assert related is not None
+        found: set[str] = set()
+        for relationship in self._list_relationships(
+            related.artifact_id, related.direction, related.relationship_type
+        ):
+            if relationship.source_id == related.artifact_id and related.direction != "incoming":
+                found.add(relationship.target_id)
+            if relationship.target_id == related.artifact_id and related.direction != "outgoing":
+                found.add(relationship.source_id)
+        return found
+
+    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
+        with self._lock:
+            return list(self.revisions.get(artifact_id, []))
+
+    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
+        with self._lock:
+            history = self.revisions.get(artifact_id, [])
+            return history[revision - 1] if revision <= len(history) else None
+
+    def _insert_relationship(self, relationship: Relationship) -> None:
+        self._put(self.relationships, relationship.id, relationship)
+        key = (relationship.source_id, relationship.target_id, relationship.relationship_type)
+        self._put(self.relationship_keys, key, relationship.id)
+
+    def _find_relationship(self, relationship_id: str) -> Relationship | None:
+        with self._lock:
+            return self.relationships.get(relationship_id)
+
+    def _find_relationship_by_key(
+        self, source_id: str, target_id: str, relationship_type: str
+    ) -> Relationship | None:
+        relationship_id = self.relationship_keys.get((source_id, target_id, relationship_type))
+        return None if relationship_id is None else self.relationships[relationship_id]
+
+    def _list_relationships(
+        self, artifact_id: str | None, direction: str, relationship_type: str | None
+    ) -> list[Relationship]:
+        with self._lock:
+            found = [
+                relationship for relationship in self.relationships.values()
+                if (relationship_type is None
+                    or relationship.relationship_type == relationship_type)
+                and (artifact_id is None
+                     or (direction != "incoming" and relationship.source_id == artifact_id)
+                     or (direction != "outgoing" and relationship.target_id == artifact_id))
+            ]
+            return sorted(found, key=lambda relationship: relationship.sequence)
+
+    def _delete_relationship(self, relationship_id: str) -> None:
+        relationship = self.relationships[relationship_id]
+        self._pop(self.relationships, relationship_id)
+        self._pop(self.relationship_keys, (relationship.source_id, relationship.target_id,
+                                           relationship.relationship_type))
+
+    def _append_change(self, change: ChangeRecord) -> None:
+        self.changes.append(change)
+        self._log(lambda: self.changes.__delitem__(-1))
+
+    def _list_changes(
+        self, since: int, entity_id: str | None, limit: int | None
+    ) -> list[ChangeRecord]:
+        with self._lock:
+            # Sequences are 1..n without gaps, so ``since`` is also a list index.
+            found = [change for change in self.changes[since:]
+                     if entity_id is None or change.entity_id == entity_id]
+            return found if limit is None else found[:limit]
+
+
+def _metadata_matches(artifact: Artifact, expected: Any) -> bool:
+    actual = artifact.metadata
+    return all(key in actual and metadata_value_matches(actual[key], value)
+               for key, value in expected.items())
