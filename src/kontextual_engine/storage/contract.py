@@ -403,7 +403,7 @@ class KnowledgeRepository(abc.ABC):
         Pass a :class:`Query` or its fields as keyword arguments.
         """
         if query is None:
-            if "ids" in filters and filters["ids"] is not None:
+            if isinstance(filters.get("ids"), (list, set, frozenset)):
                 filters["ids"] = tuple(filters["ids"])
             try:
                 query = Query(**filters)
