@@ -13,7 +13,7 @@ from .models import (
     RelatedTo,
     Relationship,
 )
-from .storage import InMemoryKnowledgeRepository, KnowledgeRepository
+from .storage import InMemoryKnowledgeRepository, KnowledgeRepository, SQLiteKnowledgeRepository
 
 __version__ = "0.1.0"
 
@@ -31,5 +31,6 @@ __all__ = [
     "Query",
     "RelatedTo",
     "Relationship",
+    "SQLiteKnowledgeRepository",
     "__version__",
 ]

@@ -17,7 +17,7 @@ from kontextual_engine.storage import (
     TickingClock,
 )
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "sqlite"]
 
 
 class Backend:

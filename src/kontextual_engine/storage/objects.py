@@ -871,6 +871,9 @@ class ObjectStore:
     def _initialise(self, root: str, marker: str) -> None:
         """Turn an empty directory into a store; the marker is written last."""
         entries = set(os.listdir(root))
+        if STORE_MARKER in entries:  # another process initialised it meanwhile
+            _check_marker(root, marker)
+            return
         unexpected = sorted(entries - {OBJECTS_DIR, TMP_DIR})
         if unexpected:
             shown = ", ".join(unexpected[:5]) + (", ..." if len(unexpected) > 5 else "")

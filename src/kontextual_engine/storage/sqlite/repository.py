@@ -1,0 +1,829 @@
+"""``SQLiteKnowledgeRepository``: bodies in the object store, the rest in SQLite.
+
+The contract (:mod:`..contract`) implements every rule; this module supplies
+its storage primitives over one ``sqlite3`` connection per repository object.
+
+Connection discipline: autocommit mode (``isolation_level=None``) with every
+write transaction opened by ``BEGIN IMMEDIATE``, retried with backoff while
+another process holds the write lock; nested :meth:`transaction` levels are
+SAVEPOINTs. A re-entrant lock serialises use of the connection across
+threads; a transaction holds it from ``BEGIN`` to ``COMMIT``.
+
+Write ordering: bodies written inside a transaction are staged by the object
+store in batch mode (for ``full`` as well as ``batch`` durability: one flush
+makes them all durable, which is cheaper than an fsync per body and gives the
+same guarantee) and flushed before ``COMMIT``, so the index never references a
+body that is not durable.
+
+Bulk writes: inside :meth:`put_artifacts`, the rows of newly created
+artifacts (artifact, first revision, text, change record) are buffered and
+written with ``executemany``; any other statement flushes the buffer first,
+so every read sees every write.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...digests import parse_digest
+from ...errors import (
+    ConflictError,
+    IntegrityError,
+    KontextualError,
+    ReadOnlyStoreError,
+    StoreFormatError,
+    ValidationError,
+)
+from ...models import (
+    Artifact,
+    ArtifactRevision,
+    ChangeRecord,
+    Collection,
+    NewArtifact,
+    PutResult,
+    Query,
+    Relationship,
+    canonical_json,
+    format_time,
+)
+from .. import text
+from ..contract import KnowledgeRepository
+from ..ids import Clock, IdSource
+from ..objects import Durability, ObjectStore
+from . import schema
+
+INDEX_NAME = "index.sqlite"
+# Long enough to ride out any ordinary burst of writers from other processes;
+# a writer that holds the lock longer than this is stuck, not busy.
+DEFAULT_BUSY_TIMEOUT = 30.0
+# Closing only tries to checkpoint; if other processes keep the store busy the
+# last one to close checkpoints, so there is no point waiting long here.
+CLOSE_CHECKPOINT_TIMEOUT_MS = 2000
+# Backoff between BEGIN IMMEDIATE attempts that failed without the busy
+# handler being consulted: short first, capped so waiters notice a free lock.
+FIRST_BACKOFF = 0.001
+MAX_BACKOFF = 0.05
+# Rows buffered by put_artifacts before an executemany: large enough to
+# amortise per-statement overhead, small enough to bound memory.
+BULK_ROWS = 1000
+# 64 MiB page cache (negative = KiB): bulk ingest and FTS merges touch far more
+# than the 2 MiB default, and the cache is only allocated as pages are used.
+CACHE_SIZE_KIB = 64 * 1024
+# FTS5 trigram queries need SQLite 3.34; JSON functions are built in from 3.38
+# but present as an extension in most earlier builds.
+MIN_SQLITE = (3, 34, 0)
+# SQLITE_BUSY and SQLITE_LOCKED primary result codes.
+_BUSY_CODES = (5, 6)
+# A term shorter than this cannot go through a trigram MATCH.
+_TRIGRAM = 3
+
+_SYNCHRONOUS = {
+    Durability.FULL: "FULL",
+    Durability.BATCH: "NORMAL",
+    Durability.NONE: "OFF",
+}
+
+_T = TypeVar("_T")
+
+_ARTIFACT_COLUMNS = (
+    "a.id, a.collection_id, a.name, a.artifact_type, a.media_type, a.digest, a.size, "
+    "a.revision, a.metadata, a.provenance, a.created_at, a.updated_at, a.sequence, a.run_id"
+)
+_REVISION_COLUMNS = (
+    "artifact_id, revision, collection_id, name, artifact_type, media_type, digest, size, "
+    "metadata, provenance, created_at, change_sequence, run_id"
+)
+_COLLECTION_COLUMNS = "id, name, description, metadata, created_at, sequence"
+_RELATIONSHIP_COLUMNS = (
+    "id, source_id, target_id, relationship_type, metadata, created_at, sequence"
+)
+_CHANGE_COLUMNS = (
+    "sequence, entity_kind, entity_id, action, timestamp, revision, old_digest, new_digest, "
+    "details"
+)
+
+_INSERT_ARTIFACT = (
+    "INSERT INTO artifacts (id, collection_id, name, artifact_type, media_type, digest, size, "
+    "revision, metadata, provenance, created_at, updated_at, sequence, run_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_REVISION = (
+    f"INSERT INTO revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_TEXT = "INSERT INTO artifact_text (rowid, folded) VALUES (?, ?)"
+_INSERT_CHANGE = f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _time(value: str) -> datetime:
+    """Parse what :func:`format_time` wrote (``...T..:..:...ffffffZ``), fast."""
+    return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
+
+
+def _artifact(row: Any) -> Artifact:
+    return Artifact(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                    row[9], _time(row[10]), _time(row[11]), row[12], row[13])
+
+
+def _revision(row: Any) -> ArtifactRevision:
+    return ArtifactRevision(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                            row[8], row[9], _time(row[10]), row[11], row[12])
+
+
+def _collection(row: Any) -> Collection:
+    return Collection(row[0], row[1], row[2], row[3], _time(row[4]), row[5])
+
+
+def _relationship(row: Any) -> Relationship:
+    return Relationship(row[0], row[1], row[2], row[3], row[4], _time(row[5]), row[6])
+
+
+def _change(row: Any) -> ChangeRecord:
+    return ChangeRecord(row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6],
+                        row[7], row[8])
+
+
+def _artifact_row(artifact: Artifact) -> tuple[Any, ...]:
+    return (artifact.id, artifact.collection_id, artifact.name, artifact.artifact_type,
+            artifact.media_type, artifact.digest, artifact.size, artifact.revision,
+            artifact.metadata_json, artifact.provenance_json, format_time(artifact.created_at),
+            format_time(artifact.updated_at), artifact.sequence, artifact.run_id)
+
+
+def _revision_row(revision: ArtifactRevision) -> tuple[Any, ...]:
+    return (revision.artifact_id, revision.revision, revision.collection_id, revision.name,
+            revision.artifact_type, revision.media_type, revision.digest, revision.size,
+            revision.metadata_json, revision.provenance_json, format_time(revision.created_at),
+            revision.change_sequence, revision.run_id)
+
+
+def _change_row(change: ChangeRecord) -> tuple[Any, ...]:
+    return (change.sequence, change.entity_kind, change.entity_id, change.action,
+            format_time(change.timestamp), change.revision, change.old_digest,
+            change.new_digest, change.details_json)
+
+
+def _is_seconds(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value >= 0 and value != float("inf"))
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
+def _match_phrase(term: str) -> str:
+    """An FTS5 string: every character literal, so no input is query syntax."""
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _metadata_condition(value: Any) -> tuple[str, list[Any]]:
+    """SQL over one ``json_each`` row testing type-exact equality with ``value``.
+
+    Mirrors :func:`..contract.metadata_value_matches`: the Python type must be
+    exactly the JSON type decoded from the stored value, and arrays and
+    objects compare by canonical JSON. A value of any other Python type
+    (a tuple, a bool subclass...) can never equal decoded JSON.
+    """
+    kind = type(value)
+    if value is None:
+        return "type = 'null'", []
+    if kind is bool:
+        return ("type = 'true'" if value else "type = 'false'"), []
+    if kind is int:
+        return "type = 'integer' AND atom = ?", [value]
+    if kind is float:
+        return "type = 'real' AND atom = ?", [value]
+    if kind is str:
+        return "type = 'text' AND atom = ?", [value]
+    if kind is list:
+        return "type = 'array' AND value = ?", [canonical_json(value)]
+    if kind is dict:
+        return "type = 'object' AND value = ?", [canonical_json(value)]
+    return "0", []
+
+
+class _NotUnicode(ValidationError):
+    """A bound string that cannot be encoded as UTF-8 (it has a lone surrogate)."""
+
+
+class SQLiteKnowledgeRepository(KnowledgeRepository):
+    """The durable backend: ``<store>/objects`` for bodies, ``<store>/index.sqlite``.
+
+    Open with :meth:`open` (or the constructor, which takes the same
+    arguments). A missing or empty directory becomes a new store; an existing
+    store is opened (and its index migrated); anything else is refused with
+    :class:`StoreFormatError`. ``read_only`` opens without writing anything.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        durability: Durability | str = Durability.FULL,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        read_only: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        super().__init__(clock=clock, ids=ids)
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreFormatError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the index; "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer is needed"
+            )
+        if not _is_seconds(busy_timeout):
+            raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        self.root = Path(path)
+        self.read_only = bool(read_only)
+        self.busy_timeout = float(busy_timeout)
+        self.objects = ObjectStore(self.root, durability=durability, create=not self.read_only,
+                                   read_only=self.read_only)
+        self.durability = self.objects.durability
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._batch: AbstractContextManager[ObjectStore] | None = None
+        self._last: int | None = None  # newest sequence, valid inside a transaction
+        self._bulk = 0
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+        self._pending_rows = 0
+        self._pending_names: dict[tuple[str, str], Artifact] = {}
+        self._conn: sqlite3.Connection | None = self._connect()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        durability: Durability | str = Durability.FULL,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        read_only: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> SQLiteKnowledgeRepository:
+        return cls(path, durability, clock=clock, ids=ids, read_only=read_only,
+                   busy_timeout=busy_timeout)
+
+    def __repr__(self) -> str:
+        return f"SQLiteKnowledgeRepository({str(self.root)!r}, {self.durability.value!r})"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX_NAME
+
+    def _connect(self) -> sqlite3.Connection:
+        index = self.index_path
+        if not index.exists():
+            if self.read_only:
+                raise StoreFormatError(f"store {self.root} has no {INDEX_NAME}")
+            if next(self.objects.all(), None) is not None:
+                raise StoreFormatError(
+                    f"store {self.root} has objects but no {INDEX_NAME}; refusing to start "
+                    "an empty index over them (restore the index from a snapshot)"
+                )
+        if self.read_only:
+            target, uri = f"{index.resolve().as_uri()}?mode=ro", True
+        else:
+            target, uri = str(index), False
+        try:
+            conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False, uri=uri)
+        except sqlite3.Error as exc:
+            raise StoreFormatError(f"cannot open {index}: {exc}") from exc
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        index = self.index_path
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._retry(lambda: conn.execute("SELECT count(*) FROM sqlite_master").fetchone())
+            if not self.read_only:
+                mode = self._retry(
+                    lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                )
+                if str(mode).lower() != "wal":
+                    raise StoreFormatError(f"cannot put {index} in WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
+            if not self._retry(lambda: schema.pending(conn, str(index))):
+                return
+            if self.read_only:
+                raise StoreFormatError(
+                    f"{index} needs a schema upgrade; open the store writable once"
+                )
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                schema.pending(conn, str(index))  # another process may have migrated
+                schema.migrate(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise self._busy_error() from exc
+            raise StoreFormatError(f"{index} is not a usable SQLite index: {exc}") from exc
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file and close. Closing twice is fine."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return
+            if self._depth:
+                raise KontextualError("cannot close a repository inside its own transaction")
+            self._conn = None
+            try:
+                if not self.read_only:
+                    conn.execute(f"PRAGMA busy_timeout = {CLOSE_CHECKPOINT_TIMEOUT_MS}")
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc):
+                            raise
+                    self.objects.close()
+            finally:
+                conn.close()
+
+    def __enter__(self) -> SQLiteKnowledgeRepository:
+        return self
+
+    # -- connection helpers ------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise KontextualError(f"repository {self.root} is closed")
+        return conn
+
+    def _busy_error(self) -> ConflictError:
+        return ConflictError(
+            f"store {self.root} stayed locked by another writer for more than "
+            f"{self.busy_timeout:g} s"
+        )
+
+    def _retry(self, action: Callable[[], _T]) -> _T:
+        """Run ``action``, retrying with jittered backoff while SQLite reports busy.
+
+        The busy handler (``timeout=``) covers most waits, but SQLite returns
+        SQLITE_BUSY without consulting it in some cases (WAL recovery by
+        another connection, for one), so ``BEGIN IMMEDIATE`` retries here too.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = FIRST_BACKOFF
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _run(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Execute one statement after writing any buffered rows.
+
+        Outside a transaction the statement is a read; WAL readers can still
+        meet SQLITE_BUSY (during another connection's recovery), so it retries.
+        """
+        with self._lock:
+            conn = self._connection()
+            if self._pending:
+                self._flush_pending(conn)
+            values = tuple(params)
+            try:
+                if self._depth:
+                    return conn.execute(sql, values)
+                return self._retry(lambda: conn.execute(sql, values))
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise self._busy_error() from exc
+                raise
+            except sqlite3.IntegrityError as exc:
+                raise IntegrityError(f"index constraint failed: {exc}") from exc
+            except UnicodeEncodeError as exc:
+                raise _NotUnicode(f"string is not valid Unicode text: {exc}") from exc
+
+    # A string with a lone surrogate cannot be stored, so a read that binds one
+    # finds nothing, as in the reference backend.
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._run(sql, params).fetchall()
+            except _NotUnicode:
+                return []
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        with self._lock:
+            try:
+                return self._run(sql, params).fetchone()
+            except _NotUnicode:
+                return None
+
+    def _defer(self, sql: str, row: tuple[Any, ...]) -> None:
+        self._pending.setdefault(sql, []).append(row)
+        self._pending_rows += 1
+
+    def _flush_pending(self, conn: sqlite3.Connection) -> None:
+        pending, self._pending = self._pending, {}
+        self._pending_rows = 0
+        self._pending_names.clear()
+        try:
+            for sql, rows in pending.items():
+                conn.executemany(sql, rows)
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(f"index constraint failed: {exc}") from exc
+        except UnicodeEncodeError as exc:
+            raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
+
+    def _discard_pending(self) -> None:
+        self._pending = {}
+        self._pending_rows = 0
+        self._pending_names.clear()
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            conn = self._connection()
+            if self.read_only:
+                raise ReadOnlyStoreError(f"store {self.root} is open read-only")
+            if self._depth:
+                yield from self._savepoint(conn)
+                return
+            try:
+                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise self._busy_error() from exc
+                raise
+            self._depth = 1
+            self._last = None
+            try:
+                yield
+                if self._pending:
+                    self._flush_pending(conn)
+                self._end_batch(None)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._discard_pending()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._end_batch(exc)
+                raise
+            finally:
+                self._depth = 0
+                self._last = None
+
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+        if self._pending:
+            self._flush_pending(conn)
+        name = f"level{self._depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        self._depth += 1
+        try:
+            yield
+            if self._pending:
+                self._flush_pending(conn)
+        except BaseException:
+            self._discard_pending()
+            self._last = None
+            if conn.in_transaction:  # some errors make SQLite roll back everything
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            conn.execute(f"RELEASE {name}")
+        finally:
+            self._depth -= 1
+
+    def _end_batch(self, exc: BaseException | None) -> None:
+        """Leave the object store's batch: flush staged bodies (also on failure)."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        if exc is None:
+            batch.__exit__(None, None, None)
+        else:
+            batch.__exit__(type(exc), exc, exc.__traceback__)
+
+    # -- bulk --------------------------------------------------------------
+
+    def put_artifacts(self, collection_id: str, items: Iterable[NewArtifact]) -> list[PutResult]:
+        with self.transaction():
+            self._bulk += 1
+            try:
+                return super().put_artifacts(collection_id, items)
+            finally:
+                self._bulk -= 1
+
+    # -- primitives --------------------------------------------------------
+
+    def _next_sequence(self) -> int:
+        return self._last_sequence() + 1
+
+    def _last_sequence(self) -> int:
+        with self._lock:
+            if self._last is not None:
+                return self._last
+            last: int = self._one("SELECT coalesce(max(sequence), 0) FROM changes")[0]
+            if self._depth:
+                self._last = last
+            return last
+
+    def _store_body(self, content: bytes) -> tuple[str, int]:
+        if self._batch is None and self._depth:
+            batch = self.objects.batch()
+            batch.__enter__()
+            self._batch = batch
+        return self.objects.add(content), len(content)
+
+    def _load_body(self, digest: str) -> bytes:
+        return self.objects.get(digest, verify=True)
+
+    def _insert_collection(self, collection: Collection) -> None:
+        self._run(
+            f"INSERT INTO collections ({_COLLECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (collection.id, collection.name, collection.description, collection.metadata_json,
+             format_time(collection.created_at), collection.sequence),
+        )
+
+    def _find_collection(self, collection_id: str) -> Collection | None:
+        row = self._one(
+            f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE id = ? AND deleted_at IS NULL",
+            (collection_id,),
+        )
+        return None if row is None else _collection(row)
+
+    def _find_collection_by_name(self, name: str) -> Collection | None:
+        row = self._one(
+            f"SELECT {_COLLECTION_COLUMNS} FROM collections "
+            "WHERE name = ? AND deleted_at IS NULL",
+            (name,),
+        )
+        return None if row is None else _collection(row)
+
+    def _list_collections(self) -> list[Collection]:
+        rows = self._all(
+            f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE deleted_at IS NULL "
+            "ORDER BY sequence"
+        )
+        return [_collection(row) for row in rows]
+
+    def _count_live_artifacts(self, collection_id: str) -> int:
+        count: int = self._one(
+            "SELECT count(*) FROM artifacts WHERE collection_id = ? AND deleted_at IS NULL",
+            (collection_id,),
+        )[0]
+        return count
+
+    def _delete_collection(self, collection_id: str, now: datetime) -> None:
+        self._run("UPDATE collections SET deleted_at = ? WHERE id = ?",
+                  (format_time(now), collection_id))
+
+    def _insert_artifact(
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
+    ) -> None:
+        rows: list[tuple[str, tuple[Any, ...]]] = [
+            (_INSERT_ARTIFACT, _artifact_row(artifact)),
+            (_INSERT_REVISION, _revision_row(revision)),
+        ]
+        if searchable is not None:
+            rows.append((_INSERT_TEXT, (artifact.sequence, searchable)))
+        if not self._bulk:
+            for sql, row in rows:
+                self._run(sql, row)
+            return
+        for sql, row in rows:
+            self._defer(sql, row)
+        self._pending_names[(artifact.collection_id, artifact.name)] = artifact
+
+    def _replace_artifact(
+        self,
+        artifact: Artifact,
+        revision: ArtifactRevision,
+        content_changed: bool,
+        searchable: str | None,
+    ) -> None:
+        self._run(
+            "UPDATE artifacts SET name = ?, artifact_type = ?, media_type = ?, digest = ?, "
+            "size = ?, revision = ?, metadata = ?, provenance = ?, updated_at = ?, run_id = ? "
+            "WHERE id = ?",
+            (artifact.name, artifact.artifact_type, artifact.media_type, artifact.digest,
+             artifact.size, artifact.revision, artifact.metadata_json, artifact.provenance_json,
+             format_time(artifact.updated_at), artifact.run_id, artifact.id),
+        )
+        self._run(_INSERT_REVISION, _revision_row(revision))
+        if content_changed:
+            self._run("DELETE FROM artifact_text WHERE rowid = ?", (artifact.sequence,))
+            if searchable is not None:
+                self._run(_INSERT_TEXT, (artifact.sequence, searchable))
+
+    def _find_artifact(self, artifact_id: str) -> Artifact | None:
+        row = self._one(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.id = ? AND a.deleted_at IS NULL",
+            (artifact_id,),
+        )
+        return None if row is None else _artifact(row)
+
+    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
+        sql = (
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a "
+            "WHERE a.collection_id = ? AND a.name = ? AND a.deleted_at IS NULL"
+        )
+        with self._lock:
+            if not self._pending:
+                row = self._one(sql, (collection_id, name))
+            else:
+                # Buffered rows are only creations, all listed in _pending_names,
+                # so the index plus that map is the whole truth without a flush.
+                pending = self._pending_names.get((collection_id, name))
+                if pending is not None:
+                    return pending
+                try:
+                    row = self._connection().execute(sql, (collection_id, name)).fetchone()
+                except UnicodeEncodeError:
+                    return None
+            return None if row is None else _artifact(row)
+
+    def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
+        self._run(
+            "DELETE FROM artifact_text WHERE rowid = (SELECT sequence FROM artifacts WHERE id = ?)",
+            (artifact_id,),
+        )
+        self._run("UPDATE artifacts SET deleted_at = ? WHERE id = ?",
+                  (format_time(now), artifact_id))
+
+    def _query(self, query: Query) -> list[Artifact]:
+        where = ["a.deleted_at IS NULL"]
+        params: list[Any] = []
+        if query.ids is not None:
+            where.append("a.id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(query.ids)))
+        for column, value in (
+            ("collection_id", query.collection_id),
+            ("name", query.name),
+            ("digest", None if query.digest is None else parse_digest(query.digest)),
+            ("artifact_type", query.artifact_type),
+        ):
+            if value is not None:
+                where.append(f"a.{column} = ?")
+                params.append(value)
+        if query.metadata is not None:
+            for key, value in query.metadata.items():
+                condition, values = _metadata_condition(value)
+                where.append(
+                    "EXISTS (SELECT 1 FROM json_each(a.metadata) "
+                    f"WHERE key = ? AND {condition})"
+                )
+                params += [key, *values]
+        if query.related_to is not None:
+            related = query.related_to
+            of_type = "" if related.relationship_type is None else " AND relationship_type = ?"
+            parts = []
+            if related.direction != "incoming":
+                parts.append(f"SELECT target_id FROM relationships WHERE source_id = ?{of_type}")
+            if related.direction != "outgoing":
+                parts.append(f"SELECT source_id FROM relationships WHERE target_id = ?{of_type}")
+            where.append(f"a.id IN ({' UNION '.join(parts)})")
+            for _ in parts:
+                params.append(related.artifact_id)
+                if related.relationship_type is not None:
+                    params.append(related.relationship_type)
+        source = "artifacts a"
+        order = "a.sequence"
+        if query.text is not None:
+            if (query.ids is not None or query.name is not None or query.digest is not None
+                    or query.related_to is not None):
+                # A few candidates from an index of artifacts, each checked
+                # against its own FTS row (CROSS JOIN fixes the loop order).
+                source = "artifacts a CROSS JOIN artifact_text t ON t.rowid = a.sequence"
+            else:
+                # FTS5 drives and yields rows in rowid (= sequence) order, so a
+                # LIMIT stops the scan early instead of sorting every match.
+                source = "artifact_text t JOIN artifacts a ON a.sequence = t.rowid"
+                order = "t.rowid"
+            terms = text.parse_terms(query.text)
+            long_terms = [term for term in terms if len(term) >= _TRIGRAM]
+            if long_terms:
+                where.append("t.artifact_text MATCH ?")
+                params.append(" AND ".join(_match_phrase(term) for term in long_terms))
+            for term in terms:
+                if len(term) < _TRIGRAM:
+                    where.append("instr(t.folded, ?) > 0")
+                    params.append(term)
+        if query.after is not None:
+            where.append(f"{order} > ?")
+            params.append(query.after)
+        sql = (f"SELECT {_ARTIFACT_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+               f"ORDER BY {order}")
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        return [_artifact(row) for row in self._all(sql, params)]
+
+    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
+        rows = self._all(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE artifact_id = ? ORDER BY revision",
+            (artifact_id,),
+        )
+        return [_revision(row) for row in rows]
+
+    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
+        row = self._one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE artifact_id = ? AND revision = ?",
+            (artifact_id, revision),
+        )
+        return None if row is None else _revision(row)
+
+    def _insert_relationship(self, relationship: Relationship) -> None:
+        self._run(
+            f"INSERT INTO relationships ({_RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (relationship.id, relationship.source_id, relationship.target_id,
+             relationship.relationship_type, relationship.metadata_json,
+             format_time(relationship.created_at), relationship.sequence),
+        )
+
+    def _find_relationship(self, relationship_id: str) -> Relationship | None:
+        row = self._one(
+            f"SELECT {_RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ?", (relationship_id,)
+        )
+        return None if row is None else _relationship(row)
+
+    def _find_relationship_by_key(
+        self, source_id: str, target_id: str, relationship_type: str
+    ) -> Relationship | None:
+        row = self._one(
+            f"SELECT {_RELATIONSHIP_COLUMNS} FROM relationships "
+            "WHERE source_id = ? AND target_id = ? AND relationship_type = ?",
+            (source_id, target_id, relationship_type),
+        )
+        return None if row is None else _relationship(row)
+
+    def _list_relationships(
+        self, artifact_id: str | None, direction: str, relationship_type: str | None
+    ) -> list[Relationship]:
+        where: list[str] = []
+        params: list[Any] = []
+        if artifact_id is not None:
+            sides = []
+            if direction != "incoming":
+                sides.append("source_id = ?")
+            if direction != "outgoing":
+                sides.append("target_id = ?")
+            where.append(f"({' OR '.join(sides)})")
+            params += [artifact_id] * len(sides)
+        if relationship_type is not None:
+            where.append("relationship_type = ?")
+            params.append(relationship_type)
+        sql = f"SELECT {_RELATIONSHIP_COLUMNS} FROM relationships"
+        if where:
+            sql += f" WHERE {' AND '.join(where)}"
+        return [_relationship(row) for row in self._all(sql + " ORDER BY sequence", params)]
+
+    def _delete_relationship(self, relationship_id: str) -> None:
+        self._run("DELETE FROM relationships WHERE id = ?", (relationship_id,))
+
+    def _append_change(self, change: ChangeRecord) -> None:
+        if self._bulk:
+            self._defer(_INSERT_CHANGE, _change_row(change))
+            if self._pending_rows >= BULK_ROWS:
+                self._flush_pending(self._connection())
+        else:
+            self._run(_INSERT_CHANGE, _change_row(change))
+        self._last = change.sequence
+
+    def _list_changes(
+        self, since: int, entity_id: str | None, limit: int | None
+    ) -> list[ChangeRecord]:
+        sql = f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE sequence > ?"
+        params: list[Any] = [since]
+        if entity_id is not None:
+            sql += " AND entity_id = ?"
+            params.append(entity_id)
+        sql += " ORDER BY sequence"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_change(row) for row in self._all(sql, params)]

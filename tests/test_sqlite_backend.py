@@ -1,0 +1,629 @@
+"""What only the SQLite backend has: files, processes, locking, schema, query plans.
+
+The shared semantics are tested by tests/contract/ on every backend; this
+file tests durability across processes, the schema and its migrations,
+concurrency, and that queries use indexes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kontextual_engine import (
+    InMemoryKnowledgeRepository,
+    KnowledgeRepository,
+    NewArtifact,
+    Query,
+    RelatedTo,
+    SQLiteKnowledgeRepository,
+)
+from kontextual_engine.errors import (
+    ConflictError,
+    KontextualError,
+    ReadOnlyStoreError,
+    StoreFormatError,
+    ValidationError,
+)
+from kontextual_engine.storage import SequentialIds, TickingClock
+from kontextual_engine.storage.objects import ObjectStore
+from kontextual_engine.storage.sqlite import INDEX_NAME
+
+SQLITE_CLI = shutil.which("sqlite3") or "/usr/bin/sqlite3"
+
+METADATA: dict[str, Any] = {
+    "unicode": "Grüße, 東京, emoji 😀, RTL שלום",
+    "nested": {"a": [1, {"b": [True, False, None]}], "empty_list": [], "empty": {}},
+    "big": 2**63 - 1,
+    "small": -(2**63),
+    "float": 1.5,
+    "tiny": 5e-324,
+    "huge": 1.7976931348623157e308,
+    "negative_zero": -0.0,
+    "third": 0.1 + 0.2,
+    "escapes": 'quote " backslash \\ newline \n tab \t nul-free',
+    'key with "quotes"': "v",
+    "dotted.key[0]": "$.path",
+    "": "empty key",
+}
+
+
+def open_repo(path: Path, durability: str = "none", **kwargs: Any) -> SQLiteKnowledgeRepository:
+    return SQLiteKnowledgeRepository.open(path, durability, **kwargs)
+
+
+def everything(repo: KnowledgeRepository) -> dict[str, Any]:
+    """Every read the contract offers, for comparing two views of one store."""
+    artifacts = repo.list_artifacts()
+    ids = {change.entity_id for change in repo.list_changes() if change.entity_kind == "artifact"}
+    return {
+        "collections": repo.list_collections(),
+        "artifacts": artifacts,
+        "revisions": {aid: repo.list_revisions(aid) for aid in sorted(ids)},
+        "bodies": {a.id: repo.read_content(a.id) for a in artifacts},
+        "relationships": repo.list_relationships(),
+        "changes": repo.list_changes(),
+        "last": repo.last_sequence(),
+    }
+
+
+def populate(repo: KnowledgeRepository) -> None:
+    notes = repo.create_collection("notes", description="d", metadata=METADATA).id
+    other = repo.create_collection("other").id
+    a = repo.create_artifact(notes, "a.md", "Äpfel und Birnen".encode(), artifact_type="note",
+                             media_type="text/markdown", metadata=METADATA,
+                             provenance={"source": "test"}).id
+    b = repo.create_artifact(notes, "b.bin", b"\x00\xff binary", artifact_type="blob").id
+    c = repo.create_artifact(other, "c.md", b"third", artifact_type="note").id
+    repo.update_artifact(a, content=b"apples and pears", metadata={"v": 2})
+    repo.update_artifact(a, name="renamed.md", expected_revision=2)
+    repo.create_relationship(a, b, "cites", metadata={"w": 0.5})
+    repo.create_relationship(c, a, "derived-from")
+    repo.delete_artifact(b)
+    repo.put_artifacts(notes, [NewArtifact(f"bulk-{i}", f"bulk {i}".encode(), "note",
+                                           metadata={"i": i}) for i in range(30)])
+
+
+def cli(index: Path, sql: str) -> str:
+    if not os.path.exists(SQLITE_CLI):
+        pytest.skip("the sqlite3 command-line tool is not installed")
+    done = subprocess.run([SQLITE_CLI, str(index), sql], capture_output=True, text=True,
+                          check=True, timeout=60)
+    return done.stdout.strip()
+
+
+def assert_index_clean(store: Path) -> None:
+    index = store / INDEX_NAME
+    assert cli(index, "PRAGMA integrity_check;") == "ok"
+    assert cli(index, "PRAGMA foreign_key_check;") == ""
+    assert cli(index, "INSERT INTO artifact_text(artifact_text) VALUES ('integrity-check');") == ""
+
+
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- opening ------------------------------------------------------------------
+
+
+def test_open_creates_a_store(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "missing" / "store") as repo:
+        assert repo.list_collections() == []
+    store = tmp_path / "missing" / "store"
+    assert sorted(os.listdir(store)) == [INDEX_NAME, "kontextual.json", "objects", "tmp"]
+    (tmp_path / "empty").mkdir()
+    with open_repo(tmp_path / "empty") as repo:
+        repo.create_collection("x")
+    with open_repo(tmp_path / "empty") as repo:
+        assert [c.name for c in repo.list_collections()] == ["x"]
+
+
+def test_open_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreFormatError, match="not a kontextual store"):
+        open_repo(tmp_path / "busy")
+    assert os.listdir(tmp_path / "busy") == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreFormatError):
+        open_repo(tmp_path / "file")
+
+
+def test_open_refuses_a_foreign_or_damaged_index(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    ObjectStore(foreign)
+    with sqlite3.connect(foreign / INDEX_NAME) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(StoreFormatError, match="not a kontextual index"):
+        open_repo(foreign)
+    garbage = tmp_path / "garbage"
+    ObjectStore(garbage)
+    (garbage / INDEX_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreFormatError, match="not a usable SQLite index"):
+        open_repo(garbage)
+
+
+def test_open_refuses_objects_without_an_index(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        repo.create_artifact(repo.create_collection("c").id, "a", b"body", artifact_type="t")
+    (tmp_path / "s" / INDEX_NAME).unlink()
+    with pytest.raises(StoreFormatError, match=r"no index\.sqlite"):
+        open_repo(tmp_path / "s")
+
+
+def test_bad_arguments_are_validation_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="durability"):
+        open_repo(tmp_path / "s", durability="sometimes")
+    for timeout in (-1, float("nan"), "30", True):
+        with pytest.raises(ValidationError, match="busy_timeout"):
+            open_repo(tmp_path / "t", busy_timeout=timeout)
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_only(tmp_path: Path) -> None:
+    with pytest.raises(StoreFormatError):
+        open_repo(tmp_path / "nothing", read_only=True)
+    assert not (tmp_path / "nothing").exists()
+    with open_repo(tmp_path / "s") as repo:
+        populate(repo)
+        before = everything(repo)
+    with open_repo(tmp_path / "s", read_only=True) as repo:
+        assert everything(repo) == before
+        with pytest.raises(ReadOnlyStoreError):
+            repo.create_collection("new")
+    with open_repo(tmp_path / "s") as repo:
+        assert everything(repo) == before
+
+
+def test_closed_repository_refuses_use(tmp_path: Path) -> None:
+    repo = open_repo(tmp_path / "s")
+    repo.close()
+    repo.close()
+    with pytest.raises(Exception, match="closed"):
+        repo.list_collections()
+
+
+# -- schema -------------------------------------------------------------------
+
+
+def schema_of(store: Path) -> list[tuple[str, ...]]:
+    with sqlite3.connect(store / INDEX_NAME) as conn:
+        rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+        found = [tuple(row) for row in rows]
+    conn.close()
+    return found
+
+
+def test_fresh_schemas_are_identical(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        open_repo(tmp_path / name).close()
+    first = schema_of(tmp_path / "one")
+    assert first == schema_of(tmp_path / "two")
+    names = {row[1] for row in first}
+    assert {"collections", "artifacts", "revisions", "relationships", "changes",
+            "artifact_text", "_sqlite_migrations"} <= names
+
+
+def test_index_is_wal_and_json_is_checked(tmp_path: Path) -> None:
+    open_repo(tmp_path / "s").close()
+    index = tmp_path / "s" / INDEX_NAME
+    assert cli(index, "PRAGMA journal_mode;") == "wal"
+    conn = sqlite3.connect(index)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO collections (id, name, description, metadata, created_at, "
+                     "sequence) VALUES ('c', 'n', '', '{not json', 'x', 1)")
+    conn.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    open_repo(tmp_path / "s").close()
+    conn = sqlite3.connect(tmp_path / "s" / INDEX_NAME)
+    with conn:
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('kontextual', '9999_from_the_future', 'then')")
+    conn.close()
+    for read_only in (False, True):
+        with pytest.raises(StoreFormatError, match=r"9999_from_the_future.*newer version"):
+            open_repo(tmp_path / "s", read_only=read_only)
+
+
+def test_fresh_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    start = time.time() + 1.5
+    code = """
+        import sys, time
+        from kontextual_engine import SQLiteKnowledgeRepository
+        time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+        with SQLiteKnowledgeRepository.open(sys.argv[1], "batch") as repo:
+            repo.create_collection("from-" + sys.argv[3])
+    """
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store), str(start),
+                          str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(6)
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, errors
+    with open_repo(store) as repo:
+        assert sorted(c.name for c in repo.list_collections()) == [f"from-{n}" for n in range(6)]
+        assert [c.sequence for c in repo.list_changes()] == list(range(1, 7))
+    with sqlite3.connect(store / INDEX_NAME) as conn:
+        applied = conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
+    conn.close()
+    assert applied == [("0001_core",)]
+    assert_index_clean(store)
+
+
+# -- durability ---------------------------------------------------------------
+
+
+def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s", "full") as repo:
+        populate(repo)
+        before = everything(repo)
+    with open_repo(tmp_path / "s", "full") as repo:
+        after = everything(repo)
+        assert after == before
+        assert repo.get_collection_by_name("notes").metadata == METADATA
+        artifact = repo.get_artifact_by_name(repo.get_collection_by_name("notes").id,
+                                             "renamed.md")
+        assert repo.list_revisions(artifact.id)[0].metadata == METADATA
+        assert repo.read_content(artifact.id, 1) == "Äpfel und Birnen".encode()
+    assert_index_clean(tmp_path / "s")
+
+
+def test_a_process_that_exits_without_close_loses_nothing_committed(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    code = """
+        import json, os, sys
+        from kontextual_engine import SQLiteKnowledgeRepository
+        sys.path.insert(0, sys.argv[2])
+        from test_sqlite_backend import everything, populate
+        repo = SQLiteKnowledgeRepository.open(sys.argv[1], "full")
+        populate(repo)
+        with open(os.path.join(sys.argv[1], "..", "expected.repr"), "w") as out:
+            out.write(repr(everything(repo)))
+        os._exit(0)
+    """
+    done = run_python(code, str(store), str(Path(__file__).parent))
+    assert done.returncode == 0, done.stderr
+    assert (store / (INDEX_NAME + "-wal")).stat().st_size > 0  # never checkpointed
+    with open_repo(store, "full") as repo:
+        assert repr(everything(repo)) == (tmp_path / "expected.repr").read_text()
+    assert_index_clean(store)
+
+
+def test_a_killed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        repo.create_collection("c")
+    code = """
+        import os, sys
+        from kontextual_engine import SQLiteKnowledgeRepository
+        repo = SQLiteKnowledgeRepository.open(sys.argv[1], "full")
+        cid = repo.get_collection_by_name("c").id
+        with repo.transaction():
+            for i in range(50):
+                repo.create_artifact(cid, f"a{i}", b"body %d" % i, artifact_type="t")
+            os._exit(0)
+    """
+    done = run_python(code, str(store))
+    assert done.returncode == 0, done.stderr
+    with open_repo(store) as repo:
+        assert repo.list_artifacts() == []
+        assert repo.last_sequence() == 1
+        repo.create_artifact(repo.get_collection_by_name("c").id, "a0", b"x", artifact_type="t")
+        assert [c.sequence for c in repo.list_changes()] == [1, 2]
+    assert_index_clean(store)
+
+
+def test_close_checkpoints_so_a_copy_is_complete(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        populate(repo)
+        before = everything(repo)
+    assert sorted(os.listdir(store)) == [INDEX_NAME, "kontextual.json", "objects", "tmp"]
+    shutil.copytree(store, tmp_path / "copy", symlinks=True)
+    with open_repo(tmp_path / "copy") as repo:
+        assert everything(repo) == before
+
+
+def test_close_truncates_the_wal_while_others_have_it_open(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    first = open_repo(store)
+    second = open_repo(store)
+    populate(first)
+    wal = store / (INDEX_NAME + "-wal")
+    assert wal.stat().st_size > 0
+    first.close()
+    assert wal.stat().st_size == 0
+    assert second.list_collections()
+    second.close()
+
+
+def test_bodies_are_durable_objects(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store, "batch") as repo:
+        cid = repo.create_collection("c").id
+        results = repo.put_artifacts(cid, [NewArtifact(f"n{i}", b"same" if i % 2 else b"%d" % i,
+                                                       "t") for i in range(40)])
+        digests = {result.artifact.digest for result in results}
+    objects = ObjectStore(store, create=False)
+    assert set(objects.all()) == digests
+    assert os.listdir(store / "tmp") == []
+
+
+def test_failed_bulk_put_leaves_no_rows(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        cid = repo.create_collection("c").id
+        items = [NewArtifact(f"n{i}", b"%d" % i, "t") for i in range(2500)]
+        items.append(NewArtifact("bad", b"x", "t", metadata={"x": float("nan")}))
+        with pytest.raises(ValidationError):
+            repo.put_artifacts(cid, items)
+        assert repo.list_artifacts() == []
+        assert repo.last_sequence() == 1
+        assert repo.query(text="12") == []
+        results = repo.put_artifacts(cid, items[:-1])
+        assert len(results) == 2500
+        assert repo.last_sequence() == 2501
+        assert [r.artifact.sequence for r in results] == list(range(2, 2502))
+    assert_index_clean(tmp_path / "s")
+
+
+def test_bulk_put_matches_the_reference(tmp_path: Path) -> None:
+    memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
+    with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as sqlite:
+        for repo in (memory, sqlite):
+            cid = repo.create_collection("c").id
+            first = [NewArtifact(f"n{i}", b"%d" % i, "t") for i in range(1500)]
+            repo.put_artifacts(cid, first)
+            second = [NewArtifact(f"n{i}", b"%d" % (i % 3 or 7), "t", metadata={"i": i % 2})
+                      for i in range(0, 3000, 2)]
+            repo.put_artifacts(cid, second)
+        assert everything(sqlite) == everything(memory)
+        assert sqlite.query(text="7") == memory.query(text="7")
+
+
+# -- concurrency --------------------------------------------------------------
+
+
+def test_processes_write_concurrently_without_lock_errors(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with open_repo(store) as repo:
+        repo.create_collection("shared")
+    code = """
+        import sys
+        from kontextual_engine import SQLiteKnowledgeRepository
+        with SQLiteKnowledgeRepository.open(sys.argv[1], "batch") as repo:
+            cid = repo.get_collection_by_name("shared").id
+            for i in range(250):
+                repo.create_artifact(cid, f"{sys.argv[2]}-{i}", f"{sys.argv[2]} {i}".encode(),
+                                     artifact_type="note")
+                if i % 50 == 0:
+                    repo.query(text=sys.argv[2])
+    """
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store), f"p{n}"],
+                         stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, errors
+    assert not any("locked" in error for error in errors)
+    with open_repo(store) as repo:
+        artifacts = repo.list_artifacts()
+        assert len(artifacts) == 1000
+        assert {a.name for a in artifacts} == {f"p{n}-{i}" for n in range(4) for i in range(250)}
+        assert [c.sequence for c in repo.list_changes()] == list(range(1, 1002))
+        assert len(repo.query(text="p2 ")) == 250
+    assert_index_clean(store)
+
+
+def test_threads_share_one_repository(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        cid = repo.create_collection("c").id
+        failures: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for i in range(40):
+                    with repo.transaction():
+                        artifact = repo.create_artifact(cid, f"{worker}-{i}", b"%d" % i,
+                                                        artifact_type="t")
+                        repo.update_artifact(artifact.id, content=b"v2 %d" % i)
+                    repo.query(collection_id=cid, limit=5)
+            except BaseException as exc:  # pragma: no cover - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert len(repo.list_artifacts(cid)) == 240
+        assert [c.sequence for c in repo.list_changes()] == list(range(1, 482))
+
+
+def test_threads_with_their_own_connections(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        cid = repo.create_collection("c").id
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            with SQLiteKnowledgeRepository.open(store, "none") as own:
+                for i in range(30):
+                    own.create_artifact(cid, f"{worker}-{i}", b"x", artifact_type="t")
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with open_repo(store) as repo:
+        assert len(repo.list_artifacts()) == 120
+
+
+def test_a_writer_waits_for_the_lock(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        repo.create_collection("c")
+    holder = sqlite3.connect(store / INDEX_NAME, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    with open_repo(store, busy_timeout=10) as repo:
+        started = time.monotonic()
+        release.start()
+        repo.create_collection("d")
+        assert time.monotonic() - started >= 0.4
+    release.join()
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with open_repo(store, busy_timeout=0.2) as repo, \
+                pytest.raises(ConflictError, match="locked by another writer"):
+            repo.create_collection("e")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+# -- query plans --------------------------------------------------------------
+
+
+@pytest.fixture
+def traced(tmp_path: Path) -> Iterator[tuple[SQLiteKnowledgeRepository, list[str]]]:
+    with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as repo:
+        populate(repo)
+        statements: list[str] = []
+        conn = repo._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        yield repo, statements
+        conn.set_trace_callback(None)
+
+
+def plan(repo: SQLiteKnowledgeRepository, statement: str) -> list[str]:
+    conn = repo._conn
+    assert conn is not None
+    conn.set_trace_callback(None)
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
+
+
+@pytest.mark.parametrize("query", [
+    Query(ids=("art_00000000000000000000000000000003",)),
+    Query(name="a.md"),
+    Query(digest="blake3:" + "0" * 64),
+    Query(artifact_type="note"),
+    Query(collection_id="col_00000000000000000000000000000001", after=3, limit=2),
+    Query(text="apples pears"),
+    Query(text="apples", name="renamed.md"),
+    Query(related_to=RelatedTo("art_00000000000000000000000000000003", "cites", "outgoing")),
+    Query(related_to=RelatedTo("art_00000000000000000000000000000003")),
+], ids=["ids", "name", "digest", "type", "collection", "text", "text-and-name", "related-out",
+     "related-both"])
+def test_queries_use_indexes(traced: tuple[SQLiteKnowledgeRepository, list[str]],
+                             query: Query) -> None:
+    repo, statements = traced
+    repo.query(query)
+    (statement,) = [s for s in statements if s.startswith("SELECT")]
+    steps = plan(repo, statement)
+    assert not [step for step in steps if step.split()[:2] == ["SCAN", "a"]], steps
+    if query.text is not None:
+        assert any(re.match(r"SCAN t VIRTUAL TABLE INDEX \d+:=?M", step) for step in steps), steps
+
+
+def test_lookups_and_listings_use_indexes(
+    traced: tuple[SQLiteKnowledgeRepository, list[str]],
+) -> None:
+    repo, statements = traced
+    artifact = repo.list_artifacts()[0]
+    statements.clear()
+    repo.get_artifact(artifact.id)
+    repo.get_artifact_by_name(artifact.collection_id, artifact.name)
+    repo.list_revisions(artifact.id)
+    repo.get_revision(artifact.id, 1)
+    repo.list_relationships(artifact.id)
+    repo.list_relationships(artifact.id, direction="incoming", relationship_type="cites")
+    repo.list_changes(3, entity_id=artifact.id)
+    repo.list_artifacts(artifact.collection_id)
+    selects = [s for s in statements if s.startswith("SELECT")]
+    assert len(selects) == 9  # one statement each, no N+1 (get_collection first)
+    for statement in selects:
+        steps = plan(repo, statement)
+        assert not [step for step in steps if step.startswith("SCAN")], (statement, steps)
+
+
+def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:
+    memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
+    with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as sqlite:
+        bodies = ['foo-bar AND "quoted" don\'t NEAR(x y) * ^col: {a b}', "plain text",
+                  "ÄB ß İx", "ab"]
+        for repo in (memory, sqlite):
+            cid = repo.create_collection("c").id
+            for n, body in enumerate(bodies):
+                repo.create_artifact(cid, f"n{n}", body.encode(), artifact_type="t")
+        for query in ['foo-bar', 'AND', "don't", '"quoted"', '"', 'NEAR(x', '*', '^col:',
+                      '{a', 'b}', 'ss', 'äb', 'i̇x', 'a', 'b', 'ab', 'x AND y', 'OR']:
+            expected = [a.name for a in memory.query(text=query)]
+            assert [a.name for a in sqlite.query(text=query)] == expected, query
+
+
+def test_index_survives_cli_checks_after_updates_and_deletes(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        populate(repo)
+        for artifact in repo.list_artifacts()[:10]:
+            repo.update_artifact(artifact.id, content=artifact.name.encode() + b" again")
+        for artifact in repo.list_artifacts()[5:15]:
+            repo.delete_artifact(artifact.id)
+        remaining = len(repo.list_artifacts())
+    assert_index_clean(store)
+    index = store / INDEX_NAME
+    live = "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL;"
+    assert cli(index, "SELECT count(*) FROM artifact_text;") == cli(index, live) == str(remaining)
+
+
+def unencodable_reads(repo: KnowledgeRepository, collection_id: str) -> list[object]:
+    found: list[object] = [
+        repo.query(name="\ud800"), repo.query(text="te\ud800"),
+        repo.query(ids=("\ud800",)), repo.query(artifact_type="\udfff"),
+        repo.list_relationships(relationship_type="\ud800"),
+    ]
+    for lookup in (lambda: repo.get_artifact("\ud800"),
+                   lambda: repo.get_artifact_by_name(collection_id, "\ud800"),
+                   lambda: repo.get_collection_by_name("\ud800")):
+        try:
+            found.append(lookup())
+        except KontextualError as exc:
+            found.append(type(exc).__name__)
+    return found
+
+
+def test_reads_with_unencodable_strings_find_nothing(tmp_path: Path) -> None:
+    memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
+    with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as sqlite:
+        outcomes = []
+        for repo in (memory, sqlite):
+            cid = repo.create_collection("c").id
+            repo.create_artifact(cid, "a", b"text", artifact_type="t")
+            outcomes.append(unencodable_reads(repo, cid))
+        assert outcomes[0] == outcomes[1]
