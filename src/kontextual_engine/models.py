@@ -72,7 +72,11 @@ def canonical_json(value: object, where: str = "value") -> str:
     _check_json(value, where, 0)
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
-    if len(text.encode("utf-8")) > MAX_JSON_BYTES:
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{where}: contains a lone surrogate, not valid Unicode") from exc
+    if len(encoded) > MAX_JSON_BYTES:
         raise ValidationError(f"{where}: JSON larger than {MAX_JSON_BYTES} bytes")
     return text
 
@@ -92,8 +96,8 @@ def check_name(value: object, what: str) -> str:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > MAX_NAME_LENGTH:
         raise ValidationError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LENGTH}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise ValidationError(f"{what} {value!r} contains a control character")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        raise ValidationError(f"{what} {value!r} contains a control character or lone surrogate")
     if value != value.strip():
         raise ValidationError(f"{what} {value!r} has leading or trailing white space")
     return value
@@ -135,6 +139,7 @@ class EntityKind(str, enum.Enum):
     RELATIONSHIP = "relationship"
     RUN = "run"
     STEP = "step"
+    BUNDLE = "bundle"
     CONTEXT_PACKAGE = "context_package"
     EXTERNAL_REFERENCE = "external_reference"
 
@@ -299,3 +304,226 @@ class Query:
     related_to: RelatedTo | None = None
     limit: int | None = None
     after: int | None = None
+
+
+# -- workflow runs ---------------------------------------------------------
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
+
+
+# The lifecycle of runs and steps. ``abandoned`` is set by the store, never
+# by a caller, when the holder of a running run is gone or its lease expired;
+# an abandoned run may be resumed (running again, under a new holder) or
+# closed as failed or cancelled. Terminal states have no way out.
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.ABANDONED}
+    ),
+    RunStatus.ABANDONED: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset(status for status, nexts in TRANSITIONS.items() if not nexts)
+
+
+@dataclass(frozen=True)
+class OperationRun:
+    """One execution of an operation, with who holds it while it runs.
+
+    ``holder_json`` names the process running it (host, pid, process start
+    time); ``lease_expires_at`` is renewed by heartbeats. A running run whose
+    holder is gone or whose lease expired is marked ``abandoned``.
+    """
+
+    id: str
+    operation: str
+    status: str
+    parameters_json: str
+    parent_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    diagnostics_json: str
+    holder_json: str
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    sequence: int
+
+    @property
+    def parameters(self) -> JSONObject:
+        return _decode(self.parameters_json)  # type: ignore[no-any-return]
+
+    @property
+    def diagnostics(self) -> JSONObject:
+        return _decode(self.diagnostics_json)  # type: ignore[no-any-return]
+
+    @property
+    def holder(self) -> JSONObject:
+        return _decode(self.holder_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class WorkflowStep:
+    id: str
+    run_id: str
+    position: int
+    name: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    diagnostics_json: str
+    sequence: int
+
+    @property
+    def diagnostics(self) -> JSONObject:
+        return _decode(self.diagnostics_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An artifact pinned to one revision and its digest."""
+
+    artifact_id: str
+    revision: int
+    digest: str
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class InputBundle:
+    """What a run consumed: pinned artifact revisions plus parameters."""
+
+    id: str
+    run_id: str
+    inputs: tuple[ArtifactRef, ...]
+    parameters_json: str
+    created_at: datetime
+    sequence: int
+
+    @property
+    def parameters(self) -> JSONObject:
+        return _decode(self.parameters_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """A run's inputs, outputs, steps, diagnostics and timestamps as one record.
+
+    Stored when the run reaches a terminal or abandoned state; before that,
+    ``get_manifest`` assembles the same record from the live state
+    (``final`` tells which).
+    """
+
+    run_id: str
+    operation: str
+    status: str
+    parameters_json: str
+    inputs: tuple[ArtifactRef, ...]
+    outputs: tuple[ArtifactRef, ...]
+    steps: tuple[str, ...]
+    diagnostics_json: str
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    final: bool
+
+    @property
+    def parameters(self) -> JSONObject:
+        return _decode(self.parameters_json)  # type: ignore[no-any-return]
+
+    @property
+    def diagnostics(self) -> JSONObject:
+        return _decode(self.diagnostics_json)  # type: ignore[no-any-return]
+
+
+# -- context packages and external memory references ----------------------
+
+
+class ReferenceKind(str, enum.Enum):
+    ARTIFACT = "artifact"
+    RELATIONSHIP = "relationship"
+    RUN = "run"
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True)
+class ContextReference:
+    """One entry of a context package.
+
+    ``artifact``: ``target_id`` is an artifact id, ``revision`` optional (a
+    pinned revision; the digest is then recorded too). ``relationship`` and
+    ``run``: ``target_id`` is its id. ``external``: ``system`` and
+    ``target_id`` (the external id) and optional ``uri``; never checked.
+    """
+
+    kind: str
+    target_id: str
+    revision: int | None = None
+    digest: str | None = None
+    system: str | None = None
+    uri: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ContextPackage:
+    id: str
+    name: str
+    metadata_json: str
+    references: tuple[ContextReference, ...]
+    created_at: datetime
+    sequence: int
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ExternalMemoryReference:
+    """A record in another memory system, held opaquely; never interpreted.
+
+    It may point at an artifact revision of this store (which then counts as
+    referenced for garbage collection). ``recorded_by`` and ``recorded_at``
+    say who recorded it and when.
+    """
+
+    id: str
+    system: str
+    external_id: str
+    uri: str | None
+    artifact_id: str | None
+    revision: int | None
+    digest: str | None
+    recorded_by: str
+    metadata_json: str
+    recorded_at: datetime
+    sequence: int
+
+    @property
+    def metadata(self) -> JSONObject:
+        return _decode(self.metadata_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Impact:
+    """One artifact revision derived, directly or not, from the queried input."""
+
+    artifact_id: str
+    revision: int
+    digest: str
+    depth: int
+    via: str
+    via_id: str

@@ -69,6 +69,7 @@ from ..models import (
 )
 from . import text
 from .ids import Clock, IdSource, MonotonicIds, system_clock
+from .runs import RunsContract
 
 DIRECTIONS = ("outgoing", "incoming", "both")
 # A page larger than this is a full scan in disguise; callers page instead.
@@ -151,8 +152,9 @@ def metadata_value_matches(actual: Any, expected: Any) -> bool:
     return bool(actual == expected)
 
 
-class KnowledgeRepository(abc.ABC):
-    """A store of collections, artifacts, revisions, relationships and changes."""
+class KnowledgeRepository(RunsContract):
+    """A store of collections, artifacts, revisions, relationships, changes, runs and
+    context references (the last three in :class:`RunsContract`)."""
 
     def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
         self._clock = clock or system_clock
@@ -160,7 +162,7 @@ class KnowledgeRepository(abc.ABC):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+    def close(self) -> None:
         """Release resources. A closed repository must not be used again."""
 
     def __enter__(self) -> KnowledgeRepository:
@@ -247,11 +249,14 @@ class KnowledgeRepository(abc.ABC):
         media_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
+        """Create revision 1; ``run_id`` names the running run that produced it."""
         item = NewArtifact(name, content, artifact_type, media_type, metadata, provenance)
         with self.transaction():
             self.get_collection(collection_id)
-            checked = self._check_new(item)
+            self._check_producing_run(run_id)
+            checked = self._check_new(item, run_id)
             if self._find_artifact_by_name(collection_id, name) is not None:
                 raise DuplicateNameError(
                     f"artifact {name!r} already exists in collection {collection_id}"
@@ -259,7 +264,7 @@ class KnowledgeRepository(abc.ABC):
             return self._create(collection_id, checked)
 
     def put_artifacts(
-        self, collection_id: str, items: Iterable[NewArtifact]
+        self, collection_id: str, items: Iterable[NewArtifact], *, run_id: str | None = None
     ) -> list[PutResult]:
         """The bulk API: create or update many artifacts by name, in one transaction.
 
@@ -269,10 +274,11 @@ class KnowledgeRepository(abc.ABC):
         """
         with self.transaction():
             self.get_collection(collection_id)
+            self._check_producing_run(run_id)
             results: list[PutResult] = []
             seen: set[str] = set()
             for item in items:
-                checked = self._check_new(item)
+                checked = self._check_new(item, run_id)
                 if checked.name in seen:
                     raise DuplicateNameError(
                         f"artifact name {checked.name!r} appears twice in one put_artifacts call"
@@ -291,6 +297,7 @@ class KnowledgeRepository(abc.ABC):
                     media_type_given=True,
                     metadata=checked.metadata,
                     provenance=checked.provenance,
+                    run_id=run_id,
                 )
                 outcome = PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
                 results.append(PutResult(updated, outcome))
@@ -332,11 +339,13 @@ class KnowledgeRepository(abc.ABC):
         metadata: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
         expected_revision: int | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
         """Change what is given; ``None`` leaves a field as it is.
 
         ``metadata`` replaces the whole metadata object. Returns the artifact
-        as it is afterwards (the same record if nothing changed).
+        as it is afterwards (the same record if nothing changed). ``run_id``
+        names the running run that produced the new revision.
         """
         if content is not None:
             content = _check_content(content)
@@ -356,6 +365,7 @@ class KnowledgeRepository(abc.ABC):
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
+            self._check_producing_run(run_id)
             if name is not None and name != current.name:
                 clash = self._find_artifact_by_name(current.collection_id, name)
                 if clash is not None:
@@ -372,6 +382,7 @@ class KnowledgeRepository(abc.ABC):
                 name=name,
                 metadata=metadata_json,
                 provenance=provenance_json,
+                run_id=run_id,
             )
 
     def delete_artifact(self, artifact_id: str, *, expected_revision: int | None = None) -> None:
@@ -548,7 +559,7 @@ class KnowledgeRepository(abc.ABC):
         self._append_change(change)
         return change
 
-    def _check_new(self, item: NewArtifact) -> _CheckedArtifact:
+    def _check_new(self, item: NewArtifact, run_id: str | None = None) -> _CheckedArtifact:
         if not isinstance(item, NewArtifact):
             raise ValidationError(f"expected a NewArtifact, got {type(item).__name__}")
         return _CheckedArtifact(
@@ -558,6 +569,7 @@ class KnowledgeRepository(abc.ABC):
             media_type=_check_optional_str(item.media_type, "media type"),
             metadata=canonical_object(item.metadata, "metadata"),
             provenance=canonical_object(item.provenance, "provenance"),
+            run_id=run_id,
         )
 
     def _create(self, collection_id: str, item: _CheckedArtifact) -> Artifact:
@@ -578,6 +590,7 @@ class KnowledgeRepository(abc.ABC):
             created_at=now,
             updated_at=now,
             sequence=sequence,
+            run_id=item.run_id,
         )
         self._insert_artifact(artifact, _revision_of(artifact, sequence),
                               text.searchable_text(item.content))
@@ -597,6 +610,7 @@ class KnowledgeRepository(abc.ABC):
         name: str | None = None,
         metadata: str | None = None,
         provenance: str | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
         digest, size = current.digest, current.size
         if content is not None:
@@ -628,6 +642,7 @@ class KnowledgeRepository(abc.ABC):
             created_at=current.created_at,
             updated_at=now,
             sequence=current.sequence,
+            run_id=run_id,
             **changes,  # type: ignore[arg-type]
         )
         searchable = None
@@ -757,7 +772,8 @@ class KnowledgeRepository(abc.ABC):
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 
-    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance")
+    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance",
+                 "run_id")
 
     def __init__(
         self,
@@ -768,6 +784,7 @@ class _CheckedArtifact:
         media_type: str | None,
         metadata: str,
         provenance: str,
+        run_id: str | None,
     ) -> None:
         self.name = name
         self.content = content
@@ -775,6 +792,7 @@ class _CheckedArtifact:
         self.media_type = media_type
         self.metadata = metadata
         self.provenance = provenance
+        self.run_id = run_id
 
 
 def _revision_of(artifact: Artifact, change_sequence: int) -> ArtifactRevision:
