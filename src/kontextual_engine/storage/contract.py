@@ -31,16 +31,19 @@ Semantics, for every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .. import digests
 from ..errors import (
     ArtifactNotFound,
     CollectionNotEmptyError,
     CollectionNotFound,
+    ConflictError,
     DuplicateNameError,
     DuplicateRelationshipError,
     IntegrityError,
@@ -62,6 +65,7 @@ from ..models import (
     Query,
     RelatedTo,
     Relationship,
+    WorkflowStep,
     canonical_json,
     canonical_object,
     check_name,
@@ -755,9 +759,122 @@ class KnowledgeRepository(RunsContract):
     def _append_change(self, change: ChangeRecord) -> None: ...
 
     @abc.abstractmethod
+    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+        """Every collection, deleted ones too, with its deletion time."""
+
+    @abc.abstractmethod
+    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+        """Every artifact (its last revision's state), deleted ones too."""
+
+    @abc.abstractmethod
+    def _all_revisions(self) -> list[ArtifactRevision]:
+        """Every revision, by change sequence."""
+
+    @abc.abstractmethod
+    def _all_steps(self) -> list[WorkflowStep]:
+        """Every step, by sequence."""
+
+    @abc.abstractmethod
     def _list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]: ...
+
+    # -- whole-repository export and restore (used by snapshots) ------------
+
+    def export_records(self) -> dict[str, list[Any]]:
+        """Every record of the repository, by kind, each list in sequence order.
+
+        ``collections`` and ``artifacts`` hold ``(record, deleted_at)`` pairs,
+        since deleted ones are still referenced by history. Read in one
+        transaction, so the result is a consistent point in time.
+        """
+        with self.transaction():
+            return {
+                "collections": self._all_collections(),
+                "artifacts": self._all_artifacts(),
+                "revisions": self._all_revisions(),
+                "relationships": self._list_relationships(None, "both", None),
+                "changes": list(self.iter_changes()),
+                "runs": self._list_runs(None),
+                "steps": self._all_steps(),
+                "bundles": self._list_bundles(None),
+                "manifests": self._list_manifests(),
+                "context_packages": self._list_context_packages(),
+                "external_references": self._list_external_references(),
+            }
+
+    def is_empty(self) -> bool:
+        return self._last_sequence() == 0
+
+    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
+        """Load records exported by :meth:`export_records` into this empty repository.
+
+        ``bodies(digest)`` returns the body of a digest. The caller (the
+        snapshot importer) has verified the records; this inserts them with
+        their ids, sequences and timestamps, all or nothing.
+        """
+        with self.transaction():
+            if not self.is_empty():
+                raise ConflictError("restore needs an empty repository; this one has records")
+            stored: dict[str, None] = {}
+            for revision in records["revisions"]:
+                if revision.digest not in stored:
+                    digest, _ = self._store_body(bodies(revision.digest))
+                    if digest != revision.digest:
+                        raise IntegrityError(f"body for {revision.digest} hashes to {digest}")
+                    stored[digest] = None
+            for collection, _ in records["collections"]:
+                self._insert_collection(collection)
+            history: dict[str, list[ArtifactRevision]] = {}
+            for revision in records["revisions"]:
+                history.setdefault(revision.artifact_id, []).append(revision)
+            for artifact, deleted_at in records["artifacts"]:
+                revisions = history.get(artifact.id, [])
+                first = revisions[0]
+                self._insert_artifact(_artifact_at(artifact, first), first,
+                                      self._searchable(first.digest))
+                for revision in revisions[1:]:
+                    content_changed = revision.digest != history[artifact.id][
+                        revision.revision - 2].digest
+                    self._replace_artifact(
+                        _artifact_at(artifact, revision), revision, content_changed,
+                        self._searchable(revision.digest) if content_changed else None)
+                if deleted_at is not None:
+                    self._delete_artifact(artifact.id, deleted_at)
+            for collection, deleted_at in records["collections"]:
+                if deleted_at is not None:
+                    self._delete_collection(collection.id, deleted_at)
+            for relationship in records["relationships"]:
+                self._insert_relationship(relationship)
+            for change in records["changes"]:
+                self._append_change(change)
+            for run in records["runs"]:
+                self._insert_run(run)
+            for step in records["steps"]:
+                self._insert_step(step)
+            for bundle in records["bundles"]:
+                self._insert_bundle(bundle)
+            for manifest in records["manifests"]:
+                self._store_manifest(manifest)
+            for package in records["context_packages"]:
+                self._insert_context_package(package)
+            for reference in records["external_references"]:
+                self._insert_external_reference(reference)
+
+    def read_object(self, digest: str) -> bytes:
+        """The body stored under ``digest`` (referenced or not)."""
+        return self._load_body(digests.parse_digest(digest))
+
+    def open_object(self, digest: str) -> BinaryIO:
+        """A binary reader of the body under ``digest``; backends may stream."""
+        return io.BytesIO(self.read_object(digest))
+
+    def object_path(self, digest: str) -> Path | None:
+        """The file holding the body, where the backend keeps bodies in files."""
+        return None
+
+    def _searchable(self, digest: str) -> str | None:
+        return text.searchable_text(self._load_body(digest))
 
     def iter_changes(self, since: int = 0, *, page: int = 1000) -> Iterator[ChangeRecord]:
         """Every change after ``since``, fetched a page at a time."""
@@ -793,6 +910,18 @@ class _CheckedArtifact:
         self.metadata = metadata
         self.provenance = provenance
         self.run_id = run_id
+
+
+def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:
+    """The state of ``artifact`` as of one of its revisions."""
+    return Artifact(
+        id=artifact.id, collection_id=revision.collection_id, name=revision.name,
+        artifact_type=revision.artifact_type, media_type=revision.media_type,
+        digest=revision.digest, size=revision.size, revision=revision.revision,
+        metadata_json=revision.metadata_json, provenance_json=revision.provenance_json,
+        created_at=artifact.created_at, updated_at=revision.created_at,
+        sequence=artifact.sequence, run_id=revision.run_id,
+    )
 
 
 def _revision_of(artifact: Artifact, change_sequence: int) -> ArtifactRevision:

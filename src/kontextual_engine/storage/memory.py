@@ -45,6 +45,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         self._undo: list[list[Callable[[], None]]] = []
         self.bodies: dict[str, bytes] = {}
         self.collections: dict[str, Collection] = {}
+        self.deleted_at: dict[str, datetime] = {}
         self.collection_names: dict[str, str] = {}
         self.artifacts: dict[str, Artifact] = {}
         self.artifact_names: dict[tuple[str, str], str] = {}
@@ -135,6 +136,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     def _delete_collection(self, collection_id: str, now: datetime) -> None:
         self._pop(self.collection_names, self.collections[collection_id].name)
+        self._put(self.deleted_at, collection_id, now)
 
     def _insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
@@ -176,6 +178,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
         artifact = self.artifacts[artifact_id]
         self._pop(self.artifact_names, (artifact.collection_id, artifact.name))
+        self._put(self.deleted_at, artifact_id, now)
 
     def _query(self, query: Query) -> list[Artifact]:
         with self._lock:
@@ -268,6 +271,23 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             found = [change for change in self.changes[since:]
                      if entity_id is None or change.entity_id == entity_id]
             return found if limit is None else found[:limit]
+
+    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+        with self._lock:
+            return [(c, self.deleted_at.get(c.id)) for c in _by_sequence(self.collections.values())]
+
+    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+        with self._lock:
+            return [(a, self.deleted_at.get(a.id)) for a in _by_sequence(self.artifacts.values())]
+
+    def _all_revisions(self) -> list[ArtifactRevision]:
+        with self._lock:
+            found = [revision for history in self.revisions.values() for revision in history]
+            return sorted(found, key=lambda revision: revision.change_sequence)
+
+    def _all_steps(self) -> list[WorkflowStep]:
+        with self._lock:
+            return _by_sequence(self.steps.values())
 
     # -- runs and context --------------------------------------------------
 
