@@ -44,7 +44,7 @@ def test_unique_triple(repo: KnowledgeRepository, abc: tuple[str, str, str]) -> 
 
 
 def test_endpoints_must_be_live(repo: KnowledgeRepository, abc: tuple[str, str, str]) -> None:
-    a, b, c = abc
+    a, _, c = abc
     with pytest.raises(IntegrityError, match="art_missing"):
         repo.create_relationship(a, "art_missing", "cites")
     with pytest.raises(IntegrityError, match="art_missing"):

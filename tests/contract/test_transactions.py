@@ -86,8 +86,8 @@ def test_threads_do_not_lose_writes(repo: KnowledgeRepository, collection_id: st
     def work(worker: int) -> None:
         try:
             for index in range(25):
-                repo.create_artifact(collection_id, f"w{worker}-{index}", f"{worker}/{index}".encode(),
-                                     artifact_type="note")
+                repo.create_artifact(collection_id, f"w{worker}-{index}",
+                                     f"{worker}/{index}".encode(), artifact_type="note")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

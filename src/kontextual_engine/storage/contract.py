@@ -31,16 +31,19 @@ Semantics, for every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .. import digests
 from ..errors import (
     ArtifactNotFound,
     CollectionNotEmptyError,
     CollectionNotFound,
+    ConflictError,
     DuplicateNameError,
     DuplicateRelationshipError,
     IntegrityError,
@@ -62,6 +65,7 @@ from ..models import (
     Query,
     RelatedTo,
     Relationship,
+    WorkflowStep,
     canonical_json,
     canonical_object,
     check_name,
@@ -69,6 +73,7 @@ from ..models import (
 )
 from . import text
 from .ids import Clock, IdSource, MonotonicIds, system_clock
+from .runs import RunsContract
 
 DIRECTIONS = ("outgoing", "incoming", "both")
 # A page larger than this is a full scan in disguise; callers page instead.
@@ -151,8 +156,9 @@ def metadata_value_matches(actual: Any, expected: Any) -> bool:
     return bool(actual == expected)
 
 
-class KnowledgeRepository(abc.ABC):
-    """A store of collections, artifacts, revisions, relationships and changes."""
+class KnowledgeRepository(RunsContract):
+    """A store of collections, artifacts, revisions, relationships, changes, runs and
+    context references (the last three in :class:`RunsContract`)."""
 
     def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
         self._clock = clock or system_clock
@@ -160,7 +166,7 @@ class KnowledgeRepository(abc.ABC):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+    def close(self) -> None:
         """Release resources. A closed repository must not be used again."""
 
     def __enter__(self) -> KnowledgeRepository:
@@ -247,11 +253,14 @@ class KnowledgeRepository(abc.ABC):
         media_type: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
+        """Create revision 1; ``run_id`` names the running run that produced it."""
         item = NewArtifact(name, content, artifact_type, media_type, metadata, provenance)
         with self.transaction():
             self.get_collection(collection_id)
-            checked = self._check_new(item)
+            self._check_producing_run(run_id)
+            checked = self._check_new(item, run_id)
             if self._find_artifact_by_name(collection_id, name) is not None:
                 raise DuplicateNameError(
                     f"artifact {name!r} already exists in collection {collection_id}"
@@ -259,7 +268,7 @@ class KnowledgeRepository(abc.ABC):
             return self._create(collection_id, checked)
 
     def put_artifacts(
-        self, collection_id: str, items: Iterable[NewArtifact]
+        self, collection_id: str, items: Iterable[NewArtifact], *, run_id: str | None = None
     ) -> list[PutResult]:
         """The bulk API: create or update many artifacts by name, in one transaction.
 
@@ -269,10 +278,11 @@ class KnowledgeRepository(abc.ABC):
         """
         with self.transaction():
             self.get_collection(collection_id)
+            self._check_producing_run(run_id)
             results: list[PutResult] = []
             seen: set[str] = set()
             for item in items:
-                checked = self._check_new(item)
+                checked = self._check_new(item, run_id)
                 if checked.name in seen:
                     raise DuplicateNameError(
                         f"artifact name {checked.name!r} appears twice in one put_artifacts call"
@@ -291,6 +301,7 @@ class KnowledgeRepository(abc.ABC):
                     media_type_given=True,
                     metadata=checked.metadata,
                     provenance=checked.provenance,
+                    run_id=run_id,
                 )
                 outcome = PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
                 results.append(PutResult(updated, outcome))
@@ -332,11 +343,13 @@ class KnowledgeRepository(abc.ABC):
         metadata: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
         expected_revision: int | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
         """Change what is given; ``None`` leaves a field as it is.
 
         ``metadata`` replaces the whole metadata object. Returns the artifact
-        as it is afterwards (the same record if nothing changed).
+        as it is afterwards (the same record if nothing changed). ``run_id``
+        names the running run that produced the new revision.
         """
         if content is not None:
             content = _check_content(content)
@@ -356,6 +369,7 @@ class KnowledgeRepository(abc.ABC):
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
+            self._check_producing_run(run_id)
             if name is not None and name != current.name:
                 clash = self._find_artifact_by_name(current.collection_id, name)
                 if clash is not None:
@@ -372,6 +386,7 @@ class KnowledgeRepository(abc.ABC):
                 name=name,
                 metadata=metadata_json,
                 provenance=provenance_json,
+                run_id=run_id,
             )
 
     def delete_artifact(self, artifact_id: str, *, expected_revision: int | None = None) -> None:
@@ -548,7 +563,7 @@ class KnowledgeRepository(abc.ABC):
         self._append_change(change)
         return change
 
-    def _check_new(self, item: NewArtifact) -> _CheckedArtifact:
+    def _check_new(self, item: NewArtifact, run_id: str | None = None) -> _CheckedArtifact:
         if not isinstance(item, NewArtifact):
             raise ValidationError(f"expected a NewArtifact, got {type(item).__name__}")
         return _CheckedArtifact(
@@ -558,6 +573,7 @@ class KnowledgeRepository(abc.ABC):
             media_type=_check_optional_str(item.media_type, "media type"),
             metadata=canonical_object(item.metadata, "metadata"),
             provenance=canonical_object(item.provenance, "provenance"),
+            run_id=run_id,
         )
 
     def _create(self, collection_id: str, item: _CheckedArtifact) -> Artifact:
@@ -578,6 +594,7 @@ class KnowledgeRepository(abc.ABC):
             created_at=now,
             updated_at=now,
             sequence=sequence,
+            run_id=item.run_id,
         )
         self._insert_artifact(artifact, _revision_of(artifact, sequence),
                               text.searchable_text(item.content))
@@ -597,6 +614,7 @@ class KnowledgeRepository(abc.ABC):
         name: str | None = None,
         metadata: str | None = None,
         provenance: str | None = None,
+        run_id: str | None = None,
     ) -> Artifact:
         digest, size = current.digest, current.size
         if content is not None:
@@ -628,6 +646,7 @@ class KnowledgeRepository(abc.ABC):
             created_at=current.created_at,
             updated_at=now,
             sequence=current.sequence,
+            run_id=run_id,
             **changes,  # type: ignore[arg-type]
         )
         searchable = None
@@ -740,9 +759,122 @@ class KnowledgeRepository(abc.ABC):
     def _append_change(self, change: ChangeRecord) -> None: ...
 
     @abc.abstractmethod
+    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+        """Every collection, deleted ones too, with its deletion time."""
+
+    @abc.abstractmethod
+    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+        """Every artifact (its last revision's state), deleted ones too."""
+
+    @abc.abstractmethod
+    def _all_revisions(self) -> list[ArtifactRevision]:
+        """Every revision, by change sequence."""
+
+    @abc.abstractmethod
+    def _all_steps(self) -> list[WorkflowStep]:
+        """Every step, by sequence."""
+
+    @abc.abstractmethod
     def _list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]: ...
+
+    # -- whole-repository export and restore (used by snapshots) ------------
+
+    def export_records(self) -> dict[str, list[Any]]:
+        """Every record of the repository, by kind, each list in sequence order.
+
+        ``collections`` and ``artifacts`` hold ``(record, deleted_at)`` pairs,
+        since deleted ones are still referenced by history. Read in one
+        transaction, so the result is a consistent point in time.
+        """
+        with self.transaction():
+            return {
+                "collections": self._all_collections(),
+                "artifacts": self._all_artifacts(),
+                "revisions": self._all_revisions(),
+                "relationships": self._list_relationships(None, "both", None),
+                "changes": list(self.iter_changes()),
+                "runs": self._list_runs(None),
+                "steps": self._all_steps(),
+                "bundles": self._list_bundles(None),
+                "manifests": self._list_manifests(),
+                "context_packages": self._list_context_packages(),
+                "external_references": self._list_external_references(),
+            }
+
+    def is_empty(self) -> bool:
+        return self._last_sequence() == 0
+
+    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
+        """Load records exported by :meth:`export_records` into this empty repository.
+
+        ``bodies(digest)`` returns the body of a digest. The caller (the
+        snapshot importer) has verified the records; this inserts them with
+        their ids, sequences and timestamps, all or nothing.
+        """
+        with self.transaction():
+            if not self.is_empty():
+                raise ConflictError("restore needs an empty repository; this one has records")
+            stored: dict[str, None] = {}
+            for revision in records["revisions"]:
+                if revision.digest not in stored:
+                    digest, _ = self._store_body(bodies(revision.digest))
+                    if digest != revision.digest:
+                        raise IntegrityError(f"body for {revision.digest} hashes to {digest}")
+                    stored[digest] = None
+            for collection, _ in records["collections"]:
+                self._insert_collection(collection)
+            history: dict[str, list[ArtifactRevision]] = {}
+            for revision in records["revisions"]:
+                history.setdefault(revision.artifact_id, []).append(revision)
+            for artifact, deleted_at in records["artifacts"]:
+                revisions = history.get(artifact.id, [])
+                first = revisions[0]
+                self._insert_artifact(_artifact_at(artifact, first), first,
+                                      self._searchable(first.digest))
+                for revision in revisions[1:]:
+                    content_changed = revision.digest != history[artifact.id][
+                        revision.revision - 2].digest
+                    self._replace_artifact(
+                        _artifact_at(artifact, revision), revision, content_changed,
+                        self._searchable(revision.digest) if content_changed else None)
+                if deleted_at is not None:
+                    self._delete_artifact(artifact.id, deleted_at)
+            for collection, deleted_at in records["collections"]:
+                if deleted_at is not None:
+                    self._delete_collection(collection.id, deleted_at)
+            for relationship in records["relationships"]:
+                self._insert_relationship(relationship)
+            for change in records["changes"]:
+                self._append_change(change)
+            for run in records["runs"]:
+                self._insert_run(run)
+            for step in records["steps"]:
+                self._insert_step(step)
+            for bundle in records["bundles"]:
+                self._insert_bundle(bundle)
+            for manifest in records["manifests"]:
+                self._store_manifest(manifest)
+            for package in records["context_packages"]:
+                self._insert_context_package(package)
+            for reference in records["external_references"]:
+                self._insert_external_reference(reference)
+
+    def read_object(self, digest: str) -> bytes:
+        """The body stored under ``digest`` (referenced or not)."""
+        return self._load_body(digests.parse_digest(digest))
+
+    def open_object(self, digest: str) -> BinaryIO:
+        """A binary reader of the body under ``digest``; backends may stream."""
+        return io.BytesIO(self.read_object(digest))
+
+    def object_path(self, digest: str) -> Path | None:
+        """The file holding the body, where the backend keeps bodies in files."""
+        return None
+
+    def _searchable(self, digest: str) -> str | None:
+        return text.searchable_text(self._load_body(digest))
 
     def iter_changes(self, since: int = 0, *, page: int = 1000) -> Iterator[ChangeRecord]:
         """Every change after ``since``, fetched a page at a time."""
@@ -757,7 +889,8 @@ class KnowledgeRepository(abc.ABC):
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 
-    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance")
+    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance",
+                 "run_id")
 
     def __init__(
         self,
@@ -768,6 +901,7 @@ class _CheckedArtifact:
         media_type: str | None,
         metadata: str,
         provenance: str,
+        run_id: str | None,
     ) -> None:
         self.name = name
         self.content = content
@@ -775,6 +909,19 @@ class _CheckedArtifact:
         self.media_type = media_type
         self.metadata = metadata
         self.provenance = provenance
+        self.run_id = run_id
+
+
+def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:
+    """The state of ``artifact`` as of one of its revisions."""
+    return Artifact(
+        id=artifact.id, collection_id=revision.collection_id, name=revision.name,
+        artifact_type=revision.artifact_type, media_type=revision.media_type,
+        digest=revision.digest, size=revision.size, revision=revision.revision,
+        metadata_json=revision.metadata_json, provenance_json=revision.provenance_json,
+        created_at=artifact.created_at, updated_at=revision.created_at,
+        sequence=artifact.sequence, run_id=revision.run_id,
+    )
 
 
 def _revision_of(artifact: Artifact, change_sequence: int) -> ArtifactRevision:

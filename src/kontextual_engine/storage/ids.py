@@ -54,9 +54,9 @@ class MonotonicIds:
 class SequentialIds:
     """Deterministic ids for tests: ``art_000…001``, ``art_000…002``, …"""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 1) -> None:
         self._lock = threading.Lock()
-        self._next = 0
+        self._next = start - 1
 
     def __call__(self, kind: str) -> str:
         with self._lock:

@@ -9,19 +9,33 @@ undone. One re-entrant lock serialises transactions across threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import digests
 from ..errors import ObjectNotFound
-from ..models import Artifact, ArtifactRevision, ChangeRecord, Collection, Query, Relationship
+from ..models import (
+    Artifact,
+    ArtifactRevision,
+    ChangeRecord,
+    Collection,
+    ContextPackage,
+    ExternalMemoryReference,
+    InputBundle,
+    OperationRun,
+    Query,
+    Relationship,
+    RunManifest,
+    WorkflowStep,
+)
 from . import text
 from .contract import KnowledgeRepository, metadata_value_matches
 from .ids import Clock, IdSource
 
 _MISSING = object()
+_Sequenced = TypeVar("_Sequenced")
 
 
 class InMemoryKnowledgeRepository(KnowledgeRepository):
@@ -31,6 +45,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         self._undo: list[list[Callable[[], None]]] = []
         self.bodies: dict[str, bytes] = {}
         self.collections: dict[str, Collection] = {}
+        self.deleted_at: dict[str, datetime] = {}
         self.collection_names: dict[str, str] = {}
         self.artifacts: dict[str, Artifact] = {}
         self.artifact_names: dict[tuple[str, str], str] = {}
@@ -39,6 +54,12 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         self.relationships: dict[str, Relationship] = {}
         self.relationship_keys: dict[tuple[str, str, str], str] = {}
         self.changes: list[ChangeRecord] = []
+        self.runs: dict[str, OperationRun] = {}
+        self.steps: dict[str, WorkflowStep] = {}
+        self.bundles: dict[str, InputBundle] = {}
+        self.manifests: dict[str, RunManifest] = {}
+        self.packages: dict[str, ContextPackage] = {}
+        self.external_references: dict[str, ExternalMemoryReference] = {}
 
     # -- transactions ------------------------------------------------------
 
@@ -115,6 +136,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     def _delete_collection(self, collection_id: str, now: datetime) -> None:
         self._pop(self.collection_names, self.collections[collection_id].name)
+        self._put(self.deleted_at, collection_id, now)
 
     def _insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
@@ -156,6 +178,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
         artifact = self.artifacts[artifact_id]
         self._pop(self.artifact_names, (artifact.collection_id, artifact.name))
+        self._put(self.deleted_at, artifact_id, now)
 
     def _query(self, query: Query) -> list[Artifact]:
         with self._lock:
@@ -248,6 +271,121 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             found = [change for change in self.changes[since:]
                      if entity_id is None or change.entity_id == entity_id]
             return found if limit is None else found[:limit]
+
+    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+        with self._lock:
+            return [(c, self.deleted_at.get(c.id)) for c in _by_sequence(self.collections.values())]
+
+    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+        with self._lock:
+            return [(a, self.deleted_at.get(a.id)) for a in _by_sequence(self.artifacts.values())]
+
+    def _all_revisions(self) -> list[ArtifactRevision]:
+        with self._lock:
+            found = [revision for history in self.revisions.values() for revision in history]
+            return sorted(found, key=lambda revision: revision.change_sequence)
+
+    def _all_steps(self) -> list[WorkflowStep]:
+        with self._lock:
+            return _by_sequence(self.steps.values())
+
+    # -- runs and context --------------------------------------------------
+
+    def _insert_run(self, run: OperationRun) -> None:
+        self._put(self.runs, run.id, run)
+
+    _replace_run = _insert_run
+
+    def _find_run(self, run_id: str) -> OperationRun | None:
+        with self._lock:
+            return self.runs.get(run_id)
+
+    def _list_runs(self, status: str | None) -> list[OperationRun]:
+        with self._lock:
+            return _by_sequence(run for run in self.runs.values()
+                                if status is None or run.status == status)
+
+    def _insert_step(self, step: WorkflowStep) -> None:
+        self._put(self.steps, step.id, step)
+
+    _replace_step = _insert_step
+
+    def _find_step(self, step_id: str) -> WorkflowStep | None:
+        with self._lock:
+            return self.steps.get(step_id)
+
+    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
+        with self._lock:
+            return _by_sequence(step for step in self.steps.values() if step.run_id == run_id)
+
+    def _insert_bundle(self, bundle: InputBundle) -> None:
+        self._put(self.bundles, bundle.id, bundle)
+
+    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
+        with self._lock:
+            return _by_sequence(bundle for bundle in self.bundles.values()
+                                if run_id is None or bundle.run_id == run_id)
+
+    def _bundles_consuming(
+        self, artifact_id: str | None, revision: int | None, digest: str | None
+    ) -> list[InputBundle]:
+        with self._lock:
+            return _by_sequence(
+                bundle for bundle in self.bundles.values()
+                if any((artifact_id is None or ref.artifact_id == artifact_id)
+                       and (revision is None or ref.revision == revision)
+                       and (digest is None or ref.digest == digest)
+                       for ref in bundle.inputs)
+            )
+
+    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
+        with self._lock:
+            found = [revision for history in self.revisions.values() for revision in history
+                     if revision.run_id == run_id]
+            return sorted(found, key=lambda revision: revision.change_sequence)
+
+    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
+        with self._lock:
+            found = [revision for history in self.revisions.values() for revision in history
+                     if revision.digest == digest]
+            return sorted(found, key=lambda revision: revision.change_sequence)
+
+    def _store_manifest(self, manifest: RunManifest) -> None:
+        self._put(self.manifests, manifest.run_id, manifest)
+
+    def _find_manifest(self, run_id: str) -> RunManifest | None:
+        with self._lock:
+            return self.manifests.get(run_id)
+
+    def _list_manifests(self) -> list[RunManifest]:
+        with self._lock:
+            return sorted(self.manifests.values(), key=lambda m: self.runs[m.run_id].sequence)
+
+    def _insert_context_package(self, package: ContextPackage) -> None:
+        self._put(self.packages, package.id, package)
+
+    def _find_context_package(self, package_id: str) -> ContextPackage | None:
+        with self._lock:
+            return self.packages.get(package_id)
+
+    def _list_context_packages(self) -> list[ContextPackage]:
+        with self._lock:
+            return _by_sequence(self.packages.values())
+
+    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None:
+        self._put(self.external_references, reference.id, reference)
+
+    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
+        with self._lock:
+            return self.external_references.get(reference_id)
+
+    def _list_external_references(self) -> list[ExternalMemoryReference]:
+        with self._lock:
+            return _by_sequence(self.external_references.values())
+
+
+def _by_sequence(records: Iterable[_Sequenced]) -> list[_Sequenced]:
+    return sorted(records, key=lambda record: record.sequence)  # type: ignore[attr-defined]
 
 
 def _metadata_matches(artifact: Artifact, expected: Any) -> bool:

@@ -1,0 +1,781 @@
+"""The contract for workflow runs, context packages and external references.
+
+``KnowledgeRepository`` inherits these methods; like the rest of the contract
+they implement every rule once and call backend primitives.
+
+Run lifecycle (``models.TRANSITIONS``; steps follow the same table)::
+
+    pending   -> running | cancelled
+    running   -> succeeded | failed | cancelled | abandoned
+    abandoned -> running (resumed by a new holder) | failed | cancelled
+    succeeded, failed, cancelled: terminal
+
+``abandoned`` is set only by :meth:`RunsContract.recover_abandoned`: a running
+run whose lease expired, or whose holder process on this host is gone. Every
+transition, heartbeat, step, input bundle, package and external reference is
+a change record. A run's manifest is stored when it leaves ``running`` for a
+terminal or abandoned state.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from .. import digests
+from ..errors import (
+    ArtifactNotFound,
+    ContextPackageNotFound,
+    ExternalReferenceNotFound,
+    IllegalTransitionError,
+    IntegrityError,
+    RunNotFound,
+    StepNotFound,
+    ValidationError,
+)
+from ..models import (
+    TERMINAL,
+    TRANSITIONS,
+    Artifact,
+    ArtifactRef,
+    ArtifactRevision,
+    ChangeAction,
+    ChangeRecord,
+    ContextPackage,
+    ContextReference,
+    EntityKind,
+    ExternalMemoryReference,
+    Impact,
+    InputBundle,
+    OperationRun,
+    ReferenceKind,
+    Relationship,
+    RunManifest,
+    RunStatus,
+    WorkflowStep,
+    canonical_object,
+    check_name,
+    format_time,
+)
+from . import holders
+
+# Long enough that a busy worker heartbeating every minute never loses its
+# run, short enough that a crashed one on another host is noticed soon.
+DEFAULT_LEASE_SECONDS = 300.0
+# The impact walk stops here; real derivation chains are far shorter, and a
+# bound keeps a cycle through relationships from running forever.
+MAX_IMPACT_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Pin:
+    """An input to pin: an artifact, at a revision (default: its current one)."""
+
+    artifact_id: str
+    revision: int | None = None
+    role: str | None = None
+
+
+def _status(value: object, what: str) -> RunStatus:
+    try:
+        return RunStatus(value)
+    except ValueError:
+        raise ValidationError(
+            f"{what} {value!r} is not one of {[s.value for s in RunStatus]}"
+        ) from None
+
+
+def _lease(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400 * 7:
+        raise ValidationError(f"lease_seconds must be a number in (0, 604800], got {value!r}")
+    return float(value)
+
+
+class RunsContract(abc.ABC):
+    """Runs, steps, input bundles, manifests, context packages, external references."""
+
+    # -- runs --------------------------------------------------------------
+
+    def create_run(
+        self,
+        operation: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> OperationRun:
+        check_name(operation, "operation")
+        parameters_json = canonical_object(parameters, "run parameters")
+        with self.transaction():
+            if parent_run_id is not None:
+                self.get_run(parent_run_id)
+            now = self._now()
+            run = OperationRun(
+                id=self._ids("run"), operation=operation, status=RunStatus.PENDING.value,
+                parameters_json=parameters_json, parent_run_id=parent_run_id,
+                created_at=now, started_at=None, finished_at=None, error=None,
+                diagnostics_json="{}", holder_json="{}", lease_expires_at=None,
+                heartbeat_at=None, sequence=self._next_sequence(),
+            )
+            self._insert_run(run)
+            self._record(run.sequence, EntityKind.RUN, run.id, ChangeAction.CREATE, now,
+                         details={"operation": operation, "status": run.status})
+            return run
+
+    def get_run(self, run_id: str) -> OperationRun:
+        if not isinstance(run_id, str):
+            raise ValidationError(f"run id must be a string, got {run_id!r}")
+        run = self._find_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        operation: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> list[OperationRun]:
+        """Runs in creation order, optionally filtered."""
+        if status is not None:
+            _status(status, "status")
+        return [
+            run for run in self._list_runs(status)
+            if (operation is None or run.operation == operation)
+            and (parent_run_id is None or run.parent_run_id == parent_run_id)
+        ]
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        holder: Mapping[str, Any] | None = None,
+    ) -> OperationRun:
+        """Move a pending (or abandoned) run to running, held by ``holder``.
+
+        ``holder`` defaults to this process (host, pid, start time). The lease
+        must be renewed with :meth:`heartbeat` before it expires.
+        """
+        lease = _lease(lease_seconds)
+        holder_json = canonical_object(
+            holders.current_holder() if holder is None else holder, "holder"
+        )
+        with self.transaction():
+            run = self.get_run(run_id)
+            now = self._now()
+            return self._transition_run(
+                run, RunStatus.RUNNING, now,
+                started_at=run.started_at or now, holder_json=holder_json,
+                lease_expires_at=now + timedelta(seconds=lease), heartbeat_at=now,
+            )
+
+    def heartbeat(
+        self, run_id: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> OperationRun:
+        """Renew the lease of a running run."""
+        lease = _lease(lease_seconds)
+        with self.transaction():
+            run = self.get_run(run_id)
+            if run.status != RunStatus.RUNNING.value:
+                raise IllegalTransitionError(
+                    f"run {run_id} is {run.status}; only a running run takes heartbeats"
+                )
+            now = self._now()
+            renewed = _replace_run(run, heartbeat_at=now,
+                                   lease_expires_at=now + timedelta(seconds=lease))
+            self._replace_run(renewed)
+            self._record(self._next_sequence(), EntityKind.RUN, run_id, ChangeAction.UPDATE,
+                         now, details={"heartbeat": True,
+                                       "lease_expires_at": _iso(renewed.lease_expires_at)})
+            return renewed
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str = RunStatus.SUCCEEDED.value,
+        *,
+        error: str | None = None,
+        diagnostics: Mapping[str, Any] | None = None,
+    ) -> OperationRun:
+        """End a run: succeeded, failed or cancelled. Stores its manifest."""
+        target = _status(status, "status")
+        if target not in TERMINAL:
+            raise ValidationError(f"finish_run takes a terminal status, not {target.value!r}")
+        if error is not None and not isinstance(error, str):
+            raise ValidationError("error must be a string")
+        diagnostics_json = None if diagnostics is None else canonical_object(
+            diagnostics, "run diagnostics")
+        with self.transaction():
+            run = self.get_run(run_id)
+            return self._transition_run(
+                run, target, self._now(), error=error,
+                diagnostics_json=diagnostics_json or run.diagnostics_json,
+            )
+
+    def recover_abandoned(self) -> list[OperationRun]:
+        """Mark running runs whose holder is gone or whose lease expired as abandoned.
+
+        Called when a durable repository is opened; call it any time. Running
+        steps of an abandoned run become abandoned too.
+        """
+        with self.transaction():
+            now = self._now()
+            recovered = []
+            for run in self._list_runs(RunStatus.RUNNING.value):
+                expired = run.lease_expires_at is not None and run.lease_expires_at <= now
+                if not expired and not holders.holder_is_gone(run.holder):
+                    continue
+                reason = "lease expired" if expired else "holder process is gone"
+                for step in self._list_steps(run.id):
+                    if step.status == RunStatus.RUNNING.value:
+                        self._transition_step(step, RunStatus.ABANDONED, now)
+                recovered.append(self._transition_run(
+                    run, RunStatus.ABANDONED, now, error=f"abandoned: {reason}"))
+            return recovered
+
+    def _transition_run(
+        self, run: OperationRun, target: RunStatus, now: datetime, **fields: Any
+    ) -> OperationRun:
+        current = RunStatus(run.status)
+        if target not in TRANSITIONS[current]:
+            raise IllegalTransitionError(
+                f"run {run.id} cannot go from {current.value} to {target.value}"
+            )
+        if target in TERMINAL or target is RunStatus.ABANDONED:
+            fields.setdefault("finished_at", now)
+            fields.setdefault("lease_expires_at", None)
+        elif target is RunStatus.RUNNING:
+            fields.setdefault("finished_at", None)
+            fields.setdefault("error", None)
+        changed = _replace_run(run, status=target.value, **fields)
+        self._replace_run(changed)
+        self._record(self._next_sequence(), EntityKind.RUN, run.id, ChangeAction.TRANSITION,
+                     now, details={"from": current.value, "to": target.value})
+        if target in TERMINAL or target is RunStatus.ABANDONED:
+            self._store_manifest(self._assemble_manifest(changed, final=True))
+        return changed
+
+    # -- steps -------------------------------------------------------------
+
+    def add_step(
+        self, run_id: str, name: str, *, diagnostics: Mapping[str, Any] | None = None
+    ) -> WorkflowStep:
+        """Append a pending step to a run that has not ended."""
+        check_name(name, "step name")
+        diagnostics_json = canonical_object(diagnostics, "step diagnostics")
+        with self.transaction():
+            run = self.get_run(run_id)
+            if RunStatus(run.status) in TERMINAL:
+                raise IllegalTransitionError(f"run {run_id} is {run.status}; cannot add steps")
+            now = self._now()
+            step = WorkflowStep(
+                id=self._ids("step"), run_id=run_id,
+                position=len(self._list_steps(run_id)) + 1, name=name,
+                status=RunStatus.PENDING.value, created_at=now, started_at=None,
+                finished_at=None, diagnostics_json=diagnostics_json,
+                sequence=self._next_sequence(),
+            )
+            self._insert_step(step)
+            self._record(step.sequence, EntityKind.STEP, step.id, ChangeAction.CREATE, now,
+                         details={"run_id": run_id, "name": name, "position": step.position})
+            return step
+
+    def set_step_status(
+        self, step_id: str, status: str, *, diagnostics: Mapping[str, Any] | None = None
+    ) -> WorkflowStep:
+        target = _status(status, "status")
+        if target is RunStatus.ABANDONED:
+            raise ValidationError("abandoned is set by recover_abandoned, not by callers")
+        diagnostics_json = None if diagnostics is None else canonical_object(
+            diagnostics, "step diagnostics")
+        with self.transaction():
+            step = self.get_step(step_id)
+            return self._transition_step(step, target, self._now(),
+                                         diagnostics_json=diagnostics_json)
+
+    def get_step(self, step_id: str) -> WorkflowStep:
+        if not isinstance(step_id, str):
+            raise ValidationError(f"step id must be a string, got {step_id!r}")
+        step = self._find_step(step_id)
+        if step is None:
+            raise StepNotFound(step_id)
+        return step
+
+    def list_steps(self, run_id: str) -> list[WorkflowStep]:
+        self.get_run(run_id)
+        return self._list_steps(run_id)
+
+    def _transition_step(
+        self, step: WorkflowStep, target: RunStatus, now: datetime,
+        diagnostics_json: str | None = None,
+    ) -> WorkflowStep:
+        current = RunStatus(step.status)
+        if target not in TRANSITIONS[current]:
+            raise IllegalTransitionError(
+                f"step {step.id} cannot go from {current.value} to {target.value}"
+            )
+        started_at = step.started_at or (now if target is RunStatus.RUNNING else None)
+        finished_at = now if target in TERMINAL or target is RunStatus.ABANDONED else None
+        changed = WorkflowStep(
+            id=step.id, run_id=step.run_id, position=step.position, name=step.name,
+            status=target.value, created_at=step.created_at, started_at=started_at,
+            finished_at=finished_at,
+            diagnostics_json=diagnostics_json or step.diagnostics_json,
+            sequence=step.sequence,
+        )
+        self._replace_step(changed)
+        self._record(self._next_sequence(), EntityKind.STEP, step.id, ChangeAction.TRANSITION,
+                     now, details={"run_id": step.run_id, "from": current.value,
+                                   "to": target.value})
+        return changed
+
+    # -- inputs, outputs, manifests ----------------------------------------
+
+    def add_inputs(
+        self,
+        run_id: str,
+        inputs: Iterable[Pin | str],
+        *,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> InputBundle:
+        """Record what a run consumed, each artifact pinned to a revision and digest."""
+        parameters_json = canonical_object(parameters, "bundle parameters")
+        with self.transaction():
+            run = self.get_run(run_id)
+            if RunStatus(run.status) in TERMINAL:
+                raise IllegalTransitionError(f"run {run_id} is {run.status}; cannot add inputs")
+            pinned = tuple(self._pin(item) for item in inputs)
+            now = self._now()
+            bundle = InputBundle(id=self._ids("bundle"), run_id=run_id, inputs=pinned,
+                                 parameters_json=parameters_json, created_at=now,
+                                 sequence=self._next_sequence())
+            self._insert_bundle(bundle)
+            self._record(bundle.sequence, EntityKind.BUNDLE, bundle.id, ChangeAction.CREATE, now,
+                         details={"run_id": run_id, "inputs": len(pinned)})
+            return bundle
+
+    def list_bundles(self, run_id: str) -> list[InputBundle]:
+        self.get_run(run_id)
+        return self._list_bundles(run_id)
+
+    def run_outputs(self, run_id: str) -> list[ArtifactRevision]:
+        """Every artifact revision the run produced, in the order it produced them."""
+        self.get_run(run_id)
+        return self._list_outputs(run_id)
+
+    def producing_run(self, artifact_id: str, revision: int | None = None) -> OperationRun | None:
+        """The run that produced this revision (default: the current one), if any."""
+        found = self._revision_or_current(artifact_id, revision)
+        return None if found.run_id is None else self.get_run(found.run_id)
+
+    def consuming_runs(self, artifact_id: str, revision: int | None = None) -> list[OperationRun]:
+        """Runs whose input bundles pinned this artifact (any revision, or the one given)."""
+        if revision is not None:
+            self._revision_or_current(artifact_id, revision)
+        run_ids = dict.fromkeys(
+            bundle.run_id for bundle in self._bundles_consuming(artifact_id, revision, None)
+        )
+        return sorted((self.get_run(run_id) for run_id in run_ids), key=lambda r: r.sequence)
+
+    def get_manifest(self, run_id: str) -> RunManifest:
+        """The stored manifest of an ended run, or the live one of a run in progress."""
+        run = self.get_run(run_id)
+        stored = self._find_manifest(run_id)
+        if stored is not None and stored.status == run.status:
+            return stored
+        return self._assemble_manifest(run, final=False)
+
+    def _assemble_manifest(self, run: OperationRun, *, final: bool) -> RunManifest:
+        inputs = tuple(ref for bundle in self._list_bundles(run.id) for ref in bundle.inputs)
+        outputs = tuple(ArtifactRef(r.artifact_id, r.revision, r.digest)
+                        for r in self._list_outputs(run.id))
+        return RunManifest(
+            run_id=run.id, operation=run.operation, status=run.status,
+            parameters_json=run.parameters_json, inputs=inputs, outputs=outputs,
+            steps=tuple(step.id for step in self._list_steps(run.id)),
+            diagnostics_json=run.diagnostics_json, error=run.error,
+            created_at=run.created_at, started_at=run.started_at,
+            finished_at=run.finished_at, final=final,
+        )
+
+    def _pin(self, item: Pin | str) -> ArtifactRef:
+        if isinstance(item, str):
+            item = Pin(item)
+        if not isinstance(item, Pin):
+            raise ValidationError(f"an input must be a Pin or an artifact id, got {item!r}")
+        if item.role is not None:
+            check_name(item.role, "input role")
+        found = self._revision_or_current(item.artifact_id, item.revision)
+        return ArtifactRef(found.artifact_id, found.revision, found.digest, item.role)
+
+    def _revision_or_current(self, artifact_id: str, revision: int | None) -> ArtifactRevision:
+        if not isinstance(artifact_id, str):
+            raise ValidationError(f"artifact id must be a string, got {artifact_id!r}")
+        if revision is None:
+            artifact = self._find_artifact(artifact_id)
+            if artifact is None:
+                raise ArtifactNotFound(artifact_id)
+            revision = artifact.revision
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+            raise ValidationError(f"revision must be a positive integer, got {revision!r}")
+        found = self._find_revision(artifact_id, revision)
+        if found is None:
+            raise IntegrityError(f"artifact {artifact_id!r} has no revision {revision}")
+        return found
+
+    def _check_producing_run(self, run_id: str | None) -> None:
+        """Only a running run can be recorded as the producer of a revision."""
+        if run_id is None:
+            return
+        run = self.get_run(run_id)
+        if run.status != RunStatus.RUNNING.value:
+            raise IllegalTransitionError(
+                f"run {run_id} is {run.status}; only a running run can produce outputs"
+            )
+
+    # -- impact ------------------------------------------------------------
+
+    def impact(
+        self,
+        artifact_id: str | None = None,
+        *,
+        revision: int | None = None,
+        digest: str | None = None,
+        relationship_types: Sequence[str] = (),
+    ) -> list[Impact]:
+        """What was derived from an input, transitively: what to recompute if it was wrong.
+
+        Start from an artifact revision (``artifact_id`` and optional
+        ``revision``; without one, every revision) or from a ``digest`` (every
+        revision with that body). Follow runs (a run that consumed a node
+        produced its outputs) and relationships of ``relationship_types``
+        (``A -[type]-> B`` means A was derived from B, so B's impact includes
+        A's current revision). Results are in breadth-first order, each
+        artifact revision once, with the depth and what led to it.
+        """
+        if (artifact_id is None) == (digest is None):
+            raise ValidationError("impact takes either artifact_id or digest")
+        types = tuple(relationship_types)
+        for relationship_type in types:
+            check_name(relationship_type, "relationship type")
+        if digest is not None:
+            digest = digests.parse_digest(digest)
+            frontier = [(ref.artifact_id, ref.revision)
+                        for bundle in self._bundles_consuming(None, None, digest)
+                        for ref in bundle.inputs if ref.digest == digest]
+            frontier += [(r.artifact_id, r.revision) for r in self._revisions_with_digest(digest)]
+        else:
+            assert artifact_id is not None
+            if revision is not None:
+                self._revision_or_current(artifact_id, revision)
+                frontier = [(artifact_id, revision)]
+            else:
+                history = self._list_revisions(artifact_id)
+                if not history:
+                    raise ArtifactNotFound(artifact_id)
+                frontier = [(artifact_id, r.revision) for r in history]
+        seen = set(frontier)
+        found: list[Impact] = []
+        depth = 0
+        while frontier and depth < MAX_IMPACT_DEPTH:
+            depth += 1
+            following: list[tuple[str, int]] = []
+            for node_id, node_revision in frontier:
+                for derived, via, via_id in self._derived_from(node_id, node_revision, types):
+                    key = (derived.artifact_id, derived.revision)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    following.append(key)
+                    found.append(Impact(derived.artifact_id, derived.revision, derived.digest,
+                                        depth, via, via_id))
+            frontier = following
+        return found
+
+    def _derived_from(
+        self, artifact_id: str, revision: int, types: tuple[str, ...]
+    ) -> list[tuple[ArtifactRevision, str, str]]:
+        derived: list[tuple[ArtifactRevision, str, str]] = []
+        run_ids = dict.fromkeys(b.run_id for b in self._bundles_consuming(artifact_id, revision,
+                                                                           None))
+        for run_id in run_ids:
+            derived += [(output, "run", run_id) for output in self._list_outputs(run_id)]
+        for relationship_type in types:
+            for relationship in self._list_relationships(artifact_id, "incoming",
+                                                         relationship_type):
+                source = self._find_artifact(relationship.source_id)
+                if source is not None:
+                    current = self._find_revision(source.id, source.revision)
+                    assert current is not None
+                    derived.append((current, "relationship", relationship.id))
+        return derived
+
+    # -- context packages --------------------------------------------------
+
+    def create_context_package(
+        self,
+        name: str,
+        references: Iterable[ContextReference],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ContextPackage:
+        """An ordered, immutable list of references. Internal targets must exist."""
+        check_name(name, "context package name")
+        metadata_json = canonical_object(metadata, "context package metadata")
+        with self.transaction():
+            checked = tuple(self._check_reference(ref) for ref in references)
+            now = self._now()
+            package = ContextPackage(id=self._ids("context_package"), name=name,
+                                     metadata_json=metadata_json, references=checked,
+                                     created_at=now, sequence=self._next_sequence())
+            self._insert_context_package(package)
+            self._record(package.sequence, EntityKind.CONTEXT_PACKAGE, package.id,
+                         ChangeAction.CREATE, now,
+                         details={"name": name, "references": len(checked)})
+            return package
+
+    def get_context_package(self, package_id: str) -> ContextPackage:
+        if not isinstance(package_id, str):
+            raise ValidationError(f"context package id must be a string, got {package_id!r}")
+        package = self._find_context_package(package_id)
+        if package is None:
+            raise ContextPackageNotFound(package_id)
+        return package
+
+    def list_context_packages(self) -> list[ContextPackage]:
+        return self._list_context_packages()
+
+    def _check_reference(self, ref: ContextReference) -> ContextReference:
+        if not isinstance(ref, ContextReference):
+            raise ValidationError(f"expected a ContextReference, got {type(ref).__name__}")
+        try:
+            kind = ReferenceKind(ref.kind)
+        except ValueError:
+            raise ValidationError(
+                f"reference kind {ref.kind!r} is not one of {[k.value for k in ReferenceKind]}"
+            ) from None
+        if not isinstance(ref.target_id, str) or not ref.target_id:
+            raise ValidationError(f"reference target {ref.target_id!r} must be a non-empty string")
+        for what, value in (("note", ref.note), ("uri", ref.uri)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"reference {what} must be a string")
+        if kind is ReferenceKind.EXTERNAL:
+            check_name(ref.system, "external system")
+            if ref.revision is not None or ref.digest is not None:
+                raise ValidationError("an external reference has no revision or digest")
+            return ref
+        if ref.system is not None or ref.uri is not None:
+            raise ValidationError(f"a {kind.value} reference has no system or uri")
+        if kind is ReferenceKind.ARTIFACT:
+            if ref.revision is None:
+                if ref.digest is not None:
+                    raise ValidationError("a digest needs a pinned revision")
+                if self._find_artifact(ref.target_id) is None:
+                    raise IntegrityError(f"context reference to missing artifact {ref.target_id!r}")
+                return ref
+            pinned = self._revision_or_current(ref.target_id, ref.revision)
+            if ref.digest is not None and ref.digest != pinned.digest:
+                raise IntegrityError(
+                    f"artifact {ref.target_id} revision {ref.revision} has digest "
+                    f"{pinned.digest}, not {ref.digest}"
+                )
+            return ContextReference(kind.value, ref.target_id, pinned.revision, pinned.digest,
+                                    note=ref.note)
+        if ref.revision is not None or ref.digest is not None:
+            raise ValidationError(f"a {kind.value} reference has no revision or digest")
+        if kind is ReferenceKind.RELATIONSHIP and self._find_relationship(ref.target_id) is None:
+            raise IntegrityError(f"context reference to missing relationship {ref.target_id!r}")
+        if kind is ReferenceKind.RUN and self._find_run(ref.target_id) is None:
+            raise IntegrityError(f"context reference to missing run {ref.target_id!r}")
+        return ref
+
+    # -- external memory references ----------------------------------------
+
+    def record_external_reference(
+        self,
+        system: str,
+        external_id: str,
+        *,
+        recorded_by: str,
+        uri: str | None = None,
+        artifact_id: str | None = None,
+        revision: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ExternalMemoryReference:
+        """Record that ``system``'s record ``external_id`` exists (and what it points at here)."""
+        check_name(system, "external system")
+        check_name(recorded_by, "recorded_by")
+        if not isinstance(external_id, str) or not external_id or "\x00" in external_id:
+            raise ValidationError(f"external id must be a non-empty string, got {external_id!r}")
+        if uri is not None and (not isinstance(uri, str) or "\x00" in uri):
+            raise ValidationError(f"uri must be a string, got {uri!r}")
+        metadata_json = canonical_object(metadata, "external reference metadata")
+        with self.transaction():
+            pinned = None
+            if artifact_id is not None:
+                pinned = self._revision_or_current(artifact_id, revision)
+            elif revision is not None:
+                raise ValidationError("a revision needs an artifact_id")
+            now = self._now()
+            reference = ExternalMemoryReference(
+                id=self._ids("external_reference"), system=system, external_id=external_id,
+                uri=uri, artifact_id=artifact_id,
+                revision=None if pinned is None else pinned.revision,
+                digest=None if pinned is None else pinned.digest,
+                recorded_by=recorded_by, metadata_json=metadata_json, recorded_at=now,
+                sequence=self._next_sequence(),
+            )
+            self._insert_external_reference(reference)
+            self._record(reference.sequence, EntityKind.EXTERNAL_REFERENCE, reference.id,
+                         ChangeAction.CREATE, now,
+                         details={"system": system, "external_id": external_id})
+            return reference
+
+    def get_external_reference(self, reference_id: str) -> ExternalMemoryReference:
+        if not isinstance(reference_id, str):
+            raise ValidationError(f"reference id must be a string, got {reference_id!r}")
+        found = self._find_external_reference(reference_id)
+        if found is None:
+            raise ExternalReferenceNotFound(reference_id)
+        return found
+
+    def list_external_references(
+        self, *, system: str | None = None, artifact_id: str | None = None
+    ) -> list[ExternalMemoryReference]:
+        return [ref for ref in self._list_external_references()
+                if (system is None or ref.system == system)
+                and (artifact_id is None or ref.artifact_id == artifact_id)]
+
+    # -- what the artifact contract provides -------------------------------
+
+    _ids: Any
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    @abc.abstractmethod
+    def _now(self) -> datetime: ...
+
+    @abc.abstractmethod
+    def _record(
+        self,
+        sequence: int,
+        kind: EntityKind,
+        entity_id: str,
+        action: ChangeAction,
+        timestamp: datetime,
+        *,
+        revision: int | None = None,
+        old_digest: str | None = None,
+        new_digest: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> ChangeRecord: ...
+
+    @abc.abstractmethod
+    def _next_sequence(self) -> int: ...
+
+    @abc.abstractmethod
+    def _find_artifact(self, artifact_id: str) -> Artifact | None: ...
+
+    @abc.abstractmethod
+    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None: ...
+
+    @abc.abstractmethod
+    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]: ...
+
+    @abc.abstractmethod
+    def _find_relationship(self, relationship_id: str) -> Relationship | None: ...
+
+    @abc.abstractmethod
+    def _list_relationships(
+        self, artifact_id: str | None, direction: str, relationship_type: str | None
+    ) -> list[Relationship]: ...
+
+    # -- backend primitives ------------------------------------------------
+
+    @abc.abstractmethod
+    def _insert_run(self, run: OperationRun) -> None: ...
+
+    @abc.abstractmethod
+    def _replace_run(self, run: OperationRun) -> None: ...
+
+    @abc.abstractmethod
+    def _find_run(self, run_id: str) -> OperationRun | None: ...
+
+    @abc.abstractmethod
+    def _list_runs(self, status: str | None) -> list[OperationRun]:
+        """All runs (with that status), in creation order."""
+
+    @abc.abstractmethod
+    def _insert_step(self, step: WorkflowStep) -> None: ...
+
+    @abc.abstractmethod
+    def _replace_step(self, step: WorkflowStep) -> None: ...
+
+    @abc.abstractmethod
+    def _find_step(self, step_id: str) -> WorkflowStep | None: ...
+
+    @abc.abstractmethod
+    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
+        """Steps of a run by position."""
+
+    @abc.abstractmethod
+    def _insert_bundle(self, bundle: InputBundle) -> None: ...
+
+    @abc.abstractmethod
+    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
+        """Bundles of a run (or all), in creation order."""
+
+    @abc.abstractmethod
+    def _bundles_consuming(
+        self, artifact_id: str | None, revision: int | None, digest: str | None
+    ) -> list[InputBundle]:
+        """Bundles with an input matching every given (non-None) field, creation order."""
+
+    @abc.abstractmethod
+    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
+        """Revisions whose producing run is ``run_id``, by change sequence."""
+
+    @abc.abstractmethod
+    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]: ...
+
+    @abc.abstractmethod
+    def _store_manifest(self, manifest: RunManifest) -> None:
+        """Store (or replace) the manifest of a run."""
+
+    @abc.abstractmethod
+    def _find_manifest(self, run_id: str) -> RunManifest | None: ...
+
+    @abc.abstractmethod
+    def _list_manifests(self) -> list[RunManifest]: ...
+
+    @abc.abstractmethod
+    def _insert_context_package(self, package: ContextPackage) -> None: ...
+
+    @abc.abstractmethod
+    def _find_context_package(self, package_id: str) -> ContextPackage | None: ...
+
+    @abc.abstractmethod
+    def _list_context_packages(self) -> list[ContextPackage]: ...
+
+    @abc.abstractmethod
+    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None: ...
+
+    @abc.abstractmethod
+    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None: ...
+
+    @abc.abstractmethod
+    def _list_external_references(self) -> list[ExternalMemoryReference]: ...
+
+
+def _replace_run(run: OperationRun, **fields: Any) -> OperationRun:
+    return replace(run, **fields)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
