@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from .backends import BACKENDS, Backend
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -16,3 +20,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each backend in turn; every repository it made is closed afterwards."""
+    made = Backend(request.param, tmp_path)
+    yield made
+    made.close_all()

@@ -17,7 +17,7 @@ from kontextual_engine.snapshot import export_snapshot, import_snapshot
 from kontextual_engine.storage import KnowledgeRepository, SequentialIds
 from kontextual_engine.storage.runs import Pin
 
-from .contract.conftest import BACKENDS, Backend, backend  # noqa: F401
+from .backends import BACKENDS, Backend
 
 
 def populate(repo: KnowledgeRepository) -> None:

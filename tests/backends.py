@@ -1,0 +1,63 @@
+"""The backends every backend-neutral test runs against.
+
+A backend is added here once and the whole contract suite (and the snapshot
+tests) run on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kontextual_engine.storage import (
+    InMemoryKnowledgeRepository,
+    KnowledgeRepository,
+    SequentialIds,
+    TickingClock,
+)
+
+BACKENDS = ["memory", "sqlite"]
+
+
+class Backend:
+    """Makes repositories of one kind, and reopens them where that means something."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.root = root
+        self.clock = TickingClock()
+        self.ids = SequentialIds()
+        self.opened: list[KnowledgeRepository] = []
+        self.paths: dict[int, Path] = {}
+
+    def new(self) -> KnowledgeRepository:
+        if self.kind == "memory":
+            repo: KnowledgeRepository = InMemoryKnowledgeRepository(
+                clock=self.clock, ids=self.ids
+            )
+            self.opened.append(repo)
+            return repo
+        return self._open(self.root / f"store{len(self.opened)}")
+
+    def _open(self, path: Path) -> KnowledgeRepository:
+        if self.kind != "sqlite":
+            raise AssertionError(f"unknown backend {self.kind}")
+        from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
+
+        repo = SQLiteKnowledgeRepository.open(
+            path, durability="none", clock=self.clock, ids=self.ids
+        )
+        self.opened.append(repo)
+        self.paths[id(repo)] = path
+        return repo
+
+    def reopen(self, repo: KnowledgeRepository) -> KnowledgeRepository:
+        """The same store seen through a new repository object (memory: itself)."""
+        if self.kind == "memory":
+            return repo
+        repo.close()
+        return self._open(self.paths[id(repo)])
+
+    def close_all(self) -> None:
+        for repo in self.opened:
+            repo.close()
+
