@@ -179,6 +179,14 @@ class KnowledgeRepository(RunsContract):
     def transaction(self) -> AbstractContextManager[None]:
         """All-or-nothing group of operations; nestable."""
 
+    def _consistent_read(self) -> AbstractContextManager[None]:
+        """A view in which several reads see one point in time.
+
+        A write transaction gives that everywhere; a backend with read
+        snapshots (and read-only stores) overrides this with a read transaction.
+        """
+        return self.transaction()
+
     def _now(self) -> datetime:
         return utc(self._clock())
 
@@ -788,7 +796,7 @@ class KnowledgeRepository(RunsContract):
         since deleted ones are still referenced by history. Read in one
         transaction, so the result is a consistent point in time.
         """
-        with self.transaction():
+        with self._consistent_read():
             return {
                 "collections": self._all_collections(),
                 "artifacts": self._all_artifacts(),
