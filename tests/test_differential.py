@@ -14,6 +14,14 @@ random bodies and queries hit each other often, terms of every length from 1
 (``instr()`` path) to several trigrams (FTS5 ``MATCH`` path) occur, and the
 folds that change a string's length are exercised. Bodies that are not
 searchable (invalid UTF-8, a NUL byte) are drawn too.
+
+Runs. Runs are created, started (some with a lease so short that it has
+expired by the next tick of the test clock), renewed, finished with legal and
+illegal statuses, recovered, given steps, inputs and outputs, and referred to
+by context packages and external references. Opening the SQLite store
+recovers abandoned runs, so when the state machine reopens it the reference
+backend is asked to recover too. At the end of every run of the machine both
+backends' ``export_records()`` must be equal.
 """
 
 from __future__ import annotations
@@ -42,8 +50,11 @@ from kontextual_engine import (
     RelatedTo,
     SQLiteKnowledgeRepository,
 )
+from kontextual_engine.digests import digest_bytes
 from kontextual_engine.errors import KontextualError
+from kontextual_engine.models import ContextReference, RunStatus
 from kontextual_engine.storage import SequentialIds, TickingClock
+from kontextual_engine.storage.runs import Pin
 
 ALPHABET = "aAsSßẞİi\u0131\u0307é "
 MISSING = "art_ffffffffffffffffffffffffffffffff"
@@ -67,6 +78,15 @@ metadata = st.none() | st.dictionaries(metadata_keys, json_values, max_size=3)
 directions = st.sampled_from(["outgoing", "incoming", "both"])
 # An index into a pool of known ids; -1 (one time in 20) means a missing id.
 indexes = st.integers(0, 19).flatmap(lambda n: st.just(-1) if n == 0 else st.integers(0, 99))
+operations = st.sampled_from(["extract", "summarize"])
+statuses = st.sampled_from([status.value for status in RunStatus] + ["exploded"])
+# Mostly the statuses finish_run takes, so that runs do end; sometimes any other.
+end_statuses = st.integers(0, 4).flatmap(
+    lambda n: statuses if n == 0 else st.sampled_from(["succeeded", "failed", "cancelled"]))
+revisions = st.none() | st.integers(1, 3)
+roles = st.none() | st.just("doc")
+reference_kinds = st.sampled_from(["artifact", "relationship", "run", "external"])
+systems = st.sampled_from(["pm", "other"])
 
 
 def sometimes(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -92,14 +112,20 @@ class Differential(RuleBasedStateMachine):
         self.collections: list[str] = []
         self.artifacts: list[str] = []
         self.relationships: list[str] = []
+        self.runs: list[str] = []
+        self.steps: list[str] = []
 
     def _open(self) -> SQLiteKnowledgeRepository:
         return SQLiteKnowledgeRepository.open(self.tmp / "store", "none",
                                               clock=self.sqlite_clock, ids=self.sqlite_ids)
 
     def teardown(self) -> None:
-        self.sqlite.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self.all_lineage_agrees()
+            assert self.memory.export_records() == self.sqlite.export_records()
+        finally:
+            self.sqlite.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- running one operation on both --------------------------------------
 
@@ -142,6 +168,10 @@ class Differential(RuleBasedStateMachine):
         self.create_collection("c1", None)
         self.create_collection("c2", {"k": 1})
         self.put_artifacts(0, items)
+        self.create_run("extract", None, None)
+        self.create_run("summarize", {"k": 1}, 0)
+        self.start_run(1, short_lease=False)
+        self.add_step(0, "fetch", None)
 
     # -- collections ---------------------------------------------------------
 
@@ -233,6 +263,12 @@ class Differential(RuleBasedStateMachine):
                     repo.put_artifacts(collection_id, [NewArtifact(name + "+", body, "doc")])
                     repo.update_artifact(artifact_id, content=body + b"!")
                     repo.delete_artifact(artifact_id)
+                    run = repo.start_run(repo.create_run("in-transaction").id)
+                    repo.add_step(run.id, "s")
+                    repo.add_inputs(run.id, [Pin(a.id) for a in repo.list_artifacts()[:2]])
+                    repo.create_context_package("in-transaction", [
+                        ContextReference("run", run.id)])
+                    repo.finish_run(run.id)
                     raise Boom
             except Boom:
                 return "rolled back"
@@ -262,6 +298,205 @@ class Differential(RuleBasedStateMachine):
     def reopen(self) -> None:
         self.sqlite.close()
         self.sqlite = self._open()
+        # Opening recovers abandoned runs (when any run is running); mirror it.
+        if self.memory.list_runs(status="running"):
+            self.memory.recover_abandoned()
+
+    # -- runs ----------------------------------------------------------------
+
+    def run_id(self, index: int, *wanted: RunStatus) -> str:
+        """Mostly a run in one of the ``wanted`` states (if any); one time in five any run."""
+        if index % 5 == 4 or not wanted:
+            return self.pick(self.runs, index, "run_missing")
+        fitting = [run.id for run in self.memory.list_runs() if RunStatus(run.status) in wanted]
+        return self.pick(fitting or self.runs, index, "run_missing")
+
+    @rule(operation=operations, params=metadata, parent=st.none() | indexes)
+    def create_run(self, operation: str, params: dict[str, Any] | None,
+                   parent: int | None) -> None:
+        parent_id = None if parent is None else self.run_id(parent)
+        outcome = self.both(lambda repo: repo.create_run(operation, parameters=params,
+                                                         parent_run_id=parent_id))
+        self.remember(outcome, self.runs)
+
+    @rule(index=indexes, short_lease=st.booleans())
+    def start_run(self, index: int, short_lease: bool) -> None:
+        run_id = self.run_id(index, RunStatus.PENDING, RunStatus.ABANDONED)
+        # Half a tick of the test clock: expired at the next operation.
+        lease = 0.0005 if short_lease else 300.0
+        self.both(lambda repo: repo.start_run(run_id, lease_seconds=lease))
+
+    @rule(index=indexes)
+    def heartbeat(self, index: int) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING)
+        self.both(lambda repo: repo.heartbeat(run_id))
+
+    @rule(index=indexes, status=end_statuses, error=st.none() | st.just("it broke"),
+          diagnostics=metadata)
+    def finish_run(self, index: int, status: str, error: str | None,
+                   diagnostics: dict[str, Any] | None) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING, RunStatus.PENDING, RunStatus.ABANDONED)
+        self.both(lambda repo: repo.finish_run(run_id, status, error=error,
+                                               diagnostics=diagnostics))
+
+    @rule()
+    def recover_abandoned(self) -> None:
+        self.both(lambda repo: repo.recover_abandoned())
+
+    @rule(index=indexes, name=st.sampled_from(["fetch", "parse"]), diagnostics=metadata)
+    def add_step(self, index: int, name: str, diagnostics: dict[str, Any] | None) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING, RunStatus.PENDING)
+        outcome = self.both(lambda repo: repo.add_step(run_id, name, diagnostics=diagnostics))
+        self.remember(outcome, self.steps)
+
+    @rule(index=indexes, status=st.sampled_from(["running", "running", "succeeded"]) | statuses,
+          diagnostics=metadata)
+    def set_step_status(self, index: int, status: str,
+                        diagnostics: dict[str, Any] | None) -> None:
+        step_id = self.pick(self.steps, index, "stp_missing")
+        self.both(lambda repo: repo.set_step_status(step_id, status, diagnostics=diagnostics))
+
+    @rule(index=indexes, inputs=st.lists(st.tuples(indexes, revisions, roles, st.booleans()),
+                                         max_size=4), params=metadata)
+    def add_inputs(self, index: int, inputs: list[tuple[int, int | None, str | None, bool]],
+                   params: dict[str, Any] | None) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING, RunStatus.PENDING)
+        pins: list[Pin | str] = [
+            self.live_artifact(artifact) if plain else Pin(self.live_artifact(artifact),
+                                                           revision, role)
+            for artifact, revision, role, plain in inputs
+        ]
+        self.both(lambda repo: repo.add_inputs(run_id, pins, parameters=params))
+
+    @rule(index=indexes, collection=indexes, name=artifact_names, body=bodies)
+    def create_output(self, index: int, collection: int, name: str, body: bytes) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING)
+        collection_id = self.live_collection(collection)
+        outcome = self.both(lambda repo: repo.create_artifact(
+            collection_id, name, body, artifact_type="output", run_id=run_id))
+        self.remember(outcome, self.artifacts)
+
+    @rule(index=indexes, artifact=indexes, body=bodies)
+    def update_output(self, index: int, artifact: int, body: bytes) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING)
+        artifact_id = self.live_artifact(artifact)
+        self.both(lambda repo: repo.update_artifact(artifact_id, content=body, run_id=run_id))
+
+    @rule(index=indexes, collection=indexes, items=st.lists(
+        st.tuples(artifact_names, bodies), max_size=3))
+    def put_outputs(self, index: int, collection: int, items: list[tuple[str, bytes]]) -> None:
+        run_id = self.run_id(index, RunStatus.RUNNING)
+        collection_id = self.live_collection(collection)
+        batch = [NewArtifact(name, body, "output") for name, body in items]
+        outcome = self.both(lambda repo: repo.put_artifacts(collection_id, batch, run_id=run_id))
+        if outcome[0] == "ok":
+            for result in outcome[1]:
+                if result.artifact.id not in self.artifacts:
+                    self.artifacts.append(result.artifact.id)
+
+    @rule(collection=indexes,
+          inputs=st.lists(st.tuples(indexes, revisions), min_size=1, max_size=3),
+          outputs=st.lists(st.tuples(artifact_names, bodies), max_size=2),
+          rewrite=st.none() | indexes, status=end_statuses)
+    def workflow(self, collection: int, inputs: list[tuple[int, int | None]],
+                 outputs: list[tuple[str, bytes]], rewrite: int | None, status: str) -> None:
+        """A whole run at once, so that chains of consumed and produced revisions form."""
+        collection_id = self.live_collection(collection)
+        pins = [Pin(self.live_artifact(index), revision) for index, revision in inputs]
+        rewritten = None if rewrite is None else self.live_artifact(rewrite)
+
+        def work(repo: KnowledgeRepository) -> list[str]:
+            run = repo.start_run(repo.create_run("workflow").id)
+            step = repo.add_step(run.id, "work")
+            repo.set_step_status(step.id, "running")
+            repo.add_inputs(run.id, pins, parameters={"n": len(pins)})
+            made = [result.artifact.id for result in repo.put_artifacts(
+                collection_id, [NewArtifact(name, body, "output") for name, body in outputs],
+                run_id=run.id)]
+            if rewritten is not None:
+                repo.update_artifact(rewritten, content=b"rewritten by " + run.id.encode(),
+                                     run_id=run.id)
+            repo.set_step_status(step.id, "succeeded")
+            repo.finish_run(run.id, status, diagnostics={"outputs": len(made)})
+            return [run.id, *made]
+
+        outcome = self.both(work)
+        self.runs.extend(run.id for run in self.memory.list_runs() if run.id not in self.runs)
+        if outcome[0] == "ok":
+            self.artifacts.extend(a for a in outcome[1][1:] if a not in self.artifacts)
+
+    # -- context packages and external references ------------------------------
+
+    @rule(name=st.sampled_from(["brief", "answer"]), meta=metadata,
+          refs=st.lists(st.tuples(reference_kinds, indexes, revisions, st.booleans()),
+                        max_size=4))
+    def create_context_package(self, name: str, meta: dict[str, Any] | None,
+                               refs: list[tuple[str, int, int | None, bool]]) -> None:
+        references = []
+        for kind, index, revision, flag in refs:
+            if kind == "artifact":
+                references.append(ContextReference("artifact", self.live_artifact(index),
+                                                   revision, note="n" if flag else None))
+            elif kind == "relationship":
+                references.append(ContextReference("relationship",
+                                                   self.live_relationship(index)))
+            elif kind == "run":
+                references.append(ContextReference("run", self.run_id(index)))
+            else:
+                references.append(ContextReference("external", f"mem-{index}", system="pm",
+                                                   uri="pm://x" if flag else None))
+        self.both(lambda repo: repo.create_context_package(name, references, metadata=meta))
+
+    @rule(system=systems, index=indexes, artifact=st.none() | indexes, revision=revisions,
+          uri=st.none() | st.just("pm://y"), meta=metadata)
+    def record_external_reference(self, system: str, index: int, artifact: int | None,
+                                  revision: int | None, uri: str | None,
+                                  meta: dict[str, Any] | None) -> None:
+        artifact_id = None if artifact is None else self.live_artifact(artifact)
+        self.both(lambda repo: repo.record_external_reference(
+            system, f"ext-{index}", recorded_by="sync", uri=uri, artifact_id=artifact_id,
+            revision=revision, metadata=meta))
+
+    # -- run reads -----------------------------------------------------------
+
+    @rule(index=indexes)
+    def read_run(self, index: int) -> None:
+        run_id = self.run_id(index)
+        self.both(lambda repo: (repo.get_run(run_id), repo.list_steps(run_id),
+                                repo.list_bundles(run_id), repo.get_manifest(run_id),
+                                repo.run_outputs(run_id)))
+
+    @rule(status=st.none() | statuses, operation=st.none() | operations,
+          parent=st.none() | indexes)
+    def list_runs(self, status: str | None, operation: str | None, parent: int | None) -> None:
+        parent_id = None if parent is None else self.run_id(parent)
+        self.both(lambda repo: repo.list_runs(status=status, operation=operation,
+                                              parent_run_id=parent_id))
+
+    @rule(index=indexes, revision=revisions,
+          types=st.lists(relationship_types, max_size=2, unique=True))
+    def lineage(self, index: int, revision: int | None, types: list[str]) -> None:
+        artifact_id = self.live_artifact(index)
+        self.both(lambda repo: repo.consuming_runs(artifact_id, revision))
+        self.both(lambda repo: repo.producing_run(artifact_id, revision))
+        self.both(lambda repo: repo.impact(artifact_id, revision=revision,
+                                           relationship_types=types))
+
+    @rule(index=indexes, body=st.none() | bodies,
+          types=st.lists(relationship_types, max_size=2, unique=True))
+    def impact_of_digest(self, index: int, body: bytes | None, types: list[str]) -> None:
+        """From a drawn body's digest, or (mostly) the digest of a live artifact."""
+        if body is None:
+            live = self.memory.list_artifacts()
+            body = self.memory.read_content(live[index % len(live)].id) if live else b""
+        digest = digest_bytes(body)
+        self.both(lambda repo: repo.impact(digest=digest, relationship_types=types))
+
+    @rule(system=st.none() | systems, artifact=st.none() | indexes)
+    def list_external_references(self, system: str | None, artifact: int | None) -> None:
+        artifact_id = None if artifact is None else self.live_artifact(artifact)
+        self.both(lambda repo: repo.list_external_references(system=system,
+                                                             artifact_id=artifact_id))
 
     # -- reads ---------------------------------------------------------------
 
@@ -371,6 +606,28 @@ class Differential(RuleBasedStateMachine):
         collection_id = self.live_collection(index)
         self.both(lambda repo: repo.get_artifact_by_name(collection_id, name))
 
+    def all_lineage_agrees(self) -> None:
+        """Every lineage query on every revision and digest ever made (once per run)."""
+        types = ["cites", "derived-from"]
+
+        def lineage(artifact_id: str, number: int | None) -> Callable[[KnowledgeRepository], Any]:
+            return lambda repo: (
+                repo.consuming_runs(artifact_id, number),
+                None if number is None else repo.producing_run(artifact_id, number),
+                repo.impact(artifact_id, revision=number, relationship_types=types),
+            )
+
+        def impact_of(digest: str) -> Callable[[KnowledgeRepository], Any]:
+            return lambda repo: repo.impact(digest=digest, relationship_types=types)
+
+        revisions_made = [r for a in self.artifacts for r in self.memory.list_revisions(a)]
+        for revision in revisions_made:
+            self.both(lineage(revision.artifact_id, revision.revision))
+        for artifact_id in self.artifacts:
+            self.both(lineage(artifact_id, None))
+        for digest in dict.fromkeys(r.digest for r in revisions_made):
+            self.both(impact_of(digest))
+
     @invariant()
     def everything_agrees(self) -> None:
         def snapshot(repo: KnowledgeRepository) -> dict[str, Any]:
@@ -383,13 +640,18 @@ class Differential(RuleBasedStateMachine):
                 "relationships": repo.list_relationships(),
                 "changes": repo.list_changes(),
                 "last": repo.last_sequence(),
+                "runs": [(run, repo.list_steps(run.id), repo.list_bundles(run.id),
+                          repo.get_manifest(run.id), repo.run_outputs(run.id))
+                         for run in repo.list_runs()],
+                "packages": repo.list_context_packages(),
+                "external": repo.list_external_references(),
             }
 
         self.both(snapshot)
 
 
 Differential.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=100,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

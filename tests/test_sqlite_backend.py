@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,10 +18,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 
 from kontextual_engine import (
     InMemoryKnowledgeRepository,
@@ -32,14 +35,20 @@ from kontextual_engine import (
 )
 from kontextual_engine.errors import (
     ConflictError,
+    IntegrityError,
     KontextualError,
     ReadOnlyStoreError,
     StoreFormatError,
     ValidationError,
 )
+from kontextual_engine.models import ContextReference
 from kontextual_engine.storage import SequentialIds, TickingClock
+from kontextual_engine.storage.ids import PREFIXES
 from kontextual_engine.storage.objects import ObjectStore
+from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import INDEX_NAME
+from kontextual_engine.storage.sqlite.schema import KNOWN as KNOWN_MIGRATIONS
+from kontextual_engine.storage.sqlite.schema import MIGRATIONS
 
 SQLITE_CLI = shutil.which("sqlite3") or "/usr/bin/sqlite3"
 
@@ -218,6 +227,86 @@ def test_fresh_schemas_are_identical(tmp_path: Path) -> None:
             "artifact_text", "_sqlite_migrations"} <= names
 
 
+# The tables of the first migration, in an order that satisfies their foreign keys.
+TABLES_0001 = ("collections", "artifacts", "revisions", "relationships", "changes")
+
+
+def make_store_0001(path: Path) -> dict[str, Any]:
+    """A store whose index has only the first migration, holding ``populate``'s data.
+
+    The index is made by the migration set stopped before ``0002_runs_context``;
+    its rows and bodies come from a store the current code wrote (the first
+    migration's tables are what that code writes). Returns ``everything()``.
+    """
+    source = path.with_name(path.name + "-source")
+    with open_repo(source, clock=TickingClock(), ids=SequentialIds()) as repo:
+        populate(repo)
+        before = everything(repo)
+    ObjectStore(path).close()
+    conn = sqlite3.connect(path / INDEX_NAME, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE")
+        MIGRATIONS.apply(Database(conn), stop_before="0002_runs_context")
+        conn.execute("ATTACH DATABASE ? AS source", (str(source / INDEX_NAME),))
+        for table in TABLES_0001:
+            conn.execute(f"INSERT INTO {table} SELECT * FROM source.{table}")
+        conn.execute("INSERT INTO artifact_text (rowid, folded) "
+                     "SELECT rowid, folded FROM source.artifact_text")
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE source")
+    finally:
+        conn.close()
+    shutil.copytree(source / "objects", path / "objects", dirs_exist_ok=True)
+    shutil.rmtree(source)
+    return before
+
+
+def applied_migrations(store: Path) -> list[str]:
+    with sqlite3.connect(store / INDEX_NAME) as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations")]
+    conn.close()
+    return names
+
+
+def test_a_store_of_the_first_migration_opens_and_migrates_in_place(tmp_path: Path) -> None:
+    store = tmp_path / "old"
+    before = make_store_0001(store)
+    assert applied_migrations(store) == ["0001_core"]
+    assert "runs" not in {row[1] for row in schema_of(store)}
+    with pytest.raises(StoreFormatError, match="needs a schema upgrade"):
+        open_repo(store, read_only=True)
+    with open_repo(store, clock=TickingClock(datetime(2027, 1, 1, tzinfo=timezone.utc)),
+                   ids=SequentialIds(start=10_000)) as repo:
+        assert everything(repo) == before
+        notes = repo.get_collection_by_name("notes")
+        source = repo.get_artifact_by_name(notes.id, "renamed.md")
+        run = repo.start_run(repo.create_run("summarize").id)
+        repo.add_inputs(run.id, [Pin(source.id, revision=1), source.id])
+        out = repo.create_artifact(notes.id, "summary", b"short", artifact_type="summary",
+                                   run_id=run.id)
+        repo.finish_run(run.id)
+        manifest = repo.get_manifest(run.id)
+        assert [(i.artifact_id, i.revision) for i in manifest.inputs] == [
+            (source.id, 1), (source.id, 3)]
+        assert repo.consuming_runs(source.id, 1) == [repo.get_run(run.id)]
+        assert [i.artifact_id for i in repo.impact(source.id, revision=1)] == [out.id]
+    assert applied_migrations(store) == KNOWN_MIGRATIONS
+    with open_repo(store) as repo:
+        assert repo.get_manifest(run.id) == manifest
+        assert repo.get_run(run.id).status == "succeeded"
+        assert everything(repo)["changes"][: len(before["changes"])] == before["changes"]
+    assert_index_clean(store)
+
+
+def test_a_migrated_schema_equals_a_fresh_one(tmp_path: Path) -> None:
+    make_store_0001(tmp_path / "old")
+    open_repo(tmp_path / "old").close()
+    open_repo(tmp_path / "fresh").close()
+    assert schema_of(tmp_path / "old") == schema_of(tmp_path / "fresh")
+
+
 def test_index_is_wal_and_json_is_checked(tmp_path: Path) -> None:
     open_repo(tmp_path / "s").close()
     index = tmp_path / "s" / INDEX_NAME
@@ -264,7 +353,7 @@ def test_fresh_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
     with sqlite3.connect(store / INDEX_NAME) as conn:
         applied = conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
     conn.close()
-    assert applied == [("0001_core",)]
+    assert applied == [(name,) for name in KNOWN_MIGRATIONS]
     assert_index_clean(store)
 
 
@@ -396,6 +485,128 @@ def test_bulk_put_matches_the_reference(tmp_path: Path) -> None:
             repo.put_artifacts(cid, second)
         assert everything(sqlite) == everything(memory)
         assert sqlite.query(text="7") == memory.query(text="7")
+
+
+# -- runs across processes ------------------------------------------------------
+
+
+def test_a_killed_holder_leaves_an_abandoned_run(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    open_repo(store).close()
+    code = """
+        import sys, time
+        from kontextual_engine import SQLiteKnowledgeRepository
+        repo = SQLiteKnowledgeRepository.open(sys.argv[1], "full")
+        run = repo.start_run(repo.create_run("long job").id, lease_seconds=3600)
+        print(run.id, flush=True)
+        time.sleep(600)
+    """
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        run_id = child.stdout.readline().strip()
+        assert run_id, child.stderr.read() if child.stderr else ""
+        with open_repo(store) as repo:  # the holder is alive: opening changes nothing
+            assert repo.get_run(run_id).status == "running"
+            assert repo.get_run(run_id).holder["pid"] == child.pid
+            assert repo.recover_abandoned() == []
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+    with open_repo(store) as repo:
+        mine = repo.start_run(repo.create_run("mine").id)
+    with open_repo(store) as repo:
+        run = repo.get_run(run_id)
+        assert run.status == "abandoned"
+        assert run.error == "abandoned: holder process is gone"
+        assert run.finished_at is not None and run.lease_expires_at is None
+        last = repo.list_changes(entity_id=run_id)[-1]
+        assert (last.entity_kind, last.action, last.details) == (
+            "run", "transition", {"from": "running", "to": "abandoned"})
+        manifest = repo.get_manifest(run_id)
+        assert manifest.final and manifest.status == "abandoned"
+        assert repo.get_run(mine.id).status == "running"  # held by this live process
+        resumed = repo.start_run(run_id)
+        assert resumed.status == "running" and resumed.holder["pid"] == os.getpid()
+    assert_index_clean(store)
+
+
+def test_an_expired_lease_is_abandoned_on_open(tmp_path: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with open_repo(tmp_path / "s", clock=TickingClock(start)) as repo:
+        remote = {"host": "another-host.invalid", "pid": 1}
+        short = repo.start_run(repo.create_run("op").id, lease_seconds=60, holder=remote)
+        long = repo.start_run(repo.create_run("op").id, lease_seconds=7200, holder=remote)
+    later = TickingClock(start + timedelta(hours=1))
+    with open_repo(tmp_path / "s", clock=later) as repo:
+        assert repo.get_run(short.id).status == "abandoned"
+        assert repo.get_run(short.id).error == "abandoned: lease expired"
+        assert repo.get_run(long.id).status == "running"
+
+
+def test_runs_survive_reopen_in_every_state(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        cid = repo.create_collection("c").id
+        doc = repo.create_artifact(cid, "doc", b"text", artifact_type="t").id
+        pending = repo.create_run("a", parameters={"p": [1, {"q": None}]})
+        running = repo.start_run(repo.create_run("b", parent_run_id=pending.id).id)
+        repo.add_inputs(running.id, [Pin(doc, role="source")], parameters={"x": 1})
+        step = repo.add_step(running.id, "s1", diagnostics={"d": 1})
+        repo.set_step_status(step.id, "running")
+        cancelled = repo.finish_run(repo.create_run("c").id, "cancelled")
+        failed = repo.start_run(repo.create_run("d").id)
+        repo.create_artifact(cid, "out", b"o", artifact_type="t", run_id=failed.id)
+        failed = repo.finish_run(failed.id, "failed", error="boom", diagnostics={"e": "x"})
+        package = repo.create_context_package("p", [ContextReference("run", failed.id)])
+        before = repo.export_records()
+    with open_repo(tmp_path / "s") as repo:
+        assert repo.export_records() == before
+        assert [r.status for r in repo.list_runs()] == [
+            "pending", "running", "cancelled", "failed"]
+        assert repo.get_run(cancelled.id) == cancelled
+        assert repo.get_manifest(failed.id).error == "boom"
+        assert repo.get_context_package(package.id) == package
+
+
+# -- typed errors from the index ------------------------------------------------
+
+
+class RepeatingIds:
+    """An id source gone wrong: the same id for every entity of a kind."""
+
+    def __call__(self, kind: str) -> str:
+        return f"{PREFIXES[kind]}_{'0' * 31}1"
+
+
+def test_an_id_handed_out_twice_is_an_integrity_error(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s", ids=RepeatingIds()) as repo:
+        cid = repo.create_collection("c").id
+        a = repo.create_artifact(cid, "a", b"a", artifact_type="t").id
+        run = repo.start_run(repo.create_run("op").id).id
+        repo.add_step(run, "s")
+        repo.add_inputs(run, [a])
+        repo.create_context_package("p", [])
+        repo.record_external_reference("s", "e", recorded_by="me")
+        attempts = {
+            "collection": lambda: repo.create_collection("d"),
+            "artifact": lambda: repo.create_artifact(cid, "b", b"b", artifact_type="t"),
+            "bulk artifact": lambda: repo.put_artifacts(cid, [NewArtifact("x", b"x", "t")]),
+            "run": lambda: repo.create_run("op"),
+            "step": lambda: repo.add_step(run, "t"),
+            "bundle": lambda: repo.add_inputs(run, [a]),
+            "context package": lambda: repo.create_context_package("q", []),
+            "external reference": lambda: repo.record_external_reference(
+                "s", "f", recorded_by="me"),
+        }
+        before = repo.export_records()
+        for what, attempt in attempts.items():
+            with pytest.raises(IntegrityError, match="already exists") as caught:
+                attempt()
+            assert "UNIQUE" in str(caught.value), what
+            assert not isinstance(caught.value.__cause__, IntegrityError)
+        assert repo.export_records() == before
+    assert_index_clean(tmp_path / "s")
 
 
 # -- concurrency --------------------------------------------------------------
@@ -570,6 +781,59 @@ def test_lookups_and_listings_use_indexes(
     for statement in selects:
         steps = plan(repo, statement)
         assert not [step for step in steps if step.startswith("SCAN")], (statement, steps)
+
+
+def test_run_primitives_use_indexes(
+    traced: tuple[SQLiteKnowledgeRepository, list[str]],
+) -> None:
+    repo, statements = traced
+    artifact = repo.list_artifacts()[0]
+    run = repo.start_run(repo.create_run("op").id)
+    repo.add_inputs(run.id, [artifact.id])
+    repo.add_step(run.id, "s")
+    repo.create_artifact(artifact.collection_id, "out", b"o", artifact_type="t", run_id=run.id)
+    repo.finish_run(run.id)
+    package = repo.create_context_package("p", [ContextReference("run", run.id)])
+    statements.clear()
+    repo.list_runs(status="running")
+    step = repo.list_steps(run.id)[0]
+    repo.get_step(step.id)
+    repo.list_bundles(run.id)
+    repo.run_outputs(run.id)
+    repo.consuming_runs(artifact.id, 1)
+    repo.impact(digest=artifact.digest)
+    repo.get_manifest(run.id)
+    repo.get_context_package(package.id)
+    selects = [s for s in statements if s.startswith("SELECT")]
+    for statement in selects:
+        steps = plan(repo, statement)
+        assert not [step for step in steps if step.startswith("SCAN")], (statement, steps)
+
+
+def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        cid = repo.create_collection("c").id
+        artifact = repo.create_artifact(cid, "a", b"a", artifact_type="t").id
+        counts = []
+        for _ in range(2):
+            for _ in range(3):
+                run = repo.start_run(repo.create_run("op").id)
+                repo.add_inputs(run.id, [artifact, artifact])
+                repo.add_step(run.id, "s")
+                repo.finish_run(run.id)
+                repo.create_context_package("p", [ContextReference("run", run.id)] * 2)
+                repo.record_external_reference("s", run.id, recorded_by="me")
+            statements: list[str] = []
+            conn = repo._conn
+            assert conn is not None
+            conn.set_trace_callback(statements.append)
+            repo.export_records()
+            repo.list_bundles(run.id)
+            repo.list_context_packages()
+            repo.list_external_references()
+            conn.set_trace_callback(None)
+            counts.append(len([s for s in statements if s.startswith("SELECT")]))
+        assert counts[1] == counts[0]
 
 
 def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ writes anything, then restores all or nothing into an empty repository.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from . import digests
-from .errors import KontextualError, SnapshotError
+from .errors import CorruptObjectError, KontextualError, SnapshotError
 from .models import (
+    MAX_JSON_INT,
+    MIN_JSON_INT,
     Artifact,
     ArtifactRef,
     ArtifactRevision,
@@ -132,9 +135,12 @@ def _field_from_json(name: str, hint: Any, value: Any, where: str) -> Any:
     for option in options:
         if option is datetime and isinstance(value, str):
             try:
-                return parse_time(value)
+                moment = parse_time(value)
             except KontextualError:
                 raise SnapshotError(f"{where}: invalid timestamp {value!r}") from None
+            if format_time(moment) != value:  # strptime also takes "0:0:1.5Z"
+                raise SnapshotError(f"{where}: timestamp {value!r} is not in canonical form")
+            return moment
         if typing.get_origin(option) is tuple and isinstance(value, list):
             (item_type, _) = typing.get_args(option)
             if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
@@ -143,6 +149,8 @@ def _field_from_json(name: str, hint: Any, value: Any, where: str) -> Any:
             if all(isinstance(item, item_type) for item in value):
                 return tuple(value)
         if option is int and isinstance(value, int) and not isinstance(value, bool):
+            if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+                raise SnapshotError(f"{where}: integer {value} is outside the signed 64-bit range")
             return value
         if option is bool and isinstance(value, bool):
             return value
@@ -168,7 +176,7 @@ def _line(kind: str, item: Any) -> str:
 def _parse_line(kind: str, text: str, where: str) -> Any:
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise SnapshotError(f"{where}: not valid JSON ({exc})") from None
     if kind not in _WITH_DELETION:
         return record_from_json(KINDS[kind], data, where)
@@ -256,9 +264,19 @@ def _export_body(repo: KnowledgeRepository, digest: str, target: Path) -> int:
     if source is not None:
         try:
             os.link(source, target)
-            return target.stat().st_size
         except OSError:
             pass  # another filesystem, or links not allowed: copy instead
+        else:
+            # A link copies no bytes, so nothing has checked them yet: a snapshot
+            # must not carry a damaged body silently.
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+            with open(fd, "rb") as reader:
+                actual, size = digests.digest_stream(reader)
+            if actual != digest:
+                raise CorruptObjectError(digest, f"its {size} bytes hash to {actual}; "
+                                                 "refusing to export it (run fsck)")
+            return size
+    # open_object of a backend that keeps bodies in files verifies as it reads.
     with repo.open_object(digest) as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer, _CHUNK)
         return writer.tell()
@@ -318,13 +336,19 @@ def _safe_extract(archive_path: Path, destination: Path) -> None:
 
 
 def _extract_members(archive: tarfile.TarFile, destination: Path) -> None:
+    seen: set[str] = set()
     for member in archive:
         name = member.name
+        if name in seen:
+            raise SnapshotError(f"tar member {name!r} appears twice")
+        seen.add(name)
         parts = name.split("/")
         if (name.startswith("/") or "\\" in name or ".." in parts or "" in parts[:-1]
                 or name != os.path.normpath(name)):
             raise SnapshotError(f"tar member {name!r} has an unsafe path")
-        if not (member.isfile() or member.isdir()):
+        if not (member.isfile() or member.isdir()) or member.issparse():
+            # A sparse member expands to its declared size whatever the archive's:
+            # a few bytes of tar could fill the disk.
             raise SnapshotError(f"tar member {name!r} is not a regular file or directory")
         target = destination / name
         if not target.resolve().is_relative_to(destination.resolve()):
@@ -361,10 +385,28 @@ def _import_directory(
         if len(records[kind]) != manifest["counts"][kind]:
             raise SnapshotError(f"{member} has {len(records[kind])} records, "
                                 f"{MANIFEST} says {manifest['counts'][kind]}")
-    _check_references(records)
+    try:
+        _check_references(records)
+        _check_order(records)
+    except SnapshotError:
+        raise
+    except KontextualError as exc:  # e.g. a malformed digest in a record
+        raise SnapshotError(f"snapshot records are invalid: {exc}") from None
     body_digests = sorted({revision.digest for revision in records["revisions"]})
-    _check_objects(root, body_digests, manifest["objects"], progress)
-    repo.restore(records, lambda digest: _read_plain_file(root, _object_member(digest)))
+    sizes = _check_objects(root, body_digests, manifest["objects"], progress)
+    for revision in records["revisions"]:
+        if revision.size != sizes[revision.digest]:
+            raise SnapshotError(
+                f"revision {revision.revision} of {revision.artifact_id} records size "
+                f"{revision.size}, its body {revision.digest} has {sizes[revision.digest]} bytes")
+    try:
+        repo.restore(records, lambda digest: _read_plain_file(root, _object_member(digest)))
+    except SnapshotError:
+        raise
+    except KontextualError as exc:
+        # Something the checks above missed and the repository refused (restore is
+        # all or nothing): still a bad snapshot, not a bad repository.
+        raise SnapshotError(f"the repository refused the snapshot's records: {exc}") from exc
     counts = {kind: len(records[kind]) for kind in KINDS}
     total = sum((root / _object_member(d)).stat().st_size for d in body_digests)
     return SnapshotSummary(root, counts, len(body_digests), total)
@@ -385,7 +427,7 @@ def _read_plain_file(root: Path, member: str) -> bytes:
 def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(_read_plain_file(root, MANIFEST))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SnapshotError(f"{MANIFEST} is not valid JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotError(f"{root} is not a kontextual snapshot ({MANIFEST} format)")
@@ -407,7 +449,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 
 
 def _check_objects(root: Path, wanted: list[str], declared: int,
-                   progress: Callable[[int], None] | None) -> None:
+                   progress: Callable[[int], None] | None) -> dict[str, int]:
+    """Check every wanted body is there, whole; return each one's size."""
     present = _object_files(root)
     missing = sorted(set(wanted) - present)
     if missing:
@@ -418,14 +461,16 @@ def _check_objects(root: Path, wanted: list[str], declared: int,
         raise SnapshotError(f"snapshot object {extra[0]} is referenced by no revision")
     if declared != len(wanted):
         raise SnapshotError(f"{MANIFEST} says {declared} objects, the snapshot has {len(wanted)}")
+    sizes: dict[str, int] = {}
     for count, digest in enumerate(wanted, 1):
         fd = os.open(root / _object_member(digest), os.O_RDONLY | os.O_NOFOLLOW)
         with open(fd, "rb") as reader:
-            actual, _ = digests.digest_stream(reader)
+            actual, sizes[digest] = digests.digest_stream(reader)
         if actual != digest:
             raise SnapshotError(f"snapshot object {digest} is corrupt: its bytes hash to {actual}")
         if progress is not None:
             progress(count)
+    return sizes
 
 
 def _object_files(root: Path) -> set[str]:
@@ -440,6 +485,30 @@ def _object_files(root: Path) -> set[str]:
         if path.is_file():
             found.add(digests.PREFIX + member[len("objects/"):].replace("/", ""))
     return found
+
+
+def _as_of_revision(record: Artifact | ArtifactRevision) -> tuple[Any, ...]:
+    """The fields an artifact shares with its current revision."""
+    return (record.collection_id, record.name, record.artifact_type, record.media_type,
+            record.digest, record.size, record.metadata_json, record.provenance_json,
+            record.run_id)
+
+
+def _check_order(records: dict[str, list[Any]]) -> None:
+    """Every file in sequence order, as export writes it: a backend restores records in
+    the order given, so lines out of order could silently change what is current."""
+    run_sequence = {run.id: run.sequence for run in records["runs"]}
+    for kind, items in records.items():
+        if kind in _WITH_DELETION:
+            keys = [record.sequence for record, _ in items]
+        elif kind == "revisions":
+            keys = [revision.change_sequence for revision in items]
+        elif kind == "manifests":
+            keys = [run_sequence[manifest.run_id] for manifest in items]
+        else:
+            keys = [item.sequence for item in items]
+        if any(later <= earlier for earlier, later in itertools.pairwise(keys)):
+            raise SnapshotError(f"index/{kind}.jsonl is not in sequence order")
 
 
 def _check_references(records: dict[str, list[Any]]) -> None:
@@ -492,9 +561,12 @@ class _References:
                                    for n in range(1, artifact.revision + 1)):
                 raise SnapshotError(
                     f"artifact {artifact_id} lacks revisions 1..{artifact.revision}")
-            if (last.digest, last.name, last.metadata_json) != (
-                    artifact.digest, artifact.name, artifact.metadata_json):
-                raise SnapshotError(f"artifact {artifact_id} differs from its last revision")
+            first = revisions[(artifact_id, 1)]
+            if (_as_of_revision(last) != _as_of_revision(artifact)
+                    or last.created_at != artifact.updated_at
+                    or (first.created_at, first.change_sequence)
+                    != (artifact.created_at, artifact.sequence)):
+                raise SnapshotError(f"artifact {artifact_id} does not match its revisions")
         if len(revisions) != sum(a.revision for a, _ in artifacts.values()):
             raise SnapshotError("revisions beyond an artifact's current revision")
         live_names: set[tuple[str, str]] = set()

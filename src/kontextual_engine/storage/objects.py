@@ -1067,9 +1067,12 @@ def _check_marker(root: str, marker: str) -> None:
         if exc.errno == errno.ELOOP:
             raise StoreFormatError(f"{marker} is a symbolic link, not a regular file") from None
         raise StoreFormatError(f"cannot read {marker}: {exc.strerror or exc}") from exc
+    # Check the type before wrapping the fd: io.FileIO refuses a directory with
+    # IsADirectoryError, which is damage to report, not a crash.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreFormatError(f"{marker} is not a regular file")
     with io.FileIO(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreFormatError(f"{marker} is not a regular file")
         raw = source.read(MAX_MARKER_BYTES + 1) or b""
     if len(raw) > MAX_MARKER_BYTES:
         raise StoreFormatError(f"{marker} is implausibly large for a store marker")

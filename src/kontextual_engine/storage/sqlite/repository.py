@@ -19,6 +19,17 @@ Bulk writes: inside :meth:`put_artifacts`, the rows of newly created
 artifacts (artifact, first revision, text, change record) are buffered and
 written with ``executemany``; any other statement flushes the buffer first,
 so every read sees every write.
+
+Runs: opening a store for writing recovers abandoned runs (the contract's
+:meth:`recover_abandoned`) once migrations are done. Records with ordered
+parts (input bundles, context packages, manifests) keep the parts in child
+tables keyed by position; a listing reads parents and parts in one ``LEFT
+JOIN`` (or, for manifests, two statements in one read transaction), never a
+statement per record.
+
+Errors: a write refused by a constraint of the index (a duplicate id, a
+missing referenced row) raises :class:`IntegrityError`, never a raw
+``sqlite3`` error.
 """
 
 from __future__ import annotations
@@ -28,11 +39,11 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ...digests import parse_digest
 from ...errors import (
@@ -45,13 +56,22 @@ from ...errors import (
 )
 from ...models import (
     Artifact,
+    ArtifactRef,
     ArtifactRevision,
     ChangeRecord,
     Collection,
+    ContextPackage,
+    ContextReference,
+    ExternalMemoryReference,
+    InputBundle,
     NewArtifact,
+    OperationRun,
     PutResult,
     Query,
     Relationship,
+    RunManifest,
+    RunStatus,
+    WorkflowStep,
     canonical_json,
     format_time,
 )
@@ -110,6 +130,35 @@ _CHANGE_COLUMNS = (
     "sequence, entity_kind, entity_id, action, timestamp, revision, old_digest, new_digest, "
     "details"
 )
+_RUN_COLUMNS = (
+    "id, operation, status, parameters, parent_run_id, created_at, started_at, finished_at, "
+    "error, diagnostics, holder, lease_expires_at, heartbeat_at, sequence"
+)
+_STEP_COLUMNS = (
+    "id, run_id, position, name, status, created_at, started_at, finished_at, diagnostics, "
+    "sequence"
+)
+# A bundle row followed by one of its inputs (NULLs for a bundle without inputs).
+_BUNDLE_SELECT = (
+    "SELECT b.id, b.run_id, b.parameters, b.created_at, b.sequence, "
+    "i.artifact_id, i.revision, i.digest, i.role "
+    "FROM bundles b LEFT JOIN bundle_inputs i ON i.bundle_id = b.id"
+)
+_MANIFEST_COLUMNS = (
+    "m.run_id, m.operation, m.status, m.parameters, m.steps, m.diagnostics, m.error, "
+    "m.created_at, m.started_at, m.finished_at, m.final"
+)
+_MANIFEST_REF_COLUMNS = "run_id, direction, artifact_id, revision, digest, role"
+# A package row followed by one of its references (NULLs for an empty package).
+_PACKAGE_SELECT = (
+    "SELECT p.id, p.name, p.metadata, p.created_at, p.sequence, "
+    "r.kind, r.target_id, r.revision, r.digest, r.system, r.uri, r.note "
+    "FROM context_packages p LEFT JOIN context_references r ON r.package_id = p.id"
+)
+_EXTERNAL_COLUMNS = (
+    "id, system, external_id, uri, artifact_id, revision, digest, recorded_by, metadata, "
+    "recorded_at, sequence"
+)
 
 _INSERT_ARTIFACT = (
     "INSERT INTO artifacts (id, collection_id, name, artifact_type, media_type, digest, size, "
@@ -121,11 +170,30 @@ _INSERT_REVISION = (
 )
 _INSERT_TEXT = "INSERT INTO artifact_text (rowid, folded) VALUES (?, ?)"
 _INSERT_CHANGE = f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_RUN = (
+    "UPDATE runs SET operation = ?, status = ?, parameters = ?, parent_run_id = ?, "
+    "created_at = ?, started_at = ?, finished_at = ?, error = ?, diagnostics = ?, holder = ?, "
+    "lease_expires_at = ?, heartbeat_at = ?, sequence = ? WHERE id = ?"
+)
+_INSERT_STEP = f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_STEP = (
+    "UPDATE steps SET run_id = ?, position = ?, name = ?, status = ?, created_at = ?, "
+    "started_at = ?, finished_at = ?, diagnostics = ?, sequence = ? WHERE id = ?"
+)
 
 
 def _time(value: str) -> datetime:
     """Parse what :func:`format_time` wrote (``...T..:..:...ffffffZ``), fast."""
     return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
+
+
+def _maybe_time(value: str | None) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+def _format_maybe(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
 
 
 def _artifact(row: Any) -> Artifact:
@@ -149,6 +217,94 @@ def _relationship(row: Any) -> Relationship:
 def _change(row: Any) -> ChangeRecord:
     return ChangeRecord(row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6],
                         row[7], row[8])
+
+
+def _run_record(row: Any) -> OperationRun:
+    return OperationRun(row[0], row[1], row[2], row[3], row[4], _time(row[5]),
+                        _maybe_time(row[6]), _maybe_time(row[7]), row[8], row[9], row[10],
+                        _maybe_time(row[11]), _maybe_time(row[12]), row[13])
+
+
+def _step(row: Any) -> WorkflowStep:
+    return WorkflowStep(row[0], row[1], row[2], row[3], row[4], _time(row[5]),
+                        _maybe_time(row[6]), _maybe_time(row[7]), row[8], row[9])
+
+
+def _external(row: Any) -> ExternalMemoryReference:
+    return ExternalMemoryReference(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                                   row[7], row[8], _time(row[9]), row[10])
+
+
+def _grouped(rows: Iterable[Any], width: int) -> Iterator[tuple[Any, list[Any]]]:
+    """Split rows of ``parent columns + child columns`` (from a LEFT JOIN ordered by
+    parent) into ``(parent columns, [child rows])``; a parent without children
+    has one row whose child columns are all NULL."""
+    head: Any = None
+    children: list[Any] = []
+    for row in rows:
+        if head is None or row[0] != head[0]:
+            if head is not None:
+                yield head, children
+            head, children = row[:width], []
+        if row[width] is not None:
+            children.append(row[width:])
+    if head is not None:
+        yield head, children
+
+
+def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
+    return [
+        InputBundle(head[0], head[1],
+                    tuple(ArtifactRef(ref[0], ref[1], ref[2], ref[3]) for ref in refs),
+                    head[2], _time(head[3]), head[4])
+        for head, refs in _grouped(rows, 5)
+    ]
+
+
+def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
+    return [
+        ContextPackage(head[0], head[1], head[2],
+                       tuple(ContextReference(*ref) for ref in refs),
+                       _time(head[3]), head[4])
+        for head, refs in _grouped(rows, 5)
+    ]
+
+
+def _manifest(row: Any, refs: Sequence[Any]) -> RunManifest:
+    """A manifest from its row and its ``manifest_refs`` rows (ordered by direction,
+    position)."""
+    inputs = tuple(ArtifactRef(r[2], r[3], r[4], r[5]) for r in refs if r[1] == "input")
+    outputs = tuple(ArtifactRef(r[2], r[3], r[4], r[5]) for r in refs if r[1] == "output")
+    return RunManifest(row[0], row[1], row[2], row[3], inputs, outputs,
+                       tuple(json.loads(row[4])), row[5], row[6], _time(row[7]),
+                       _maybe_time(row[8]), _maybe_time(row[9]), bool(row[10]))
+
+
+def _run_values(run: OperationRun) -> tuple[Any, ...]:
+    """Every column of a run but ``id``, in ``_UPDATE_RUN`` order."""
+    return (run.operation, run.status, run.parameters_json, run.parent_run_id,
+            format_time(run.created_at), _format_maybe(run.started_at),
+            _format_maybe(run.finished_at), run.error, run.diagnostics_json, run.holder_json,
+            _format_maybe(run.lease_expires_at), _format_maybe(run.heartbeat_at), run.sequence)
+
+
+def _step_values(step: WorkflowStep) -> tuple[Any, ...]:
+    """Every column of a step but ``id``, in ``_UPDATE_STEP`` order."""
+    return (step.run_id, step.position, step.name, step.status, format_time(step.created_at),
+            _format_maybe(step.started_at), _format_maybe(step.finished_at),
+            step.diagnostics_json, step.sequence)
+
+
+def _constraint_error(exc: sqlite3.IntegrityError) -> IntegrityError:
+    """The typed error for a write that the index's constraints refused."""
+    message = str(exc)
+    if message.startswith("UNIQUE"):
+        hint = "a record with that id or key already exists"
+    elif message.startswith("FOREIGN KEY"):
+        hint = "it refers to a record the index does not hold"
+    else:
+        hint = "a value breaks the schema's rules"
+    return IntegrityError(f"the index refused the write ({message}): {hint}")
 
 
 def _artifact_row(artifact: Artifact) -> tuple[Any, ...]:
@@ -261,6 +417,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._pending_rows = 0
         self._pending_names: dict[tuple[str, str], Artifact] = {}
         self._conn: sqlite3.Connection | None = self._connect()
+        if not self.read_only:
+            try:
+                self._recover_on_open()
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
 
     @classmethod
     def open(
@@ -343,6 +506,17 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 raise self._busy_error() from exc
             raise StoreFormatError(f"{index} is not a usable SQLite index: {exc}") from exc
 
+    def _recover_on_open(self) -> None:
+        """Mark runs left running by dead holders or expired leases as abandoned.
+
+        The read first spares every open the write lock when nothing runs;
+        :meth:`recover_abandoned` re-reads under the lock, so two processes
+        opening at once recover each run once.
+        """
+        if self._one("SELECT 1 FROM runs WHERE status = ? LIMIT 1",
+                     (RunStatus.RUNNING.value,)) is not None:
+            self.recover_abandoned()
+
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Closing twice is fine."""
         with self._lock:
@@ -419,9 +593,22 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     raise self._busy_error() from exc
                 raise
             except sqlite3.IntegrityError as exc:
-                raise IntegrityError(f"index constraint failed: {exc}") from exc
+                raise _constraint_error(exc) from exc
             except UnicodeEncodeError as exc:
                 raise _NotUnicode(f"string is not valid Unicode text: {exc}") from exc
+
+    def _run_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``executemany`` inside a transaction, with the errors :meth:`_run` maps."""
+        with self._lock:
+            conn = self._connection()
+            if self._pending:
+                self._flush_pending(conn)
+            try:
+                conn.executemany(sql, rows)
+            except sqlite3.IntegrityError as exc:
+                raise _constraint_error(exc) from exc
+            except UnicodeEncodeError as exc:
+                raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
     # A string with a lone surrogate cannot be stored, so a read that binds one
     # finds nothing, as in the reference backend.
@@ -452,7 +639,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             for sql, rows in pending.items():
                 conn.executemany(sql, rows)
         except sqlite3.IntegrityError as exc:
-            raise IntegrityError(f"index constraint failed: {exc}") from exc
+            raise _constraint_error(exc) from exc
         except UnicodeEncodeError as exc:
             raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
@@ -496,6 +683,22 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 self._depth = 0
                 self._last = None
 
+    @contextmanager
+    def _consistent_read(self) -> Iterator[None]:
+        """Several SELECTs that see one state: a deferred read transaction (which a
+        read-only store can open too, and which blocks no writer), unless one is open."""
+        with self._lock:
+            conn = self._connection()
+            if conn.in_transaction:
+                yield
+                return
+            self._retry(lambda: conn.execute("BEGIN"))
+            try:
+                yield
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
     def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
         if self._pending:
             self._flush_pending(conn)
@@ -530,11 +733,25 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
 
     # -- bulk --------------------------------------------------------------
 
-    def put_artifacts(self, collection_id: str, items: Iterable[NewArtifact]) -> list[PutResult]:
+    def put_artifacts(
+        self, collection_id: str, items: Iterable[NewArtifact], *, run_id: str | None = None
+    ) -> list[PutResult]:
         with self.transaction():
             self._bulk += 1
             try:
-                return super().put_artifacts(collection_id, items)
+                return super().put_artifacts(collection_id, items, run_id=run_id)
+            finally:
+                self._bulk -= 1
+
+    def restore(
+        self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]
+    ) -> None:
+        """The contract's restore, with new artifacts and change records written in
+        bulk (``executemany``) as :meth:`put_artifacts` writes them."""
+        with self.transaction():
+            self._bulk += 1
+            try:
+                super().restore(records, bodies)
             finally:
                 self._bulk -= 1
 
@@ -827,3 +1044,215 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             sql += " LIMIT ?"
             params.append(limit)
         return [_change(row) for row in self._all(sql, params)]
+
+    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+        rows = self._all(
+            f"SELECT {_COLLECTION_COLUMNS}, deleted_at FROM collections ORDER BY sequence"
+        )
+        return [(_collection(row), _maybe_time(row[6])) for row in rows]
+
+    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+        rows = self._all(
+            f"SELECT {_ARTIFACT_COLUMNS}, a.deleted_at FROM artifacts a ORDER BY a.sequence"
+        )
+        return [(_artifact(row), _maybe_time(row[14])) for row in rows]
+
+    def _all_revisions(self) -> list[ArtifactRevision]:
+        rows = self._all(f"SELECT {_REVISION_COLUMNS} FROM revisions ORDER BY change_sequence")
+        return [_revision(row) for row in rows]
+
+    def _all_steps(self) -> list[WorkflowStep]:
+        return [_step(row) for row in self._all(
+            f"SELECT {_STEP_COLUMNS} FROM steps ORDER BY sequence")]
+
+    # -- objects -----------------------------------------------------------
+
+    def open_object(self, digest: str) -> BinaryIO:
+        """A reader streaming the body from its file; it re-hashes what it reads and
+        raises :class:`CorruptObjectError` at the end if the bytes do not match."""
+        return self.objects.open(parse_digest(digest), verify=True)
+
+    def object_path(self, digest: str) -> Path | None:
+        """The object file of ``digest``, or None if it is not (yet) in place."""
+        parsed = parse_digest(digest)
+        path = self.objects.path(parsed)
+        return path if self.objects.exists(parsed) and path.is_file() else None
+
+    # -- runs and context --------------------------------------------------
+
+    def _insert_run(self, run: OperationRun) -> None:
+        self._run(_INSERT_RUN, (run.id, *_run_values(run)))
+
+    def _replace_run(self, run: OperationRun) -> None:
+        self._run(_UPDATE_RUN, (*_run_values(run), run.id))
+
+    def _find_run(self, run_id: str) -> OperationRun | None:
+        row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return None if row is None else _run_record(row)
+
+    def _list_runs(self, status: str | None) -> list[OperationRun]:
+        if status is None:
+            rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY sequence")
+        else:
+            rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ? ORDER BY sequence",
+                             (status,))
+        return [_run_record(row) for row in rows]
+
+    def _insert_step(self, step: WorkflowStep) -> None:
+        self._run(_INSERT_STEP, (step.id, *_step_values(step)))
+
+    def _replace_step(self, step: WorkflowStep) -> None:
+        self._run(_UPDATE_STEP, (*_step_values(step), step.id))
+
+    def _find_step(self, step_id: str) -> WorkflowStep | None:
+        row = self._one(f"SELECT {_STEP_COLUMNS} FROM steps WHERE id = ?", (step_id,))
+        return None if row is None else _step(row)
+
+    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
+        rows = self._all(
+            f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+        return [_step(row) for row in rows]
+
+    def _insert_bundle(self, bundle: InputBundle) -> None:
+        self._run(
+            "INSERT INTO bundles (id, run_id, parameters, created_at, sequence) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (bundle.id, bundle.run_id, bundle.parameters_json, format_time(bundle.created_at),
+             bundle.sequence),
+        )
+        self._run_many(
+            "INSERT INTO bundle_inputs (bundle_id, position, artifact_id, revision, digest, role) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(bundle.id, position, ref.artifact_id, ref.revision, ref.digest, ref.role)
+             for position, ref in enumerate(bundle.inputs, 1)],
+        )
+
+    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
+        if run_id is None:
+            return _bundles(self._all(f"{_BUNDLE_SELECT} ORDER BY b.sequence, i.position"))
+        return _bundles(self._all(
+            f"{_BUNDLE_SELECT} WHERE b.run_id = ? ORDER BY b.sequence, i.position", (run_id,)
+        ))
+
+    def _bundles_consuming(
+        self, artifact_id: str | None, revision: int | None, digest: str | None
+    ) -> list[InputBundle]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("artifact_id", artifact_id), ("revision", revision),
+                              ("digest", digest)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        matching = "SELECT bundle_id FROM bundle_inputs"
+        if where:
+            matching += f" WHERE {' AND '.join(where)}"
+        return _bundles(self._all(
+            f"{_BUNDLE_SELECT} WHERE b.id IN ({matching}) ORDER BY b.sequence, i.position",
+            params,
+        ))
+
+    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
+        rows = self._all(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE run_id = ? "
+            "ORDER BY change_sequence",
+            (run_id,),
+        )
+        return [_revision(row) for row in rows]
+
+    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
+        rows = self._all(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE digest = ? "
+            "ORDER BY change_sequence",
+            (digest,),
+        )
+        return [_revision(row) for row in rows]
+
+    def _store_manifest(self, manifest: RunManifest) -> None:
+        self._run("DELETE FROM manifest_refs WHERE run_id = ?", (manifest.run_id,))
+        self._run("DELETE FROM manifests WHERE run_id = ?", (manifest.run_id,))
+        self._run(
+            "INSERT INTO manifests (run_id, operation, status, parameters, steps, diagnostics, "
+            "error, created_at, started_at, finished_at, final) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (manifest.run_id, manifest.operation, manifest.status, manifest.parameters_json,
+             json.dumps(list(manifest.steps), separators=(",", ":"), ensure_ascii=False),
+             manifest.diagnostics_json, manifest.error, format_time(manifest.created_at),
+             _format_maybe(manifest.started_at), _format_maybe(manifest.finished_at),
+             int(manifest.final)),
+        )
+        self._run_many(
+            "INSERT INTO manifest_refs (run_id, direction, position, artifact_id, revision, "
+            "digest, role) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(manifest.run_id, direction, position, ref.artifact_id, ref.revision, ref.digest,
+              ref.role)
+             for direction, refs in (("input", manifest.inputs), ("output", manifest.outputs))
+             for position, ref in enumerate(refs, 1)],
+        )
+
+    def _find_manifest(self, run_id: str) -> RunManifest | None:
+        with self._consistent_read():
+            row = self._one(f"SELECT {_MANIFEST_COLUMNS} FROM manifests m WHERE m.run_id = ?",
+                            (run_id,))
+            if row is None:
+                return None
+            refs = self._all(
+                f"SELECT {_MANIFEST_REF_COLUMNS} FROM manifest_refs WHERE run_id = ? "
+                "ORDER BY direction, position",
+                (run_id,),
+            )
+        return _manifest(row, refs)
+
+    def _list_manifests(self) -> list[RunManifest]:
+        with self._consistent_read():
+            rows = self._all(
+                f"SELECT {_MANIFEST_COLUMNS} FROM manifests m JOIN runs r ON r.id = m.run_id "
+                "ORDER BY r.sequence"
+            )
+            refs: dict[str, list[Any]] = {}
+            for ref in self._all(f"SELECT {_MANIFEST_REF_COLUMNS} FROM manifest_refs "
+                                 "ORDER BY run_id, direction, position"):
+                refs.setdefault(ref[0], []).append(ref)
+        return [_manifest(row, refs.get(row[0], [])) for row in rows]
+
+    def _insert_context_package(self, package: ContextPackage) -> None:
+        self._run(
+            "INSERT INTO context_packages (id, name, metadata, created_at, sequence) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (package.id, package.name, package.metadata_json, format_time(package.created_at),
+             package.sequence),
+        )
+        self._run_many(
+            "INSERT INTO context_references (package_id, position, kind, target_id, revision, "
+            "digest, system, uri, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(package.id, position, ref.kind, ref.target_id, ref.revision, ref.digest,
+              ref.system, ref.uri, ref.note)
+             for position, ref in enumerate(package.references, 1)],
+        )
+
+    def _find_context_package(self, package_id: str) -> ContextPackage | None:
+        found = _packages(self._all(f"{_PACKAGE_SELECT} WHERE p.id = ? ORDER BY r.position",
+                                    (package_id,)))
+        return found[0] if found else None
+
+    def _list_context_packages(self) -> list[ContextPackage]:
+        return _packages(self._all(f"{_PACKAGE_SELECT} ORDER BY p.sequence, r.position"))
+
+    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None:
+        self._run(
+            f"INSERT INTO external_references ({_EXTERNAL_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (reference.id, reference.system, reference.external_id, reference.uri,
+             reference.artifact_id, reference.revision, reference.digest, reference.recorded_by,
+             reference.metadata_json, format_time(reference.recorded_at), reference.sequence),
+        )
+
+    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
+        row = self._one(f"SELECT {_EXTERNAL_COLUMNS} FROM external_references WHERE id = ?",
+                        (reference_id,))
+        return None if row is None else _external(row)
+
+    def _list_external_references(self) -> list[ExternalMemoryReference]:
+        return [_external(row) for row in self._all(
+            f"SELECT {_EXTERNAL_COLUMNS} FROM external_references ORDER BY sequence")]

@@ -21,6 +21,27 @@ Layout decisions:
   searchable current body have a row. The text is stored, not contentless,
   because terms shorter than a trigram are matched with ``instr()`` on it.
 * JSON columns hold canonical JSON and are checked with ``json_valid``.
+
+``0002_runs_context`` adds runs, steps, input bundles, manifests, context
+packages and external references:
+
+* ``runs``, ``steps``, ``bundles``, ``context_packages`` and
+  ``external_references`` are keyed by creation sequence like the core
+  tables. Status columns are checked against the lifecycle's six states.
+* Ordered parts live in ``WITHOUT ROWID`` child tables keyed by
+  ``(parent, position)``: ``bundle_inputs``, ``manifest_refs`` (inputs and
+  outputs) and ``context_references``. A manifest's step ids are a JSON array.
+* Foreign keys hold where the contract guarantees the target exists: steps,
+  bundles and manifests to their run, a child run to its parent, and every
+  pinned artifact revision (bundle inputs, manifest refs, pinned context
+  references, external references) to ``revisions``. A composite key with a
+  NULL part is not enforced, which is what unpinned and non-artifact
+  references need. Other context references have none: one ``target_id``
+  column serves every kind, and a deleted relationship must stay nameable by
+  a package made before.
+* ``bundle_inputs`` is indexed by ``(artifact_id, revision)`` and by
+  ``digest`` (which runs consumed this?), ``revisions`` by producing
+  ``run_id`` (the outputs of a run), ``runs`` by status (recovery on open).
 """
 
 from __future__ import annotations
@@ -142,6 +163,152 @@ _CORE = (
 @_migration("0001_core")
 def _core(db: Database) -> None:
     for statement in _CORE:
+        db.conn.execute(statement)
+
+
+# Status values are spelled out rather than taken from ``RunStatus``: an applied
+# migration must create the same schema forever, whatever the enum becomes.
+_STATUS_CHECK = (
+    "CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled', 'abandoned'))"
+)
+
+_RUNS_CONTEXT = (
+    f"""
+    CREATE TABLE runs (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        operation TEXT NOT NULL,
+        status TEXT NOT NULL {_STATUS_CHECK},
+        parameters TEXT NOT NULL CHECK (json_valid(parameters)),
+        parent_run_id TEXT REFERENCES runs (id),
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT,
+        diagnostics TEXT NOT NULL CHECK (json_valid(diagnostics)),
+        holder TEXT NOT NULL CHECK (json_valid(holder)),
+        lease_expires_at TEXT,
+        heartbeat_at TEXT
+    )
+    """,
+    "CREATE INDEX runs_status ON runs (status)",
+    f"""
+    CREATE TABLE steps (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        position INTEGER NOT NULL CHECK (position >= 1),
+        name TEXT NOT NULL,
+        status TEXT NOT NULL {_STATUS_CHECK},
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        diagnostics TEXT NOT NULL CHECK (json_valid(diagnostics))
+    )
+    """,
+    "CREATE UNIQUE INDEX steps_run ON steps (run_id, position)",
+    """
+    CREATE TABLE bundles (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        parameters TEXT NOT NULL CHECK (json_valid(parameters)),
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX bundles_run ON bundles (run_id)",
+    """
+    CREATE TABLE bundle_inputs (
+        bundle_id TEXT NOT NULL REFERENCES bundles (id),
+        position INTEGER NOT NULL CHECK (position >= 1),
+        artifact_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        role TEXT,
+        PRIMARY KEY (bundle_id, position),
+        FOREIGN KEY (artifact_id, revision) REFERENCES revisions (artifact_id, revision)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX bundle_inputs_revision ON bundle_inputs (artifact_id, revision)",
+    "CREATE INDEX bundle_inputs_digest ON bundle_inputs (digest)",
+    "CREATE INDEX revisions_run ON revisions (run_id, change_sequence) "
+    "WHERE run_id IS NOT NULL",
+    f"""
+    CREATE TABLE manifests (
+        run_id TEXT PRIMARY KEY REFERENCES runs (id),
+        operation TEXT NOT NULL,
+        status TEXT NOT NULL {_STATUS_CHECK},
+        parameters TEXT NOT NULL CHECK (json_valid(parameters)),
+        steps TEXT NOT NULL CHECK (json_valid(steps) AND json_type(steps) = 'array'),
+        diagnostics TEXT NOT NULL CHECK (json_valid(diagnostics)),
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        final INTEGER NOT NULL CHECK (final IN (0, 1))
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE manifest_refs (
+        run_id TEXT NOT NULL REFERENCES manifests (run_id),
+        direction TEXT NOT NULL CHECK (direction IN ('input', 'output')),
+        position INTEGER NOT NULL CHECK (position >= 1),
+        artifact_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        role TEXT,
+        PRIMARY KEY (run_id, direction, position),
+        FOREIGN KEY (artifact_id, revision) REFERENCES revisions (artifact_id, revision)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE context_packages (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        metadata TEXT NOT NULL CHECK (json_valid(metadata)),
+        created_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE context_references (
+        package_id TEXT NOT NULL REFERENCES context_packages (id),
+        position INTEGER NOT NULL CHECK (position >= 1),
+        kind TEXT NOT NULL CHECK (kind IN ('artifact', 'relationship', 'run', 'external')),
+        target_id TEXT NOT NULL,
+        revision INTEGER,
+        digest TEXT,
+        system TEXT,
+        uri TEXT,
+        note TEXT,
+        PRIMARY KEY (package_id, position),
+        FOREIGN KEY (target_id, revision) REFERENCES revisions (artifact_id, revision)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE external_references (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        system TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        uri TEXT,
+        artifact_id TEXT,
+        revision INTEGER,
+        digest TEXT,
+        recorded_by TEXT NOT NULL,
+        metadata TEXT NOT NULL CHECK (json_valid(metadata)),
+        recorded_at TEXT NOT NULL,
+        CHECK ((artifact_id IS NULL) = (revision IS NULL)
+               AND (revision IS NULL) = (digest IS NULL)),
+        FOREIGN KEY (artifact_id, revision) REFERENCES revisions (artifact_id, revision)
+    )
+    """,
+)
+
+
+@_migration("0002_runs_context")
+def _runs_context(db: Database) -> None:
+    for statement in _RUNS_CONTEXT:
         db.conn.execute(statement)
 
 

@@ -1,0 +1,434 @@
+"""Artifact commands: add, ls, find, show, cat, log, diff, rm, link, unlink."""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ...errors import (
+    ArtifactNotFound,
+    CollectionNotFound,
+    RelationshipNotFound,
+    ValidationError,
+)
+from ...models import Artifact, ArtifactRevision, NewArtifact, Query, RelatedTo
+from ...storage.contract import DIRECTIONS, MAX_QUERY_LIMIT, KnowledgeRepository
+from .. import ingest, resolve
+from ..app import App, cli, examples, json_option, quiet_option
+from ..output import (
+    compact,
+    jsonable,
+    print_fields,
+    print_json,
+    print_table,
+    progress,
+    short,
+    when,
+    write_bytes,
+)
+from ..params import parse_pairs
+
+META_HELP = "VALUE is JSON if it parses (n=1, ok=true, s='\"1\"'), else a string. Repeatable."
+
+
+def print_artifacts(
+    repo: KnowledgeRepository, artifacts: Sequence[Artifact], as_json: bool
+) -> None:
+    """The one listing format of artifacts (ls, find)."""
+    if as_json:
+        print_json(artifacts)
+        return
+    names = resolve.Names(repo)
+    print_table(["type", "rev", "size", "digest", "name"],
+                ([a.artifact_type, a.revision, a.size, short(a.digest), names.of(a)]
+                 for a in artifacts), right=(1, 2))
+
+
+# -- add -------------------------------------------------------------------
+
+
+@cli.command(epilog=examples(
+    "kontextual add notes ./notes",
+    "kontextual add papers paper.pdf --type paper --meta year=2024 --meta reviewed=true",
+    "kontextual add notes todo.txt --provenance source=import",
+))
+@click.argument("collection_name", metavar="COLLECTION")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...",
+                type=click.Path(path_type=Path))
+@click.option("--type", "artifact_type",
+              help="Artifact type (default: guessed from the extension).")
+@click.option("--media-type", help="Media type (default: guessed from the extension).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE",
+              help=f"Set a metadata key. {META_HELP}")
+@click.option("--provenance", multiple=True, metavar="KEY=VALUE",
+              help=f"Record how this revision came to be. {META_HELP}")
+@json_option
+@quiet_option
+@click.pass_obj
+def add(
+    app: App,
+    collection_name: str,
+    paths: tuple[Path, ...],
+    artifact_type: str | None,
+    media_type: str | None,
+    meta: tuple[str, ...],
+    provenance: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Add files and folders (recursively) to a collection.
+
+    COLLECTION is created if it does not exist. A file in a folder is named
+    by its path relative to that folder, a file given on its own by its file
+    name. Dot-directories (.git ...) and the store are skipped.
+
+    Adding a name again makes a new revision if the file changed and nothing
+    otherwise; type and media type are kept unless given, and --meta keys are
+    set on top of the existing metadata. All or nothing: if any file cannot
+    be read, nothing is stored.
+    """
+    metadata = parse_pairs(meta, "--meta")
+    provenance_data = parse_pairs(provenance, "--provenance")
+    app.require_store()
+    files = ingest.scan(paths, store=app.store)
+    repo = app.repo()
+    outcomes: Counter[str] = Counter()
+    records: list[dict[str, Any]] = []  # only for --json: one small dict per file
+    total_bytes = 0
+    with progress("adding", quiet=quiet or as_json) as bar, repo.transaction():
+        try:
+            target = resolve.collection(repo, collection_name)
+            created = False
+        except CollectionNotFound:
+            target = repo.create_collection(collection_name)
+            created = True
+        done = 0
+        for batch in ingest.batches(files):
+            items = [_new_artifact(repo, target.id, item, artifact_type, media_type, metadata,
+                                   provenance_data) for item in batch]
+            total_bytes += sum(len(item.content) for item in items)
+            for result in repo.put_artifacts(target.id, items):
+                outcomes[result.outcome.value] += 1
+                if as_json:
+                    record = result.artifact
+                    records.append({"name": record.name, "id": record.id,
+                                    "outcome": result.outcome.value, "revision": record.revision,
+                                    "digest": record.digest, "size": record.size})
+            done += len(batch)
+            bar(done, len(files))
+    if as_json:
+        print_json({"collection": target, "created_collection": created,
+                    "added": outcomes["created"], "updated": outcomes["updated"],
+                    "unchanged": outcomes["unchanged"], "bytes": total_bytes,
+                    "artifacts": records})
+        return
+    if created:
+        click.echo(f"created collection {target.name}")
+    click.echo(f"added {outcomes['created']}, updated {outcomes['updated']}, "
+               f"unchanged {outcomes['unchanged']}, {total_bytes} bytes")
+
+
+def _new_artifact(
+    repo: KnowledgeRepository,
+    collection_id: str,
+    item: ingest.InputFile,
+    artifact_type: str | None,
+    media_type: str | None,
+    metadata: dict[str, Any],
+    provenance: dict[str, Any],
+) -> NewArtifact:
+    """What ``add`` makes of one file: what was given, else what was there, else a guess."""
+    try:
+        current: Artifact | None = repo.get_artifact_by_name(collection_id, item.name)
+    except ArtifactNotFound:
+        current = None
+    media: str | None
+    if current is None:
+        kind, media = ingest.guess_types(item.name)
+        fields = metadata
+    else:
+        kind, media = current.artifact_type, current.media_type
+        fields = {**current.metadata, **metadata}
+    return NewArtifact(item.name, ingest.read(item), artifact_type or kind, media_type or media,
+                       fields, provenance or None)
+
+
+# -- listing and search ------------------------------------------------------
+
+
+@cli.command(epilog=examples("kontextual ls", "kontextual ls notes --json"))
+@click.argument("collection_name", required=False, metavar="[COLLECTION]")
+@json_option
+@click.pass_obj
+def ls(app: App, collection_name: str | None, as_json: bool) -> None:
+    """List the artifacts (of one collection), oldest first."""
+    repo = app.repo()
+    collection_id = None if collection_name is None else resolve.collection(repo,
+                                                                            collection_name).id
+    print_artifacts(repo, repo.list_artifacts(collection_id), as_json)
+
+
+@cli.command(epilog=examples(
+    "kontextual find --text retrieval",
+    "kontextual find --collection notes --type note --meta reviewed=true",
+    "kontextual find --meta 'tags=[\"kickoff\", \"planning\"]'",
+    "kontextual find --digest 3f2a9c",
+    "kontextual find --related-to notes/reading-list.md --rel-type links_to --direction outgoing",
+))
+@click.option("--collection", "collection_name", help="In this collection.")
+@click.option("--type", "artifact_type", help="Of this artifact type.")
+@click.option("--name", help="With exactly this name.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE",
+              help="Top-level metadata KEY equals VALUE, type-exact (1, 1.0, true and "
+              "'\"1\"' all differ). Repeatable.")
+@click.option("--text", help="Content contains every word (case-insensitive substrings).")
+@click.option("--digest", help="Current body has this digest (a unique prefix is enough).")
+@click.option("--related-to", metavar="ARTIFACT", help="At the other end of a relationship.")
+@click.option("--rel-type", help="Only relationships of this type (with --related-to).")
+@click.option("--direction", type=click.Choice(DIRECTIONS), default="both", show_default=True,
+              help="Seen from --related-to: outgoing finds its targets, incoming its sources.")
+@click.option("--limit", type=click.IntRange(0, MAX_QUERY_LIMIT), help="At most this many.")
+@json_option
+@click.pass_obj
+def find(
+    app: App,
+    collection_name: str | None,
+    artifact_type: str | None,
+    name: str | None,
+    meta: tuple[str, ...],
+    text: str | None,
+    digest: str | None,
+    related_to: str | None,
+    rel_type: str | None,
+    direction: str,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Find artifacts matching every filter given, oldest first."""
+    metadata = parse_pairs(meta, "--meta")
+    if related_to is None and (rel_type is not None or direction != "both"):
+        raise ValidationError("--rel-type and --direction need --related-to")
+    repo = app.repo()
+    query = Query(
+        collection_id=(None if collection_name is None
+                       else resolve.collection(repo, collection_name).id),
+        name=name,
+        digest=None if digest is None else resolve.digest(repo.objects, digest),
+        artifact_type=artifact_type,
+        metadata=metadata or None,
+        text=text,
+        related_to=(None if related_to is None
+                    else RelatedTo(resolve.artifact(repo, related_to).id, rel_type, direction)),
+        limit=limit,
+    )
+    print_artifacts(repo, repo.query(query), as_json)
+
+
+# -- one artifact ------------------------------------------------------------
+
+
+@cli.command(epilog=examples("kontextual show notes/todo.md", "kontextual show art_0190... --json"))
+@click.argument("ref", metavar="ARTIFACT")
+@json_option
+@click.pass_obj
+def show(app: App, ref: str, as_json: bool) -> None:
+    """Show an artifact, its relationships and its run."""
+    repo = app.repo()
+    found = resolve.artifact(repo, ref)
+    outgoing = repo.list_relationships(found.id, direction="outgoing")
+    incoming = repo.list_relationships(found.id, direction="incoming")
+    run = repo.producing_run(found.id)
+    names = resolve.Names(repo)
+    if as_json:
+        print_json({"artifact": found, "collection": names.collection(found.collection_id),
+                    "outgoing": outgoing, "incoming": incoming, "run": run})
+        return
+    print_fields([
+        ("artifact", names.of(found)),
+        ("id", found.id),
+        ("type", found.artifact_type),
+        ("media type", found.media_type or "-"),
+        ("revision", found.revision),
+        ("digest", found.digest),
+        ("size", f"{found.size} bytes"),
+        ("created", when(found.created_at)),
+        ("updated", when(found.updated_at)),
+        ("run", "-" if run is None else f"{run.id} ({run.operation}, {run.status})"),
+        ("metadata", compact(found.metadata)),
+        ("provenance", compact(found.provenance)),
+    ])
+    if outgoing or incoming:
+        click.echo("relationships:")
+        print_table(
+            ["dir", "type", "artifact", "id"],
+            [*(["->", r.relationship_type, names.artifact(r.target_id), r.id] for r in outgoing),
+             *(["<-", r.relationship_type, names.artifact(r.source_id), r.id] for r in incoming)],
+        )
+
+
+@cli.command(epilog=examples("kontextual cat notes/todo.md",
+                             "kontextual cat notes/todo.md -r 1 > old.md"))
+@click.argument("ref", metavar="ARTIFACT")
+@click.option("--revision", "-r", type=click.IntRange(min=1), help="An earlier revision.")
+@click.pass_obj
+def cat(app: App, ref: str, revision: int | None) -> None:
+    """Write an artifact's body, byte for byte, to stdout.
+
+    With --revision, also the revisions of a deleted artifact (named by id).
+    """
+    repo = app.repo()
+    artifact_id = resolve.artifact_id(repo, ref)
+    record: Artifact | ArtifactRevision = (
+        repo.get_artifact(artifact_id) if revision is None
+        else repo.get_revision(artifact_id, revision)
+    )
+    with repo.open_object(record.digest) as body:
+        write_bytes(body)
+
+
+@cli.command(epilog=examples("kontextual log notes/todo.md", "kontextual log art_0190... --json"))
+@click.argument("ref", metavar="ARTIFACT")
+@json_option
+@click.pass_obj
+def log(app: App, ref: str, as_json: bool) -> None:
+    """Show the revision history of an artifact, oldest first.
+
+    Each revision with its digest before and after, the fields it changed and
+    the run that produced it; also for a deleted artifact, named by id.
+    """
+    repo = app.repo()
+    artifact_id = resolve.artifact_id(repo, ref)
+    revisions = repo.list_revisions(artifact_id)
+    changes = {c.sequence: c for c in repo.list_changes(entity_id=artifact_id)}
+    deleted = next((c for c in changes.values() if c.action == "delete"), None)
+    entries = []
+    for revision in revisions:
+        change = changes.get(revision.change_sequence)
+        changed = [] if change is None else change.details.get("changed", [])
+        entries.append((revision, None if change is None else change.old_digest,
+                        [str(field) for field in changed] if isinstance(changed, list) else []))
+    if as_json:
+        print_json({
+            "artifact_id": artifact_id,
+            "revisions": [{**jsonable(revision), "old_digest": old, "changed": changed}
+                          for revision, old, changed in entries],
+            "deleted_at": None if deleted is None else deleted.timestamp,
+        })
+        return
+    rows = [[revision.revision, when(revision.created_at),
+             short(revision.digest) if old is None else f"{short(old)} -> {short(revision.digest)}",
+             ",".join(changed) or ("created" if revision.revision == 1 else "-"),
+             revision.run_id or "-"]
+            for revision, old, changed in entries]
+    if deleted is not None:
+        rows.append(["", when(deleted.timestamp), "deleted", "", ""])
+    print_table(["rev", "time", "digest", "changed", "run"], rows, right=(0,))
+
+
+def _text(body: bytes, label: str) -> list[str]:
+    if b"\x00" not in body:
+        try:
+            return body.decode("utf-8").splitlines(keepends=True)
+        except UnicodeDecodeError:
+            pass
+    raise ValidationError(f"{label} is binary; diff compares text (UTF-8) bodies only")
+
+
+def _diff_lines(lines: Iterator[str]) -> Iterator[str]:
+    """difflib's lines, each ending in a newline, marking a last line that had none."""
+    for line in lines:
+        if line.endswith("\n"):
+            yield line
+        else:
+            yield line + "\n\\ No newline at end of file\n"
+
+
+@cli.command(epilog=examples("kontextual diff notes/todo.md 1 2"))
+@click.argument("ref", metavar="ARTIFACT")
+@click.argument("old", metavar="REV1", type=click.IntRange(min=1))
+@click.argument("new", metavar="REV2", type=click.IntRange(min=1))
+@click.pass_obj
+def diff(app: App, ref: str, old: int, new: int) -> None:
+    """Unified diff between two revisions of a text artifact."""
+    repo = app.repo()
+    artifact_id = resolve.artifact_id(repo, ref)
+    names = resolve.Names(repo)
+    before, after = repo.get_revision(artifact_id, old), repo.get_revision(artifact_id, new)
+    lines = difflib.unified_diff(
+        _text(repo.read_content(artifact_id, old), f"revision {old} of {ref}"),
+        _text(repo.read_content(artifact_id, new), f"revision {new} of {ref}"),
+        fromfile=f"a/{names.of(before)}@{old}",
+        tofile=f"b/{names.of(after)}@{new}",
+    )
+    click.echo("".join(_diff_lines(lines)), nl=False)
+
+
+# -- removing and linking ------------------------------------------------------
+
+
+@cli.command(epilog=examples("kontextual rm notes/old.md"))
+@click.argument("ref", metavar="ARTIFACT")
+@click.pass_obj
+def rm(app: App, ref: str) -> None:
+    """Delete an artifact and its relationships.
+
+    Its history stays readable by id (log, cat --revision).
+    """
+    repo = app.repo()
+    found = resolve.artifact(repo, ref)
+    label = resolve.Names(repo).of(found)
+    repo.delete_artifact(found.id)
+    click.echo(f"removed {label} ({found.id})")
+
+
+@cli.command(epilog=examples("kontextual link outputs/summary.md derived_from papers/a.txt"))
+@click.argument("source", metavar="SRC")
+@click.argument("relationship_type", metavar="TYPE")
+@click.argument("target", metavar="DST")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE",
+              help=f"Relationship metadata. {META_HELP}")
+@json_option
+@click.pass_obj
+def link(app: App, source: str, relationship_type: str, target: str, meta: tuple[str, ...],
+         as_json: bool) -> None:
+    """Relate two artifacts: SRC -[TYPE]-> DST."""
+    metadata = parse_pairs(meta, "--meta")
+    repo = app.repo()
+    created = repo.create_relationship(resolve.artifact(repo, source).id,
+                                       resolve.artifact(repo, target).id, relationship_type,
+                                       metadata=metadata)
+    if as_json:
+        print_json(created)
+    else:
+        click.echo(f"linked {source} -[{relationship_type}]-> {target} ({created.id})")
+
+
+@cli.command(epilog=examples("kontextual unlink outputs/summary.md derived_from papers/a.txt",
+                             "kontextual unlink rel_0190..."))
+@click.argument("args", nargs=-1, required=True, metavar="SRC TYPE DST | RELATIONSHIP_ID")
+@click.pass_obj
+def unlink(app: App, args: tuple[str, ...]) -> None:
+    """Remove a relationship, named by SRC TYPE DST or by its id."""
+    repo = app.repo()
+    if len(args) == 1:
+        relationship = repo.get_relationship(args[0])
+    elif len(args) == 3:
+        source, relationship_type, target = args
+        target_id = resolve.artifact(repo, target).id
+        found = [r for r in repo.list_relationships(resolve.artifact(repo, source).id,
+                                                    direction="outgoing",
+                                                    relationship_type=relationship_type)
+                 if r.target_id == target_id]
+        if not found:
+            raise RelationshipNotFound(" ".join(args), f"relationship not found: "
+                                       f"{source} -[{relationship_type}]-> {target}")
+        relationship = found[0]
+    else:
+        raise ValidationError("unlink takes SRC TYPE DST, or one relationship id")
+    repo.delete_relationship(relationship.id)
+    click.echo(f"unlinked {relationship.id}")

@@ -1,0 +1,205 @@
+"""Whole-store commands: init, stats, fsck, gc, backup, export, import."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from ...errors import ConflictError, KontextualError
+from ...snapshot import export_snapshot, import_snapshot
+from ...storage.sqlite import maintenance
+from ..app import App, PathNotFound, cli, examples, json_option, quiet_option
+from ..output import jsonable, print_fields, print_json, print_table, progress
+from ..params import parse_duration
+
+
+class CheckFailed(KontextualError):
+    """fsck found damage."""
+
+    exit_code = 5
+
+
+@cli.command(epilog=examples("kontextual init", "kontextual init ~/kb"))
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.pass_obj
+def init(app: App, path: Path | None) -> None:
+    """Create a store at PATH (default: the selected store).
+
+    On a store that exists already, only checks that it can be opened.
+    """
+    if path is not None:
+        app.store = path.expanduser()
+    existed = app.exists()
+    app.repo(create=True)
+    where = app.store.resolve()
+    if existed:
+        click.echo(f"kontextual store already initialised at {where}")
+    else:
+        click.echo(f"initialised empty kontextual store at {where}")
+
+
+@cli.command(epilog=examples("kontextual stats", "kontextual stats --json"))
+@json_option
+@click.pass_obj
+def stats(app: App, as_json: bool) -> None:
+    """Counts of records, objects and bytes in the store."""
+    counts = maintenance.store_stats(app.repo())
+    if as_json:
+        print_json(counts)
+        return
+    print_fields([("store", app.store.resolve()),
+                  *((name.replace("_", " "), value) for name, value in counts.items())])
+
+
+@cli.command(epilog=examples("kontextual fsck", "kontextual fsck --full --json"))
+@click.option("--full", is_flag=True, help="Re-hash every object and run SQLite's full check.")
+@json_option
+@quiet_option
+@click.pass_obj
+def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
+    """Check the index and the objects.
+
+    Exits 5 when something is damaged. Garbage (unreferenced objects, stale
+    tmp files, which gc removes) and warnings are listed but exit 0.
+    """
+    repo = app.repo()
+    with progress("checking", quiet=quiet or as_json) as bar:
+        report = maintenance.fsck(repo, full=full, progress=bar)
+    if as_json:
+        print_json({"ok": report.ok, **jsonable(report)})
+    else:
+        print_table(["severity", "kind", "subject", "detail"],
+                    ([f.severity, f.kind, f.subject, f.detail] for f in report.findings))
+        click.echo(
+            f"checked {report.objects_checked} objects, {report.revisions_checked} revisions"
+            f"{' (full)' if report.full else ''}: {len(report.errors)} errors, "
+            f"{len(report.garbage)} garbage, "
+            f"{len(report.findings) - len(report.errors) - len(report.garbage)} warnings"
+        )
+    if not report.ok:
+        raise CheckFailed(f"fsck found {len(report.errors)} error(s) in {app.store}")
+
+
+@cli.command(epilog=examples("kontextual gc --dry-run", "kontextual gc --grace 0"))
+@click.option("--dry-run", "-n", is_flag=True,
+              help="Only say what would be removed, and why the rest stays.")
+@click.option("--grace", callback=parse_duration, default="2w", metavar="DURATION",
+              show_default=True,
+              help="Keep unreferenced objects younger than this (2w, 3d, 12h, 30m, 0).")
+@json_option
+@click.pass_obj
+def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
+    """Remove unreferenced objects and leftover tmp files.
+
+    An object stays while a revision references it (runs, context packages
+    and external references pin revisions) or while it is younger than the
+    grace period. --dry-run lists every object that stays, and why.
+    """
+    report = maintenance.gc(app.repo(), grace_seconds=grace, dry_run=dry_run)
+    if as_json:
+        print_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for name, size in report.removed:
+        click.echo(f"{verb} {name} ({size} bytes)")
+    for digest, reasons in report.kept.items():
+        if dry_run:
+            click.echo(f"keep {digest}: {'; '.join(reasons)}")
+    kept = len(report.kept)
+    click.echo(f"{verb} {len(report.removed)} files ({report.tmp_removed} from tmp/), "
+               f"{report.bytes_freed} bytes; kept {kept} object{'' if kept == 1 else 's'}")
+
+
+@cli.command(epilog=examples("kontextual backup /mnt/backup/kb-2024-06-01"))
+@click.argument("destination", type=click.Path(path_type=Path))
+@json_option
+@click.pass_obj
+def backup(app: App, destination: Path, as_json: bool) -> None:
+    """Back up the store to a new directory.
+
+    The copy is consistent even while the store is in use.
+    The copy is a store: open it with --store DESTINATION.
+    """
+    report = maintenance.backup(app.repo(), destination)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"backed up {report.objects} objects, {report.bytes} bytes to {report.path}")
+
+
+@cli.command(epilog=examples("kontextual export snapshot/", "kontextual export kb.tar --tar"))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--tar", is_flag=True, help="Write one deterministic .tar file.")
+@json_option
+@quiet_option
+@click.pass_obj
+def export(app: App, destination: Path, tar: bool, as_json: bool, quiet: bool) -> None:
+    """Write a snapshot of the whole store.
+
+    A directory, or with --tar one deterministic .tar file.
+    """
+    with progress("exporting objects", quiet=quiet or as_json) as bar:
+        summary = export_snapshot(app.repo(), destination, tar=tar, progress=bar)
+    if as_json:
+        print_json(summary)
+        return
+    records = sum(summary.counts.values())
+    click.echo(f"exported {records} records, {summary.objects} objects, "
+               f"{summary.bytes} bytes to {summary.path}")
+
+
+@cli.command("import", epilog=examples(
+    "kontextual --store restored/ import snapshot/",
+    "kontextual import kb.tar --store restored/",
+))
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--store", "target", type=click.Path(path_type=Path),
+              help="The new store to create (default: the selected store).")
+@json_option
+@quiet_option
+@click.pass_obj
+def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: bool) -> None:
+    """Restore a snapshot into a new (or empty) store.
+
+    Everything is verified first.
+    All or nothing: if the snapshot is damaged, no store is left behind.
+    """
+    if target is not None:
+        app.store = target.expanduser()
+    if not source.exists():
+        raise PathNotFound(source)
+    existed = app.store.exists()
+    if existed and not app.store.is_dir():
+        raise ConflictError(f"{app.store} exists and is not a directory")
+    fresh = not existed or not any(app.store.iterdir())
+    try:
+        repo = app.repo(create=True)
+        if not repo.is_empty():
+            raise ConflictError(f"store {app.store} already has records; "
+                                "import needs a new or empty store")
+        with progress("importing objects", quiet=quiet or as_json) as bar:
+            summary = import_snapshot(source, repo, progress=bar)
+    except BaseException:
+        if fresh:
+            click.get_current_context().close()  # close the store before removing it
+            _remove_new_store(app.store, keep_directory=existed)
+        raise
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
+               f"into {app.store}")
+
+
+def _remove_new_store(path: Path, *, keep_directory: bool) -> None:
+    """Undo the creation of a store: an import that fails leaves nothing behind."""
+    if not keep_directory:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

@@ -1,0 +1,53 @@
+"""Parsing what is typed on the command line: ``KEY=VALUE`` pairs and durations."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from ..errors import ValidationError
+
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(?:\d+[wdhms])+")
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def parse_value(text: str) -> Any:
+    """A JSON value if ``text`` is one (``1``, ``true``, ``"1"``, ``[1]``), else ``text``.
+
+    NaN and Infinity are not JSON, so they stay strings.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:
+        return text
+
+
+def parse_pairs(values: Iterable[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value through :func:`parse_value`."""
+    result: dict[str, Any] = {}
+    for item in values:
+        key, equals, text = item.partition("=")
+        if not equals or not key:
+            raise ValidationError(f"{option} {item!r} is not KEY=VALUE")
+        result[key] = parse_value(text)
+    return result
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """Seconds from ``0``, ``90`` (seconds), ``30m``, ``12h``, ``3d``, ``2w`` or ``1d12h``."""
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    if _DURATION.fullmatch(text):
+        return float(sum(int(count) * _DURATION_UNITS[unit]
+                         for count, unit in _DURATION_PART.findall(text)))
+    raise click.BadParameter(f"{value!r} is not a duration like 2w, 3d, 12h, 30m, 90s or 0")

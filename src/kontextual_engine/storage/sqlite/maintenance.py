@@ -1,0 +1,321 @@
+"""fsck, garbage collection, online backup and statistics of a SQLite store.
+
+These read the index directly: they check the store itself (files, pages,
+foreign keys), which the backend-neutral contract cannot see.
+
+Severity in fsck: ``error`` is damage (the store may return wrong or missing
+data), ``garbage`` is harmless leftovers that gc removes (unreferenced
+objects, stale tmp files), ``warning`` is worth a look but loses nothing
+(a writable object file).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...digests import Digest
+from ...errors import KontextualError, ObjectNotFound, StoreFormatError, ValidationError
+from ..objects import ObjectStore
+from .repository import INDEX_NAME, SQLiteKnowledgeRepository
+
+# git's default (gc.pruneExpire) for the same reason: a writer may have put an
+# object it has not referenced yet. Writers here reference objects inside the
+# write lock that gc also takes, so the grace period is a second line of defence
+# (and protects objects written with `hash-object -w` for later use).
+DEFAULT_GRACE_SECONDS = 14 * 24 * 3600.0
+# A tmp file younger than this may belong to a write in progress in another
+# process, whatever grace the caller asked for.
+MIN_TMP_GRACE_SECONDS = 3600.0
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    kind: str
+    subject: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    findings: list[Finding]
+    objects_checked: int
+    revisions_checked: int
+    full: bool
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def garbage(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "garbage"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+_SCAN_SEVERITY = {
+    "corrupt": "error",
+    "not-a-file": "error",
+    "bad-fanout": "error",
+    "stray": "warning",
+    "writable": "warning",
+    "stale-tmp": "garbage",
+}
+
+
+def fsck(
+    repo: SQLiteKnowledgeRepository, *, full: bool = False, progress: Progress | None = None
+) -> FsckReport:
+    """Check the index and every object. ``full`` re-hashes every object.
+
+    Without ``full``, referenced objects are checked for presence and size
+    only; with it, every file under ``objects/`` is hashed.
+    """
+    findings: list[Finding] = []
+    findings += _check_index(repo, full)
+    try:
+        referenced: dict[str, int] | None = {digest: size for digest, size in repo._all(
+            "SELECT digest, max(size) FROM revisions GROUP BY digest")}
+        revisions = repo._one("SELECT count(*) FROM revisions")[0]
+        findings += _check_sequences(repo)
+    except (sqlite3.DatabaseError, KontextualError) as exc:
+        # A damaged index is a finding, not a crash; without the revisions no
+        # object can be called garbage, so only the objects themselves are checked.
+        findings.append(Finding("error", "index-integrity", INDEX_NAME,
+                                f"cannot read the revisions and change records: {exc}"))
+        referenced, revisions = None, 0
+    store = repo.objects
+    total = len(referenced or {})
+    for done, (digest, size) in enumerate(sorted((referenced or {}).items()), 1):
+        try:
+            actual = store.size(digest)
+        except ObjectNotFound:
+            findings.append(Finding("error", "missing-object", digest,
+                                    "referenced by a revision but not in objects/"))
+            actual = None
+        except KontextualError as exc:
+            findings.append(Finding("error", "bad-object", digest, str(exc)))
+            actual = None
+        if actual is not None and actual != size:
+            findings.append(Finding("error", "size-mismatch", digest,
+                                    f"index records {size} bytes, the file has {actual}"))
+        if progress is not None:
+            progress(done, total)
+    present: set[str] = set()
+    for digest in store.all():
+        present.add(digest)
+        if referenced is not None and digest not in referenced:
+            findings.append(Finding("garbage", "unreferenced-object", digest,
+                                    "no revision references it; gc removes it"))
+    for problem in store.scan(rehash=full):
+        subject = problem.digest or str(problem.path)
+        findings.append(Finding(_SCAN_SEVERITY.get(problem.kind, "error"), problem.kind,
+                                subject, problem.detail))
+    return FsckReport(findings, len(present), revisions, full)
+
+
+def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
+    found: list[Finding] = []
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        rows = repo._all(f"PRAGMA {pragma}")
+        for (message,) in rows:
+            if message != "ok":
+                found.append(Finding("error", "index-integrity", INDEX_NAME, message))
+        for table, rowid, parent, _ in repo._all("PRAGMA foreign_key_check"):
+            found.append(Finding("error", "foreign-key", f"{table}:{rowid}",
+                                 f"row references a missing {parent} row"))
+    except (sqlite3.DatabaseError, KontextualError) as exc:
+        found.append(Finding("error", "index-integrity", INDEX_NAME, str(exc)))
+    return found
+
+
+def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
+    count, low, high = repo._one("SELECT count(*), min(sequence), max(sequence) FROM changes")
+    if count and (low != 1 or high != count):
+        return [Finding("error", "sequence-gap", "changes",
+                        f"{count} change records numbered {low}..{high}; expected 1..{count}")]
+    return []
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed: list[tuple[str, int]]
+    kept: dict[str, list[str]] = field(default_factory=dict)
+    bytes_freed: int = 0
+    dry_run: bool = False
+    tmp_removed: int = 0
+
+
+def gc(
+    repo: SQLiteKnowledgeRepository,
+    *,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    dry_run: bool = False,
+) -> GcReport:
+    """Remove objects no revision references, and stale tmp files, older than the grace.
+
+    Bodies pinned by runs, manifests, context packages and external references
+    are revision bodies, so "referenced by a revision" covers them all. The
+    final check and the deletions run inside the index's write lock: a writer
+    links new objects only while it holds that lock, so no object that a
+    concurrent transaction is about to reference can be removed. ``dry_run``
+    removes nothing and says, in ``kept``, why each object stays.
+    """
+    if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or not (
+            grace_seconds >= 0):
+        raise ValidationError(f"grace_seconds must be a number >= 0, got {grace_seconds!r}")
+    store = repo.objects
+    now = time.time()
+    removed: list[tuple[str, int]] = []
+    kept: dict[str, list[str]] = {}
+    with repo.transaction():
+        try:
+            # A damaged index can still answer the query below, wrongly (from an
+            # intact index b-tree over damaged rows): check the pages first.
+            checked = [row[0] for row in repo._all("PRAGMA quick_check")]
+            if checked != ["ok"]:
+                raise StoreFormatError(
+                    f"gc refused: the index {repo.index_path} fails SQLite's quick_check "
+                    f"({checked[0]}); run fsck"
+                )
+            referenced = {row[0] for row in repo._all("SELECT DISTINCT digest FROM revisions")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreFormatError(
+                f"gc refused: cannot read the index {repo.index_path} ({exc}); run fsck"
+            ) from exc
+        present = list(store.all())
+        missing = referenced.difference(present)
+        if missing:
+            # The index and the objects disagree: the index may be damaged, restored
+            # from elsewhere or replayed from a stray WAL. Deleting what it does not
+            # reference could delete every body of the real store.
+            raise StoreFormatError(
+                f"gc refused: the index references {len(missing)} object(s) missing from "
+                f"objects/ (such as {min(missing)}); the index may be damaged or belong to "
+                "another store; run fsck"
+            )
+        for digest in present:
+            if digest in referenced:
+                if dry_run:
+                    kept[digest] = _reasons(repo, digest)
+                continue
+            path = store.path(digest)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            age = now - st.st_mtime
+            if age < grace_seconds:
+                kept[digest] = [f"unreferenced, but only {age:.0f} s old "
+                                f"(grace {grace_seconds:.0f} s)"]
+                continue
+            if not dry_run:
+                store.delete(digest)
+            removed.append((digest, st.st_size))
+        tmp_removed = 0
+        tmp_grace = max(grace_seconds, MIN_TMP_GRACE_SECONDS)
+        for tmp in store.tmp_files():
+            try:
+                st = os.lstat(tmp)
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime >= tmp_grace:
+                if not dry_run:
+                    tmp.unlink(missing_ok=True)
+                removed.append((str(tmp), st.st_size))
+                tmp_removed += 1
+    return GcReport(removed, kept, sum(size for _, size in removed), dry_run, tmp_removed)
+
+
+def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
+    reasons = [f"revision {r.revision} of artifact {r.artifact_id}"
+               + (f" (produced by run {r.run_id})" if r.run_id else "")
+               for r in repo._revisions_with_digest(digest)]
+    reasons += [f"input of run {b.run_id}"
+                for b in repo._bundles_consuming(None, None, digest)]
+    reasons += [f"pinned by context package {p.id}" for p in repo.list_context_packages()
+                if any(ref.digest == digest for ref in p.references)]
+    reasons += [f"held by external reference {e.id} ({e.system})"
+                for e in repo.list_external_references() if e.digest == digest]
+    return reasons
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    path: Path
+    objects: int
+    bytes: int
+
+
+def backup(repo: SQLiteKnowledgeRepository, destination: str | os.PathLike[str]) -> BackupReport:
+    """A consistent copy of an open (even busy) store in a new directory.
+
+    The index is copied with SQLite's online backup API, which gives one
+    point in time; then every object that copy's revisions reference is
+    hard-linked (or copied) from the live store. Objects are immutable and a
+    referenced object is never removed, so they are all still there.
+    """
+    destination = Path(destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise StoreFormatError(f"backup destination {destination} exists and is not empty")
+    target = ObjectStore(destination, durability="full")
+    target.close()
+    index = destination / INDEX_NAME
+    copy = sqlite3.connect(index, isolation_level=None)
+    try:
+        with repo._lock:
+            repo._connection().backup(copy)
+        copy.execute("PRAGMA journal_mode = WAL")
+        wanted = [row[0] for row in copy.execute("SELECT DISTINCT digest FROM revisions")]
+        copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        copy.close()
+    total = 0
+    for digest in wanted:
+        total += _link_or_copy(repo.objects.path(digest), target.path(Digest(digest)))
+    os.sync()  # one flush for every file and directory entry written above
+    return BackupReport(destination, len(wanted), total)
+
+
+def _link_or_copy(source: Path, target: Path) -> int:
+    target.parent.mkdir(exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o444)
+    return target.stat().st_size
+
+
+def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
+    """Counts of every kind of record, and the sizes of the index and the objects."""
+    counts: dict[str, int] = {}
+    for name, sql in (
+        ("collections", "SELECT count(*) FROM collections WHERE deleted_at IS NULL"),
+        ("artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL"),
+        ("deleted_artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NOT NULL"),
+        ("revisions", "SELECT count(*) FROM revisions"),
+        ("relationships", "SELECT count(*) FROM relationships"),
+        ("changes", "SELECT count(*) FROM changes"),
+    ):
+        counts[name] = int(repo._one(sql)[0])
+    counts["runs"] = len(repo.list_runs())
+    counts["context_packages"] = len(repo.list_context_packages())
+    stats = repo.objects.stats()
+    counts["objects"] = stats.count
+    counts["object_bytes"] = stats.bytes
+    counts["index_bytes"] = sum(
+        path.stat().st_size for path in repo.root.glob(INDEX_NAME + "*") if path.is_file())
+    return counts
