@@ -271,10 +271,6 @@ def reuse_names(repo: KnowledgeRepository) -> None:
     repo.update_artifact(b.id, name="x")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KnowledgeRepository.restore inserts every collection before marking deleted ones, "
-    "and replays each artifact's revisions in one go, not in change-sequence order: a "
-    "name freed and taken again clashes (SQLite refuses; memory loses the live record)"))
 @pytest.mark.parametrize("target_kind", BACKENDS)
 def test_round_trip_with_reused_names(backends: Callable[[str], Backend], tmp_path: Path,
                                       target_kind: str) -> None:

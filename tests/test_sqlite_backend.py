@@ -35,7 +35,6 @@ from kontextual_engine import (
 )
 from kontextual_engine.errors import (
     ConflictError,
-    IntegrityError,
     KontextualError,
     ReadOnlyStoreError,
     StoreFormatError,
@@ -43,7 +42,6 @@ from kontextual_engine.errors import (
 )
 from kontextual_engine.models import ContextReference
 from kontextual_engine.storage import SequentialIds, TickingClock
-from kontextual_engine.storage.ids import PREFIXES
 from kontextual_engine.storage.objects import ObjectStore
 from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import INDEX_NAME
@@ -570,43 +568,6 @@ def test_runs_survive_reopen_in_every_state(tmp_path: Path) -> None:
 
 
 # -- typed errors from the index ------------------------------------------------
-
-
-class RepeatingIds:
-    """An id source gone wrong: the same id for every entity of a kind."""
-
-    def __call__(self, kind: str) -> str:
-        return f"{PREFIXES[kind]}_{'0' * 31}1"
-
-
-def test_an_id_handed_out_twice_is_an_integrity_error(tmp_path: Path) -> None:
-    with open_repo(tmp_path / "s", ids=RepeatingIds()) as repo:
-        cid = repo.create_collection("c").id
-        a = repo.create_artifact(cid, "a", b"a", artifact_type="t").id
-        run = repo.start_run(repo.create_run("op").id).id
-        repo.add_step(run, "s")
-        repo.add_inputs(run, [a])
-        repo.create_context_package("p", [])
-        repo.record_external_reference("s", "e", recorded_by="me")
-        attempts = {
-            "collection": lambda: repo.create_collection("d"),
-            "artifact": lambda: repo.create_artifact(cid, "b", b"b", artifact_type="t"),
-            "bulk artifact": lambda: repo.put_artifacts(cid, [NewArtifact("x", b"x", "t")]),
-            "run": lambda: repo.create_run("op"),
-            "step": lambda: repo.add_step(run, "t"),
-            "bundle": lambda: repo.add_inputs(run, [a]),
-            "context package": lambda: repo.create_context_package("q", []),
-            "external reference": lambda: repo.record_external_reference(
-                "s", "f", recorded_by="me"),
-        }
-        before = repo.export_records()
-        for what, attempt in attempts.items():
-            with pytest.raises(IntegrityError, match="already exists") as caught:
-                attempt()
-            assert "UNIQUE" in str(caught.value), what
-            assert not isinstance(caught.value.__cause__, IntegrityError)
-        assert repo.export_records() == before
-    assert_index_clean(tmp_path / "s")
 
 
 # -- concurrency --------------------------------------------------------------

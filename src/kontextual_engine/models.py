@@ -96,10 +96,29 @@ def check_name(value: object, what: str) -> str:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > MAX_NAME_LENGTH:
         raise ValidationError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LENGTH}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+    # C0 controls, DEL and the C1 controls (U+0080..U+009F: U+009B is an 8-bit CSI
+    # that some terminals obey), and lone surrogates.
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF
+           for ch in value):
         raise ValidationError(f"{what} {value!r} contains a control character or lone surrogate")
     if value != value.strip():
         raise ValidationError(f"{what} {value!r} has leading or trailing white space")
+    return value
+
+
+def check_text(value: object, what: str) -> str:
+    """Free text (descriptions, errors, notes, external ids): any string SQLite can store.
+
+    Refused: non-strings, NUL characters and lone surrogates (not encodable as UTF-8).
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValidationError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} {value!r} contains a lone surrogate") from None
     return value
 
 

@@ -35,6 +35,7 @@ import io
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -69,6 +70,7 @@ from ..models import (
     canonical_json,
     canonical_object,
     check_name,
+    check_text,
     utc,
 )
 from . import text
@@ -196,8 +198,7 @@ class KnowledgeRepository(RunsContract):
         self, name: str, *, description: str = "", metadata: Mapping[str, Any] | None = None
     ) -> Collection:
         check_name(name, "collection name")
-        if not isinstance(description, str):
-            raise ValidationError("collection description must be a string")
+        check_text(description, "collection description")
         metadata_json = canonical_object(metadata, "collection metadata")
         with self.transaction():
             if self._find_collection_by_name(name) is not None:
@@ -831,29 +832,8 @@ class KnowledgeRepository(RunsContract):
                     if digest != revision.digest:
                         raise IntegrityError(f"body for {revision.digest} hashes to {digest}")
                     stored[digest] = None
-            for collection, _ in records["collections"]:
-                self._insert_collection(collection)
-            history: dict[str, list[ArtifactRevision]] = {}
-            for revision in records["revisions"]:
-                history.setdefault(revision.artifact_id, []).append(revision)
-            for artifact, deleted_at in records["artifacts"]:
-                revisions = history.get(artifact.id, [])
-                first = revisions[0]
-                self._insert_artifact(_artifact_at(artifact, first), first,
-                                      self._searchable(first.digest))
-                for revision in revisions[1:]:
-                    content_changed = revision.digest != history[artifact.id][
-                        revision.revision - 2].digest
-                    self._replace_artifact(
-                        _artifact_at(artifact, revision), revision, content_changed,
-                        self._searchable(revision.digest) if content_changed else None)
-                if deleted_at is not None:
-                    self._delete_artifact(artifact.id, deleted_at)
-            for collection, deleted_at in records["collections"]:
-                if deleted_at is not None:
-                    self._delete_collection(collection.id, deleted_at)
-            for relationship in records["relationships"]:
-                self._insert_relationship(relationship)
+            for _, _, apply in sorted(self._replay_events(records), key=lambda e: e[:2]):
+                apply()
             for change in records["changes"]:
                 self._append_change(change)
             for run in records["runs"]:
@@ -868,6 +848,50 @@ class KnowledgeRepository(RunsContract):
                 self._insert_context_package(package)
             for reference in records["external_references"]:
                 self._insert_external_reference(reference)
+
+    def _replay_events(
+        self, records: Mapping[str, list[Any]]
+    ) -> Iterator[tuple[int, int, Callable[[], None]]]:
+        """Each creation, revision, relationship and deletion, keyed by its sequence.
+
+        Replaying them in sequence order rebuilds every intermediate state, so
+        a name freed by a delete or rename and taken again later restores as it
+        happened. The second key orders events that share a sequence (an
+        artifact's deletion and the relationships it removed).
+        """
+        deleted = {change.entity_id: change.sequence for change in records["changes"]
+                   if change.action == ChangeAction.DELETE.value}
+        for collection, deleted_at in records["collections"]:
+            yield collection.sequence, 0, partial(self._insert_collection, collection)
+            if deleted_at is not None:
+                yield deleted[collection.id], 0, partial(
+                    self._delete_collection, collection.id, deleted_at)
+        artifacts = {artifact.id: artifact for artifact, _ in records["artifacts"]}
+        previous: dict[str, ArtifactRevision] = {}
+        for revision in records["revisions"]:
+            state = _artifact_at(artifacts[revision.artifact_id], revision)
+            before = previous.get(revision.artifact_id)
+            if before is None:
+                yield revision.change_sequence, 0, partial(
+                    self._restore_first, state, revision)
+            else:
+                yield revision.change_sequence, 0, partial(
+                    self._restore_next, state, revision, before.digest != revision.digest)
+            previous[revision.artifact_id] = revision
+        for artifact, deleted_at in records["artifacts"]:
+            if deleted_at is not None:
+                yield deleted[artifact.id], 1, partial(
+                    self._delete_artifact, artifact.id, deleted_at)
+        for relationship in records["relationships"]:
+            yield relationship.sequence, 0, partial(self._insert_relationship, relationship)
+
+    def _restore_first(self, artifact: Artifact, revision: ArtifactRevision) -> None:
+        self._insert_artifact(artifact, revision, self._searchable(revision.digest))
+
+    def _restore_next(self, artifact: Artifact, revision: ArtifactRevision,
+                      content_changed: bool) -> None:
+        searchable = self._searchable(revision.digest) if content_changed else None
+        self._replace_artifact(artifact, revision, content_changed, searchable)
 
     def read_object(self, digest: str) -> bytes:
         """The body stored under ``digest`` (referenced or not)."""

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .. import digests
-from ..errors import ObjectNotFound
+from ..errors import IntegrityError, ObjectNotFound
 from ..models import (
     Artifact,
     ArtifactRevision,
@@ -83,6 +83,12 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         self._log(lambda: table.pop(key) if previous is _MISSING
                   else table.__setitem__(key, previous))
 
+    def _add(self, table: dict[Any, Any], key: str, value: Any) -> None:
+        """Insert a new record; an id that already exists is refused, as in SQL."""
+        if key in table:
+            raise IntegrityError(f"a record with id {key!r} already exists")
+        self._put(table, key, value)
+
     def _pop(self, table: dict[Any, Any], key: Any) -> None:
         previous = table.pop(key)
         self._log(lambda: table.__setitem__(key, previous))
@@ -111,7 +117,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             raise ObjectNotFound(digest) from None
 
     def _insert_collection(self, collection: Collection) -> None:
-        self._put(self.collections, collection.id, collection)
+        self._add(self.collections, collection.id, collection)
         self._put(self.collection_names, collection.name, collection.id)
 
     def _find_collection(self, collection_id: str) -> Collection | None:
@@ -141,7 +147,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     def _insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
     ) -> None:
-        self._put(self.artifacts, artifact.id, artifact)
+        self._add(self.artifacts, artifact.id, artifact)
         self._put(self.artifact_names, (artifact.collection_id, artifact.name), artifact.id)
         self._put(self.searchable, artifact.id, searchable)
         self._put(self.revisions, artifact.id, [revision])
@@ -225,7 +231,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             return history[revision - 1] if revision <= len(history) else None
 
     def _insert_relationship(self, relationship: Relationship) -> None:
-        self._put(self.relationships, relationship.id, relationship)
+        self._add(self.relationships, relationship.id, relationship)
         key = (relationship.source_id, relationship.target_id, relationship.relationship_type)
         self._put(self.relationship_keys, key, relationship.id)
 
@@ -292,9 +298,10 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     # -- runs and context --------------------------------------------------
 
     def _insert_run(self, run: OperationRun) -> None:
-        self._put(self.runs, run.id, run)
+        self._add(self.runs, run.id, run)
 
-    _replace_run = _insert_run
+    def _replace_run(self, run: OperationRun) -> None:
+        self._put(self.runs, run.id, run)
 
     def _find_run(self, run_id: str) -> OperationRun | None:
         with self._lock:
@@ -306,9 +313,10 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
                                 if status is None or run.status == status)
 
     def _insert_step(self, step: WorkflowStep) -> None:
-        self._put(self.steps, step.id, step)
+        self._add(self.steps, step.id, step)
 
-    _replace_step = _insert_step
+    def _replace_step(self, step: WorkflowStep) -> None:
+        self._put(self.steps, step.id, step)
 
     def _find_step(self, step_id: str) -> WorkflowStep | None:
         with self._lock:
@@ -319,7 +327,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             return _by_sequence(step for step in self.steps.values() if step.run_id == run_id)
 
     def _insert_bundle(self, bundle: InputBundle) -> None:
-        self._put(self.bundles, bundle.id, bundle)
+        self._add(self.bundles, bundle.id, bundle)
 
     def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
         with self._lock:
@@ -362,7 +370,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             return sorted(self.manifests.values(), key=lambda m: self.runs[m.run_id].sequence)
 
     def _insert_context_package(self, package: ContextPackage) -> None:
-        self._put(self.packages, package.id, package)
+        self._add(self.packages, package.id, package)
 
     def _find_context_package(self, package_id: str) -> ContextPackage | None:
         with self._lock:
@@ -373,7 +381,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             return _by_sequence(self.packages.values())
 
     def _insert_external_reference(self, reference: ExternalMemoryReference) -> None:
-        self._put(self.external_references, reference.id, reference)
+        self._add(self.external_references, reference.id, reference)
 
     def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
         with self._lock:

@@ -59,6 +59,7 @@ from ..models import (
     WorkflowStep,
     canonical_object,
     check_name,
+    check_text,
     format_time,
 )
 from . import holders
@@ -206,8 +207,8 @@ class RunsContract(abc.ABC):
         target = _status(status, "status")
         if target not in TERMINAL:
             raise ValidationError(f"finish_run takes a terminal status, not {target.value!r}")
-        if error is not None and not isinstance(error, str):
-            raise ValidationError("error must be a string")
+        if error is not None:
+            check_text(error, "run error")
         diagnostics_json = None if diagnostics is None else canonical_object(
             diagnostics, "run diagnostics")
         with self.transaction():
@@ -559,11 +560,11 @@ class RunsContract(abc.ABC):
             raise ValidationError(
                 f"reference kind {ref.kind!r} is not one of {[k.value for k in ReferenceKind]}"
             ) from None
-        if not isinstance(ref.target_id, str) or not ref.target_id:
-            raise ValidationError(f"reference target {ref.target_id!r} must be a non-empty string")
+        if not check_text(ref.target_id, "reference target"):
+            raise ValidationError("reference target must not be empty")
         for what, value in (("note", ref.note), ("uri", ref.uri)):
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(f"reference {what} must be a string")
+            if value is not None:
+                check_text(value, f"reference {what}")
         if kind is ReferenceKind.EXTERNAL:
             check_name(ref.system, "external system")
             if ref.revision is not None or ref.digest is not None:
@@ -610,10 +611,10 @@ class RunsContract(abc.ABC):
         """Record that ``system``'s record ``external_id`` exists (and what it points at here)."""
         check_name(system, "external system")
         check_name(recorded_by, "recorded_by")
-        if not isinstance(external_id, str) or not external_id or "\x00" in external_id:
-            raise ValidationError(f"external id must be a non-empty string, got {external_id!r}")
-        if uri is not None and (not isinstance(uri, str) or "\x00" in uri):
-            raise ValidationError(f"uri must be a string, got {uri!r}")
+        if not check_text(external_id, "external id"):
+            raise ValidationError("external id must not be empty")
+        if uri is not None:
+            check_text(uri, "uri")
         metadata_json = canonical_object(metadata, "external reference metadata")
         with self.transaction():
             pinned = None
