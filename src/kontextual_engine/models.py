@@ -11,6 +11,7 @@ No I/O happens here.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -129,6 +130,9 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
+# One write formats the same moment for several rows (artifact, revision,
+# change record); a small cache saves most of strftime's cost in bulk ingest.
+@functools.lru_cache(maxsize=64)
 def format_time(moment: datetime) -> str:
     """The one text form of a timestamp: ISO 8601, microseconds, ``Z``."""
     return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -78,6 +78,9 @@ from .ids import Clock, IdSource, MonotonicIds, system_clock
 from .runs import RunsContract
 
 DIRECTIONS = ("outgoing", "incoming", "both")
+# put_artifacts validates and looks up names this many items at a time: one
+# name query per chunk instead of one per item, with bounded memory.
+PUT_CHUNK = 500
 # A page larger than this is a full scan in disguise; callers page instead.
 MAX_QUERY_LIMIT = 100_000
 
@@ -290,31 +293,41 @@ class KnowledgeRepository(RunsContract):
             self._check_producing_run(run_id)
             results: list[PutResult] = []
             seen: set[str] = set()
-            for item in items:
-                checked = self._check_new(item, run_id)
-                if checked.name in seen:
-                    raise DuplicateNameError(
-                        f"artifact name {checked.name!r} appears twice in one put_artifacts call"
-                    )
-                seen.add(checked.name)
-                existing = self._find_artifact_by_name(collection_id, checked.name)
-                if existing is None:
-                    results.append(PutResult(self._create(collection_id, checked),
-                                             PutOutcome.CREATED))
-                    continue
-                updated = self._update(
-                    existing,
-                    content=checked.content,
-                    artifact_type=checked.artifact_type,
-                    media_type=checked.media_type,
-                    media_type_given=True,
-                    metadata=checked.metadata,
-                    provenance=checked.provenance,
-                    run_id=run_id,
-                )
-                outcome = PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
-                results.append(PutResult(updated, outcome))
+            for chunk in _chunks(items, PUT_CHUNK):
+                checked = [self._check_new(item, run_id) for item in chunk]
+                for one in checked:
+                    if one.name in seen:
+                        raise DuplicateNameError(
+                            f"artifact name {one.name!r} appears twice in one put_artifacts call"
+                        )
+                    seen.add(one.name)
+                existing = self._find_artifacts_by_names(
+                    collection_id, [one.name for one in checked])
+                results += [self._put_one(collection_id, one, existing.get(one.name), run_id)
+                            for one in checked]
             return results
+
+    def _put_one(
+        self,
+        collection_id: str,
+        item: _CheckedArtifact,
+        existing: Artifact | None,
+        run_id: str | None,
+    ) -> PutResult:
+        if existing is None:
+            return PutResult(self._create(collection_id, item), PutOutcome.CREATED)
+        updated = self._update(
+            existing,
+            content=item.content,
+            artifact_type=item.artifact_type,
+            media_type=item.media_type,
+            media_type_given=True,
+            metadata=item.metadata,
+            provenance=item.provenance,
+            run_id=run_id,
+        )
+        return PutResult(updated, PutOutcome.UNCHANGED if updated is existing
+                         else PutOutcome.UPDATED)
 
     def get_artifact(self, artifact_id: str) -> Artifact:
         _check_id(artifact_id, "artifact id")
@@ -733,6 +746,17 @@ class KnowledgeRepository(RunsContract):
     @abc.abstractmethod
     def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None: ...
 
+    def _find_artifacts_by_names(
+        self, collection_id: str, names: list[str]
+    ) -> dict[str, Artifact]:
+        """The live artifacts of these names, by name; backends may do it in one query."""
+        found = {}
+        for name in names:
+            artifact = self._find_artifact_by_name(collection_id, name)
+            if artifact is not None:
+                found[name] = artifact
+        return found
+
     @abc.abstractmethod
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None: ...
 
@@ -942,6 +966,17 @@ class _CheckedArtifact:
         self.metadata = metadata
         self.provenance = provenance
         self.run_id = run_id
+
+
+def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifact]]:
+    chunk: list[NewArtifact] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:

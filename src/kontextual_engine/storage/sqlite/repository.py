@@ -95,6 +95,9 @@ MAX_BACKOFF = 0.05
 # Rows buffered by put_artifacts before an executemany: large enough to
 # amortise per-statement overhead, small enough to bound memory.
 BULK_ROWS = 1000
+# Names bound in one IN (...) lookup: well under SQLite's 32766 variables,
+# large enough that a put_artifacts chunk is one query.
+NAMES_PER_QUERY = 500
 # 64 MiB page cache (negative = KiB): bulk ingest and FTS merges touch far more
 # than the 2 MiB default, and the cache is only allocated as pages are used.
 CACHE_SIZE_KIB = 64 * 1024
@@ -883,6 +886,31 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 except UnicodeEncodeError:
                     return None
             return None if row is None else _artifact(row)
+
+    def _find_artifacts_by_names(
+        self, collection_id: str, names: list[str]
+    ) -> dict[str, Artifact]:
+        found: dict[str, Artifact] = {}
+        with self._lock:
+            # As in _find_artifact_by_name: buffered creations plus the index are
+            # the whole truth, so this reads without flushing the buffer.
+            rest = []
+            for name in names:
+                pending = self._pending_names.get((collection_id, name))
+                if pending is None:
+                    rest.append(name)
+                else:
+                    found[name] = pending
+            conn = self._connection()
+            for start in range(0, len(rest), NAMES_PER_QUERY):
+                part = rest[start:start + NAMES_PER_QUERY]
+                rows = conn.execute(
+                    f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.collection_id = ? "
+                    f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})",
+                    [collection_id, *part],
+                ).fetchall()
+                found.update((artifact.name, artifact) for artifact in map(_artifact, rows))
+        return found
 
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
         self._run(
