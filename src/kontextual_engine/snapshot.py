@@ -569,6 +569,18 @@ class _References:
                 raise SnapshotError(f"artifact {artifact_id} does not match its revisions")
         if len(revisions) != sum(a.revision for a, _ in artifacts.values()):
             raise SnapshotError("revisions beyond an artifact's current revision")
+        # Restore replays each deletion at its change record's sequence.
+        deletions = {change.entity_id: change.sequence for change in r["changes"]
+                     if change.action == "delete"}
+        for collection, deleted_at in r["collections"]:
+            if deleted_at is not None and deletions.get(collection.id, 0) <= collection.sequence:
+                raise SnapshotError(f"deleted collection {collection.id} has no deletion "
+                                    "change record after its creation")
+        for artifact_id, (artifact, deleted_at) in artifacts.items():
+            last_change = revisions[(artifact_id, artifact.revision)].change_sequence
+            if deleted_at is not None and deletions.get(artifact_id, 0) <= last_change:
+                raise SnapshotError(f"deleted artifact {artifact_id} has no deletion change "
+                                    "record after its last revision")
         live_names: set[tuple[str, str]] = set()
         for artifact, deleted in artifacts.values():
             if deleted is None:

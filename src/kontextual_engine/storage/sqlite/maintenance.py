@@ -172,6 +172,11 @@ def gc(
     links new objects only while it holds that lock, so no object that a
     concurrent transaction is about to reference can be removed. ``dry_run``
     removes nothing and says, in ``kept``, why each object stays.
+
+    gc refuses (``StoreFormatError``, nothing removed) when the index fails
+    SQLite's ``quick_check`` or references an object missing from ``objects/``:
+    an index that is damaged, restored from elsewhere or replayed from a stray
+    WAL does not reference this store's bodies, and trusting it would delete them.
     """
     if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or not (
             grace_seconds >= 0):
