@@ -168,7 +168,7 @@ def test_open_refuses_objects_without_an_index(tmp_path: Path) -> None:
     with open_repo(tmp_path / "s") as repo:
         repo.create_artifact(repo.create_collection("c").id, "a", b"body", artifact_type="t")
     (tmp_path / "s" / INDEX_NAME).unlink()
-    with pytest.raises(StoreFormatError, match=r"no index\.sqlite"):
+    with pytest.raises(StoreFormatError, match=r"index\.sqlite is missing"):
         open_repo(tmp_path / "s")
 
 

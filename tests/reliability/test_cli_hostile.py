@@ -143,9 +143,6 @@ def test_damaged_index(store: Path) -> None:
     assert_typed(line)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reads of a damaged index raise a raw sqlite3.DatabaseError (repository.py _run), "
-    "which the command reports as 'unexpected DatabaseError'"))
 def test_damaged_index_reads_say_what_is_wrong(store: Path) -> None:
     damage_artifacts_page(store)
     assert_typed(assert_one_line_error(kontextual(store, "ls")))
@@ -199,9 +196,6 @@ def test_injection_in_names_and_metadata(store: Path) -> None:
     assert kontextual(store, "ls").returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli params: a --meta value nested 20 000 deep makes json.loads raise RecursionError, "
-    "reported as 'unexpected RecursionError' (exit 1) instead of a usage error"))
 def test_deeply_nested_meta_value_is_a_usage_error(store: Path) -> None:
     value = "[" * 20_000 + "]" * 20_000
     assert_typed(assert_one_line_error(kontextual(store, "find", "--meta", f"k={value}")))

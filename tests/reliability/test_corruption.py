@@ -240,9 +240,6 @@ def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) ->
         repo.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository._run (repository.py) maps only busy and integrity "
-    "errors; 'database disk image is malformed' escapes as sqlite3.DatabaseError"))
 def test_reading_a_damaged_index_raises_a_typed_error(store: Path) -> None:
     damage_page(store / "index.sqlite", "artifacts")
     with SQLiteKnowledgeRepository.open(store, "none") as repo, pytest.raises(
@@ -272,10 +269,6 @@ def test_truncated_index_is_found(store: Path) -> None:
         repo.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository._connect (repository.py) checks for objects without an "
-    "index only when index.sqlite is missing; a zero-length index.sqlite is migrated "
-    "into a new empty index, fsck calls every body garbage and gc deletes them all"))
 def test_zero_length_index_over_objects_is_refused(store: Path) -> None:
     (store / "index.sqlite").write_bytes(b"")
     try:
@@ -283,18 +276,6 @@ def test_zero_length_index_over_objects_is_refused(store: Path) -> None:
             SQLiteKnowledgeRepository.open(store, "none").close()
     finally:
         assert len(list((store / "objects").rglob("*/*"))) == len(BODIES) + 1
-
-
-def test_zero_length_index_hazard_as_it_stands(store: Path) -> None:
-    """Documents the current behaviour behind the xfail above: nothing is detected."""
-    (store / "index.sqlite").write_bytes(b"")
-    with SQLiteKnowledgeRepository.open(store, "none") as repo:
-        assert repo.list_artifacts() == []
-        report = fsck(repo, full=True)
-        assert report.ok
-        assert len(report.garbage) == len(BODIES) + 1
-        preview = gc(repo, grace_seconds=0, dry_run=True)
-        assert len(preview.removed) == len(BODIES) + 1  # a real gc would delete every body
 
 
 # -- kontextual.json ------------------------------------------------------------

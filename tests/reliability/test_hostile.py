@@ -667,10 +667,6 @@ def test_symlinked_wal_is_refused(tmp_path: Path, sentinel: Path) -> None:
         repo.create_collection("c")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository._connect (repository.py) follows a symbolic link at "
-    "index.sqlite: SQLite opens the target, sets it to WAL mode and creates its -wal and "
-    "-shm next to it, outside the store"))
 def test_symlinked_index_is_refused(tmp_path: Path) -> None:
     store, outside = tmp_path / "store", tmp_path / "elsewhere"
     outside.mkdir()

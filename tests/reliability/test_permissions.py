@@ -192,12 +192,6 @@ def test_other_user_reads_everything_while_the_owner_has_it_open(held_open: Path
 
 
 @as_root
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository._connect (repository.py): with read_only=True the index "
-    "is opened '?mode=ro'; a WAL database whose -shm does not exist and cannot be created "
-    "(closed store, directory not writable) then fails at the first SELECT in _configure "
-    "with 'attempt to write a readonly database', raised as StoreFormatError; retrying "
-    "with '&immutable=1' when no -wal exists would read it"))
 def test_other_user_reads_a_closed_store_read_only(readable_store: Path,
                                                    scratch: Path) -> None:
     out = run_as_nobody(readable_store, scratch, read_only=True)
@@ -205,22 +199,6 @@ def test_other_user_reads_a_closed_store_read_only(readable_store: Path,
 
 
 @as_root
-def test_other_user_on_a_closed_store_gets_a_typed_error(readable_store: Path,
-                                                         scratch: Path) -> None:
-    """What the two xfails around this one do today: refuse, typed, naming the index."""
-    for read_only in (True, False):
-        out = run_as_nobody(readable_store, scratch, read_only=read_only)
-        assert out["open"].startswith("StoreFormatError: "), out
-        assert "index.sqlite" in out["open"]
-
-
-@as_root
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository.open without read_only on a closed store the user cannot "
-    "write fails with StoreFormatError ('... is not a usable SQLite index: attempt to write "
-    "a readonly database', from the first SELECT in _configure: the WAL index needs an -shm "
-    "it cannot create), where docs/store-format.md promises reads and ReadOnlyStoreError "
-    "on writes"))
 def test_plain_open_of_an_unwritable_store_reads_and_refuses_writes(
         readable_store: Path, scratch: Path) -> None:
     assert_reads_work_and_writes_refused(run_as_nobody(readable_store, scratch,
@@ -238,12 +216,6 @@ def test_plain_open_while_the_owner_has_it_open_reads(held_open: Path, scratch: 
 
 
 @as_root
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLiteKnowledgeRepository (repository.py) opened without read_only by a user who "
-    "cannot write the index: every index write (create_collection, update_artifact, ...) "
-    "raises a raw sqlite3.OperationalError 'attempt to write a readonly database' from "
-    "_run, and close() raises it from PRAGMA wal_checkpoint(TRUNCATE); expected "
-    "ReadOnlyStoreError, and a close that only skips the checkpoint"))
 def test_plain_open_while_the_owner_has_it_open_refuses_writes_typed(
         held_open: Path, scratch: Path) -> None:
     out = run_as_nobody(held_open, scratch, read_only=False)

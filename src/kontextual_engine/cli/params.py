@@ -29,6 +29,9 @@ def parse_value(text: str) -> Any:
         return json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         return text
+    except RecursionError:
+        raise ValidationError(
+            f"value {text[:40]!r}... is nested deeper than any metadata may be") from None
 
 
 def parse_pairs(values: Iterable[str], option: str) -> dict[str, Any]:

@@ -35,8 +35,10 @@ missing referenced row) raises :class:`IntegrityError`, never a raw
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -335,6 +337,12 @@ def _is_seconds(value: object) -> bool:
             and value >= 0 and value != float("inf"))
 
 
+def _unwritable_store(root: Path) -> bool:
+    """An existing store this user may not write: it is opened read-only."""
+    index = root / INDEX_NAME
+    return index.is_file() and not (os.access(root, os.W_OK) and os.access(index, os.W_OK))
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -406,7 +414,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         if not _is_seconds(busy_timeout):
             raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         self.root = Path(path)
-        self.read_only = bool(read_only)
+        self.read_only = bool(read_only) or _unwritable_store(self.root)
         self.busy_timeout = float(busy_timeout)
         self.objects = ObjectStore(self.root, durability=durability, create=not self.read_only,
                                    read_only=self.read_only)
@@ -453,16 +461,40 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
 
     def _connect(self) -> sqlite3.Connection:
         index = self.index_path
-        if not index.exists():
+        try:
+            st = os.lstat(index)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise StoreFormatError(
+                f"{index} is {kind}; refusing to open an index outside the store")
+        if st is None or st.st_size == 0:
             if self.read_only:
                 raise StoreFormatError(f"store {self.root} has no {INDEX_NAME}")
             if next(self.objects.all(), None) is not None:
+                state = "is empty" if st is not None else "is missing"
                 raise StoreFormatError(
-                    f"store {self.root} has objects but no {INDEX_NAME}; refusing to start "
-                    "an empty index over them (restore the index from a snapshot)"
+                    f"store {self.root} has objects but its {INDEX_NAME} {state}; refusing "
+                    "to start an empty index over them (restore the index from a snapshot "
+                    "or a backup)"
                 )
+        try:
+            return self._open_connection(immutable=False)
+        except StoreFormatError as exc:
+            # A closed store in a directory this user cannot write: SQLite cannot
+            # create the -shm a WAL reader needs. With no -wal there is nothing to
+            # recover, so the file can be read as it is.
+            if (self.read_only and "readonly" in str(exc)
+                    and not index.with_name(INDEX_NAME + "-wal").exists()):
+                return self._open_connection(immutable=True)
+            raise
+
+    def _open_connection(self, *, immutable: bool) -> sqlite3.Connection:
+        index = self.index_path
         if self.read_only:
-            target, uri = f"{index.resolve().as_uri()}?mode=ro", True
+            flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+            target, uri = f"{index.resolve().as_uri()}?{flags}", True
         else:
             target, uri = str(index), False
         try:
@@ -535,7 +567,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     try:
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                     except sqlite3.OperationalError as exc:
-                        if not _is_busy(exc):
+                        # Busy: the last process to close checkpoints. Read-only:
+                        # this user cannot write the index, so there is nothing of
+                        # ours to checkpoint.
+                        if not _is_busy(exc) and "readonly" not in str(exc):
                             raise
                     self.objects.close()
             finally:
@@ -594,11 +629,21 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):
                     raise self._busy_error() from exc
-                raise
+                raise self._database_error(exc) from exc
             except sqlite3.IntegrityError as exc:
                 raise _constraint_error(exc) from exc
+            except sqlite3.DatabaseError as exc:
+                raise self._database_error(exc) from exc
             except UnicodeEncodeError as exc:
                 raise _NotUnicode(f"string is not valid Unicode text: {exc}") from exc
+
+    def _database_error(self, exc: sqlite3.DatabaseError) -> KontextualError:
+        """A typed error for what SQLite reports about the index file itself."""
+        if "readonly" in str(exc):
+            return ReadOnlyStoreError(f"cannot write to {self.index_path}: {exc}")
+        return StoreFormatError(
+            f"{self.index_path} cannot be read: {exc}; run `kontextual fsck` and restore "
+            "the index from a backup or snapshot if it is damaged")
 
     def _run_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """``executemany`` inside a transaction, with the errors :meth:`_run` maps."""
