@@ -857,3 +857,11 @@ def test_cat_ls_and_verify_objects(filled: Path) -> None:
     fails(5, "verify-object", png, says=["corrupt object", png])
     result = invoke("cat-object", png)
     assert result.exit_code == 5 and "corrupt object" in result.stderr
+
+
+def test_human_output_escapes_c1_controls() -> None:
+    from kontextual_engine.cli.output import compact
+
+    shown = compact({"k": "a\u009b[2Jb", "tab": "\t"})
+    assert "\u009b" not in shown and "\t" not in shown
+    assert "\\u009b" in shown and "\\t" in shown

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,9 @@ def print_json_line(value: Any) -> None:
     click.echo(json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":")))
 
 
+_C1 = re.compile("[\u0080-\u009f]")
+
+
 def write_bytes(source: BinaryIO) -> None:
     """Copy a binary stream to stdout unchanged, a chunk at a time."""
     while chunk := source.read(CHUNK_SIZE):
@@ -62,8 +66,13 @@ def write_bytes(source: BinaryIO) -> None:
 
 
 def compact(value: Any) -> str:
-    """A JSON value on one line, for human output (control characters escaped)."""
-    return json.dumps(jsonable(value), ensure_ascii=False, separators=(", ", ": "))
+    """A JSON value on one line, for human output (control characters escaped).
+
+    json escapes C0 controls; C1 controls (U+0080..U+009F, e.g. the 8-bit CSI)
+    are escaped here too, since terminals act on them.
+    """
+    text = json.dumps(jsonable(value), ensure_ascii=False, separators=(", ", ": "))
+    return _C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def short(digest: str | None) -> str:
