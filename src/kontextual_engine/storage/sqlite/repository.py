@@ -74,7 +74,6 @@ from ...models import (
     RunManifest,
     RunStatus,
     WorkflowStep,
-    canonical_json,
     format_time,
 )
 from .. import text
@@ -174,6 +173,7 @@ _INSERT_REVISION = (
     f"INSERT INTO revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_TEXT = "INSERT INTO artifact_text (rowid, folded) VALUES (?, ?)"
+_INSERT_METADATA = "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)"
 _INSERT_CHANGE = f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE_RUN = (
@@ -357,29 +357,19 @@ def _match_phrase(term: str) -> str:
 
 
 def _metadata_condition(value: Any) -> tuple[str, list[Any]]:
-    """SQL over one ``json_each`` row testing type-exact equality with ``value``.
+    """SQL over ``artifact_metadata`` testing type-exact equality with ``value``.
 
     Mirrors :func:`..contract.metadata_value_matches`: the Python type must be
-    exactly the JSON type decoded from the stored value, and arrays and
-    objects compare by canonical JSON. A value of any other Python type
-    (a tuple, a bool subclass...) can never equal decoded JSON.
+    exactly the JSON type of the stored value, and arrays and objects compare
+    by canonical JSON. A value of any other Python type (a tuple, a bool
+    subclass...) can never equal decoded JSON.
     """
-    kind = type(value)
-    if value is None:
-        return "type = 'null'", []
-    if kind is bool:
-        return ("type = 'true'" if value else "type = 'false'"), []
-    if kind is int:
-        return "type = 'integer' AND atom = ?", [value]
-    if kind is float:
-        return "type = 'real' AND atom = ?", [value]
-    if kind is str:
-        return "type = 'text' AND atom = ?", [value]
-    if kind is list:
-        return "type = 'array' AND value = ?", [canonical_json(value)]
-    if kind is dict:
-        return "type = 'object' AND value = ?", [canonical_json(value)]
-    return "0", []
+    if type(value) not in (type(None), bool, int, float, str, list, dict):
+        return "0", []
+    kind, cell = schema.metadata_cell(value)
+    if cell is None:
+        return "type = ?", [kind]
+    return "type = ? AND value = ?", [kind, cell]
 
 
 class _NotUnicode(ValidationError):
@@ -876,6 +866,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         ]
         if searchable is not None:
             rows.append((_INSERT_TEXT, (artifact.sequence, searchable)))
+        rows += [(_INSERT_METADATA, row)
+                 for row in schema.metadata_rows(artifact.sequence, artifact.metadata_json)]
         if not self._bulk:
             for sql, row in rows:
                 self._run(sql, row)
@@ -900,6 +892,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
              format_time(artifact.updated_at), artifact.run_id, artifact.id),
         )
         self._run(_INSERT_REVISION, _revision_row(revision))
+        self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?",
+                  (artifact.sequence,))
+        self._run_many(_INSERT_METADATA,
+                       schema.metadata_rows(artifact.sequence, artifact.metadata_json))
         if content_changed:
             self._run("DELETE FROM artifact_text WHERE rowid = ?", (artifact.sequence,))
             if searchable is not None:
@@ -962,6 +958,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             "DELETE FROM artifact_text WHERE rowid = (SELECT sequence FROM artifacts WHERE id = ?)",
             (artifact_id,),
         )
+        self._run(
+            "DELETE FROM artifact_metadata WHERE artifact_sequence = "
+            "(SELECT sequence FROM artifacts WHERE id = ?)",
+            (artifact_id,),
+        )
         self._run("UPDATE artifacts SET deleted_at = ? WHERE id = ?",
                   (format_time(now), artifact_id))
 
@@ -984,7 +985,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             for key, value in query.metadata.items():
                 condition, values = _metadata_condition(value)
                 where.append(
-                    "EXISTS (SELECT 1 FROM json_each(a.metadata) "
+                    "a.sequence IN (SELECT artifact_sequence FROM artifact_metadata "
                     f"WHERE key = ? AND {condition})"
                 )
                 params += [key, *values]

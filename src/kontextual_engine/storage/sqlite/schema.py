@@ -46,13 +46,16 @@ packages and external references:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ...errors import StoreFormatError
+from ...models import canonical_json
 
 MIGRATION_SET = "kontextual"
 MIGRATIONS_TABLE = Migrations.migrations_table
@@ -310,6 +313,60 @@ _RUNS_CONTEXT = (
 def _runs_context(db: Database) -> None:
     for statement in _RUNS_CONTEXT:
         db.conn.execute(statement)
+
+
+# One row per top-level metadata key of each live artifact, so a metadata
+# filter is an index lookup instead of json_each over every artifact.
+# ``value`` is NULL for true/false/null (``type`` says which), the number or
+# text for scalars, and canonical JSON for arrays and objects.
+_METADATA_INDEX = (
+    """
+    CREATE TABLE artifact_metadata (
+        artifact_sequence INTEGER NOT NULL REFERENCES artifacts (sequence),
+        key TEXT NOT NULL,
+        type TEXT NOT NULL,
+        value,
+        PRIMARY KEY (artifact_sequence, key)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX artifact_metadata_lookup ON artifact_metadata "
+    "(key, type, value, artifact_sequence)",
+)
+
+
+@_migration("0003_metadata_index")
+def _metadata_index(db: Database) -> None:
+    for statement in _METADATA_INDEX:
+        db.conn.execute(statement)
+    rows = db.conn.execute(
+        "SELECT sequence, metadata FROM artifacts WHERE deleted_at IS NULL").fetchall()
+    db.conn.executemany(
+        "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)",
+        [row for sequence, metadata in rows for row in metadata_rows(sequence, metadata)],
+    )
+
+
+def metadata_rows(sequence: int, metadata_json: str) -> list[tuple[int, str, str, Any]]:
+    """The ``artifact_metadata`` rows of one artifact's metadata."""
+    return [(sequence, key, *metadata_cell(value))
+            for key, value in json.loads(metadata_json).items()]
+
+
+def metadata_cell(value: Any) -> tuple[str, Any]:
+    """``(type, value)`` as stored in ``artifact_metadata``, with SQLite's JSON type names."""
+    if value is None:
+        return "null", None
+    if value is True:
+        return "true", None
+    if value is False:
+        return "false", None
+    if isinstance(value, int):
+        return "integer", value
+    if isinstance(value, float):
+        return "real", value
+    if isinstance(value, str):
+        return "text", value
+    return ("array" if isinstance(value, list) else "object"), canonical_json(value)
 
 
 def _database(conn: sqlite3.Connection) -> Database:
