@@ -1,0 +1,115 @@
+"""One large-body operation in a fresh process, so its peak RSS is its own.
+
+``python -m benchmarks.child OP ...`` prints one JSON line: the seconds of the
+operation, the process's peak RSS (``VmHWM``) and its RSS before the
+operation began (interpreter and imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+CHUNK = 1 << 20
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def store_in(store: str, source: str) -> dict[str, object]:
+    from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
+
+    repo = SQLiteKnowledgeRepository.open(store, durability="full")
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    with open(source, "rb") as reader:
+        digest, size = repo.objects.add_stream(reader)
+    seconds = time.perf_counter() - start
+    repo.close()
+    return {"seconds": seconds, "digest": digest, "size": size, "rss_before_kib": before}
+
+
+def store_out(store: str, digest: str, target: str) -> dict[str, object]:
+    from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
+
+    repo = SQLiteKnowledgeRepository.open(store, durability="full")
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    size = 0
+    with repo.objects.open(digest, verify=True) as reader, open(target, "wb") as writer:
+        while chunk := reader.read(CHUNK):
+            writer.write(chunk)
+            size += len(chunk)
+    seconds = time.perf_counter() - start
+    repo.close()
+    return {"seconds": seconds, "digest": digest, "size": size, "rss_before_kib": before}
+
+
+def baseline_in(source: str, target: str) -> dict[str, object]:
+    """Read, hash, write to a temporary name, fsync, rename: a minimal durable put."""
+    import blake3
+
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    hasher = blake3.blake3()
+    staged = target + ".tmp"
+    size = 0
+    with open(source, "rb") as reader, open(staged, "wb") as writer:
+        while chunk := reader.read(CHUNK):
+            hasher.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    os.rename(staged, target)
+    dir_fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dir_fd)
+    os.close(dir_fd)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "digest": "blake3:" + hasher.hexdigest(), "size": size,
+            "rss_before_kib": before}
+
+
+def baseline_out(source: str, target: str) -> dict[str, object]:
+    """Read, hash (to verify), write: a minimal verified get."""
+    import blake3
+
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    hasher = blake3.blake3()
+    size = 0
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while chunk := reader.read(CHUNK):
+            hasher.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "digest": "blake3:" + hasher.hexdigest(), "size": size,
+            "rss_before_kib": before}
+
+
+OPS: dict[str, Callable[..., dict[str, object]]] = {
+    "store-in": store_in,
+    "store-out": store_out,
+    "baseline-in": baseline_in,
+    "baseline-out": baseline_out,
+}
+
+
+def main(argv: list[str]) -> int:
+    result = OPS[argv[0]](*argv[1:])
+    result["peak_rss_kib"] = _status_kib("VmHWM")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
