@@ -16,6 +16,7 @@ writes anything, then restores all or nothing into an empty repository.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -102,11 +103,17 @@ def record_to_json(record: Any) -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Field types of a record class; resolving them costs more than parsing a line."""
+    return typing.get_type_hints(cls)
+
+
 def record_from_json(cls: type, data: object, where: str) -> Any:
     """The inverse of :func:`record_to_json`, checking every field's type."""
     if not isinstance(data, dict):
         raise SnapshotError(f"{where}: expected a JSON object")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     expected = {f.name.removesuffix("_json") for f in dataclasses.fields(cls)}
     if set(data) != expected:
         extra, missing = sorted(set(data) - expected), sorted(expected - set(data))
