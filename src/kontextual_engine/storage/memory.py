@@ -192,12 +192,13 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             related = self._related_ids(query) if query.related_to is not None else None
             terms = text.parse_terms(query.text) if query.text is not None else None
             ids = set(query.ids) if query.ids is not None else None
+            digest = None if query.digest is None else digests.parse_digest(query.digest)
             found = [
                 artifact for artifact in live
                 if (ids is None or artifact.id in ids)
                 and (query.collection_id is None or artifact.collection_id == query.collection_id)
                 and (query.name is None or artifact.name == query.name)
-                and (query.digest is None or artifact.digest == digests.parse_digest(query.digest))
+                and (digest is None or artifact.digest == digest)
                 and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
                 and (related is None or artifact.id in related)
                 and (query.metadata is None or _metadata_matches(artifact, query.metadata))

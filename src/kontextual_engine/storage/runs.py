@@ -187,8 +187,8 @@ class RunsContract(abc.ABC):
                     f"run {run_id} is {run.status}; only a running run takes heartbeats"
                 )
             now = self._now()
-            renewed = _replace_run(run, heartbeat_at=now,
-                                   lease_expires_at=now + timedelta(seconds=lease))
+            renewed = replace(run, heartbeat_at=now,
+                              lease_expires_at=now + timedelta(seconds=lease))
             self._replace_run(renewed)
             self._record(self._next_sequence(), EntityKind.RUN, run_id, ChangeAction.UPDATE,
                          now, details={"heartbeat": True,
@@ -253,7 +253,7 @@ class RunsContract(abc.ABC):
         elif target is RunStatus.RUNNING:
             fields.setdefault("finished_at", None)
             fields.setdefault("error", None)
-        changed = _replace_run(run, status=target.value, **fields)
+        changed = replace(run, status=target.value, **fields)
         self._replace_run(changed)
         self._record(self._next_sequence(), EntityKind.RUN, run.id, ChangeAction.TRANSITION,
                      now, details={"from": current.value, "to": target.value})
@@ -772,10 +772,6 @@ class RunsContract(abc.ABC):
 
     @abc.abstractmethod
     def _list_external_references(self) -> list[ExternalMemoryReference]: ...
-
-
-def _replace_run(run: OperationRun, **fields: Any) -> OperationRun:
-    return replace(run, **fields)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -211,10 +211,11 @@ def gc(
                 f"objects/ (such as {min(missing)}); the index may be damaged or belong to "
                 "another store; run fsck"
             )
+        pins = _pins(repo) if dry_run else {}
         for digest in present:
             if digest in referenced:
                 if dry_run:
-                    kept[digest] = _reasons(repo, digest)
+                    kept[digest] = _reasons(repo, digest) + pins.get(digest, [])
                 continue
             path = store.path(digest)
             try:
@@ -250,11 +251,20 @@ def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
                for r in repo._revisions_with_digest(digest)]
     reasons += [f"input of run {b.run_id}"
                 for b in repo._bundles_consuming(None, None, digest)]
-    reasons += [f"pinned by context package {p.id}" for p in repo.list_context_packages()
-                if any(ref.digest == digest for ref in p.references)]
-    reasons += [f"held by external reference {e.id} ({e.system})"
-                for e in repo.list_external_references() if e.digest == digest]
     return reasons
+
+
+def _pins(repo: SQLiteKnowledgeRepository) -> dict[str, list[str]]:
+    """Digests pinned by context packages and external references, read once per gc."""
+    pins: dict[str, list[str]] = {}
+    for package in repo.list_context_packages():
+        for digest in dict.fromkeys(ref.digest for ref in package.references if ref.digest):
+            pins.setdefault(digest, []).append(f"pinned by context package {package.id}")
+    for external in repo.list_external_references():
+        if external.digest is not None:
+            pins.setdefault(external.digest, []).append(
+                f"held by external reference {external.id} ({external.system})")
+    return pins
 
 
 @dataclass(frozen=True)
@@ -316,8 +326,8 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         ("changes", "SELECT count(*) FROM changes"),
     ):
         counts[name] = int(repo._one(sql)[0])
-    counts["runs"] = len(repo.list_runs())
-    counts["context_packages"] = len(repo.list_context_packages())
+    for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
+        counts[name] = int(repo._one(f"SELECT count(*) FROM {table}")[0])
     stats = repo.objects.stats()
     counts["objects"] = stats.count
     counts["object_bytes"] = stats.bytes
