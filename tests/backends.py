@@ -15,7 +15,11 @@ from kontextual_engine.storage import (
     TickingClock,
 )
 
-BACKENDS = ["memory", "sqlite"]
+# "sqlite" keeps the defaults, so text queries mostly scan the text backlog;
+# "sqlite-indexed" indexes the backlog before every text query, so they go
+# through FTS5 (ADR 0004). Both paths must keep every rule.
+BACKENDS = ["memory", "sqlite", "sqlite-indexed"]
+SQLITE_KINDS = {"sqlite": {}, "sqlite-indexed": {"text_backlog_limit": 0}}
 
 
 class Backend:
@@ -39,12 +43,12 @@ class Backend:
         return self._open(self.root / f"store{len(self.opened)}")
 
     def _open(self, path: Path) -> KnowledgeRepository:
-        if self.kind != "sqlite":
+        if self.kind not in SQLITE_KINDS:
             raise AssertionError(f"unknown backend {self.kind}")
         from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
         repo = SQLiteKnowledgeRepository.open(
-            path, durability="none", clock=self.clock, ids=self.ids
+            path, durability="none", clock=self.clock, ids=self.ids, **SQLITE_KINDS[self.kind]
         )
         self.opened.append(repo)
         self.paths[id(repo)] = path

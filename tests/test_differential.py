@@ -116,8 +116,11 @@ class Differential(RuleBasedStateMachine):
         self.steps: list[str] = []
 
     def _open(self) -> SQLiteKnowledgeRepository:
+        # A small backlog limit: text queries meet indexed rows, backlog rows
+        # and the automatic indexing between them (ADR 0004).
         return SQLiteKnowledgeRepository.open(self.tmp / "store", "none",
-                                              clock=self.sqlite_clock, ids=self.sqlite_ids)
+                                              clock=self.sqlite_clock, ids=self.sqlite_ids,
+                                              text_backlog_limit=3)
 
     def teardown(self) -> None:
         try:
@@ -293,6 +296,13 @@ class Differential(RuleBasedStateMachine):
         outcome = self.both(work)
         if outcome[0] == "ok":
             self.collections.extend(outcome[1])
+
+    @rule()
+    def index_text(self) -> None:
+        waiting = self.sqlite.count_text_backlog()
+        assert self.sqlite.index_text() == waiting
+        assert self.sqlite.count_text_backlog() == 0
+        assert self.memory.index_text() == 0
 
     @rule()
     def reopen(self) -> None:

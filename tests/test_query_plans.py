@@ -31,8 +31,10 @@ def repo(tmp_path: Path) -> Iterator[SQLiteKnowledgeRepository]:
     store.close()
 
 
-def plan_of(repo: SQLiteKnowledgeRepository, call: Callable[[], object]) -> str:
-    """The query plan of the last SELECT that ``call`` ran, one step per line."""
+def plan_of(repo: SQLiteKnowledgeRepository, call: Callable[[], object],
+            containing: str = "") -> str:
+    """The query plan of the last SELECT that ``call`` ran (of those that contain
+    ``containing``), one step per line."""
     conn: sqlite3.Connection = repo._conn  # type: ignore[assignment]
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
@@ -40,7 +42,8 @@ def plan_of(repo: SQLiteKnowledgeRepository, call: Callable[[], object]) -> str:
         call()
     finally:
         conn.set_trace_callback(None)
-    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    selects = [s for s in statements
+               if s.lstrip().upper().startswith("SELECT") and containing in s]
     assert selects, statements
     rows = conn.execute("EXPLAIN QUERY PLAN " + selects[-1]).fetchall()
     return "\n".join(row[-1] for row in rows)
@@ -61,15 +64,26 @@ def test_lookup_by_name_searches_the_live_name_index(repo: SQLiteKnowledgeReposi
 
 
 def test_text_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10))
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "artifact_text")
     first = plan.splitlines()[0]
     assert first.startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SCAN a" not in plan, plan
     assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_text_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> None:
+    """The unindexed half reads backlog rows in sequence order, never all artifacts."""
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "text_backlog")
+    assert plan.splitlines()[0] == "SCAN t", plan
+    assert "SCAN a" not in plan, plan
+    assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
 
 
 def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}))
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}),
+                   "artifact_text")
     assert plan.splitlines()[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SCAN a" not in plan, plan
 

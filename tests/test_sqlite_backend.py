@@ -716,10 +716,18 @@ def test_queries_use_indexes(traced: tuple[SQLiteKnowledgeRepository, list[str]]
                              query: Query) -> None:
     repo, statements = traced
     repo.query(query)
-    (statement,) = [s for s in statements if s.startswith("SELECT")]
-    steps = plan(repo, statement)
-    assert not [step for step in steps if step.split()[:2] == ["SCAN", "a"]], steps
+    selects = [s for s in statements if s.startswith("SELECT")]
+    if query.text is None:
+        assert len(selects) == 1, selects
+    else:  # the backlog check, then the indexed text and the backlog (ADR 0004)
+        assert len(selects) == 3, selects
+        assert "FROM text_backlog LIMIT 1 OFFSET" in selects[0], selects
+        assert "artifact_text" in selects[1] and "text_backlog t" in selects[2], selects
+    for statement in selects:
+        steps = plan(repo, statement)
+        assert not [step for step in steps if step.split()[:2] == ["SCAN", "a"]], steps
     if query.text is not None:
+        steps = plan(repo, selects[1])
         assert any(re.match(r"SCAN t VIRTUAL TABLE INDEX \d+:=?M", step) for step in steps), steps
 
 
@@ -824,7 +832,13 @@ def test_index_survives_cli_checks_after_updates_and_deletes(tmp_path: Path) -> 
     assert_index_clean(store)
     index = store / INDEX_NAME
     live = "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL;"
-    assert cli(index, "SELECT count(*) FROM artifact_text;") == cli(index, live) == str(remaining)
+    texts = "SELECT (SELECT count(*) FROM artifact_text) + (SELECT count(*) FROM text_backlog);"
+    assert cli(index, texts) == cli(index, live) == str(remaining)
+    with open_repo(store) as repo:
+        assert repo.index_text() == remaining
+    assert_index_clean(store)
+    assert cli(index, "SELECT count(*) FROM artifact_text;") == str(remaining)
+    assert cli(index, "SELECT count(*) FROM text_backlog;") == "0"
 
 
 def unencodable_reads(repo: KnowledgeRepository, collection_id: str) -> list[object]:

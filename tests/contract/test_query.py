@@ -116,6 +116,38 @@ def test_text_follows_updates_and_deletes(repo: KnowledgeRepository,
     assert repo.query(text="beta") == []
 
 
+def test_index_text_changes_no_answer(repo: KnowledgeRepository, make: MakeArtifact) -> None:
+    """Documents indexed and documents waiting for the index answer alike (ADR 0004),
+    through updates and deletes on either side, with pages that span both."""
+    ids = [make(f"n{number}", f"common note {number} {'odd' if number % 2 else 'even'}".encode())
+           for number in range(6)]
+    before = names(repo.query(text="note"))
+    assert repo.index_text() >= 0
+    assert repo.index_text() == 0  # nothing left
+    assert names(repo.query(text="note")) == before == [f"n{n}" for n in range(6)]
+    ids += [make(f"n{number}", f"common note {number} later".encode()) for number in (6, 7)]
+    repo.update_artifact(ids[1], content=b"common note one rewritten")  # indexed -> waiting
+    repo.delete_artifact(ids[2])  # indexed, deleted
+    repo.delete_artifact(ids[7])  # waiting, deleted
+    expected = ["n0", "n1", "n3", "n4", "n5", "n6"]
+    assert names(repo.query(text="common note")) == expected
+    assert names(repo.query(text="odd")) == ["n3", "n5"]
+    assert names(repo.query(text="rewritten")) == ["n1"]
+    pages, after = [], None
+    while True:
+        page = repo.query(text="note", limit=2, after=after)
+        if not page:
+            break
+        pages.append(names(page))
+        after = page[-1].sequence
+    assert pages == [expected[0:2], expected[2:4], expected[4:6]]
+    progress: list[int] = []
+    repo.index_text(progress=progress.append)
+    assert sum(progress) <= len(expected)
+    assert names(repo.query(text="common note")) == expected
+    assert names(repo.query(text="note", name="n6")) == ["n6"]
+
+
 def test_large_bodies_are_not_text(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     make("big", b"needle " + b"x" * text.MAX_TEXT_BYTES)
     make("small", b"needle")

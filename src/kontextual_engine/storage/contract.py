@@ -836,6 +836,17 @@ class KnowledgeRepository(RunsContract):
                 "external_references": self._list_external_references(),
             }
 
+    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
+        """Bring the text index up to date; return how many documents it indexed.
+
+        Text queries see every committed write whether or not this runs. A
+        backend that indexes text in batches (ADR 0004) does the outstanding
+        work here, calling ``progress(documents)`` as it goes, so that later
+        queries need not scan; the reference backend has no index and
+        returns 0.
+        """
+        return 0
+
     def is_empty(self) -> bool:
         return self._last_sequence() == 0
 

@@ -34,6 +34,7 @@ missing referenced row) raises :class:`IntegrityError`, never a raw
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import random
@@ -109,6 +110,14 @@ MIN_SQLITE = (3, 34, 0)
 _BUSY_CODES = (5, 6)
 # A term shorter than this cannot go through a trigram MATCH.
 _TRIGRAM = 3
+# Backlog rows a text query reads without an index (ADR 0004): an instr()
+# scan of 1,000 documents of 1 KiB takes about a millisecond. Past this, a
+# text query on a writable store indexes the backlog before it runs.
+DEFAULT_TEXT_BACKLOG_LIMIT = 1000
+# Backlog rows moved into FTS5 per transaction by index_text(): large batches
+# make few FTS5 segments to merge; each batch commits, so progress survives an
+# interruption and other writers get the lock in between.
+INDEX_TEXT_BATCH = 5000
 
 _SYNCHRONOUS = {
     Durability.FULL: "FULL",
@@ -172,7 +181,7 @@ _INSERT_ARTIFACT = (
 _INSERT_REVISION = (
     f"INSERT INTO revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_TEXT = "INSERT INTO artifact_text (rowid, folded) VALUES (?, ?)"
+_INSERT_TEXT = "INSERT INTO text_backlog (sequence, folded) VALUES (?, ?)"
 _INSERT_METADATA = "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)"
 _INSERT_CHANGE = f"INSERT INTO changes ({_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -383,6 +392,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     arguments). A missing or empty directory becomes a new store; an existing
     store is opened (and its index migrated); anything else is refused with
     :class:`StoreFormatError`. ``read_only`` opens without writing anything.
+
+    Searchable text is written to a backlog and indexed in batches (ADR
+    0004); text queries read the index and the backlog, so they see every
+    write. ``text_backlog_limit`` is how many backlog rows a text query scans
+    before it indexes them first; :meth:`index_text` indexes them on demand.
     """
 
     def __init__(
@@ -394,6 +408,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         ids: IdSource | None = None,
         read_only: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> None:
         super().__init__(clock=clock, ids=ids)
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -403,6 +418,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         if not _is_seconds(busy_timeout):
             raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        if (not isinstance(text_backlog_limit, int) or isinstance(text_backlog_limit, bool)
+                or text_backlog_limit < 0):
+            raise ValidationError(
+                f"text_backlog_limit must be an integer >= 0, got {text_backlog_limit!r}")
+        self.text_backlog_limit = text_backlog_limit
         self.root = Path(path)
         self.read_only = bool(read_only) or _unwritable_store(self.root)
         self.busy_timeout = float(busy_timeout)
@@ -436,9 +456,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         ids: IdSource | None = None,
         read_only: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> SQLiteKnowledgeRepository:
         return cls(path, durability, clock=clock, ids=ids, read_only=read_only,
-                   busy_timeout=busy_timeout)
+                   busy_timeout=busy_timeout, text_backlog_limit=text_backlog_limit)
 
     def __repr__(self) -> str:
         return f"SQLiteKnowledgeRepository({str(self.root)!r}, {self.durability.value!r})"
@@ -897,7 +918,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._run_many(_INSERT_METADATA,
                        schema.metadata_rows(artifact.sequence, artifact.metadata_json))
         if content_changed:
-            self._run("DELETE FROM artifact_text WHERE rowid = ?", (artifact.sequence,))
+            self._forget_text(artifact.sequence)
             if searchable is not None:
                 self._run(_INSERT_TEXT, (artifact.sequence, searchable))
 
@@ -954,17 +975,16 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         return found
 
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
-        self._run(
-            "DELETE FROM artifact_text WHERE rowid = (SELECT sequence FROM artifacts WHERE id = ?)",
-            (artifact_id,),
-        )
-        self._run(
-            "DELETE FROM artifact_metadata WHERE artifact_sequence = "
-            "(SELECT sequence FROM artifacts WHERE id = ?)",
-            (artifact_id,),
-        )
+        sequence = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))[0]
+        self._forget_text(sequence)
+        self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?", (sequence,))
         self._run("UPDATE artifacts SET deleted_at = ? WHERE id = ?",
                   (format_time(now), artifact_id))
+
+    def _forget_text(self, sequence: int) -> None:
+        """Drop an artifact's searchable text, indexed or still in the backlog."""
+        self._run("DELETE FROM artifact_text WHERE rowid = ?", (sequence,))
+        self._run("DELETE FROM text_backlog WHERE sequence = ?", (sequence,))
 
     def _query(self, query: Query) -> list[Artifact]:
         where = ["a.deleted_at IS NULL"]
@@ -1002,28 +1022,50 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 params.append(related.artifact_id)
                 if related.relationship_type is not None:
                     params.append(related.relationship_type)
-        source = "artifacts a"
-        order = "a.sequence"
-        if query.text is not None:
-            if (query.ids is not None or query.name is not None or query.digest is not None
-                    or query.related_to is not None):
-                # A few candidates from an index of artifacts, each checked
-                # against its own FTS row (CROSS JOIN fixes the loop order).
-                source = "artifacts a CROSS JOIN artifact_text t ON t.rowid = a.sequence"
-            else:
-                # FTS5 drives and yields rows in rowid (= sequence) order, so a
-                # LIMIT stops the scan early instead of sorting every match.
-                source = "artifact_text t JOIN artifacts a ON a.sequence = t.rowid"
-                order = "t.rowid"
-            terms = text.parse_terms(query.text)
-            long_terms = [term for term in terms if len(term) >= _TRIGRAM]
-            if long_terms:
-                where.append("t.artifact_text MATCH ?")
-                params.append(" AND ".join(_match_phrase(term) for term in long_terms))
-            for term in terms:
-                if len(term) < _TRIGRAM:
-                    where.append("instr(t.folded, ?) > 0")
-                    params.append(term)
+        if query.text is None:
+            return self._select(query, "artifacts a", "a.sequence", where, params)
+        self._index_text_if_behind()
+        terms = text.parse_terms(query.text)
+        # index_text() in another process moves rows from the backlog into
+        # FTS5; one read transaction sees each row in exactly one of the two.
+        found = []
+        with self._consistent_read():
+            for backlog in (False, True):
+                source, order, conditions, values = self._text_source(query, terms,
+                                                                      backlog=backlog)
+                found.append(self._select(query, source, order, where + conditions,
+                                          params + values))
+        merged = list(heapq.merge(*found, key=lambda artifact: artifact.sequence))
+        return merged if query.limit is None else merged[:query.limit]
+
+    def _text_source(self, query: Query, terms: Sequence[str], *,
+                     backlog: bool) -> tuple[str, str, list[str], list[Any]]:
+        """FROM, ORDER BY and conditions that match ``terms`` in FTS5 or in the backlog."""
+        table, key = ("text_backlog", "t.sequence") if backlog else ("artifact_text", "t.rowid")
+        if (query.ids is not None or query.name is not None or query.digest is not None
+                or query.related_to is not None):
+            # A few candidates from an index of artifacts, each checked
+            # against its own text row (CROSS JOIN fixes the loop order).
+            source, order = f"artifacts a CROSS JOIN {table} t ON {key} = a.sequence", "a.sequence"
+        else:
+            # The text table drives and yields rows in sequence order, so a
+            # LIMIT stops the scan early instead of sorting every match
+            # (CROSS JOIN: the planner would rather scan artifacts otherwise).
+            source, order = f"{table} t CROSS JOIN artifacts a ON a.sequence = {key}", key
+        conditions: list[str] = []
+        values: list[Any] = []
+        indexed = [] if backlog else [term for term in terms if len(term) >= _TRIGRAM]
+        if indexed:
+            conditions.append("t.artifact_text MATCH ?")
+            values.append(" AND ".join(_match_phrase(term) for term in indexed))
+        for term in terms:
+            if term not in indexed:
+                conditions.append("instr(t.folded, ?) > 0")
+                values.append(term)
+        return source, order, conditions, values
+
+    def _select(self, query: Query, source: str, order: str, where: list[str],
+                params: list[Any]) -> list[Artifact]:
         if query.after is not None:
             where.append(f"{order} > ?")
             params.append(query.after)
@@ -1033,6 +1075,49 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             sql += " LIMIT ?"
             params.append(query.limit)
         return [_artifact(row) for row in self._all(sql, params)]
+
+    # -- text backlog (ADR 0004) -------------------------------------------
+
+    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
+        """Move every backlog row into the FTS5 index; return how many moved.
+
+        Runs in transactions of :data:`INDEX_TEXT_BATCH` rows and calls
+        ``progress(rows)`` after each. Queries return the same results before
+        and after; afterwards they read the index instead of scanning.
+        """
+        moved = 0
+        while True:
+            with self.transaction():
+                last, count = self._one(
+                    "SELECT max(sequence), count(*) FROM "
+                    "(SELECT sequence FROM text_backlog ORDER BY sequence LIMIT ?)",
+                    (INDEX_TEXT_BATCH,),
+                )
+                if count:
+                    self._run("INSERT INTO artifact_text (rowid, folded) SELECT sequence, "
+                              "folded FROM text_backlog WHERE sequence <= ? ORDER BY sequence",
+                              (last,))
+                    self._run("DELETE FROM text_backlog WHERE sequence <= ?", (last,))
+            if not count:
+                return moved
+            moved += count
+            if progress is not None:
+                progress(count)
+
+    def count_text_backlog(self) -> int:
+        """Documents whose text waits in the backlog for :meth:`index_text`."""
+        count: int = self._one("SELECT count(*) FROM text_backlog")[0]
+        return count
+
+    def _index_text_if_behind(self) -> None:
+        """Index the backlog before a text query when it holds more than the limit."""
+        with self._lock:
+            if self.read_only or self._depth or self._connection().in_transaction:
+                return
+            behind = self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?",
+                               (self.text_backlog_limit,))
+        if behind is not None:
+            self.index_text()
 
     def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         rows = self._all(

@@ -20,6 +20,8 @@ Layout decisions:
   SQLite). Its rowid is the artifact's sequence; only live artifacts with a
   searchable current body have a row. The text is stored, not contentless,
   because terms shorter than a trigram are matched with ``instr()`` on it.
+  Since ``0004_text_backlog`` writes go to ``text_backlog`` first and reach
+  ``artifact_text`` in batches (ADR 0004).
 * JSON columns hold canonical JSON and are checked with ``json_valid``.
 
 ``0002_runs_context`` adds runs, steps, input bundles, manifests, context
@@ -344,6 +346,27 @@ def _metadata_index(db: Database) -> None:
         "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)",
         [row for sequence, metadata in rows for row in metadata_rows(sequence, metadata)],
     )
+
+
+# Searchable text waiting for ``artifact_text`` (ADR 0004). A write adds one
+# plain B-tree row here instead of some 1,100 trigram postings; the backend
+# moves rows into FTS5 in large batches, and text queries read both tables,
+# so every committed write is searchable at once. A sequence is in at most
+# one of the two tables.
+_TEXT_BACKLOG = (
+    """
+    CREATE TABLE text_backlog (
+        sequence INTEGER PRIMARY KEY REFERENCES artifacts (sequence),
+        folded TEXT NOT NULL
+    )
+    """,
+)
+
+
+@_migration("0004_text_backlog")
+def _text_backlog(db: Database) -> None:
+    for statement in _TEXT_BACKLOG:
+        db.conn.execute(statement)
 
 
 def metadata_rows(sequence: int, metadata_json: str) -> list[tuple[int, str, str, Any]]:
