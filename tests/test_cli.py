@@ -149,7 +149,7 @@ NEEDS_STORE = [
     ["unlink", "rel_1"], ["changes"], ["runs", "list"], ["runs", "show", "run_1"],
     ["context", "list"], ["context", "show", "ctx_1"], ["collection", "list"],
     ["collection", "create", "c"], ["collection", "show", "c"], ["collection", "rm", "c"],
-    ["fsck"], ["gc"], ["backup", "bk"], ["export", "snap"], ["stats"],
+    ["fsck"], ["index"], ["gc"], ["backup", "bk"], ["export", "snap"], ["stats"],
     ["hash-object", "-w", "f.txt"], ["cat-object", "abcd"], ["ls-objects"],
     ["verify-object", "abcd"],
 ]
@@ -719,6 +719,16 @@ def test_stats(filled: Path) -> None:
     assert counts["changes"] == 6
     text = ok("stats").stdout
     assert "artifacts:" in text and str(filled) in text
+
+
+def test_index_moves_the_text_backlog(filled: Path) -> None:
+    found = as_json("find", "--text", "e")
+    assert len(found) == 2
+    assert as_json("stats")["text_backlog"] == 4  # the PNG is not text
+    assert as_json("index") == {"indexed": 4}
+    assert as_json("stats")["text_backlog"] == 0
+    assert as_json("find", "--text", "e") == found
+    assert ok("index").stdout == "indexed the text of 0 documents\n"
 
 
 def test_fsck(filled: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from ..output import (
     write_bytes,
 )
 from ..params import parse_pairs
+from .store import index_text
 
 META_HELP = "VALUE is JSON if it parses (n=1, ok=true, s='\"1\"'), else a string. Repeatable."
 
@@ -214,6 +215,9 @@ def find(
     if related_to is None and (rel_type is not None or direction != "both"):
         raise ValidationError("--rel-type and --direction need --related-to")
     repo = app.repo()
+    if (text is not None and not repo.read_only
+            and repo.count_text_backlog() > repo.text_backlog_limit):
+        index_text(repo, quiet=as_json)  # what the query would do, with a progress bar
     query = Query(
         collection_id=(None if collection_name is None
                        else resolve.collection(repo, collection_name).id),

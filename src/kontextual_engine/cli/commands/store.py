@@ -1,4 +1,4 @@
-"""Whole-store commands: init, stats, fsck, gc, backup, export, import."""
+"""Whole-store commands: init, stats, fsck, index, gc, backup, export, import."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from ...errors import ConflictError, KontextualError
 from ...snapshot import export_snapshot, import_snapshot
-from ...storage.sqlite import maintenance
+from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, quiet_option
 from ..output import jsonable, print_fields, print_json, print_table, progress
 from ..params import parse_duration
@@ -80,6 +80,37 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
         )
     if not report.ok:
         raise CheckFailed(f"fsck found {len(report.errors)} error(s) in {app.store}")
+
+
+@cli.command("index", epilog=examples("kontextual index", "kontextual index --json"))
+@json_option
+@quiet_option
+@click.pass_obj
+def index(app: App, as_json: bool, quiet: bool) -> None:
+    """Index the text that waits in the backlog.
+
+    add and import leave new text in a backlog that text queries scan (ADR
+    0004); `find --text` indexes a large backlog itself before it searches.
+    This does it now, with a progress bar.
+    """
+    indexed = index_text(app.repo(), quiet=quiet or as_json)
+    if as_json:
+        print_json({"indexed": indexed})
+    else:
+        click.echo(f"indexed the text of {indexed} documents")
+
+
+def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
+    """:meth:`~SQLiteKnowledgeRepository.index_text` with a progress bar on stderr."""
+    waiting = repo.count_text_backlog()
+    done = 0
+    with progress("indexing text", quiet=quiet) as bar:
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            bar(done, waiting)
+
+        return repo.index_text(progress=advance)
 
 
 @cli.command(epilog=examples("kontextual gc --dry-run", "kontextual gc --grace 0"))

@@ -324,6 +324,7 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         ("revisions", "SELECT count(*) FROM revisions"),
         ("relationships", "SELECT count(*) FROM relationships"),
         ("changes", "SELECT count(*) FROM changes"),
+        ("text_backlog", "SELECT count(*) FROM text_backlog"),
     ):
         counts[name] = int(repo._one(sql)[0])
     for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
