@@ -106,6 +106,34 @@ def test_sequence_gap(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
         reopened.close()
 
 
+@pytest.mark.parametrize("damage, finding", [
+    # the same text indexed and waiting: a query would return the artifact twice
+    ("INSERT INTO text_backlog SELECT rowid, folded FROM artifact_text LIMIT 1",
+     "text-duplicate"),
+    ("INSERT INTO artifact_text (rowid, folded) SELECT sequence, folded FROM text_backlog "
+     "LIMIT 1", "text-duplicate"),
+    ("UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
+     "(SELECT max(rowid) FROM artifact_text)", "stale-text"),
+    ("UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
+     "(SELECT max(sequence) FROM text_backlog)", "stale-text"),
+])
+def test_text_tables_are_checked(store: SQLiteKnowledgeRepository, tmp_path: Path,
+                                 damage: str, finding: str) -> None:
+    collection = store.create_collection("waiting").id
+    store.index_text()
+    store.put_artifacts(collection, [NewArtifact("w", b"waiting text", "note")])
+    assert store_stats(store)["text_backlog"] == 1
+    assert fsck(store).findings == []
+    store.close()
+    with sqlite3.connect(tmp_path / "store" / "index.sqlite") as conn:
+        conn.execute(damage)
+    reopened = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
+    try:
+        assert kinds(fsck(reopened), "error") == {finding}
+    finally:
+        reopened.close()
+
+
 def test_damaged_index_page(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
     store.close()
     index = tmp_path / "store" / "index.sqlite"

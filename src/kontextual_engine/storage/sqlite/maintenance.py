@@ -89,6 +89,7 @@ def fsck(
             "SELECT digest, max(size) FROM revisions GROUP BY digest")}
         revisions = repo._one("SELECT count(*) FROM revisions")[0]
         findings += _check_sequences(repo)
+        findings += _check_text(repo)
     except (sqlite3.DatabaseError, KontextualError) as exc:
         # A damaged index is a finding, not a crash; without the revisions no
         # object can be called garbage, so only the objects themselves are checked.
@@ -147,6 +148,23 @@ def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
         return [Finding("error", "sequence-gap", "changes",
                         f"{count} change records numbered {low}..{high}; expected 1..{count}")]
     return []
+
+
+def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
+    """Each live artifact's text is in the FTS5 index or the backlog, never both
+    (ADR 0004), and no text is kept for an artifact that is gone."""
+    found = [Finding("error", "text-duplicate", f"sequence {sequence}",
+                     "text is both indexed and in the backlog; queries would return it twice")
+             for (sequence,) in repo._all(
+                 "SELECT b.sequence FROM text_backlog b "
+                 "JOIN artifact_text t ON t.rowid = b.sequence")]
+    for table, key in (("artifact_text", "rowid"), ("text_backlog", "sequence")):
+        found += [Finding("error", "stale-text", f"sequence {sequence}",
+                          f"{table} holds text of an artifact that is deleted or missing")
+                  for (sequence,) in repo._all(
+                      f"SELECT {key} FROM {table} WHERE {key} NOT IN "
+                      "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)")]
+    return found
 
 
 @dataclass(frozen=True)
