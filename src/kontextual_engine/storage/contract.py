@@ -860,15 +860,26 @@ class KnowledgeRepository(RunsContract):
         with self.transaction():
             if not self.is_empty():
                 raise ConflictError("restore needs an empty repository; this one has records")
-            stored: dict[str, None] = {}
-            for revision in records["revisions"]:
-                if revision.digest not in stored:
-                    digest, _ = self._store_body(bodies(revision.digest))
-                    if digest != revision.digest:
-                        raise IntegrityError(f"body for {revision.digest} hashes to {digest}")
-                    stored[digest] = None
-            for _, _, apply in sorted(self._replay_events(records), key=lambda e: e[:2]):
+            stored: set[str] = set()
+
+            def store(digest: str) -> bytes:
+                content = bodies(digest)
+                if digest not in stored:
+                    actual, _ = self._store_body(content)
+                    if actual != digest:
+                        raise IntegrityError(f"body for {digest} hashes to {actual}")
+                    stored.add(digest)
+                return content
+
+            # Each body is read once, stored and made searchable from the same
+            # bytes, as the replay meets it (one transaction: the ordering
+            # invariant holds because bodies are durable before it commits).
+            events = self._replay_events(records, lambda d: text.searchable_text(store(d)))
+            for _, _, apply in sorted(events, key=lambda e: e[:2]):
                 apply()
+            for revision in records["revisions"]:
+                if revision.digest not in stored:  # met by no replayed text change
+                    store(revision.digest)
             for change in records["changes"]:
                 self._append_change(change)
             for run in records["runs"]:
@@ -885,7 +896,7 @@ class KnowledgeRepository(RunsContract):
                 self._insert_external_reference(reference)
 
     def _replay_events(
-        self, records: Mapping[str, list[Any]]
+        self, records: Mapping[str, list[Any]], searchable: Callable[[str], str | None]
     ) -> Iterator[tuple[int, int, Callable[[], None]]]:
         """Each creation, revision, relationship and deletion, keyed by its sequence.
 
@@ -908,10 +919,11 @@ class KnowledgeRepository(RunsContract):
             before = previous.get(revision.artifact_id)
             if before is None:
                 yield revision.change_sequence, 0, partial(
-                    self._restore_first, state, revision)
+                    self._restore_first, state, revision, searchable)
             else:
                 yield revision.change_sequence, 0, partial(
-                    self._restore_next, state, revision, before.digest != revision.digest)
+                    self._restore_next, state, revision, before.digest != revision.digest,
+                    searchable)
             previous[revision.artifact_id] = revision
         for artifact, deleted_at in records["artifacts"]:
             if deleted_at is not None:
@@ -920,13 +932,14 @@ class KnowledgeRepository(RunsContract):
         for relationship in records["relationships"]:
             yield relationship.sequence, 0, partial(self._insert_relationship, relationship)
 
-    def _restore_first(self, artifact: Artifact, revision: ArtifactRevision) -> None:
-        self._insert_artifact(artifact, revision, self._searchable(revision.digest))
+    def _restore_first(self, artifact: Artifact, revision: ArtifactRevision,
+                       searchable: Callable[[str], str | None]) -> None:
+        self._insert_artifact(artifact, revision, searchable(revision.digest))
 
     def _restore_next(self, artifact: Artifact, revision: ArtifactRevision,
-                      content_changed: bool) -> None:
-        searchable = self._searchable(revision.digest) if content_changed else None
-        self._replace_artifact(artifact, revision, content_changed, searchable)
+                      content_changed: bool, searchable: Callable[[str], str | None]) -> None:
+        self._replace_artifact(artifact, revision, content_changed,
+                               searchable(revision.digest) if content_changed else None)
 
     def read_object(self, digest: str) -> bytes:
         """The body stored under ``digest`` (referenced or not)."""
@@ -939,9 +952,6 @@ class KnowledgeRepository(RunsContract):
     def object_path(self, digest: str) -> Path | None:
         """The file holding the body, where the backend keeps bodies in files."""
         return None
-
-    def _searchable(self, digest: str) -> str | None:
-        return text.searchable_text(self._load_body(digest))
 
     def iter_changes(self, since: int = 0, *, page: int = 1000) -> Iterator[ChangeRecord]:
         """Every change after ``since``, fetched a page at a time."""
