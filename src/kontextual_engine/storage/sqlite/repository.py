@@ -43,7 +43,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -1117,7 +1117,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             behind = self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?",
                                (self.text_backlog_limit,))
         if behind is not None:
-            self.index_text()
+            # Another writer kept the lock past the busy timeout: scanning the
+            # backlog still gives the right answer, only slower.
+            with suppress(ConflictError):
+                self.index_text()
 
     def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         rows = self._all(
