@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # one broken workload must not hide the others
                 traceback.print_exc()
                 report.failures[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            finally:
+                context.empty_trash()
             harness.log(f"== {name} took {time.perf_counter() - begun:.1f} s")
     finally:
         if not args.keep:

@@ -118,11 +118,14 @@ def alternate(
     """Run every contender ``repetitions`` times, interleaved.
 
     Repetition ``r`` starts with contender ``r mod k``, so no contender always
-    runs first (cold caches) or right after the heaviest writer.
+    runs first (cold caches); odd repetitions run in reverse, so no contender
+    always follows the same neighbour (the heaviest writer, say).
     """
     count = len(contenders)
     for rep in range(repetitions):
         order = [contenders[(rep + i) % count] for i in range(count)]
+        if rep % 2:
+            order.reverse()
         for measurement, run in order:
             drop_dirty_pages()
             seconds = run()
