@@ -379,6 +379,12 @@ def stdlib_corpus(ctx: Context) -> None:
     repo = SQLiteKnowledgeRepository.open(kept["ours"], durability="batch")
     collection = repo.get_collection_by_name("stdlib")
     git_dir = kept["git"]
+    # The text the ingest left in the backlog (ADR 0004), indexed once and
+    # timed on its own, so the queries below measure searching, not indexing.
+    start = time.perf_counter()
+    indexed = repo.index_text()
+    ctx.report.note(workload, f"index_text after the ingest: {indexed:,} files in "
+                              f"{time.perf_counter() - start:.2f} s")
     counts: dict[str, tuple[int, int]] = {}
 
     def our_queries() -> float:

@@ -14,6 +14,7 @@ import enum
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,9 @@ MIN_JSON_INT = -(1 << 63)
 MAX_JSON_INT = (1 << 63) - 1
 # Names are paths-like identifiers people type; 1024 is the common PATH_MAX.
 MAX_NAME_LENGTH = 1024
+# Not in names: C0 controls, DEL and the C1 controls (U+0080..U+009F: U+009B
+# is an 8-bit CSI that some terminals obey), and lone surrogates.
+_NAME_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _check_json(value: object, where: str, depth: int) -> None:
@@ -97,10 +101,7 @@ def check_name(value: object, what: str) -> str:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > MAX_NAME_LENGTH:
         raise ValidationError(f"{what} {value[:40]!r}... is longer than {MAX_NAME_LENGTH}")
-    # C0 controls, DEL and the C1 controls (U+0080..U+009F: U+009B is an 8-bit CSI
-    # that some terminals obey), and lone surrogates.
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF
-           for ch in value):
+    if _NAME_FORBIDDEN.search(value):
         raise ValidationError(f"{what} {value!r} contains a control character or lone surrogate")
     if value != value.strip():
         raise ValidationError(f"{what} {value!r} has leading or trailing white space")
