@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from kontextual_engine.errors import (
+    ArtifactNotFound,
     IllegalTransitionError,
     IntegrityError,
     RunNotFound,
@@ -243,9 +244,8 @@ def test_inputs_must_exist(repo: KnowledgeRepository, make: MakeArtifact) -> Non
     doc = make("doc")
     run = repo.create_run("op")
     before = repo.last_sequence()
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ArtifactNotFound, match="art_missing"):
         repo.add_inputs(run.id, [doc, "art_missing"])
-    assert "art_missing" in str(caught.value)
     with pytest.raises(IntegrityError):
         repo.add_inputs(run.id, [Pin(doc, revision=7)])
     assert repo.list_bundles(run.id) == []
