@@ -176,7 +176,23 @@ TAMPERINGS: dict[str, Callable[[Path], None]] = {
     "bad digest in revision": lambda root: _edit_line(
         root, "revisions", lambda d: {**d, "digest": "blake3:" + "f" * 64}, rehash=True),
     "symlinked object": lambda root: _symlink_object(root),
+    "symlinked fan-out": lambda root: _symlink_dir(_objects(root)[0].parent),
+    "symlinked objects": lambda root: _symlink_dir(root / "objects"),
+    "stray file": lambda root: (_objects(root)[0].parent / "notes.txt").write_text("hi"),
+    "nested object": lambda root: _nest_object(root),
 }
+
+
+def _symlink_dir(directory: Path) -> None:
+    moved = directory.parent.parent / f"moved-{directory.name}"
+    directory.rename(moved)
+    directory.symlink_to(moved, target_is_directory=True)
+
+
+def _nest_object(root: Path) -> None:
+    victim = _objects(root)[0]
+    (victim.parent / "deeper").mkdir()
+    victim.rename(victim.parent / "deeper" / victim.name)
 
 
 def _duplicate_first_line(root: Path, kind: str) -> None:

@@ -75,8 +75,7 @@ def _check_json(value: object, where: str, depth: int) -> None:
 def canonical_json(value: object, where: str = "value") -> str:
     """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN) or raise."""
     _check_json(value, where, 0)
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    text = canonical_dumps(value)
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -84,6 +83,12 @@ def canonical_json(value: object, where: str = "value") -> str:
     if len(encoded) > MAX_JSON_BYTES:
         raise ValidationError(f"{where}: JSON larger than {MAX_JSON_BYTES} bytes")
     return text
+
+
+def canonical_dumps(value: object) -> str:
+    """The canonical text of a value already checked (records read back from a store)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
 
 
 def canonical_object(value: Mapping[str, Any] | None, where: str) -> str:
@@ -139,10 +144,17 @@ def format_time(moment: datetime) -> str:
     return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Exactly what format_time writes; strptime alone would also take "0:0:1.5Z".
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
 def parse_time(text: str) -> datetime:
+    """The inverse of :func:`format_time`; anything but its canonical form is refused."""
+    if not isinstance(text, str) or not _CANONICAL_TIME.fullmatch(text):
+        raise ValidationError(f"invalid timestamp {text!r}")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    except (TypeError, ValueError) as exc:
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+    except ValueError as exc:  # 2024-02-30 and the like
         raise ValidationError(f"invalid timestamp {text!r}") from exc
 
 

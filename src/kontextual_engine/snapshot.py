@@ -49,6 +49,7 @@ from .models import (
     Relationship,
     RunManifest,
     WorkflowStep,
+    canonical_dumps,
     canonical_json,
     format_time,
     parse_time,
@@ -103,71 +104,115 @@ def record_to_json(record: Any) -> dict[str, Any]:
     return out
 
 
+# Converts one JSON value of a field (the second argument names the field
+# for errors) into the field's value; NO_MATCH when the value has another type.
+_Convert = Callable[[Any, str], Any]
+_NO_MATCH = object()
+
+
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    """Field types of a record class; resolving them costs more than parsing a line."""
-    return typing.get_type_hints(cls)
+def _readers(cls: type) -> tuple[tuple[str, str, _Convert], ...]:
+    """Each field of a record class: its name, its JSON key and its converter.
+
+    Built once per class: resolving field types per record cost more than
+    parsing the line.
+    """
+    hints = typing.get_type_hints(cls)
+    return tuple((field.name, field.name.removesuffix("_json"),
+                  _converter(field.name, hints[field.name]))
+                 for field in dataclasses.fields(cls))
 
 
 def record_from_json(cls: type, data: object, where: str) -> Any:
     """The inverse of :func:`record_to_json`, checking every field's type."""
     if not isinstance(data, dict):
         raise SnapshotError(f"{where}: expected a JSON object")
-    hints = _type_hints(cls)
-    expected = {f.name.removesuffix("_json") for f in dataclasses.fields(cls)}
-    if set(data) != expected:
+    readers = _readers(cls)
+    if len(data) != len(readers) or any(key not in data for _, key, _ in readers):
+        expected = {key for _, key, _ in readers}
         extra, missing = sorted(set(data) - expected), sorted(expected - set(data))
         raise SnapshotError(f"{where}: unexpected fields {extra}, missing fields {missing}")
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        key = field.name.removesuffix("_json")
-        values[field.name] = _field_from_json(field.name, hints[field.name], data[key],
-                                              f"{where}: field {key!r}")
-    return cls(**values)
+    return cls(**{name: convert(data[key], where + f": field {key!r}")
+                  for name, key, convert in readers})
 
 
-def _field_from_json(name: str, hint: Any, value: Any, where: str) -> Any:
+def _converter(name: str, hint: Any) -> _Convert:
     if name.endswith("_json"):
-        if not isinstance(value, dict):
-            raise SnapshotError(f"{where}: expected a JSON object")
-        try:
-            return canonical_json(value, where)
-        except KontextualError as exc:
-            raise SnapshotError(str(exc)) from None
+        return _json_object
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise SnapshotError(f"{where}: must not be null")
-    for option in options:
-        if option is datetime and isinstance(value, str):
-            try:
-                moment = parse_time(value)
-            except KontextualError:
-                raise SnapshotError(f"{where}: invalid timestamp {value!r}") from None
-            if format_time(moment) != value:  # strptime also takes "0:0:1.5Z"
-                raise SnapshotError(f"{where}: timestamp {value!r} is not in canonical form")
-            return moment
-        if typing.get_origin(option) is tuple and isinstance(value, list):
-            (item_type, _) = typing.get_args(option)
-            if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
+    nullable = type(None) in options
+    tries = [_option(option) for option in options if option is not type(None)]
+
+    def convert(value: Any, where: str) -> Any:
+        if value is None:
+            if nullable:
+                return None
+            raise SnapshotError(f"{where}: must not be null")
+        for attempt in tries:
+            result = attempt(value, where)
+            if result is not _NO_MATCH:
+                return result
+        raise SnapshotError(f"{where}: unexpected value {value!r}")
+    return convert
+
+
+def _json_object(value: Any, where: str) -> str:
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{where}: expected a JSON object")
+    try:
+        return canonical_json(value, where)
+    except KontextualError as exc:
+        raise SnapshotError(str(exc)) from None
+
+
+def _option(option: Any) -> _Convert:
+    """The converter of one member of a field's type (``X`` of ``X | None``)."""
+    if option is datetime:
+        return _timestamp
+    if typing.get_origin(option) is tuple:
+        (item_type, _) = typing.get_args(option)
+        if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
+            def records(value: Any, where: str) -> Any:
+                if not isinstance(value, list):
+                    return _NO_MATCH
                 return tuple(record_from_json(item_type, item, f"{where}[{index}]")
                              for index, item in enumerate(value))
-            if all(isinstance(item, item_type) for item in value):
+            return records
+
+        def items(value: Any, where: str) -> Any:
+            if isinstance(value, list) and all(isinstance(item, item_type) for item in value):
                 return tuple(value)
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            if not MIN_JSON_INT <= value <= MAX_JSON_INT:
-                raise SnapshotError(f"{where}: integer {value} is outside the signed 64-bit range")
-            return value
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is str and isinstance(value, str):
-            return value
-    raise SnapshotError(f"{where}: unexpected value {value!r}")
+            return _NO_MATCH
+        return items
+    if option is int:
+        return _integer
+    if option in (bool, str):
+        return lambda value, where: value if type(value) is option else _NO_MATCH
+    raise TypeError(f"no snapshot converter for {option!r}")  # a new field type
+
+
+def _timestamp(value: Any, where: str) -> Any:
+    if not isinstance(value, str):
+        return _NO_MATCH
+    try:
+        return parse_time(value)
+    except KontextualError:
+        raise SnapshotError(f"{where}: invalid timestamp {value!r}") from None
+
+
+def _integer(value: Any, where: str) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _NO_MATCH
+    if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+        raise SnapshotError(f"{where}: integer {value} is outside the signed 64-bit range")
+    return value
 
 
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+_DELETED_AT = _converter("deleted_at", datetime | None)
 
 
 def _line(kind: str, item: Any) -> str:
@@ -177,7 +222,7 @@ def _line(kind: str, item: Any) -> str:
         data["deleted_at"] = None if deleted_at is None else format_time(deleted_at)
     else:
         data = record_to_json(item)
-    return canonical_json(data, kind)
+    return canonical_dumps(data)  # the store checked every field when it took the record
 
 
 def _parse_line(kind: str, text: str, where: str) -> Any:
@@ -191,7 +236,7 @@ def _parse_line(kind: str, text: str, where: str) -> Any:
         raise SnapshotError(f"{where}: missing field 'deleted_at'")
     deleted = data.pop("deleted_at")
     record = record_from_json(KINDS[kind], data, where)
-    return record, _field_from_json("deleted_at", datetime | None, deleted, where)
+    return record, _DELETED_AT(deleted, where)
 
 
 # -- export ----------------------------------------------------------------
@@ -481,16 +526,27 @@ def _check_objects(root: Path, wanted: list[str], declared: int,
 
 
 def _object_files(root: Path) -> set[str]:
-    objects = root / "objects"
-    if not objects.exists():
-        return set()
-    found = set()
-    for path in objects.rglob("*"):
-        member = path.relative_to(root).as_posix()
-        if path.is_symlink() or (path.is_file() and not _OBJECT_MEMBER.fullmatch(member)):
-            raise SnapshotError(f"snapshot holds an unexpected entry {member}")
-        if path.is_file():
-            found.add(digests.PREFIX + member[len("objects/"):].replace("/", ""))
+    """The digests of the files under ``objects/``; anything else there is refused."""
+    found: set[str] = set()
+    if (root / "objects").is_symlink():
+        raise SnapshotError("snapshot holds an unexpected entry objects (a symbolic link)")
+    pending = [("objects", root / "objects")]
+    while pending:
+        member, path = pending.pop()
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = f"{member}/{entry.name}"
+            if entry.is_symlink():
+                raise SnapshotError(f"snapshot holds an unexpected entry {name}")
+            if entry.is_dir():
+                pending.append((name, Path(entry.path)))
+            elif entry.is_file():
+                if not _OBJECT_MEMBER.fullmatch(name):
+                    raise SnapshotError(f"snapshot holds an unexpected entry {name}")
+                found.add(digests.PREFIX + name[len("objects/"):].replace("/", ""))
     return found
 
 
