@@ -789,6 +789,16 @@ def growth(ctx: Context) -> None:
             drop_dirty_pages()
             m.seconds.append(put(batch))
         log(f"  growth at {point:,}: {m.median / batch * 1e6:.1f} us per artifact")
+        # Frames in the WAL after a batch: the pages that batch dirtied (each
+        # batch starts a fresh WAL once the last one is checkpointed). It grows
+        # while random-key indexes outgrow what one batch touches.
+        conn = getattr(repo, "_conn", None)
+        if conn is not None:
+            frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            ctx.report.note(workload, f"at {point:,} artifacts the last batch of {batch:,} "
+                                      f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
+                                      "to the WAL")
         measured.append(m)
     repo.close()
     ctx.report.measurements += measured
