@@ -738,16 +738,20 @@ def snapshot(ctx: Context) -> None:
     m_base.extra["compare_with"] = m_ours.contender
     ctx.report.measurements += derived
     export_only = statistics.median(m_base.extra["export"])
+    # Two readings of "within 2x of the cp + dump baseline": like for like (our
+    # round trip against cp + dump and its way back, cp + load), and the strict
+    # one the first report used (our round trip against cp + dump alone).
     ctx.report.targets += [
-        at_most(workload, "export+import time vs cp -r + .dump", m_ours.median / export_only,
-                2.0),
+        at_most(workload, "export+import time vs cp -r + .dump, then cp -r + load",
+                m_ours.median / m_base.median, 2.0),
+        at_most(workload, "export+import time vs cp -r + .dump alone (strict)",
+                m_ours.median / export_only, 2.0),
     ]
     index_text = statistics.median(m_ours.extra["index_text"])
-    ctx.report.note(workload, f"{n:,} artifacts; export+import vs the full cp/dump/load round "
-                              f"trip: {m_ours.median / m_base.median:.2f}x the time; indexing "
-                              f"the imported text afterwards took {index_text:.1f} s "
-                              f"(export+import+index_text: "
-                              f"{(m_ours.median + index_text) / export_only:.2f}x cp -r + .dump)")
+    ctx.report.note(workload, f"{n:,} artifacts; indexing the imported text afterwards took "
+                              f"{index_text:.1f} s (export+import+index_text: "
+                              f"{(m_ours.median + index_text) / m_base.median:.2f}x the round "
+                              "trip of the baseline)")
 
 
 # -- growth ------------------------------------------------------------------
