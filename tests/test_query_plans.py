@@ -81,6 +81,15 @@ def test_text_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> N
     assert "TEMP B-TREE" not in plan, plan
 
 
+def test_text_and_metadata_query_scans_only_the_backlog(
+        repo: SQLiteKnowledgeRepository) -> None:
+    """Not one probe into the backlog per metadata match: the backlog is scanned."""
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}),
+                   "text_backlog")
+    assert plan.splitlines()[0] == "SCAN t", plan
+    assert "SCAN a" not in plan, plan
+
+
 def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
     plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}),
                    "artifact_text")

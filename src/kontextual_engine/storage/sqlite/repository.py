@@ -110,6 +110,8 @@ MIN_SQLITE = (3, 34, 0)
 _BUSY_CODES = (5, 6)
 # A term shorter than this cannot go through a trigram MATCH.
 _TRIGRAM = 3
+# How a metadata filter begins in SQL (see _query).
+_METADATA_FILTER = "a.sequence IN (SELECT artifact_sequence FROM"
 # Backlog rows a text query reads without an index (ADR 0004): an instr()
 # scan of 1,000 documents of 1 KiB takes about a millisecond. Past this, a
 # text query on a writable store indexes the backlog before it runs.
@@ -1005,9 +1007,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             for key, value in query.metadata.items():
                 condition, values = _metadata_condition(value)
                 where.append(
-                    "a.sequence IN (SELECT artifact_sequence FROM artifact_metadata "
-                    f"WHERE key = ? AND {condition})"
-                )
+                    f"{_METADATA_FILTER} artifact_metadata WHERE key = ? AND {condition})")
                 params += [key, *values]
         if query.related_to is not None:
             related = query.related_to
@@ -1033,6 +1033,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             for backlog in (False, True):
                 source, order, conditions, values = self._text_source(query, terms,
                                                                       backlog=backlog)
+                if backlog:
+                    # "+" keeps SQLite from driving the backlog half by the
+                    # metadata matches (thousands of probes into a small
+                    # table); the backlog is scanned and each row checked.
+                    where = ["+" + c if c.startswith(_METADATA_FILTER) else c for c in where]
                 found.append(self._select(query, source, order, where + conditions,
                                           params + values))
         merged = list(heapq.merge(*found, key=lambda artifact: artifact.sequence))
