@@ -731,6 +731,20 @@ def test_index_moves_the_text_backlog(filled: Path) -> None:
     assert ok("index").stdout == "indexed the text of 0 documents\n"
 
 
+def test_a_large_backlog_is_announced_and_indexed_by_find(store: Path, tmp_path: Path) -> None:
+    many = tmp_path / "many"
+    many.mkdir()
+    for number in range(1001):  # one more than the default text_backlog_limit
+        (many / f"n{number}.txt").write_text(f"note {number}")
+    ok("init")
+    added = ok("add", "bulk", str(many)).stdout
+    assert "the text of 1001 documents waits to be indexed" in added
+    assert as_json("stats")["text_backlog"] == 1001
+    assert [a["name"] for a in as_json("find", "--text", "note 1000")] == ["n1000.txt"]
+    assert as_json("stats")["text_backlog"] == 0  # find indexed it first
+    assert "waits to be indexed" not in ok("add", "bulk", str(many)).stdout
+
+
 def test_fsck(filled: Path, tmp_path: Path) -> None:
     assert "0 errors" in ok("fsck").stdout
     report = as_json("fsck", "--full")

@@ -32,7 +32,7 @@ from ..output import (
     write_bytes,
 )
 from ..params import parse_pairs
-from .store import index_text
+from .store import index_text, say_text_backlog
 
 META_HELP = "VALUE is JSON if it parses (n=1, ok=true, s='\"1\"'), else a string. Repeatable."
 
@@ -132,6 +132,7 @@ def add(
         click.echo(f"created collection {target.name}")
     click.echo(f"added {outcomes['created']}, updated {outcomes['updated']}, "
                f"unchanged {outcomes['unchanged']}, {total_bytes} bytes")
+    say_text_backlog(repo)
 
 
 def _new_artifact(

@@ -100,6 +100,14 @@ def index(app: App, as_json: bool, quiet: bool) -> None:
         click.echo(f"indexed the text of {indexed} documents")
 
 
+def say_text_backlog(repo: SQLiteKnowledgeRepository) -> None:
+    """Tell when so much text waits for indexing that the next text search will index it."""
+    waiting = repo.count_text_backlog()
+    if waiting > repo.text_backlog_limit:
+        click.echo(f"the text of {waiting} documents waits to be indexed: the next "
+                   "`find --text` indexes it, or run `kontextual index` now")
+
+
 def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
     """:meth:`~SQLiteKnowledgeRepository.index_text` with a progress bar on stderr."""
     waiting = repo.count_text_backlog()
@@ -222,6 +230,7 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
         return
     click.echo(f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
                f"into {app.store}")
+    say_text_backlog(repo)
 
 
 def _remove_new_store(path: Path, *, keep_directory: bool) -> None:
