@@ -866,3 +866,30 @@ def test_reads_with_unencodable_strings_find_nothing(tmp_path: Path) -> None:
             repo.create_artifact(cid, "a", b"text", artifact_type="t")
             outcomes.append(unencodable_reads(repo, cid))
         assert outcomes[0] == outcomes[1]
+
+
+def test_a_text_query_scans_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    """Indexing the backlog needs the write lock; without it the query still answers."""
+    path = tmp_path / "s"
+    with SQLiteKnowledgeRepository.open(path, durability="none") as first:
+        collection = first.create_collection("c")
+        first.create_artifact(collection.id, "a", b"a needle here", artifact_type="note")
+    reader = SQLiteKnowledgeRepository.open(path, durability="none", busy_timeout=0.2,
+                                            text_backlog_limit=0)
+    writer = SQLiteKnowledgeRepository.open(path, durability="none")
+    try:
+        with writer.transaction():
+            assert [a.name for a in reader.query(text="needle")] == ["a"]
+            assert reader.count_text_backlog() == 1  # the lock was held: scanned
+        assert [a.name for a in reader.query(text="needle")] == ["a"]
+        assert reader.count_text_backlog() == 0  # indexed once the lock was free
+    finally:
+        writer.close()
+        reader.close()
+
+
+@pytest.mark.parametrize("limit", [-1, 1.5, True, "10", None])
+def test_text_backlog_limit_must_be_a_count(tmp_path: Path, limit: object) -> None:
+    with pytest.raises(ValidationError, match="text_backlog_limit"):
+        SQLiteKnowledgeRepository.open(tmp_path / "s", text_backlog_limit=limit)  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()
