@@ -1208,3 +1208,15 @@ def test_killed_writer_leaves_no_partial_object(root: Path, mode: str) -> None:
     for path in leftovers:
         os.utime(path, (old, old))
     assert [p.kind for p in store.scan()] == ["stale-tmp"] * len(leftovers)
+
+
+def test_sync_filesystem_syncs_only_the_store_filesystem(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    monkeypatch.setattr(objects_module.os, "sync", lambda: synced.append("all"))
+    if objects_module._syncfs() is not None:
+        objects_module.sync_filesystem(tmp_path)  # syncfs(2): no machine-wide sync
+        assert synced == []
+    monkeypatch.setattr(objects_module, "_syncfs", lambda: None)
+    objects_module.sync_filesystem(tmp_path)  # no syncfs: sync(2) is the fallback
+    assert synced == ["all"]

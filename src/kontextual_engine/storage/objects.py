@@ -1193,6 +1193,19 @@ def _syncfs() -> Callable[[int], int] | None:
     return function
 
 
+def sync_filesystem(path: str | os.PathLike[str]) -> None:
+    """Make everything written on the filesystem holding ``path`` durable.
+
+    syncfs(2) of that filesystem alone where there is one, else sync(2) of
+    every filesystem.
+    """
+    function = _syncfs()
+    if function is None:
+        os.sync()
+    else:
+        _call_syncfs(function, os.fspath(path))
+
+
 def _call_syncfs(function: Callable[[int], int], path: str) -> None:
     import ctypes
 

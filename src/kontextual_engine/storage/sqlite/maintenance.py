@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ...digests import Digest
 from ...errors import KontextualError, ObjectNotFound, StoreFormatError, ValidationError
-from ..objects import ObjectStore
+from ..objects import ObjectStore, sync_filesystem
 from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 
 # git's default (gc.pruneExpire) for the same reason: a writer may have put an
@@ -318,7 +318,7 @@ def backup(repo: SQLiteKnowledgeRepository, destination: str | os.PathLike[str])
     total = 0
     for digest in wanted:
         total += _link_or_copy(repo.objects.path(digest), target.path(Digest(digest)))
-    os.sync()  # one flush for every file and directory entry written above
+    sync_filesystem(destination)  # one flush for every file and entry written above
     return BackupReport(destination, len(wanted), total)
 
 
