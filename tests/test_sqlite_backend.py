@@ -893,3 +893,19 @@ def test_text_backlog_limit_must_be_a_count(tmp_path: Path, limit: object) -> No
     with pytest.raises(ValidationError, match="text_backlog_limit"):
         SQLiteKnowledgeRepository.open(tmp_path / "s", text_backlog_limit=limit)  # type: ignore[arg-type]
     assert not (tmp_path / "s").exists()
+
+
+def test_consuming_runs_reads_the_runs_in_one_query(tmp_path: Path) -> None:
+    with open_repo(tmp_path / "s") as repo:
+        collection = repo.create_collection("c")
+        doc = repo.create_artifact(collection.id, "doc", b"input", artifact_type="note")
+        runs = [repo.create_run("op") for _ in range(5)]
+        for run in runs:
+            repo.add_inputs(run.id, [doc.id])
+        statements: list[str] = []
+        assert repo._conn is not None
+        repo._conn.set_trace_callback(statements.append)
+        found = repo.consuming_runs(doc.id)
+        repo._conn.set_trace_callback(None)
+        assert [run.id for run in found] == [run.id for run in runs]
+        assert len([s for s in statements if "FROM runs" in s]) == 1, statements

@@ -381,7 +381,7 @@ class RunsContract(abc.ABC):
         run_ids = dict.fromkeys(
             bundle.run_id for bundle in self._bundles_consuming(artifact_id, revision, None)
         )
-        return sorted((self.get_run(run_id) for run_id in run_ids), key=lambda r: r.sequence)
+        return sorted(self._find_runs(list(run_ids)), key=lambda r: r.sequence)
 
     def get_manifest(self, run_id: str) -> RunManifest:
         """The stored manifest of an ended run, or the live one of a run in progress."""
@@ -707,6 +707,10 @@ class RunsContract(abc.ABC):
 
     @abc.abstractmethod
     def _find_run(self, run_id: str) -> OperationRun | None: ...
+
+    def _find_runs(self, run_ids: list[str]) -> list[OperationRun]:
+        """The runs with these ids that exist; a backend may fetch them at once."""
+        return [run for run in map(self._find_run, run_ids) if run is not None]
 
     @abc.abstractmethod
     def _list_runs(self, status: str | None) -> list[OperationRun]:

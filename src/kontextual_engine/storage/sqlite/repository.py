@@ -1257,6 +1257,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return None if row is None else _run_record(row)
 
+    def _find_runs(self, run_ids: list[str]) -> list[OperationRun]:
+        rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs "
+                         "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(run_ids),))
+        return [_run_record(row) for row in rows]
+
     def _list_runs(self, status: str | None) -> list[OperationRun]:
         if status is None:
             rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY sequence")
