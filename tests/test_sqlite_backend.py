@@ -776,7 +776,10 @@ def test_run_primitives_use_indexes(
     selects = [s for s in statements if s.startswith("SELECT")]
     for statement in selects:
         steps = plan(repo, statement)
-        assert not [step for step in steps if step.startswith("SCAN")], (statement, steps)
+        # Scanning json_each is reading the list of ids bound as one parameter.
+        assert not [step for step in steps
+                    if step.startswith("SCAN") and not step.startswith("SCAN json_each")], (
+            statement, steps)
 
 
 def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: Path) -> None:
