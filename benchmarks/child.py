@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, BinaryIO
 
 CHUNK = 1 << 20
 
@@ -53,6 +54,16 @@ def store_out(store: str, digest: str, target: str) -> dict[str, object]:
     return {"seconds": seconds, "digest": digest, "size": size, "rss_before_kib": before}
 
 
+def _copy_hashing(reader: BinaryIO, writer: BinaryIO, hasher: Any) -> int:
+    """Copy ``reader`` to ``writer`` in chunks, feeding ``hasher``; return the bytes copied."""
+    size = 0
+    while chunk := reader.read(CHUNK):
+        hasher.update(chunk)
+        writer.write(chunk)
+        size += len(chunk)
+    return size
+
+
 def baseline_in(source: str, target: str) -> dict[str, object]:
     """Read, hash, write to a temporary name, fsync, rename: a minimal durable put."""
     import blake3
@@ -61,12 +72,8 @@ def baseline_in(source: str, target: str) -> dict[str, object]:
     start = time.perf_counter()
     hasher = blake3.blake3()
     staged = target + ".tmp"
-    size = 0
     with open(source, "rb") as reader, open(staged, "wb") as writer:
-        while chunk := reader.read(CHUNK):
-            hasher.update(chunk)
-            writer.write(chunk)
-            size += len(chunk)
+        size = _copy_hashing(reader, writer, hasher)
         writer.flush()
         os.fsync(writer.fileno())
     os.rename(staged, target)
@@ -85,12 +92,8 @@ def baseline_out(source: str, target: str) -> dict[str, object]:
     before = _status_kib("VmRSS")
     start = time.perf_counter()
     hasher = blake3.blake3()
-    size = 0
     with open(source, "rb") as reader, open(target, "wb") as writer:
-        while chunk := reader.read(CHUNK):
-            hasher.update(chunk)
-            writer.write(chunk)
-            size += len(chunk)
+        size = _copy_hashing(reader, writer, hasher)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "digest": "blake3:" + hasher.hexdigest(), "size": size,
             "rss_before_kib": before}

@@ -17,6 +17,8 @@ from kontextual_engine import NewArtifact
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 from kontextual_engine.storage.sqlite.maintenance import backup, fsck, gc, store_stats
 
+from .damage import overwrite_root_page
+
 OLD = time.time() - 30 * 24 * 3600
 
 
@@ -136,15 +138,7 @@ def test_text_tables_are_checked(store: SQLiteKnowledgeRepository, tmp_path: Pat
 
 def test_damaged_index_page(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
     store.close()
-    index = tmp_path / "store" / "index.sqlite"
-    with sqlite3.connect(index) as conn:
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-        root = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'artifacts'").fetchone()[0]
-    data = bytearray(index.read_bytes())
-    # Overwrite the artifacts table's root page.
-    data[(root - 1) * page: root * page] = b"\xff" * page
-    index.write_bytes(bytes(data))
+    overwrite_root_page(tmp_path / "store" / "index.sqlite", "artifacts", b"\xff")
     try:
         reopened = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
     except Exception as exc:  # refusing to open is a detection too

@@ -58,19 +58,13 @@ def write(repo: KnowledgeRepository, writer: int, count: int,
     while done < count:
         roll = rng.random()
         index = done
-        if own and roll < 0.2:
+        if own and roll < 0.27:  # a new body, or (less often) new metadata
             artifact_id = rng.choice(sorted(own))
-            body = content(writer, index, rng)
-            updated = repo.update_artifact(artifact_id, content=body,
-                                           expected_revision=own[artifact_id])
-            own[artifact_id] = updated.revision
-            emit({"op": "update", "id": artifact_id, "revision": updated.revision,
-                  "digest": updated.digest})
-            done += 1
-        elif own and roll < 0.27:
-            artifact_id = rng.choice(sorted(own))
-            updated = repo.update_artifact(artifact_id, metadata={"writer": writer, "i": index},
-                                           expected_revision=own[artifact_id])
+            change: dict[str, Any] = (
+                {"content": content(writer, index, rng)} if roll < 0.2
+                else {"metadata": {"writer": writer, "i": index}})
+            updated = repo.update_artifact(artifact_id, expected_revision=own[artifact_id],
+                                           **change)
             own[artifact_id] = updated.revision
             emit({"op": "update", "id": artifact_id, "revision": updated.revision,
                   "digest": updated.digest})

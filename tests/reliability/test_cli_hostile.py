@@ -21,6 +21,7 @@ import pytest
 from kontextual_engine.snapshot import export_snapshot
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
+from ..damage import overwrite_root_page
 from .harness import tree_state
 
 INJECTION = "'; DROP TABLE artifacts; --"
@@ -120,16 +121,7 @@ def test_damaged_marker(store: Path, damage: str) -> None:
 
 
 def damage_artifacts_page(store: Path) -> None:
-    import sqlite3
-
-    index = store / "index.sqlite"
-    with sqlite3.connect(index) as conn:
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        root = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'artifacts'").fetchone()[0]
-    data = bytearray(index.read_bytes())
-    data[(root - 1) * size: root * size] = b"\xa5" * size
-    index.write_bytes(bytes(data))
+    overwrite_root_page(store / "index.sqlite", "artifacts", b"\xa5")
 
 
 def test_damaged_index(store: Path) -> None:

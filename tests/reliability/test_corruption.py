@@ -33,6 +33,8 @@ from kontextual_engine.snapshot import export_snapshot
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 from kontextual_engine.storage.sqlite.maintenance import fsck, gc
 
+from ..damage import overwrite_root_page
+
 BODIES = {f"n{i}": (f"body number {i} " * (i + 1)).encode() for i in range(8)}
 
 
@@ -203,21 +205,6 @@ def test_export_refuses_a_corrupt_body(store: Path, tmp_path: Path) -> None:
 # -- the index ----------------------------------------------------------------
 
 
-def page_of(index: Path, table: str) -> tuple[int, int]:
-    with sqlite3.connect(index) as conn:
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
-                            (table,)).fetchone()[0]
-    return (root - 1) * size, size
-
-
-def damage_page(index: Path, table: str) -> None:
-    offset, size = page_of(index, table)
-    data = bytearray(index.read_bytes())
-    data[offset:offset + size] = bytes((i * 37 + 11) % 256 for i in range(size))
-    index.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("table", ["artifacts", "revisions", "changes", "artifact_text_data",
                                    "sqlite_master"])
 def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) -> None:
@@ -227,7 +214,7 @@ def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) ->
         data[100:400] = b"\xa5" * 300  # the schema table lives on page 1, after the header
         index.write_bytes(bytes(data))
     else:
-        damage_page(index, table)
+        overwrite_root_page(index, table)
     try:
         repo = SQLiteKnowledgeRepository.open(store, "none")
     except StoreFormatError as exc:
@@ -241,7 +228,7 @@ def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) ->
 
 
 def test_reading_a_damaged_index_raises_a_typed_error(store: Path) -> None:
-    damage_page(store / "index.sqlite", "artifacts")
+    overwrite_root_page(store / "index.sqlite", "artifacts")
     with SQLiteKnowledgeRepository.open(store, "none") as repo, pytest.raises(
             KontextualError, match="index"):
         repo.list_artifacts()
