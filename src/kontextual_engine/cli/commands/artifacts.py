@@ -216,8 +216,7 @@ def find(
     if related_to is None and (rel_type is not None or direction != "both"):
         raise ValidationError("--rel-type and --direction need --related-to")
     repo = app.repo()
-    if (text is not None and not repo.read_only
-            and repo.count_text_backlog() > repo.text_backlog_limit):
+    if text is not None and not repo.read_only and repo.text_index_behind():
         index_text(repo, quiet=as_json)  # what the query would do, with a progress bar
     query = Query(
         collection_id=(None if collection_name is None

@@ -102,10 +102,9 @@ def index(app: App, as_json: bool, quiet: bool) -> None:
 
 def say_text_backlog(repo: SQLiteKnowledgeRepository) -> None:
     """Tell when so much text waits for indexing that the next text search will index it."""
-    waiting = repo.count_text_backlog()
-    if waiting > repo.text_backlog_limit:
-        click.echo(f"the text of {waiting} documents waits to be indexed: the next "
-                   "`find --text` indexes it, or run `kontextual index` now")
+    if repo.text_index_behind():
+        click.echo(f"the text of {repo.count_text_backlog()} documents waits to be indexed: "
+                   "the next `find --text` indexes it, or run `kontextual index` now")
 
 
 def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:

@@ -1072,13 +1072,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def _select(self, query: Query, source: str, order: str, where: list[str],
                 params: list[Any]) -> list[Artifact]:
         if query.after is not None:
-            where.append(f"{order} > ?")
-            params.append(query.after)
+            where, params = [*where, f"{order} > ?"], [*params, query.after]
         sql = (f"SELECT {_ARTIFACT_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
                f"ORDER BY {order}")
         if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
+            sql, params = sql + " LIMIT ?", [*params, query.limit]
         return [_artifact(row) for row in self._all(sql, params)]
 
     # -- text backlog (ADR 0004) -------------------------------------------
@@ -1114,14 +1112,19 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         count: int = self._one("SELECT count(*) FROM text_backlog")[0]
         return count
 
+    def text_index_behind(self) -> bool:
+        """True when more than ``text_backlog_limit`` documents wait in the backlog:
+        a text query on a writable store then indexes them before it runs."""
+        return self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?",
+                         (self.text_backlog_limit,)) is not None
+
     def _index_text_if_behind(self) -> None:
         """Index the backlog before a text query when it holds more than the limit."""
         with self._lock:
             if self.read_only or self._depth or self._connection().in_transaction:
                 return
-            behind = self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?",
-                               (self.text_backlog_limit,))
-        if behind is not None:
+            behind = self.text_index_behind()
+        if behind:
             # Another writer kept the lock past the busy timeout: scanning the
             # backlog still gives the right answer, only slower.
             with suppress(ConflictError):
