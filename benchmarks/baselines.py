@@ -26,10 +26,16 @@ GIT_DURABLE_BATCH = ("-c", "core.fsync=loose-object", "-c", "core.fsyncMethod=ba
 
 def _git_env(git_dir: Path, work_tree: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_DIR=str(git_dir), GIT_WORK_TREE=str(work_tree),
-               GIT_CONFIG_NOSYSTEM="1", HOME=str(git_dir.parent),
-               GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.invalid",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.invalid")
+    env.update(
+        GIT_DIR=str(git_dir),
+        GIT_WORK_TREE=str(work_tree),
+        GIT_CONFIG_NOSYSTEM="1",
+        HOME=str(git_dir.parent),
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@example.invalid",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@example.invalid",
+    )
     return env
 
 
@@ -100,8 +106,14 @@ _CEILING_TEXT = (
 )
 
 
-def raw_ceiling(source: Path, names: Sequence[str], target: Path, *,
-                text_index: bool = False, files_only: bool = False) -> float:
+def raw_ceiling(
+    source: Path,
+    names: Sequence[str],
+    target: Path,
+    *,
+    text_index: bool = False,
+    files_only: bool = False,
+) -> float:
     """The physical ceiling of a bulk ingest.
 
     Read each file, name it by its BLAKE3 digest, write it to ``tmp/`` and
@@ -149,8 +161,7 @@ def raw_ceiling(source: Path, names: Sequence[str], target: Path, *,
     if text_index:
         conn.execute(_CEILING_TEXT)
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT INTO items (name, digest, size, metadata) VALUES (?, ?, ?, ?)",
-                     rows)
+    conn.executemany("INSERT INTO items (name, digest, size, metadata) VALUES (?, ?, ?, ?)", rows)
     if text_index:
         conn.executemany("INSERT INTO items_text (rowid, folded) VALUES (?, ?)", texts)
     conn.execute("COMMIT")
@@ -196,8 +207,10 @@ class FsyncFloor:
         if created:
             fsync_dir(str(self.objects))
         self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("INSERT INTO items (name, digest, size, metadata) VALUES (?, ?, ?, ?)",
-                          (name, "blake3:" + hexd, len(data), "{}"))
+        self.conn.execute(
+            "INSERT INTO items (name, digest, size, metadata) VALUES (?, ?, ?, ?)",
+            (name, "blake3:" + hexd, len(data), "{}"),
+        )
         self.conn.execute("COMMIT")
 
     def close(self) -> None:
@@ -211,8 +224,7 @@ def copy_and_dump(store: Path, snapshot: Path) -> float:
     subprocess.run(["cp", "-r", str(store / "objects"), str(snapshot / "objects")], check=True)
     if SQLITE3 is not None:
         with open(snapshot / "dump.sql", "wb") as out:
-            subprocess.run([SQLITE3, str(store / "index.sqlite"), ".dump"], stdout=out,
-                           check=True)
+            subprocess.run([SQLITE3, str(store / "index.sqlite"), ".dump"], stdout=out, check=True)
     else:
         conn = sqlite3.connect(store / "index.sqlite")
         with open(snapshot / "dump.sql", "w", encoding="utf-8") as text:

@@ -81,8 +81,12 @@ def baseline_in(source: str, target: str) -> dict[str, object]:
     os.fsync(dir_fd)
     os.close(dir_fd)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "digest": "blake3:" + hasher.hexdigest(), "size": size,
-            "rss_before_kib": before}
+    return {
+        "seconds": seconds,
+        "digest": "blake3:" + hasher.hexdigest(),
+        "size": size,
+        "rss_before_kib": before,
+    }
 
 
 def baseline_out(source: str, target: str) -> dict[str, object]:
@@ -95,8 +99,12 @@ def baseline_out(source: str, target: str) -> dict[str, object]:
     with open(source, "rb") as reader, open(target, "wb") as writer:
         size = _copy_hashing(reader, writer, hasher)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "digest": "blake3:" + hasher.hexdigest(), "size": size,
-            "rss_before_kib": before}
+    return {
+        "seconds": seconds,
+        "digest": "blake3:" + hasher.hexdigest(),
+        "size": size,
+        "rss_before_kib": before,
+    }
 
 
 OPS: dict[str, Callable[..., dict[str, object]]] = {

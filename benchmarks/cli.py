@@ -30,25 +30,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="Benchmark kontextual-engine against git and the machine's own limits.",
     )
-    parser.add_argument("--scale", choices=sorted(SCALES), default="default",
-                        help="workload sizes: tiny (a smoke test of seconds), default, large")
-    parser.add_argument("--only", action="append", choices=sorted(WORKLOADS), metavar="NAME",
-                        help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
-    parser.add_argument("--n", type=_positive_n, default=None,
-                        help="documents in the bulk ingest (default: 20,000 at default scale; "
-                             f"up to {MAX_BULK:,})")
-    parser.add_argument("--growth", action="store_true",
-                        help="also run the growth workload (up to 1M artifacts: long, "
-                             "several GiB of disk)")
-    parser.add_argument("--repetitions", type=int, default=None,
-                        help="repetitions per contender (default depends on --scale)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write every sample, median and target to PATH")
-    parser.add_argument("--tmp", type=Path, default=None, metavar="DIR",
-                        help="where to build workloads (default: the system temp dir)")
+    parser.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="default",
+        help="workload sizes: tiny (a smoke test of seconds), default, large",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(WORKLOADS),
+        metavar="NAME",
+        help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--n",
+        type=_positive_n,
+        default=None,
+        help=f"documents in the bulk ingest (default: 20,000 at default scale; up to {MAX_BULK:,})",
+    )
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="also run the growth workload (up to 1M artifacts: long, several GiB of disk)",
+    )
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=None,
+        help="repetitions per contender (default depends on --scale)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write every sample, median and target to PATH",
+    )
+    parser.add_argument(
+        "--tmp",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to build workloads (default: the system temp dir)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a target is missed (default: report only)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a target is missed (default: report only)",
+    )
     return parser.parse_args(argv)
 
 

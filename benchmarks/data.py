@@ -37,8 +37,9 @@ class Vocabulary:
             words.add("".join(rng.choices(_LETTERS, k=rng.randint(4, 10))))
         self.words = sorted(words)
         rng.shuffle(self.words)
-        self.cumulative = list(itertools.accumulate(1.0 / (rank + 1)
-                                                    for rank in range(VOCABULARY_SIZE)))
+        self.cumulative = list(
+            itertools.accumulate(1.0 / (rank + 1) for rank in range(VOCABULARY_SIZE))
+        )
 
     def common(self, index: int = 0) -> str:
         return self.words[index]

@@ -56,22 +56,43 @@ class Target:
         return self.detail or f"{self.measured:.2f}"
 
 
-def at_least(workload: str, name: str, measured: float, bound: float, unit: str = "x",
-             detail: str = "") -> Target:
-    return Target(workload, name, f">= {bound:g}{unit}", measured, measured >= bound,
-                  detail or f"{measured:.2f}{unit}")
+def at_least(
+    workload: str, name: str, measured: float, bound: float, unit: str = "x", detail: str = ""
+) -> Target:
+    return Target(
+        workload,
+        name,
+        f">= {bound:g}{unit}",
+        measured,
+        measured >= bound,
+        detail or f"{measured:.2f}{unit}",
+    )
 
 
-def at_most(workload: str, name: str, measured: float, bound: float, unit: str = "x",
-            detail: str = "") -> Target:
-    return Target(workload, name, f"<= {bound:g}{unit}", measured, measured <= bound,
-                  detail or f"{measured:.2f}{unit}")
+def at_most(
+    workload: str, name: str, measured: float, bound: float, unit: str = "x", detail: str = ""
+) -> Target:
+    return Target(
+        workload,
+        name,
+        f"<= {bound:g}{unit}",
+        measured,
+        measured <= bound,
+        detail or f"{measured:.2f}{unit}",
+    )
 
 
-def below(workload: str, name: str, measured: float, bound: float, unit: str,
-          detail: str = "") -> Target:
-    return Target(workload, name, f"< {bound:g} {unit}", measured, measured < bound,
-                  detail or f"{measured:.3g} {unit}")
+def below(
+    workload: str, name: str, measured: float, bound: float, unit: str, detail: str = ""
+) -> Target:
+    return Target(
+        workload,
+        name,
+        f"< {bound:g} {unit}",
+        measured,
+        measured < bound,
+        detail or f"{measured:.3g} {unit}",
+    )
 
 
 @dataclass
@@ -130,8 +151,10 @@ def alternate(
             drop_dirty_pages()
             seconds = run()
             measurement.seconds.append(seconds)
-            log(f"  {workload} rep {rep + 1}/{repetitions}: {measurement.contender}: "
-                f"{seconds:.3f} s")
+            log(
+                f"  {workload} rep {rep + 1}/{repetitions}: {measurement.contender}: "
+                f"{seconds:.3f} s"
+            )
     measured = [measurement for measurement, _ in contenders]
     report.measurements.extend(measured)
     return measured
@@ -165,9 +188,12 @@ def _format_rate(m: Measurement) -> str:
 def _ratios(m: Measurement, baselines: list[Measurement]) -> str:
     if m.baseline or not baselines or m.extra.get("no_ratio"):
         return ""
-    return ", ".join(f"{speedup(m, b):.2f}x {b.contender}" for b in baselines
-                     if b.extra.get("compare_with", m.contender) in (m.contender, "*")
-                     and not b.extra.get("no_ratio"))
+    return ", ".join(
+        f"{speedup(m, b):.2f}x {b.contender}"
+        for b in baselines
+        if b.extra.get("compare_with", m.contender) in (m.contender, "*")
+        and not b.extra.get("no_ratio")
+    )
 
 
 def render(report: Report) -> str:
@@ -190,10 +216,17 @@ def render(report: Report) -> str:
                 median = _format_seconds(m.median)
                 rate = _format_rate(m)
             per_item = m.extra.get("per_item_text") or (
-                "" if latency is not None else _format_seconds(m.median / max(m.items, 1)))
+                "" if latency is not None else _format_seconds(m.median / max(m.items, 1))
+            )
             rows.append([workload, m.contender, median, rate, per_item, _ratios(m, baselines)])
-    header = ["workload", "contender", "median", "throughput", "per item",
-              "our throughput vs baselines"]
+    header = [
+        "workload",
+        "contender",
+        "median",
+        "throughput",
+        "per item",
+        "our throughput vs baselines",
+    ]
     table = _table(header, rows)
     target_rows = [
         [t.workload, t.name, t.required, t.measured_text, "pass" if t.passed else "FAIL"]

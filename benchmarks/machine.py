@@ -54,8 +54,11 @@ def describe(tmp: Path) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
-        "sqlite3_cli": (_run(baselines.SQLITE3, "--version").split(" ")[0]
-                        if baselines.SQLITE3 else "missing (dump baseline uses iterdump)"),
+        "sqlite3_cli": (
+            _run(baselines.SQLITE3, "--version").split(" ")[0]
+            if baselines.SQLITE3
+            else "missing (dump baseline uses iterdump)"
+        ),
         "git": _run(baselines.GIT, "--version").removeprefix("git version "),
         "blake3": getattr(blake3, "__version__", "?"),
         "tmp": str(tmp),

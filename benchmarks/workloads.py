@@ -105,8 +105,10 @@ class Context:
             repo.index_text()
             repo.close()
             seconds = time.perf_counter() - start
-            log(f"  built in {seconds:.1f} s ({time.perf_counter() - filled:.1f} s of it "
-                "indexing the text backlog)")
+            log(
+                f"  built in {seconds:.1f} s ({time.perf_counter() - filled:.1f} s of it "
+                "indexing the text backlog)"
+            )
             self._big = BigStore(path, collection.id, ids, names, seconds)
         return self._big
 
@@ -120,8 +122,9 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _read_items(source: Path, names: list[str],
-                metadata: list[dict[str, Any]]) -> Iterator[NewArtifact]:
+def _read_items(
+    source: Path, names: list[str], metadata: list[dict[str, Any]]
+) -> Iterator[NewArtifact]:
     """Files as the bulk API takes them, read as ``kontextual add`` would."""
     for name, meta in zip(names, metadata, strict=True):
         with open(source / name, "rb") as reader:
@@ -131,13 +134,15 @@ def _read_items(source: Path, names: list[str],
 
 def _cli_add(ctx: Context, source: Path) -> Callable[[Path], list[list[str]]] | None:
     """``kontextual init`` and ``kontextual add`` for a store, if the command works here."""
-    base = [sys.executable, "-c",
-            "import sys; from kontextual_engine.cli import main; sys.exit(main())"]
+    base = [
+        sys.executable,
+        "-c",
+        "import sys; from kontextual_engine.cli import main; sys.exit(main())",
+    ]
 
     def command(store: Path, folder: Path = source) -> list[list[str]]:
         options = ["--store", str(store), "--durability", "batch"]
-        return [[*base, *options, "init"],
-                [*base, *options, "add", "-q", "bench", str(folder)]]
+        return [[*base, *options, "init"], [*base, *options, "add", "-q", "bench", str(folder)]]
 
     probe_source = ctx.fresh("cli-probe-source")
     data.write_tree(probe_source, data.documents(0, 3))
@@ -187,6 +192,7 @@ def bulk_ingest(ctx: Context) -> None:
             assert len(results) == n
             ctx.discard(target)
             return seconds
+
         return run
 
     def git(config: tuple[str, ...]) -> Run:
@@ -195,15 +201,18 @@ def bulk_ingest(ctx: Context) -> None:
             seconds = baselines.git_add(source, git_dir, config)
             ctx.discard(git_dir)
             return seconds
+
         return run
 
     def ceiling(text_index: bool = False, files_only: bool = False) -> Run:
         def run() -> float:
             target = ctx.fresh("ceiling")
-            seconds = baselines.raw_ceiling(source, names, target, text_index=text_index,
-                                            files_only=files_only)
+            seconds = baselines.raw_ceiling(
+                source, names, target, text_index=text_index, files_only=files_only
+            )
             ctx.discard(target)
             return seconds
+
         return run
 
     m_full = Measurement(workload, "kontextual full", n, "doc", False)
@@ -218,10 +227,15 @@ def bulk_ingest(ctx: Context) -> None:
     raw_text = Measurement(workload, "raw ceiling + FTS5 trigram", n, "doc", True)
     files = Measurement(workload, "files only (tmp+rename, no sync)", n, "doc", True)
     contenders: list[tuple[Measurement, Run]] = [
-        (m_full, ours("full")), (m_batch, ours("batch")), (m_none, ours("none")),
+        (m_full, ours("full")),
+        (m_batch, ours("batch")),
+        (m_none, ours("none")),
         (m_indexed, ours("batch", index_text=True)),
-        (g_default, git(())), (g_batch, git(baselines.GIT_DURABLE_BATCH)),
-        (raw, ceiling()), (raw_text, ceiling(text_index=True)), (files, ceiling(files_only=True)),
+        (g_default, git(())),
+        (g_batch, git(baselines.GIT_DURABLE_BATCH)),
+        (raw, ceiling()),
+        (raw_text, ceiling(text_index=True)),
+        (files, ceiling(files_only=True)),
     ]
     cli = _cli_add(ctx, source)
     if cli is not None:
@@ -260,8 +274,9 @@ def single_create(ctx: Context) -> None:
     m_floor = Measurement(workload, "fsync file+dir + FULL commit", n, "create", True)
     m_floor.extra["compare_with"] = "*"
     # The creates plus indexing their text afterwards (ADR 0004), for the record.
-    m_indexed = Measurement(workload, "kontextual full create_artifact, then index_text", n,
-                            "create", False)
+    m_indexed = Measurement(
+        workload, "kontextual full create_artifact, then index_text", n, "create", False
+    )
     ours_items: list[float] = []
     floor_items: list[float] = []
     for rep in range(ctx.scale.repetitions):
@@ -283,9 +298,14 @@ def single_create(ctx: Context) -> None:
             for turn in (0, 1):
                 start = time.perf_counter()
                 if (turn == 0) == first_ours:
-                    repo.create_artifact(collection.id, doc.name, doc.content,
-                                         artifact_type="document", media_type="text/markdown",
-                                         metadata=doc.metadata)
+                    repo.create_artifact(
+                        collection.id,
+                        doc.name,
+                        doc.content,
+                        artifact_type="document",
+                        media_type="text/markdown",
+                        metadata=doc.metadata,
+                    )
                     elapsed = time.perf_counter() - start
                     ours_total += elapsed
                     ours_items.append(elapsed)
@@ -304,16 +324,23 @@ def single_create(ctx: Context) -> None:
         m_ours.seconds.append(ours_total)
         m_floor.seconds.append(floor_total)
         m_indexed.seconds.append(ours_total + index_seconds)
-        log(f"  {workload} rep {rep + 1}/{ctx.scale.repetitions}: ours {ours_total:.3f} s "
-            f"(+ {index_seconds:.3f} s index_text), floor {floor_total:.3f} s")
+        log(
+            f"  {workload} rep {rep + 1}/{ctx.scale.repetitions}: ours {ours_total:.3f} s "
+            f"(+ {index_seconds:.3f} s index_text), floor {floor_total:.3f} s"
+        )
     for m, items in ((m_ours, ours_items), (m_floor, floor_items)):
-        m.extra["per_item_text"] = (f"p50 {percentile(items, 0.5) * 1e3:.2f} ms, "
-                                    f"p95 {percentile(items, 0.95) * 1e3:.2f} ms")
+        m.extra["per_item_text"] = (
+            f"p50 {percentile(items, 0.5) * 1e3:.2f} ms, p95 {percentile(items, 0.95) * 1e3:.2f} ms"
+        )
     ctx.report.measurements += [m_ours, m_floor, m_indexed]
     ctx.report.targets.append(
-        at_least(workload, "full creates vs fsync+commit floor", speedup(m_ours, m_floor), 0.7))
-    ctx.report.note(workload, f"{n} creates per repetition into a store of "
-                              f"{len(warm):,} artifacts, alternating item by item with the floor")
+        at_least(workload, "full creates vs fsync+commit floor", speedup(m_ours, m_floor), 0.7)
+    )
+    ctx.report.note(
+        workload,
+        f"{n} creates per repetition into a store of "
+        f"{len(warm):,} artifacts, alternating item by item with the floor",
+    )
 
 
 # -- the stdlib corpus -------------------------------------------------------
@@ -337,8 +364,9 @@ def stdlib_corpus(ctx: Context) -> None:
     source = ctx.fresh("stdlib")
     names = data.copy_stdlib_corpus(source, ctx.scale.corpus_files)
     total = sum((source / name).stat().st_size for name in names)
-    ctx.report.note(workload, f"{len(names):,} files, {total / MIB:.1f} MiB from "
-                              f"{data.stdlib_root()}")
+    ctx.report.note(
+        workload, f"{len(names):,} files, {total / MIB:.1f} MiB from {data.stdlib_root()}"
+    )
     kept: dict[str, Path] = {}
 
     def ingest_items() -> Iterator[NewArtifact]:
@@ -365,6 +393,7 @@ def stdlib_corpus(ctx: Context) -> None:
             seconds = baselines.git_add(source, git_dir, config)
             _replace_kept(kept, key, git_dir)
             return seconds
+
         return run
 
     m_ours = Measurement(workload, "ingest: kontextual batch", len(names), "file", False)
@@ -372,9 +401,16 @@ def stdlib_corpus(ctx: Context) -> None:
     g_default = Measurement(workload, "ingest: git add -A", len(names), "file", True)
     for m in (g_batch, g_default):
         m.extra["compare_with"] = m_ours.contender
-    alternate(ctx.report, workload, [(m_ours, ours),
-                                     (g_batch, git(baselines.GIT_DURABLE_BATCH, "git-batch")),
-                                     (g_default, git((), "git"))], ctx.scale.repetitions)
+    alternate(
+        ctx.report,
+        workload,
+        [
+            (m_ours, ours),
+            (g_batch, git(baselines.GIT_DURABLE_BATCH, "git-batch")),
+            (g_default, git((), "git")),
+        ],
+        ctx.scale.repetitions,
+    )
 
     repo = SQLiteKnowledgeRepository.open(kept["ours"], durability="batch")
     collection = repo.get_collection_by_name("stdlib")
@@ -383,8 +419,10 @@ def stdlib_corpus(ctx: Context) -> None:
     # timed on its own, so the queries below measure searching, not indexing.
     start = time.perf_counter()
     indexed = repo.index_text()
-    ctx.report.note(workload, f"index_text after the ingest: {indexed:,} files in "
-                              f"{time.perf_counter() - start:.2f} s")
+    ctx.report.note(
+        workload,
+        f"index_text after the ingest: {indexed:,} files in {time.perf_counter() - start:.2f} s",
+    )
     counts: dict[str, tuple[int, int]] = {}
 
     def our_queries() -> float:
@@ -406,13 +444,19 @@ def stdlib_corpus(ctx: Context) -> None:
     q_ours = Measurement(workload, "queries: kontextual text (all matches)", q, "query", False)
     q_grep = Measurement(workload, "queries: git grep -l -F -i --all-match", q, "query", True)
     q_grep.extra["compare_with"] = q_ours.contender
-    alternate(ctx.report, workload, [(q_ours, our_queries), (q_grep, grep_queries)],
-              max(ctx.scale.repetitions, 3))
+    alternate(
+        ctx.report,
+        workload,
+        [(q_ours, our_queries), (q_grep, grep_queries)],
+        max(ctx.scale.repetitions, 3),
+    )
     lookups: list[tuple[str, Callable[[], object]]] = [
         ("stdlib by name", lambda: repo.get_artifact_by_name(collection.id, "os.py")),
         ("stdlib metadata ext=.rst", lambda: repo.query(metadata={"ext": ".rst"}, limit=PAGE)),
-        ("stdlib metadata+text", lambda: repo.query(metadata={"ext": ".py"}, text="asyncio",
-                                                     limit=PAGE)),
+        (
+            "stdlib metadata+text",
+            lambda: repo.query(metadata={"ext": ".py"}, text="asyncio", limit=PAGE),
+        ),
     ]
     for label, call in lookups:
         samples = []
@@ -420,13 +464,22 @@ def stdlib_corpus(ctx: Context) -> None:
             start = time.perf_counter()
             call()
             samples.append(time.perf_counter() - start)
-        m = Measurement(workload, f"query: {label}", 1, "query", False, samples,
-                        {"latency": {"p50": percentile(samples, 0.5),
-                                     "p95": percentile(samples, 0.95)}})
+        m = Measurement(
+            workload,
+            f"query: {label}",
+            1,
+            "query",
+            False,
+            samples,
+            {"latency": {"p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95)}},
+        )
         ctx.report.measurements.append(m)
     repo.close()
-    ctx.report.note(workload, "matches (kontextual / git grep): " + ", ".join(
-        f"{key!r} {ours}/{grep}" for key, (ours, grep) in counts.items()))
+    ctx.report.note(
+        workload,
+        "matches (kontextual / git grep): "
+        + ", ".join(f"{key!r} {ours}/{grep}" for key, (ours, grep) in counts.items()),
+    )
     for path in kept.values():
         _remove(path)
     _remove(source)
@@ -446,9 +499,12 @@ def lookups(ctx: Context) -> None:
     workload = "lookups"
     big = ctx.big_store()
     samples = ctx.scale.lookup_samples
-    ctx.report.note(workload, f"store of {len(big.ids):,} artifacts (built in {big.seconds:.1f} s "
-                              f"in batch mode); {samples:,} samples per query kind; "
-                              f"queries return at most {PAGE} results")
+    ctx.report.note(
+        workload,
+        f"store of {len(big.ids):,} artifacts (built in {big.seconds:.1f} s "
+        f"in batch mode); {samples:,} samples per query kind; "
+        f"queries return at most {PAGE} results",
+    )
     repo = SQLiteKnowledgeRepository.open(big.path, durability="batch")
     floor_path = ctx.fresh("floor-index.sqlite")
     shutil.copyfile(big.path / "index.sqlite", floor_path)
@@ -484,43 +540,78 @@ def lookups(ctx: Context) -> None:
         return (rng.randrange(10), vocab.rare(rng.randrange(200)))
 
     columns = "a.id, a.name, a.digest, a.metadata, a.sequence"
-    kinds: list[tuple[str, Callable[[], tuple[Any, ...]], Callable[..., object],
-                      Callable[..., object], str]] = [
-        ("by id", pick_id, lambda i: repo.get_artifact(i),
-         lambda i: floor.execute(f"SELECT {columns} FROM artifacts a WHERE a.id = ?",
-                                 (i,)).fetchone(), "sqlite3 PK lookup"),
-        ("by name", pick_name, lambda name: repo.get_artifact_by_name(collection_id, name),
-         lambda name: floor.execute(
-             f"SELECT {columns} FROM artifacts a WHERE a.collection_id = ? AND a.name = ? "
-             "AND a.deleted_at IS NULL", (collection_id, name)).fetchone(),
-         "sqlite3 index lookup"),
-        ("metadata topic=", pick_topic,
-         lambda topic: repo.query(metadata={"topic": topic}, limit=PAGE),
-         lambda topic: floor.execute(
-             f"SELECT {columns} FROM meta_kv m JOIN artifacts a ON a.sequence = m.seq "
-             "WHERE m.key = 'topic' AND m.type = 'text' AND m.atom = ? "
-             "AND a.deleted_at IS NULL ORDER BY m.seq LIMIT ?", (topic, PAGE)).fetchall(),
-         "sqlite3 with a (key, value) index"),
-        ("text 1 rare term", pick_word, lambda word: repo.query(text=word, limit=PAGE),
-         lambda word: floor.execute(
-             f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-             "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-             (f'"{word}"', PAGE)).fetchall(), "sqlite3 FTS5 MATCH"),
-        ("text common+rare", pick_two,
-         lambda common, rare: repo.query(text=f"{common} {rare}", limit=PAGE),
-         lambda common, rare: floor.execute(
-             f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-             "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-             (f'"{common}" AND "{rare}"', PAGE)).fetchall(), "sqlite3 FTS5 MATCH"),
-        ("metadata+text", pick_combo,
-         lambda priority, word: repo.query(metadata={"priority": priority}, text=word,
-                                           limit=PAGE),
-         lambda priority, word: floor.execute(
-             f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-             "JOIN meta_kv m ON m.seq = a.sequence AND m.key = 'priority' "
-             "AND m.type = 'integer' AND m.atom = ? "
-             "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-             (priority, f'"{word}"', PAGE)).fetchall(), "sqlite3 FTS5 + (key, value) index"),
+    kinds: list[
+        tuple[str, Callable[[], tuple[Any, ...]], Callable[..., object], Callable[..., object], str]
+    ] = [
+        (
+            "by id",
+            pick_id,
+            lambda i: repo.get_artifact(i),
+            lambda i: floor.execute(
+                f"SELECT {columns} FROM artifacts a WHERE a.id = ?", (i,)
+            ).fetchone(),
+            "sqlite3 PK lookup",
+        ),
+        (
+            "by name",
+            pick_name,
+            lambda name: repo.get_artifact_by_name(collection_id, name),
+            lambda name: floor.execute(
+                f"SELECT {columns} FROM artifacts a WHERE a.collection_id = ? AND a.name = ? "
+                "AND a.deleted_at IS NULL",
+                (collection_id, name),
+            ).fetchone(),
+            "sqlite3 index lookup",
+        ),
+        (
+            "metadata topic=",
+            pick_topic,
+            lambda topic: repo.query(metadata={"topic": topic}, limit=PAGE),
+            lambda topic: floor.execute(
+                f"SELECT {columns} FROM meta_kv m JOIN artifacts a ON a.sequence = m.seq "
+                "WHERE m.key = 'topic' AND m.type = 'text' AND m.atom = ? "
+                "AND a.deleted_at IS NULL ORDER BY m.seq LIMIT ?",
+                (topic, PAGE),
+            ).fetchall(),
+            "sqlite3 with a (key, value) index",
+        ),
+        (
+            "text 1 rare term",
+            pick_word,
+            lambda word: repo.query(text=word, limit=PAGE),
+            lambda word: floor.execute(
+                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
+                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
+                (f'"{word}"', PAGE),
+            ).fetchall(),
+            "sqlite3 FTS5 MATCH",
+        ),
+        (
+            "text common+rare",
+            pick_two,
+            lambda common, rare: repo.query(text=f"{common} {rare}", limit=PAGE),
+            lambda common, rare: floor.execute(
+                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
+                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
+                (f'"{common}" AND "{rare}"', PAGE),
+            ).fetchall(),
+            "sqlite3 FTS5 MATCH",
+        ),
+        (
+            "metadata+text",
+            pick_combo,
+            lambda priority, word: repo.query(
+                metadata={"priority": priority}, text=word, limit=PAGE
+            ),
+            lambda priority, word: floor.execute(
+                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
+                "JOIN meta_kv m ON m.seq = a.sequence AND m.key = 'priority' "
+                "AND m.type = 'integer' AND m.atom = ? "
+                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
+                (priority, f'"{word}"', PAGE),
+            ).fetchall(),
+            "sqlite3 FTS5 + (key, value) index",
+        ),
     ]
     plans = _query_plans(repo, big.path, kinds)
     for label, pick, call_ours, call_floor, floor_label in kinds:
@@ -539,11 +630,19 @@ def lookups(ctx: Context) -> None:
             end = time.perf_counter()
             ours_samples.append(middle - start)
             floor_samples.append(end - middle)
-        for contender, values, baseline in ((f"{label}: kontextual", ours_samples, False),
-                                            (f"{label}: {floor_label}", floor_samples, True)):
-            m = Measurement(workload, contender, 1, "query", baseline, values,
-                            {"latency": {"p50": percentile(values, 0.5),
-                                         "p95": percentile(values, 0.95)}})
+        for contender, values, baseline in (
+            (f"{label}: kontextual", ours_samples, False),
+            (f"{label}: {floor_label}", floor_samples, True),
+        ):
+            m = Measurement(
+                workload,
+                contender,
+                1,
+                "query",
+                baseline,
+                values,
+                {"latency": {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}},
+            )
             if baseline:
                 m.extra["compare_with"] = f"{label}: kontextual"
             else:
@@ -561,8 +660,7 @@ def lookups(ctx: Context) -> None:
     floor_path.unlink()
 
 
-def _query_plans(repo: SQLiteKnowledgeRepository, store: Path,
-                 kinds: list[Any]) -> dict[str, str]:
+def _query_plans(repo: SQLiteKnowledgeRepository, store: Path, kinds: list[Any]) -> dict[str, str]:
     """EXPLAIN QUERY PLAN of the SQL our backend runs for each query kind."""
     conn = getattr(repo, "_conn", None)
     if conn is None:
@@ -601,8 +699,12 @@ def large_body(ctx: Context) -> None:
     mib = size // MIB
 
     def child(*args: str) -> dict[str, Any]:
-        result = subprocess.run([sys.executable, "-m", "benchmarks.child", *args],
-                                capture_output=True, check=True, cwd=Path(__file__).parent.parent)
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.child", *args],
+            capture_output=True,
+            check=True,
+            cwd=Path(__file__).parent.parent,
+        )
         return baselines.child_result(result.stdout)
 
     stored: dict[str, Path] = {}
@@ -660,8 +762,11 @@ def large_body(ctx: Context) -> None:
         below(workload, "in: peak RSS", max(m_in.extra["peak_rss_kib"]) / 1024, 64, "MiB"),
         below(workload, "out: peak RSS", max(m_out.extra["peak_rss_kib"]) / 1024, 64, "MiB"),
     ]
-    ctx.report.note(workload, f"body of {size / MIB:,.0f} MiB; RSS is VmHWM of a child process "
-                              "that imports kontextual_engine and opens the store")
+    ctx.report.note(
+        workload,
+        f"body of {size / MIB:,.0f} MiB; RSS is VmHWM of a child process "
+        "that imports kontextual_engine and opens the store",
+    )
     _remove(stored["store"])
     source.unlink()
 
@@ -683,6 +788,7 @@ def snapshot(ctx: Context) -> None:
     workload = "snapshot"
     big = ctx.big_store()
     n = len(big.ids)
+
     def ours() -> float:
         target = ctx.fresh("snapshot")
         restored = ctx.fresh("restored")
@@ -701,8 +807,7 @@ def snapshot(ctx: Context) -> None:
         with SQLiteKnowledgeRepository.open(restored, durability="full") as indexed:
             before_index = time.perf_counter()
             indexed.index_text()
-            m_ours.extra.setdefault("index_text", []).append(
-                time.perf_counter() - before_index)
+            m_ours.extra.setdefault("index_text", []).append(time.perf_counter() - before_index)
         m_ours.extra.setdefault("export", []).append(middle - start)
         m_ours.extra.setdefault("import", []).append(end - middle2)
         ctx.discard(target)
@@ -721,18 +826,27 @@ def snapshot(ctx: Context) -> None:
         return exported + imported
 
     m_ours = Measurement(workload, "kontextual export+import", n, "artifact", False)
-    m_base = Measurement(workload, "cp -r + sqlite3 .dump, then cp -r + load + syncfs", n,
-                         "artifact", True)
+    m_base = Measurement(
+        workload, "cp -r + sqlite3 .dump, then cp -r + load + syncfs", n, "artifact", True
+    )
     # Minutes per round at 100k artifacts: three rounds keep the suite within the hour.
-    alternate(ctx.report, workload, [(m_ours, ours), (m_base, baseline)],
-              min(ctx.scale.repetitions, 3))
+    alternate(
+        ctx.report, workload, [(m_ours, ours), (m_base, baseline)], min(ctx.scale.repetitions, 3)
+    )
     derived = []
     for part in ("export", "import"):
-        a = Measurement(workload, f"{part}: kontextual", n, "artifact", False,
-                        list(m_ours.extra[part]))
-        b = Measurement(workload, f"{part}: " + ("cp -r + sqlite3 .dump" if part == "export"
-                                                 else "cp -r + sqlite3 load + syncfs"),
-                        n, "artifact", True, list(m_base.extra[part]))
+        a = Measurement(
+            workload, f"{part}: kontextual", n, "artifact", False, list(m_ours.extra[part])
+        )
+        b = Measurement(
+            workload,
+            f"{part}: "
+            + ("cp -r + sqlite3 .dump" if part == "export" else "cp -r + sqlite3 load + syncfs"),
+            n,
+            "artifact",
+            True,
+            list(m_base.extra[part]),
+        )
         b.extra["compare_with"] = a.contender
         derived += [a, b]
     m_base.extra["compare_with"] = m_ours.contender
@@ -742,16 +856,27 @@ def snapshot(ctx: Context) -> None:
     # round trip against cp + dump and its way back, cp + load), and the strict
     # one the first report used (our round trip against cp + dump alone).
     ctx.report.targets += [
-        at_most(workload, "export+import time vs cp -r + .dump, then cp -r + load",
-                m_ours.median / m_base.median, 2.0),
-        at_most(workload, "export+import time vs cp -r + .dump alone (strict)",
-                m_ours.median / export_only, 2.0),
+        at_most(
+            workload,
+            "export+import time vs cp -r + .dump, then cp -r + load",
+            m_ours.median / m_base.median,
+            2.0,
+        ),
+        at_most(
+            workload,
+            "export+import time vs cp -r + .dump alone (strict)",
+            m_ours.median / export_only,
+            2.0,
+        ),
     ]
     index_text = statistics.median(m_ours.extra["index_text"])
-    ctx.report.note(workload, f"{n:,} artifacts; indexing the imported text afterwards took "
-                              f"{index_text:.1f} s (export+import+index_text: "
-                              f"{(m_ours.median + index_text) / m_base.median:.2f}x the round "
-                              "trip of the baseline)")
+    ctx.report.note(
+        workload,
+        f"{n:,} artifacts; indexing the imported text afterwards took "
+        f"{index_text:.1f} s (export+import+index_text: "
+        f"{(m_ours.median + index_text) / m_base.median:.2f}x the round "
+        "trip of the baseline)",
+    )
 
 
 # -- growth ------------------------------------------------------------------
@@ -764,8 +889,11 @@ def growth(ctx: Context) -> None:
     free = shutil.disk_usage(ctx.root).free
     fits = [p for p in points if (p + 3 * batch) * GROWTH_BYTES_PER_ARTIFACT < free * 0.8]
     if fits != points:
-        ctx.report.note(workload, f"disk has {free / 2**30:.0f} GiB free: stopping at "
-                                  f"{fits[-1]:,} artifacts instead of {points[-1]:,}")
+        ctx.report.note(
+            workload,
+            f"disk has {free / 2**30:.0f} GiB free: stopping at "
+            f"{fits[-1]:,} artifacts instead of {points[-1]:,}",
+        )
         points = fits
     target = ctx.fresh("growth")
     repo = SQLiteKnowledgeRepository.open(target, durability="batch")
@@ -786,8 +914,9 @@ def growth(ctx: Context) -> None:
     for point in points:
         while count < point:
             fill_seconds += put(min(FILL_BATCH, point - count))
-        m = Measurement(workload, f"kontextual batch at {point:,} artifacts", batch,
-                        "artifact", False)
+        m = Measurement(
+            workload, f"kontextual batch at {point:,} artifacts", batch, "artifact", False
+        )
         m.extra["no_ratio"] = True
         for _ in range(3):
             drop_dirty_pages()
@@ -800,18 +929,25 @@ def growth(ctx: Context) -> None:
         if conn is not None:
             frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
             page = conn.execute("PRAGMA page_size").fetchone()[0]
-            ctx.report.note(workload, f"at {point:,} artifacts the last batch of {batch:,} "
-                                      f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
-                                      "to the WAL")
+            ctx.report.note(
+                workload,
+                f"at {point:,} artifacts the last batch of {batch:,} "
+                f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
+                "to the WAL",
+            )
         measured.append(m)
     repo.close()
     ctx.report.measurements += measured
     first, last = measured[0], measured[-1]
     ratio = (last.median / last.items) / (first.median / first.items)
-    ctx.report.targets.append(at_most(
-        workload, f"cost per artifact at {points[-1]:,} vs {points[0]:,}", ratio, 1.3))
-    ctx.report.note(workload, f"three batches of {batch:,} timed at each size (median shown); "
-                              f"untimed fill took {fill_seconds:.0f} s")
+    ctx.report.targets.append(
+        at_most(workload, f"cost per artifact at {points[-1]:,} vs {points[0]:,}", ratio, 1.3)
+    )
+    ctx.report.note(
+        workload,
+        f"three batches of {batch:,} timed at each size (median shown); "
+        f"untimed fill took {fill_seconds:.0f} s",
+    )
     _remove(target)
 
 

@@ -35,9 +35,7 @@ class Backend:
 
     def new(self) -> KnowledgeRepository:
         if self.kind == "memory":
-            repo: KnowledgeRepository = InMemoryKnowledgeRepository(
-                clock=self.clock, ids=self.ids
-            )
+            repo: KnowledgeRepository = InMemoryKnowledgeRepository(clock=self.clock, ids=self.ids)
             self.opened.append(repo)
             return repo
         return self._open(self.root / f"store{len(self.opened)}")
@@ -64,4 +62,3 @@ class Backend:
     def close_all(self) -> None:
         for repo in self.opened:
             repo.close()
-

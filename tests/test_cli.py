@@ -144,13 +144,34 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 NEEDS_STORE = [
-    ["ls"], ["add", "notes", "."], ["find", "--text", "x"], ["show", "c/a"], ["cat", "c/a"],
-    ["log", "c/a"], ["diff", "c/a", "1", "2"], ["rm", "c/a"], ["link", "c/a", "t", "c/b"],
-    ["unlink", "rel_1"], ["changes"], ["runs", "list"], ["runs", "show", "run_1"],
-    ["context", "list"], ["context", "show", "ctx_1"], ["collection", "list"],
-    ["collection", "create", "c"], ["collection", "show", "c"], ["collection", "rm", "c"],
-    ["fsck"], ["index"], ["gc"], ["backup", "bk"], ["export", "snap"], ["stats"],
-    ["hash-object", "-w", "f.txt"], ["cat-object", "abcd"], ["ls-objects"],
+    ["ls"],
+    ["add", "notes", "."],
+    ["find", "--text", "x"],
+    ["show", "c/a"],
+    ["cat", "c/a"],
+    ["log", "c/a"],
+    ["diff", "c/a", "1", "2"],
+    ["rm", "c/a"],
+    ["link", "c/a", "t", "c/b"],
+    ["unlink", "rel_1"],
+    ["changes"],
+    ["runs", "list"],
+    ["runs", "show", "run_1"],
+    ["context", "list"],
+    ["context", "show", "ctx_1"],
+    ["collection", "list"],
+    ["collection", "create", "c"],
+    ["collection", "show", "c"],
+    ["collection", "rm", "c"],
+    ["fsck"],
+    ["index"],
+    ["gc"],
+    ["backup", "bk"],
+    ["export", "snap"],
+    ["stats"],
+    ["hash-object", "-w", "f.txt"],
+    ["cat-object", "abcd"],
+    ["ls-objects"],
     ["verify-object", "abcd"],
 ]
 
@@ -218,8 +239,17 @@ def test_usage_errors_are_one_line_exit_2(store: Path) -> None:
 
 def test_collection_commands(store: Path) -> None:
     ok("init")
-    created = ok("collection", "create", "papers", "--description", "abstracts",
-                 "--meta", "owner=ana", "--meta", "n=2")
+    created = ok(
+        "collection",
+        "create",
+        "papers",
+        "--description",
+        "abstracts",
+        "--meta",
+        "owner=ana",
+        "--meta",
+        "n=2",
+    )
     assert "created collection papers" in created.stdout
     ok("collection", "create", "scratch")
     listed = ok("collection", "list").stdout.splitlines()
@@ -272,8 +302,7 @@ def test_add_a_folder(store: Path, docs: Path) -> None:
 
 
 def sum_sizes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*")
-               if p.is_file() and ".git" not in p.parts)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
 
 
 def test_add_again_updates_changed_files_only(filled: Path, docs: Path) -> None:
@@ -285,27 +314,64 @@ def test_add_again_updates_changed_files_only(filled: Path, docs: Path) -> None:
     assert third.stdout.startswith("added 1, updated 1, unchanged 4,")
     assert "created collection" not in third.stdout
     revisions = {a["name"]: a["revision"] for a in as_json("ls", "notes")}
-    assert revisions == {"a.md": 1, "b.txt": 2, "sub/c.json": 1, "sub/deeper/d.png": 1,
-                         "sub/unknown.xyz123": 1, "new.md": 1}
+    assert revisions == {
+        "a.md": 1,
+        "b.txt": 2,
+        "sub/c.json": 1,
+        "sub/deeper/d.png": 1,
+        "sub/unknown.xyz123": 1,
+        "new.md": 1,
+    }
 
 
 def test_add_single_files_with_typed_meta_type_and_provenance(store: Path, docs: Path) -> None:
     ok("init")
-    report = as_json("add", "papers", str(docs / "a.md"), str(docs / "sub" / "c.json"),
-                     "--type", "paper", "--media-type", "text/x-custom",
-                     "--meta", "n=1", "--meta", "flag=true", "--meta", 's="1"',
-                     "--meta", "f=1.0", "--meta", "word=hello world", "--meta", "empty=",
-                     "--meta", "tags=[1, 2]", "--meta", "nan=NaN",
-                     "--provenance", "source=import", "--provenance", "batch=7")
+    report = as_json(
+        "add",
+        "papers",
+        str(docs / "a.md"),
+        str(docs / "sub" / "c.json"),
+        "--type",
+        "paper",
+        "--media-type",
+        "text/x-custom",
+        "--meta",
+        "n=1",
+        "--meta",
+        "flag=true",
+        "--meta",
+        's="1"',
+        "--meta",
+        "f=1.0",
+        "--meta",
+        "word=hello world",
+        "--meta",
+        "empty=",
+        "--meta",
+        "tags=[1, 2]",
+        "--meta",
+        "nan=NaN",
+        "--provenance",
+        "source=import",
+        "--provenance",
+        "batch=7",
+    )
     assert report["created_collection"] is True
     assert (report["added"], report["updated"], report["unchanged"]) == (2, 0, 0)
     assert [item["name"] for item in report["artifacts"]] == ["a.md", "c.json"]
     shown = as_json("show", "papers/a.md")["artifact"]
     assert shown["artifact_type"] == "paper"
     assert shown["media_type"] == "text/x-custom"
-    assert shown["metadata"] == {"n": 1, "flag": True, "s": "1", "f": 1.0,
-                                 "word": "hello world", "empty": "", "tags": [1, 2],
-                                 "nan": "NaN"}
+    assert shown["metadata"] == {
+        "n": 1,
+        "flag": True,
+        "s": "1",
+        "f": 1.0,
+        "word": "hello world",
+        "empty": "",
+        "tags": [1, 2],
+        "nan": "NaN",
+    }
     assert type(shown["metadata"]["n"]) is int and type(shown["metadata"]["f"]) is float
     assert shown["provenance"] == {"source": "import", "batch": 7}
 
@@ -318,12 +384,14 @@ def test_add_again_keeps_what_it_is_not_told(store: Path, docs: Path) -> None:
     assert shown["artifact_type"] == "memo"
     assert shown["metadata"] == {"keep": 1, "more": 2}
     assert shown["revision"] == 2
-    assert ok("add", "notes", str(docs / "a.md")).stdout.startswith("added 0, updated 0, "
-                                                                     "unchanged 1")
+    assert ok("add", "notes", str(docs / "a.md")).stdout.startswith(
+        "added 0, updated 0, unchanged 1"
+    )
 
 
-def test_add_skips_the_store_and_dot_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 docs: Path) -> None:
+def test_add_skips_the_store_and_dot_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docs: Path
+) -> None:
     monkeypatch.delenv("KONTEXTUAL_STORE", raising=False)
     monkeypatch.chdir(docs)
     ok("init")
@@ -358,12 +426,24 @@ def test_add_with_an_unreadable_file_writes_nothing(
     (docs / "sub" / "zz-link").symlink_to(docs / "gone")
     fails(2, "add", "notes", str(docs), says=["zz-link", "dangling"])
     fails(2, "add", "notes", str(docs / "sub" / "zz-link"), says=["dangling"])
-    fails(3, "add", "notes", str(docs / "a.md"), str(docs / "missing.md"),
-          says=["no such file", "missing.md"])
+    fails(
+        3,
+        "add",
+        "notes",
+        str(docs / "a.md"),
+        str(docs / "missing.md"),
+        says=["no such file", "missing.md"],
+    )
     fails(2, "add", "notes", str(docs / "a.md"), "--meta", "oops", says=["--meta", "'oops'"])
     fails(2, "add", "notes", str(docs / "a.md"), "--provenance", "=x", says=["--provenance"])
-    fails(2, "add", "notes", str(docs / "a.md"), str(docs / "sub" / ".." / "a.md"),
-          says=["would both be named 'a.md'"])
+    fails(
+        2,
+        "add",
+        "notes",
+        str(docs / "a.md"),
+        str(docs / "sub" / ".." / "a.md"),
+        says=["would both be named 'a.md'"],
+    )
     assert state(store) == before
     assert as_json("collection", "list") == []
 
@@ -453,17 +533,24 @@ def test_find_by_digest_prefix(corpus: Path) -> None:
         assert names_of(as_json("find", "--digest", given)) == ["b.txt", "b.txt"]
     fails(2, "find", "--digest", "abc", says=["at least 4"])
     fails(2, "find", "--digest", "XYZW")
-    missing = next(p for p in ("0000", "ffff", "1234") if not any(
-        d.startswith("blake3:" + p) for d in ok("ls-objects").stdout.split()))
+    missing = next(
+        p
+        for p in ("0000", "ffff", "1234")
+        if not any(d.startswith("blake3:" + p) for d in ok("ls-objects").stdout.split())
+    )
     fails(3, "find", "--digest", missing, says=["no object matches"])
 
 
 def test_find_related(corpus: Path) -> None:
     assert names_of(as_json("find", "--related-to", "papers/a.md")) == ["b.txt", "c.json"]
-    assert names_of(as_json("find", "--related-to", "papers/a.md",
-                            "--direction", "outgoing")) == ["b.txt"]
-    assert names_of(as_json("find", "--related-to", "papers/a.md",
-                            "--direction", "incoming", "--rel-type", "cites")) == ["c.json"]
+    assert names_of(as_json("find", "--related-to", "papers/a.md", "--direction", "outgoing")) == [
+        "b.txt"
+    ]
+    assert names_of(
+        as_json(
+            "find", "--related-to", "papers/a.md", "--direction", "incoming", "--rel-type", "cites"
+        )
+    ) == ["c.json"]
     assert as_json("find", "--related-to", "papers/a.md", "--rel-type", "refutes") == []
     fails(2, "find", "--rel-type", "cites", says=["--related-to"])
     fails(3, "find", "--related-to", "papers/nope", says=["papers/nope"])
@@ -495,8 +582,11 @@ def test_ambiguous_digest_prefix(filled: Path, tmp_path: Path) -> None:
 
 def test_show(corpus: Path) -> None:
     text = ok("show", "papers/a.md").stdout
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and
-                  not line.startswith(("->", "<-")))
+    fields = dict(
+        line.split(":", 1)
+        for line in text.splitlines()
+        if ":" in line and not line.startswith(("->", "<-"))
+    )
     assert fields["artifact"].strip() == "papers/a.md"
     assert fields["type"].strip() == "note"
     assert fields["media type"].strip() == "text/markdown"
@@ -615,8 +705,17 @@ def test_changes(filled: Path) -> None:
     lines = [json.loads(line) for line in ok("changes", "--json").stdout.splitlines()]
     assert [c["sequence"] for c in lines] == list(range(1, 7))
     assert lines[0]["entity_kind"] == "collection" and lines[0]["details"] == {"name": "notes"}
-    assert set(lines[1]) == {"sequence", "entity_kind", "entity_id", "action", "timestamp",
-                             "revision", "old_digest", "new_digest", "details"}
+    assert set(lines[1]) == {
+        "sequence",
+        "entity_kind",
+        "entity_id",
+        "action",
+        "timestamp",
+        "revision",
+        "old_digest",
+        "new_digest",
+        "details",
+    }
     since = ok("changes", "--since", "4", "--json").stdout.splitlines()
     assert [json.loads(line)["sequence"] for line in since] == [5, 6]
     assert len(ok("changes", "--limit", "2").stdout.splitlines()) == 2
@@ -653,30 +752,42 @@ def with_run(filled: Path) -> dict[str, str]:
     with library(filled) as repo:
         notes = repo.get_collection_by_name("notes")
         source = repo.get_artifact_by_name(notes.id, "a.md")
-        run = repo.start_run(repo.create_run("summarize", parameters={"k": 2}).id,
-                             holder={"host": "h", "pid": 1})
+        run = repo.start_run(
+            repo.create_run("summarize", parameters={"k": 2}).id, holder={"host": "h", "pid": 1}
+        )
         repo.add_inputs(run.id, [Pin(source.id, role="doc")])
         step = repo.add_step(run.id, "llm")
         repo.set_step_status(step.id, "running")
-        output = repo.create_artifact(notes.id, "summary.md", b"short", artifact_type="summary",
-                                      run_id=run.id)
+        output = repo.create_artifact(
+            notes.id, "summary.md", b"short", artifact_type="summary", run_id=run.id
+        )
         repo.set_step_status(step.id, "succeeded")
         repo.finish_run(run.id, diagnostics={"tokens": 9})
         pending = repo.create_run("later")
         package = repo.create_context_package(
-            "pack", [ContextReference("artifact", source.id, revision=1),
-                     ContextReference("run", run.id),
-                     ContextReference("external", "m-1", system="mem", uri="mem://m-1")],
-            metadata={"purpose": "test"})
-        return {"run": run.id, "pending": pending.id, "package": package.id,
-                "output": output.id, "source": source.id}
+            "pack",
+            [
+                ContextReference("artifact", source.id, revision=1),
+                ContextReference("run", run.id),
+                ContextReference("external", "m-1", system="mem", uri="mem://m-1"),
+            ],
+            metadata={"purpose": "test"},
+        )
+        return {
+            "run": run.id,
+            "pending": pending.id,
+            "package": package.id,
+            "output": output.id,
+            "source": source.id,
+        }
 
 
 def test_runs(with_run: dict[str, str]) -> None:
     listed = as_json("runs", "list")
     assert [r["id"] for r in listed] == [with_run["run"], with_run["pending"]]
     assert [r["id"] for r in as_json("runs", "list", "--status", "pending")] == [
-        with_run["pending"]]
+        with_run["pending"]
+    ]
     table = ok("runs", "list").stdout.splitlines()
     assert table[0].split() == ["ID", "STATUS", "OPERATION", "CREATED", "FINISHED"]
     shown = as_json("runs", "show", with_run["run"])
@@ -690,8 +801,10 @@ def test_runs(with_run: dict[str, str]) -> None:
     assert "status:" in text and "succeeded" in text
     assert '{"host": "h", "pid": 1}' in text
     assert "notes/a.md" in text and "doc" in text and "notes/summary.md" in text
-    assert "run" in as_json("show", "notes/summary.md") and \
-        as_json("show", "notes/summary.md")["run"]["id"] == with_run["run"]
+    assert (
+        "run" in as_json("show", "notes/summary.md")
+        and as_json("show", "notes/summary.md")["run"]["id"] == with_run["run"]
+    )
     assert f"{with_run['run']} (summarize, succeeded)" in ok("show", "notes/summary.md").stdout
     assert with_run["run"] in ok("log", "notes/summary.md").stdout
     fails(3, "runs", "show", "run_nope", says=["run not found"])
@@ -764,7 +877,8 @@ def test_fsck(filled: Path, tmp_path: Path) -> None:
     broken = json.loads(invoke("fsck", "--full", "--json").stdout)
     assert broken["ok"] is False
     assert {(f["severity"], f["kind"], f["subject"]) for f in broken["findings"]} >= {
-        ("error", "corrupt", digest)}
+        ("error", "corrupt", digest)
+    }
 
 
 def test_gc(filled: Path, tmp_path: Path) -> None:
@@ -778,8 +892,12 @@ def test_gc(filled: Path, tmp_path: Path) -> None:
     assert len(dry["kept"]) == 5 and all(dry["kept"].values())
     reasons = ok("gc", "--dry-run", "--grace", "0").stdout.splitlines()
     assert reasons[0] == f"would remove {digest} (20 bytes)"
-    assert sum(line.startswith("keep blake3:") and "revision 1 of artifact" in line
-               for line in reasons) == 5
+    assert (
+        sum(
+            line.startswith("keep blake3:") and "revision 1 of artifact" in line for line in reasons
+        )
+        == 5
+    )
     assert object_path(filled, digest).exists()
     said = ok("gc", "--grace", "0").stdout
     assert f"removed {digest} (20 bytes)" in said
@@ -821,8 +939,9 @@ def test_import_refuses_and_leaves_nothing_behind(filled: Path, tmp_path: Path) 
     snapshot = tmp_path / "snap"
     ok("export", str(snapshot))
     fails(4, "import", str(snapshot), says=["already has records"])
-    fails(3, "--store", str(tmp_path / "never"), "import", str(tmp_path / "missing"),
-          says=["missing"])
+    fails(
+        3, "--store", str(tmp_path / "never"), "import", str(tmp_path / "missing"), says=["missing"]
+    )
     assert not (tmp_path / "never").exists()
     body = next(p for p in (snapshot / "objects").rglob("*") if p.is_file())
     flip_a_byte(body)
@@ -849,8 +968,10 @@ def test_hash_object(filled: Path, tmp_path: Path) -> None:
     assert ok("hash-object", "-w", str(path)).stdout == expected + "\n"
     assert object_path(filled, expected).read_bytes() == PNG_LIKE
     assert stat.S_IMODE(object_path(filled, expected).stat().st_mode) == 0o444
-    assert ok("hash-object", "-w", "-", stdin=b"from stdin").stdout.strip() in ok(
-        "ls-objects").stdout.split()
+    assert (
+        ok("hash-object", "-w", "-", stdin=b"from stdin").stdout.strip()
+        in ok("ls-objects").stdout.split()
+    )
     fails(2, "hash-object", str(tmp_path), says=["directory"])
     fails(3, "hash-object", str(tmp_path / "nope"), says=["no such file"])
     os.mkfifo(tmp_path / "fifo")
@@ -860,8 +981,10 @@ def test_hash_object(filled: Path, tmp_path: Path) -> None:
 def test_hash_object_works_without_a_store(store: Path, tmp_path: Path) -> None:
     path = tmp_path / "x.txt"
     path.write_bytes(b"hello")
-    assert ok("hash-object", str(path)).stdout.strip() == "blake3:" + blake3.blake3(
-        b"hello").hexdigest()
+    assert (
+        ok("hash-object", str(path)).stdout.strip()
+        == "blake3:" + blake3.blake3(b"hello").hexdigest()
+    )
     assert not store.exists()
 
 

@@ -22,14 +22,23 @@ HANG_GUARD_SECONDS = 60
 
 
 def kontextual(
-    *args: str, store: Path | None, cwd: Path | None = None, check: int | None = 0,
+    *args: str,
+    store: Path | None,
+    cwd: Path | None = None,
+    check: int | None = 0,
     stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {key: value for key, value in os.environ.items() if key != "KONTEXTUAL_STORE"}
     if store is not None:
         env["KONTEXTUAL_STORE"] = str(store)
-    done = subprocess.run([sys.executable, "-m", "kontextual_engine", *args], cwd=cwd, env=env,
-                          capture_output=True, input=stdin, timeout=HANG_GUARD_SECONDS)
+    done = subprocess.run(
+        [sys.executable, "-m", "kontextual_engine", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        input=stdin,
+        timeout=HANG_GUARD_SECONDS,
+    )
     if check is not None:
         assert done.returncode == check, (args, done.stdout, done.stderr)
     return done
@@ -66,19 +75,23 @@ def run(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[bytes]]:
     return in_store
 
 
-def test_main_flow(tmp_path: Path, corpus: Path,
-                   run: Callable[..., subprocess.CompletedProcess[bytes]]) -> None:
+def test_main_flow(
+    tmp_path: Path, corpus: Path, run: Callable[..., subprocess.CompletedProcess[bytes]]
+) -> None:
     store = tmp_path / "store"
     assert "initialised empty kontextual store" in run("init").stdout.decode()
-    added = lines(run("add", "notes", str(corpus), "--meta", "source=fixtures",
-                      "--meta", "batch=1"))
+    added = lines(
+        run("add", "notes", str(corpus), "--meta", "source=fixtures", "--meta", "batch=1")
+    )
     total = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file())
     assert added == ["created collection notes", f"added 37, updated 0, unchanged 0, {total} bytes"]
 
     # The facts fixtures/README.md promises, through the command line.
     assert names(run("find", "--text", "zephyrine", "--json")) == ["notes/interview-archivist.md"]
     assert names(run("find", "--text", "QUILLWORT", "--json")) == [
-        "notes/research-graph-vs-tags.md", "papers/knowledge-graphs-personal-archives.txt"]
+        "notes/research-graph-vs-tags.md",
+        "papers/knowledge-graphs-personal-archives.txt",
+    ]
     assert len(names(run("find", "--text", "retrieval", "--json"))) == 12
     assert len(names(run("find", "--meta", "source=fixtures", "--json"))) == 37
     assert names(run("find", "--meta", 'batch="1"', "--json")) == []
@@ -88,11 +101,15 @@ def test_main_flow(tmp_path: Path, corpus: Path,
     original = target.read_bytes()
     target.write_bytes(original + b"- [ ] zephyrine follow-up\n")
     assert lines(run("add", "notes", str(corpus)))[-1].startswith(
-        "added 0, updated 1, unchanged 36,")
+        "added 0, updated 1, unchanged 36,"
+    )
     assert sorted(names(run("find", "--text", "zephyrine", "--json"))) == [
-        "notes/interview-archivist.md", "notes/todo.md"]
+        "notes/interview-archivist.md",
+        "notes/todo.md",
+    ]
     assert names(run("find", "--meta", "batch=1", "--text", "follow-up", "--json")) == [
-        "notes/todo.md"]
+        "notes/todo.md"
+    ]
 
     history = json_of(run("log", "notes/notes/todo.md", "--json"))
     assert isinstance(history, dict)
@@ -113,10 +130,8 @@ def test_main_flow(tmp_path: Path, corpus: Path,
     assert "exported" in run("export", str(snapshot), "--tar").stdout.decode()
     restored = tmp_path / "restored"
     kontextual("import", str(snapshot), store=restored)
-    assert (json_of(kontextual("ls", "--json", store=restored))
-            == json_of(run("ls", "--json")))
-    assert (kontextual("cat", "notes/notes/todo.md", "-r", "1", store=restored).stdout
-            == original)
+    assert json_of(kontextual("ls", "--json", store=restored)) == json_of(run("ls", "--json"))
+    assert kontextual("cat", "notes/notes/todo.md", "-r", "1", store=restored).stdout == original
     clean = json_of(kontextual("fsck", "--full", "--json", store=restored))
     assert isinstance(clean, dict) and clean["ok"] is True and clean["findings"] == []
 
@@ -131,12 +146,15 @@ def test_main_flow(tmp_path: Path, corpus: Path,
     body.write_bytes(bytes(damaged))
     checked = kontextual("fsck", "--full", store=restored, check=5)
     assert digest in checked.stdout.decode() and "corrupt" in checked.stdout.decode()
-    assert checked.stderr.decode().splitlines() == [
-        f"error: fsck found 1 error(s) in {restored}"]
+    assert checked.stderr.decode().splitlines() == [f"error: fsck found 1 error(s) in {restored}"]
     verified = kontextual("verify-object", hexd[:8], store=restored, check=5)
     assert verified.stderr.decode().startswith(f"error: corrupt object {digest}")
-    assert kontextual("cat", "notes/notes/todo.md", "-r", "1", store=restored,
-                      check=5).stderr.count(b"\n") == 1
+    assert (
+        kontextual("cat", "notes/notes/todo.md", "-r", "1", store=restored, check=5).stderr.count(
+            b"\n"
+        )
+        == 1
+    )
     # The original store is untouched by all of that.
     assert json_of(run("fsck", "--full", "--json"))["ok"] is True  # type: ignore[index]
     assert store.is_dir()
@@ -154,13 +172,18 @@ def test_the_default_store_is_dot_kontextual_in_the_working_directory(
     found = lines(kontextual("find", "--text", "retrieval", store=None, cwd=work))
     assert found[0].split() == ["TYPE", "REV", "SIZE", "DIGEST", "NAME"]
     assert len(found) == 13
-    hexd = json_of(kontextual("show", "notes/notes/glossary.md", "--json", store=None,
-                              cwd=work))["artifact"]["digest"][7:]  # type: ignore[index]
+    hexd = json_of(kontextual("show", "notes/notes/glossary.md", "--json", store=None, cwd=work))[
+        "artifact"
+    ]["digest"][7:]  # type: ignore[index]
     body = work / ".kontextual" / "objects" / hexd[:2] / hexd[2:]
     assert body.read_bytes() == (corpus / "notes" / "glossary.md").read_bytes()
     if shutil.which("b3sum"):
-        assert subprocess.run(["b3sum", "--no-names", str(body)], capture_output=True,
-                              check=True).stdout.decode().strip() == hexd
+        assert (
+            subprocess.run(["b3sum", "--no-names", str(body)], capture_output=True, check=True)
+            .stdout.decode()
+            .strip()
+            == hexd
+        )
 
 
 def test_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
@@ -168,12 +191,17 @@ def test_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
     missing = kontextual("ls", store=store, check=3)
     assert missing.stdout == b""
     assert missing.stderr.decode().splitlines() == [
-        f"error: no kontextual store at {store}; run `kontextual init` to create one"]
+        f"error: no kontextual store at {store}; run `kontextual init` to create one"
+    ]
     assert not store.exists()
     kontextual("init", store=store)
-    for args, code in ((["show", "notes/nope"], 3), (["show", "nope"], 2),
-                       (["add", "n", str(tmp_path), "--meta", "bad"], 2),
-                       (["add"], 2), (["gc", "--grace", "soon"], 2)):
+    for args, code in (
+        (["show", "notes/nope"], 3),
+        (["show", "nope"], 2),
+        (["add", "n", str(tmp_path), "--meta", "bad"], 2),
+        (["add"], 2),
+        (["gc", "--grace", "soon"], 2),
+    ):
         failed = kontextual(*args, store=store, check=code)
         text = failed.stderr.decode()
         assert len(text.splitlines()) == 1 and text.startswith("error: "), text
@@ -186,8 +214,9 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "kontextual"
     if not script.exists():
         pytest.skip("the console script is not installed next to this interpreter")
-    done = subprocess.run([str(script), "--version"], capture_output=True, check=True,
-                          timeout=HANG_GUARD_SECONDS)
+    done = subprocess.run(
+        [str(script), "--version"], capture_output=True, check=True, timeout=HANG_GUARD_SECONDS
+    )
     assert done.stdout.decode().startswith("kontextual, version ")
 
 
@@ -215,7 +244,10 @@ def test_changes_follow_streams_new_changes_until_ctrl_c(
     env = {**os.environ, "KONTEXTUAL_STORE": str(store)}
     follower = subprocess.Popen(
         [sys.executable, "-m", "kontextual_engine", "changes", "--follow", "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert follower.stdout is not None
         fd = follower.stdout.fileno()
@@ -235,7 +267,9 @@ def test_changes_follow_streams_new_changes_until_ctrl_c(
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_add_shows_a_progress_bar_on_a_terminal_only(
-    tmp_path: Path, corpus: Path, quiet: bool,
+    tmp_path: Path,
+    corpus: Path,
+    quiet: bool,
     run: Callable[..., subprocess.CompletedProcess[bytes]],
 ) -> None:
     run("init")
@@ -243,9 +277,20 @@ def test_add_shows_a_progress_bar_on_a_terminal_only(
     env = {**os.environ, "KONTEXTUAL_STORE": str(tmp_path / "store")}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "kontextual_engine", "add", "notes", str(corpus),
-             *(["--quiet"] if quiet else [])],
-            env=env, stdout=subprocess.PIPE, stderr=terminal, timeout=HANG_GUARD_SECONDS)
+            [
+                sys.executable,
+                "-m",
+                "kontextual_engine",
+                "add",
+                "notes",
+                str(corpus),
+                *(["--quiet"] if quiet else []),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=HANG_GUARD_SECONDS,
+        )
         os.close(terminal)
         shown = b""
         while select.select([controller], [], [], 0)[0]:

@@ -69,10 +69,30 @@ collection_names = st.sampled_from(["c1", "c2", "c3"])
 artifact_names = st.sampled_from(["a", "b", "c", "d", "A", "ß"])
 artifact_types = st.sampled_from(["note", "doc"])
 relationship_types = st.sampled_from(["cites", "derived-from"])
-json_values = st.sampled_from([
-    None, True, False, 0, 1, -1, 2**63 - 1, 0.0, -0.0, 1.0, 1.5, "1", "a", "", [], [1],
-    [1, "1"], {}, {"x": 1}, {"x": [True]},
-])
+json_values = st.sampled_from(
+    [
+        None,
+        True,
+        False,
+        0,
+        1,
+        -1,
+        2**63 - 1,
+        0.0,
+        -0.0,
+        1.0,
+        1.5,
+        "1",
+        "a",
+        "",
+        [],
+        [1],
+        [1, "1"],
+        {},
+        {"x": 1},
+        {"x": [True]},
+    ]
+)
 metadata_keys = st.sampled_from(["k", "n", 'q"', "ü.x", ""])
 metadata = st.none() | st.dictionaries(metadata_keys, json_values, max_size=3)
 directions = st.sampled_from(["outgoing", "incoming", "both"])
@@ -82,7 +102,8 @@ operations = st.sampled_from(["extract", "summarize"])
 statuses = st.sampled_from([status.value for status in RunStatus] + ["exploded"])
 # Mostly the statuses finish_run takes, so that runs do end; sometimes any other.
 end_statuses = st.integers(0, 4).flatmap(
-    lambda n: statuses if n == 0 else st.sampled_from(["succeeded", "failed", "cancelled"]))
+    lambda n: statuses if n == 0 else st.sampled_from(["succeeded", "failed", "cancelled"])
+)
 revisions = st.none() | st.integers(1, 3)
 roles = st.none() | st.just("doc")
 reference_kinds = st.sampled_from(["artifact", "relationship", "run", "external"])
@@ -118,9 +139,13 @@ class Differential(RuleBasedStateMachine):
     def _open(self) -> SQLiteKnowledgeRepository:
         # A small backlog limit: text queries meet indexed rows, backlog rows
         # and the automatic indexing between them (ADR 0004).
-        return SQLiteKnowledgeRepository.open(self.tmp / "store", "none",
-                                              clock=self.sqlite_clock, ids=self.sqlite_ids,
-                                              text_backlog_limit=3)
+        return SQLiteKnowledgeRepository.open(
+            self.tmp / "store",
+            "none",
+            clock=self.sqlite_clock,
+            ids=self.sqlite_ids,
+            text_backlog_limit=3,
+        )
 
     def teardown(self) -> None:
         try:
@@ -165,8 +190,9 @@ class Differential(RuleBasedStateMachine):
         if outcome[0] == "ok" and outcome[1] is not None:
             pool.append(outcome[1].id)
 
-    @initialize(items=st.lists(st.tuples(artifact_names, bodies, artifact_types, metadata),
-                               max_size=6))
+    @initialize(
+        items=st.lists(st.tuples(artifact_names, bodies, artifact_types, metadata), max_size=6)
+    )
     def start(self, items: list[tuple[str, bytes, str, dict[str, Any] | None]]) -> None:
         self.create_collection("c1", None)
         self.create_collection("c2", {"k": 1})
@@ -190,20 +216,30 @@ class Differential(RuleBasedStateMachine):
 
     # -- artifacts -----------------------------------------------------------
 
-    @rule(index=indexes, name=artifact_names, body=bodies, kind=artifact_types,
-          meta=metadata)
-    def create_artifact(self, index: int, name: str, body: bytes, kind: str,
-                        meta: dict[str, Any] | None) -> None:
+    @rule(index=indexes, name=artifact_names, body=bodies, kind=artifact_types, meta=metadata)
+    def create_artifact(
+        self, index: int, name: str, body: bytes, kind: str, meta: dict[str, Any] | None
+    ) -> None:
         collection_id = self.live_collection(index)
-        outcome = self.both(lambda repo: repo.create_artifact(
-            collection_id, name, body, artifact_type=kind, metadata=meta,
-            provenance={"by": "test"}))
+        outcome = self.both(
+            lambda repo: repo.create_artifact(
+                collection_id,
+                name,
+                body,
+                artifact_type=kind,
+                metadata=meta,
+                provenance={"by": "test"},
+            )
+        )
         self.remember(outcome, self.artifacts)
 
-    @rule(index=indexes, items=st.lists(
-        st.tuples(artifact_names, bodies, artifact_types, metadata), max_size=5))
-    def put_artifacts(self, index: int,
-                      items: list[tuple[str, bytes, str, dict[str, Any] | None]]) -> None:
+    @rule(
+        index=indexes,
+        items=st.lists(st.tuples(artifact_names, bodies, artifact_types, metadata), max_size=5),
+    )
+    def put_artifacts(
+        self, index: int, items: list[tuple[str, bytes, str, dict[str, Any] | None]]
+    ) -> None:
         collection_id = self.live_collection(index)
         batch = [NewArtifact(name, body, kind, metadata=meta) for name, body, kind, meta in items]
         outcome = self.both(lambda repo: repo.put_artifacts(collection_id, batch))
@@ -212,17 +248,38 @@ class Differential(RuleBasedStateMachine):
                 if result.artifact.id not in self.artifacts:
                     self.artifacts.append(result.artifact.id)
 
-    @rule(index=indexes, body=st.none() | bodies, kind=st.none() | artifact_types,
-          name=st.none() | artifact_names, meta=metadata,
-          media=st.none() | st.sampled_from(["text/plain", "text/markdown"]),
-          expected=st.none() | st.integers(1, 4))
-    def update_artifact(self, index: int, body: bytes | None, kind: str | None,
-                        name: str | None, meta: dict[str, Any] | None, media: str | None,
-                        expected: int | None) -> None:
+    @rule(
+        index=indexes,
+        body=st.none() | bodies,
+        kind=st.none() | artifact_types,
+        name=st.none() | artifact_names,
+        meta=metadata,
+        media=st.none() | st.sampled_from(["text/plain", "text/markdown"]),
+        expected=st.none() | st.integers(1, 4),
+    )
+    def update_artifact(
+        self,
+        index: int,
+        body: bytes | None,
+        kind: str | None,
+        name: str | None,
+        meta: dict[str, Any] | None,
+        media: str | None,
+        expected: int | None,
+    ) -> None:
         artifact_id = self.live_artifact(index)
-        self.both(lambda repo: repo.update_artifact(
-            artifact_id, content=body, artifact_type=kind, name=name, metadata=meta,
-            media_type=media, provenance={"step": 2}, expected_revision=expected))
+        self.both(
+            lambda repo: repo.update_artifact(
+                artifact_id,
+                content=body,
+                artifact_type=kind,
+                name=name,
+                metadata=meta,
+                media_type=media,
+                provenance={"step": 2},
+                expected_revision=expected,
+            )
+        )
 
     @rule(index=indexes, expected=st.none() | st.integers(1, 4))
     def delete_artifact(self, index: int, expected: int | None) -> None:
@@ -231,14 +288,15 @@ class Differential(RuleBasedStateMachine):
 
     # -- relationships -------------------------------------------------------
 
-    @rule(source=indexes, to=indexes, kind=relationship_types,
-          meta=metadata)
-    def create_relationship(self, source: int, to: int, kind: str,
-                            meta: dict[str, Any] | None) -> None:
+    @rule(source=indexes, to=indexes, kind=relationship_types, meta=metadata)
+    def create_relationship(
+        self, source: int, to: int, kind: str, meta: dict[str, Any] | None
+    ) -> None:
         source_id = self.live_artifact(source)
         target_id = self.live_artifact(to)
-        outcome = self.both(lambda repo: repo.create_relationship(source_id, target_id, kind,
-                                                                   metadata=meta))
+        outcome = self.both(
+            lambda repo: repo.create_relationship(source_id, target_id, kind, metadata=meta)
+        )
         self.remember(outcome, self.relationships)
 
     @rule(index=indexes)
@@ -248,8 +306,7 @@ class Differential(RuleBasedStateMachine):
 
     # -- transactions and reopening -------------------------------------------
 
-    @rule(index=indexes, name=artifact_names, body=bodies,
-          nested=st.booleans())
+    @rule(index=indexes, name=artifact_names, body=bodies, nested=st.booleans())
     def failed_transaction(self, index: int, name: str, body: bytes, nested: bool) -> None:
         """Work that raises part-way: all of it is undone, in both backends."""
         collection_id = self.live_collection(index)
@@ -261,16 +318,14 @@ class Differential(RuleBasedStateMachine):
                     repo.create_collection("in-transaction")
                     if nested:
                         with repo.transaction():
-                            repo.create_artifact(collection_id, name, body,
-                                                 artifact_type="note")
+                            repo.create_artifact(collection_id, name, body, artifact_type="note")
                     repo.put_artifacts(collection_id, [NewArtifact(name + "+", body, "doc")])
                     repo.update_artifact(artifact_id, content=body + b"!")
                     repo.delete_artifact(artifact_id)
                     run = repo.start_run(repo.create_run("in-transaction").id)
                     repo.add_step(run.id, "s")
                     repo.add_inputs(run.id, [Pin(a.id) for a in repo.list_artifacts()[:2]])
-                    repo.create_context_package("in-transaction", [
-                        ContextReference("run", run.id)])
+                    repo.create_context_package("in-transaction", [ContextReference("run", run.id)])
                     repo.finish_run(run.id)
                     raise Boom
             except Boom:
@@ -322,11 +377,11 @@ class Differential(RuleBasedStateMachine):
         return self.pick(fitting or self.runs, index, "run_missing")
 
     @rule(operation=operations, params=metadata, parent=st.none() | indexes)
-    def create_run(self, operation: str, params: dict[str, Any] | None,
-                   parent: int | None) -> None:
+    def create_run(self, operation: str, params: dict[str, Any] | None, parent: int | None) -> None:
         parent_id = None if parent is None else self.run_id(parent)
-        outcome = self.both(lambda repo: repo.create_run(operation, parameters=params,
-                                                         parent_run_id=parent_id))
+        outcome = self.both(
+            lambda repo: repo.create_run(operation, parameters=params, parent_run_id=parent_id)
+        )
         self.remember(outcome, self.runs)
 
     @rule(index=indexes, short_lease=st.booleans())
@@ -341,13 +396,19 @@ class Differential(RuleBasedStateMachine):
         run_id = self.run_id(index, RunStatus.RUNNING)
         self.both(lambda repo: repo.heartbeat(run_id))
 
-    @rule(index=indexes, status=end_statuses, error=st.none() | st.just("it broke"),
-          diagnostics=metadata)
-    def finish_run(self, index: int, status: str, error: str | None,
-                   diagnostics: dict[str, Any] | None) -> None:
+    @rule(
+        index=indexes,
+        status=end_statuses,
+        error=st.none() | st.just("it broke"),
+        diagnostics=metadata,
+    )
+    def finish_run(
+        self, index: int, status: str, error: str | None, diagnostics: dict[str, Any] | None
+    ) -> None:
         run_id = self.run_id(index, RunStatus.RUNNING, RunStatus.PENDING, RunStatus.ABANDONED)
-        self.both(lambda repo: repo.finish_run(run_id, status, error=error,
-                                               diagnostics=diagnostics))
+        self.both(
+            lambda repo: repo.finish_run(run_id, status, error=error, diagnostics=diagnostics)
+        )
 
     @rule()
     def recover_abandoned(self) -> None:
@@ -359,21 +420,31 @@ class Differential(RuleBasedStateMachine):
         outcome = self.both(lambda repo: repo.add_step(run_id, name, diagnostics=diagnostics))
         self.remember(outcome, self.steps)
 
-    @rule(index=indexes, status=st.sampled_from(["running", "running", "succeeded"]) | statuses,
-          diagnostics=metadata)
-    def set_step_status(self, index: int, status: str,
-                        diagnostics: dict[str, Any] | None) -> None:
+    @rule(
+        index=indexes,
+        status=st.sampled_from(["running", "running", "succeeded"]) | statuses,
+        diagnostics=metadata,
+    )
+    def set_step_status(self, index: int, status: str, diagnostics: dict[str, Any] | None) -> None:
         step_id = self.pick(self.steps, index, "stp_missing")
         self.both(lambda repo: repo.set_step_status(step_id, status, diagnostics=diagnostics))
 
-    @rule(index=indexes, inputs=st.lists(st.tuples(indexes, revisions, roles, st.booleans()),
-                                         max_size=4), params=metadata)
-    def add_inputs(self, index: int, inputs: list[tuple[int, int | None, str | None, bool]],
-                   params: dict[str, Any] | None) -> None:
+    @rule(
+        index=indexes,
+        inputs=st.lists(st.tuples(indexes, revisions, roles, st.booleans()), max_size=4),
+        params=metadata,
+    )
+    def add_inputs(
+        self,
+        index: int,
+        inputs: list[tuple[int, int | None, str | None, bool]],
+        params: dict[str, Any] | None,
+    ) -> None:
         run_id = self.run_id(index, RunStatus.RUNNING, RunStatus.PENDING)
         pins: list[Pin | str] = [
-            self.live_artifact(artifact) if plain else Pin(self.live_artifact(artifact),
-                                                           revision, role)
+            self.live_artifact(artifact)
+            if plain
+            else Pin(self.live_artifact(artifact), revision, role)
             for artifact, revision, role, plain in inputs
         ]
         self.both(lambda repo: repo.add_inputs(run_id, pins, parameters=params))
@@ -382,8 +453,11 @@ class Differential(RuleBasedStateMachine):
     def create_output(self, index: int, collection: int, name: str, body: bytes) -> None:
         run_id = self.run_id(index, RunStatus.RUNNING)
         collection_id = self.live_collection(collection)
-        outcome = self.both(lambda repo: repo.create_artifact(
-            collection_id, name, body, artifact_type="output", run_id=run_id))
+        outcome = self.both(
+            lambda repo: repo.create_artifact(
+                collection_id, name, body, artifact_type="output", run_id=run_id
+            )
+        )
         self.remember(outcome, self.artifacts)
 
     @rule(index=indexes, artifact=indexes, body=bodies)
@@ -392,8 +466,11 @@ class Differential(RuleBasedStateMachine):
         artifact_id = self.live_artifact(artifact)
         self.both(lambda repo: repo.update_artifact(artifact_id, content=body, run_id=run_id))
 
-    @rule(index=indexes, collection=indexes, items=st.lists(
-        st.tuples(artifact_names, bodies), max_size=3))
+    @rule(
+        index=indexes,
+        collection=indexes,
+        items=st.lists(st.tuples(artifact_names, bodies), max_size=3),
+    )
     def put_outputs(self, index: int, collection: int, items: list[tuple[str, bytes]]) -> None:
         run_id = self.run_id(index, RunStatus.RUNNING)
         collection_id = self.live_collection(collection)
@@ -404,12 +481,21 @@ class Differential(RuleBasedStateMachine):
                 if result.artifact.id not in self.artifacts:
                     self.artifacts.append(result.artifact.id)
 
-    @rule(collection=indexes,
-          inputs=st.lists(st.tuples(indexes, revisions), min_size=1, max_size=3),
-          outputs=st.lists(st.tuples(artifact_names, bodies), max_size=2),
-          rewrite=st.none() | indexes, status=end_statuses)
-    def workflow(self, collection: int, inputs: list[tuple[int, int | None]],
-                 outputs: list[tuple[str, bytes]], rewrite: int | None, status: str) -> None:
+    @rule(
+        collection=indexes,
+        inputs=st.lists(st.tuples(indexes, revisions), min_size=1, max_size=3),
+        outputs=st.lists(st.tuples(artifact_names, bodies), max_size=2),
+        rewrite=st.none() | indexes,
+        status=end_statuses,
+    )
+    def workflow(
+        self,
+        collection: int,
+        inputs: list[tuple[int, int | None]],
+        outputs: list[tuple[str, bytes]],
+        rewrite: int | None,
+        status: str,
+    ) -> None:
         """A whole run at once, so that chains of consumed and produced revisions form."""
         collection_id = self.live_collection(collection)
         pins = [Pin(self.live_artifact(index), revision) for index, revision in inputs]
@@ -420,12 +506,18 @@ class Differential(RuleBasedStateMachine):
             step = repo.add_step(run.id, "work")
             repo.set_step_status(step.id, "running")
             repo.add_inputs(run.id, pins, parameters={"n": len(pins)})
-            made = [result.artifact.id for result in repo.put_artifacts(
-                collection_id, [NewArtifact(name, body, "output") for name, body in outputs],
-                run_id=run.id)]
+            made = [
+                result.artifact.id
+                for result in repo.put_artifacts(
+                    collection_id,
+                    [NewArtifact(name, body, "output") for name, body in outputs],
+                    run_id=run.id,
+                )
+            ]
             if rewritten is not None:
-                repo.update_artifact(rewritten, content=b"rewritten by " + run.id.encode(),
-                                     run_id=run.id)
+                repo.update_artifact(
+                    rewritten, content=b"rewritten by " + run.id.encode(), run_id=run.id
+                )
             repo.set_step_status(step.id, "succeeded")
             repo.finish_run(run.id, status, diagnostics={"outputs": len(made)})
             return [run.id, *made]
@@ -437,63 +529,104 @@ class Differential(RuleBasedStateMachine):
 
     # -- context packages and external references ------------------------------
 
-    @rule(name=st.sampled_from(["brief", "answer"]), meta=metadata,
-          refs=st.lists(st.tuples(reference_kinds, indexes, revisions, st.booleans()),
-                        max_size=4))
-    def create_context_package(self, name: str, meta: dict[str, Any] | None,
-                               refs: list[tuple[str, int, int | None, bool]]) -> None:
+    @rule(
+        name=st.sampled_from(["brief", "answer"]),
+        meta=metadata,
+        refs=st.lists(st.tuples(reference_kinds, indexes, revisions, st.booleans()), max_size=4),
+    )
+    def create_context_package(
+        self, name: str, meta: dict[str, Any] | None, refs: list[tuple[str, int, int | None, bool]]
+    ) -> None:
         references = []
         for kind, index, revision, flag in refs:
             if kind == "artifact":
-                references.append(ContextReference("artifact", self.live_artifact(index),
-                                                   revision, note="n" if flag else None))
+                references.append(
+                    ContextReference(
+                        "artifact", self.live_artifact(index), revision, note="n" if flag else None
+                    )
+                )
             elif kind == "relationship":
-                references.append(ContextReference("relationship",
-                                                   self.live_relationship(index)))
+                references.append(ContextReference("relationship", self.live_relationship(index)))
             elif kind == "run":
                 references.append(ContextReference("run", self.run_id(index)))
             else:
-                references.append(ContextReference("external", f"mem-{index}", system="pm",
-                                                   uri="pm://x" if flag else None))
+                references.append(
+                    ContextReference(
+                        "external", f"mem-{index}", system="pm", uri="pm://x" if flag else None
+                    )
+                )
         self.both(lambda repo: repo.create_context_package(name, references, metadata=meta))
 
-    @rule(system=systems, index=indexes, artifact=st.none() | indexes, revision=revisions,
-          uri=st.none() | st.just("pm://y"), meta=metadata)
-    def record_external_reference(self, system: str, index: int, artifact: int | None,
-                                  revision: int | None, uri: str | None,
-                                  meta: dict[str, Any] | None) -> None:
+    @rule(
+        system=systems,
+        index=indexes,
+        artifact=st.none() | indexes,
+        revision=revisions,
+        uri=st.none() | st.just("pm://y"),
+        meta=metadata,
+    )
+    def record_external_reference(
+        self,
+        system: str,
+        index: int,
+        artifact: int | None,
+        revision: int | None,
+        uri: str | None,
+        meta: dict[str, Any] | None,
+    ) -> None:
         artifact_id = None if artifact is None else self.live_artifact(artifact)
-        self.both(lambda repo: repo.record_external_reference(
-            system, f"ext-{index}", recorded_by="sync", uri=uri, artifact_id=artifact_id,
-            revision=revision, metadata=meta))
+        self.both(
+            lambda repo: repo.record_external_reference(
+                system,
+                f"ext-{index}",
+                recorded_by="sync",
+                uri=uri,
+                artifact_id=artifact_id,
+                revision=revision,
+                metadata=meta,
+            )
+        )
 
     # -- run reads -----------------------------------------------------------
 
     @rule(index=indexes)
     def read_run(self, index: int) -> None:
         run_id = self.run_id(index)
-        self.both(lambda repo: (repo.get_run(run_id), repo.list_steps(run_id),
-                                repo.list_bundles(run_id), repo.get_manifest(run_id),
-                                repo.run_outputs(run_id)))
+        self.both(
+            lambda repo: (
+                repo.get_run(run_id),
+                repo.list_steps(run_id),
+                repo.list_bundles(run_id),
+                repo.get_manifest(run_id),
+                repo.run_outputs(run_id),
+            )
+        )
 
-    @rule(status=st.none() | statuses, operation=st.none() | operations,
-          parent=st.none() | indexes)
+    @rule(status=st.none() | statuses, operation=st.none() | operations, parent=st.none() | indexes)
     def list_runs(self, status: str | None, operation: str | None, parent: int | None) -> None:
         parent_id = None if parent is None else self.run_id(parent)
-        self.both(lambda repo: repo.list_runs(status=status, operation=operation,
-                                              parent_run_id=parent_id))
+        self.both(
+            lambda repo: repo.list_runs(status=status, operation=operation, parent_run_id=parent_id)
+        )
 
-    @rule(index=indexes, revision=revisions,
-          types=st.lists(relationship_types, max_size=2, unique=True))
+    @rule(
+        index=indexes,
+        revision=revisions,
+        types=st.lists(relationship_types, max_size=2, unique=True),
+    )
     def lineage(self, index: int, revision: int | None, types: list[str]) -> None:
         artifact_id = self.live_artifact(index)
         self.both(lambda repo: repo.consuming_runs(artifact_id, revision))
         self.both(lambda repo: repo.producing_run(artifact_id, revision))
-        self.both(lambda repo: repo.impact(artifact_id, revision=revision,
-                                           relationship_types=types))
+        self.both(
+            lambda repo: repo.impact(artifact_id, revision=revision, relationship_types=types)
+        )
 
-    @rule(index=indexes, body=st.none() | bodies,
-          types=st.lists(relationship_types, max_size=2, unique=True))
+    @rule(
+        index=indexes,
+        body=st.none() | bodies,
+        types=st.lists(relationship_types, max_size=2, unique=True),
+    )
     def impact_of_digest(self, index: int, body: bytes | None, types: list[str]) -> None:
         """From a drawn body's digest, or (mostly) the digest of a live artifact."""
         if body is None:
@@ -505,22 +638,37 @@ class Differential(RuleBasedStateMachine):
     @rule(system=st.none() | systems, artifact=st.none() | indexes)
     def list_external_references(self, system: str | None, artifact: int | None) -> None:
         artifact_id = None if artifact is None else self.live_artifact(artifact)
-        self.both(lambda repo: repo.list_external_references(system=system,
-                                                             artifact_id=artifact_id))
+        self.both(
+            lambda repo: repo.list_external_references(system=system, artifact_id=artifact_id)
+        )
 
     # -- reads ---------------------------------------------------------------
 
-    @rule(ids=sometimes(st.lists(indexes, max_size=3)),
-          collection=sometimes(indexes), name=sometimes(artifact_names),
-          digest_of=sometimes(bodies), kind=sometimes(artifact_types),
-          meta=sometimes(st.dictionaries(metadata_keys, json_values, min_size=1, max_size=2)),
-          text=sometimes(queries),
-          related=sometimes(st.tuples(indexes, st.none() | relationship_types, directions)),
-          limit=sometimes(st.integers(0, 4)), after=sometimes(st.integers(0, 40)))
-    def query(self, ids: list[int] | None, collection: int | None, name: str | None,
-              digest_of: bytes | None, kind: str | None, meta: dict[str, Any] | None,
-              text: str | None, related: tuple[int, str | None, str] | None,
-              limit: int | None, after: int | None) -> None:
+    @rule(
+        ids=sometimes(st.lists(indexes, max_size=3)),
+        collection=sometimes(indexes),
+        name=sometimes(artifact_names),
+        digest_of=sometimes(bodies),
+        kind=sometimes(artifact_types),
+        meta=sometimes(st.dictionaries(metadata_keys, json_values, min_size=1, max_size=2)),
+        text=sometimes(queries),
+        related=sometimes(st.tuples(indexes, st.none() | relationship_types, directions)),
+        limit=sometimes(st.integers(0, 4)),
+        after=sometimes(st.integers(0, 40)),
+    )
+    def query(
+        self,
+        ids: list[int] | None,
+        collection: int | None,
+        name: str | None,
+        digest_of: bytes | None,
+        kind: str | None,
+        meta: dict[str, Any] | None,
+        text: str | None,
+        related: tuple[int, str | None, str] | None,
+        limit: int | None,
+        after: int | None,
+    ) -> None:
         from kontextual_engine.digests import digest_bytes
 
         query = Query(
@@ -531,17 +679,26 @@ class Differential(RuleBasedStateMachine):
             artifact_type=kind,
             metadata=meta,
             text=text,
-            related_to=None if related is None else RelatedTo(
-                self.live_artifact(related[0]), related[1], related[2]),
+            related_to=None
+            if related is None
+            else RelatedTo(self.live_artifact(related[0]), related[1], related[2]),
             limit=limit,
             after=after,
         )
         self.both(lambda repo: repo.query(query))
 
     @precondition(lambda self: bool(self.artifacts))
-    @rule(index=indexes, fields=st.sets(st.sampled_from(
-        ["ids", "collection", "name", "digest", "type", "metadata", "related", "after"]),
-        min_size=1, max_size=3), limit=sometimes(st.integers(0, 4)))
+    @rule(
+        index=indexes,
+        fields=st.sets(
+            st.sampled_from(
+                ["ids", "collection", "name", "digest", "type", "metadata", "related", "after"]
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        limit=sometimes(st.integers(0, 4)),
+    )
     def query_like_an_artifact(self, index: int, fields: set[str], limit: int | None) -> None:
         """A query built from a live artifact's own fields, so it finds at least that one."""
         live = self.memory.list_artifacts()
@@ -566,17 +723,18 @@ class Differential(RuleBasedStateMachine):
             relationships = self.memory.list_relationships(artifact.id)
             if relationships:
                 other = relationships[0]
-                filters["related_to"] = RelatedTo(other.source_id, other.relationship_type,
-                                                  "outgoing")
+                filters["related_to"] = RelatedTo(
+                    other.source_id, other.relationship_type, "outgoing"
+                )
         if "after" in fields:
             filters["after"] = artifact.sequence - 1
         self.both(lambda repo: repo.query(Query(**filters)))
 
     @precondition(lambda self: bool(self.artifacts))
-    @rule(index=indexes, start=st.integers(0, 29), length=st.integers(1, 6),
-          flip=st.booleans())
+    @rule(index=indexes, start=st.integers(0, 29), length=st.integers(1, 6), flip=st.booleans())
     def query_text_of_a_body(self, index: int, start: int, length: int, flip: bool) -> None:
         """Search for a piece of a live body, so that text queries find things."""
+
         def piece(repo: KnowledgeRepository) -> str | None:
             artifact_id = self.live_artifact(index)
             try:
@@ -584,7 +742,7 @@ class Differential(RuleBasedStateMachine):
             except (KontextualError, UnicodeDecodeError):
                 return None
             start_at = start % len(body) if body else 0
-            part = body[start_at:start_at + length]
+            part = body[start_at : start_at + length]
             return part.swapcase() if flip else part
 
         got = self.both(piece)[1]
@@ -594,18 +752,23 @@ class Differential(RuleBasedStateMachine):
     @rule(index=indexes, revision=st.integers(1, 4))
     def read_revision(self, index: int, revision: int) -> None:
         artifact_id = self.live_artifact(index)
-        self.both(lambda repo: (repo.get_revision(artifact_id, revision),
-                                repo.read_content(artifact_id, revision)))
+        self.both(
+            lambda repo: (
+                repo.get_revision(artifact_id, revision),
+                repo.read_content(artifact_id, revision),
+            )
+        )
 
-    @rule(index=indexes, direction=directions,
-          kind=st.none() | relationship_types)
+    @rule(index=indexes, direction=directions, kind=st.none() | relationship_types)
     def list_relationships(self, index: int, direction: str, kind: str | None) -> None:
         artifact_id = self.live_artifact(index)
-        self.both(lambda repo: repo.list_relationships(artifact_id, direction=direction,
-                                                       relationship_type=kind))
+        self.both(
+            lambda repo: repo.list_relationships(
+                artifact_id, direction=direction, relationship_type=kind
+            )
+        )
 
-    @rule(since=st.integers(0, 40), index=st.none() | indexes,
-          limit=st.none() | st.integers(0, 5))
+    @rule(since=st.integers(0, 40), index=st.none() | indexes, limit=st.none() | st.integers(0, 5))
     def list_changes(self, since: int, index: int | None, limit: int | None) -> None:
         entity = None if index is None else self.live_artifact(index)
         self.both(lambda repo: repo.list_changes(since, entity_id=entity, limit=limit))
@@ -650,9 +813,16 @@ class Differential(RuleBasedStateMachine):
                 "relationships": repo.list_relationships(),
                 "changes": repo.list_changes(),
                 "last": repo.last_sequence(),
-                "runs": [(run, repo.list_steps(run.id), repo.list_bundles(run.id),
-                          repo.get_manifest(run.id), repo.run_outputs(run.id))
-                         for run in repo.list_runs()],
+                "runs": [
+                    (
+                        run,
+                        repo.list_steps(run.id),
+                        repo.list_bundles(run.id),
+                        repo.get_manifest(run.id),
+                        repo.run_outputs(run.id),
+                    )
+                    for run in repo.list_runs()
+                ],
                 "packages": repo.list_context_packages(),
                 "external": repo.list_external_references(),
             }

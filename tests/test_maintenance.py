@@ -26,8 +26,9 @@ OLD = time.time() - 30 * 24 * 3600
 def store(tmp_path: Path) -> Iterator[SQLiteKnowledgeRepository]:
     repo = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
     collection = repo.create_collection("c").id
-    repo.put_artifacts(collection, [NewArtifact(f"n{i}", f"body {i}".encode(), "note")
-                                    for i in range(10)])
+    repo.put_artifacts(
+        collection, [NewArtifact(f"n{i}", f"body {i}".encode(), "note") for i in range(10)]
+    )
     first = repo.get_artifact_by_name(collection, "n0")
     repo.update_artifact(first.id, content=b"body 0, second revision")
     yield repo
@@ -108,19 +109,34 @@ def test_sequence_gap(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
         reopened.close()
 
 
-@pytest.mark.parametrize("damage, finding", [
-    # the same text indexed and waiting: a query would return the artifact twice
-    ("INSERT INTO text_backlog SELECT rowid, folded FROM artifact_text LIMIT 1",
-     "text-duplicate"),
-    ("INSERT INTO artifact_text (rowid, folded) SELECT sequence, folded FROM text_backlog "
-     "LIMIT 1", "text-duplicate"),
-    ("UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
-     "(SELECT max(rowid) FROM artifact_text)", "stale-text"),
-    ("UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
-     "(SELECT max(sequence) FROM text_backlog)", "stale-text"),
-])
-def test_text_tables_are_checked(store: SQLiteKnowledgeRepository, tmp_path: Path,
-                                 damage: str, finding: str) -> None:
+@pytest.mark.parametrize(
+    "damage, finding",
+    [
+        # the same text indexed and waiting: a query would return the artifact twice
+        (
+            "INSERT INTO text_backlog SELECT rowid, folded FROM artifact_text LIMIT 1",
+            "text-duplicate",
+        ),
+        (
+            "INSERT INTO artifact_text (rowid, folded) SELECT sequence, folded FROM text_backlog "
+            "LIMIT 1",
+            "text-duplicate",
+        ),
+        (
+            "UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
+            "(SELECT max(rowid) FROM artifact_text)",
+            "stale-text",
+        ),
+        (
+            "UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
+            "(SELECT max(sequence) FROM text_backlog)",
+            "stale-text",
+        ),
+    ],
+)
+def test_text_tables_are_checked(
+    store: SQLiteKnowledgeRepository, tmp_path: Path, damage: str, finding: str
+) -> None:
     collection = store.create_collection("waiting").id
     store.index_text()
     store.put_artifacts(collection, [NewArtifact("w", b"waiting text", "note")])
@@ -159,7 +175,8 @@ def test_gc_removes_exactly_old_garbage(store: SQLiteKnowledgeRepository) -> Non
     stale.write_bytes(b"partial")
     os.utime(stale, (OLD, OLD))
     referenced = {a.digest for a in store.query()} | {
-        r.digest for r in store.list_revisions(store.query(name="n0")[0].id)}
+        r.digest for r in store.list_revisions(store.query(name="n0")[0].id)
+    }
     for digest in referenced:
         os.utime(store.objects.path(digest), (OLD, OLD))
 
@@ -194,7 +211,8 @@ WRITER = textwrap.dedent("""
 
 
 def test_gc_never_removes_what_a_concurrent_writer_references(
-        store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
+    store: SQLiteKnowledgeRepository, tmp_path: Path
+) -> None:
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "store"), "300"])
     try:
         while writer.poll() is None:
@@ -228,8 +246,9 @@ def test_backup_of_a_busy_store(store: SQLiteKnowledgeRepository, tmp_path: Path
         copy.close()
 
 
-def test_backup_refuses_non_empty_destination(store: SQLiteKnowledgeRepository,
-                                              tmp_path: Path) -> None:
+def test_backup_refuses_non_empty_destination(
+    store: SQLiteKnowledgeRepository, tmp_path: Path
+) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(Exception, match="not empty"):

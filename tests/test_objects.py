@@ -1210,8 +1210,9 @@ def test_killed_writer_leaves_no_partial_object(root: Path, mode: str) -> None:
     assert [p.kind for p in store.scan()] == ["stale-tmp"] * len(leftovers)
 
 
-def test_sync_filesystem_syncs_only_the_store_filesystem(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_filesystem_syncs_only_the_store_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[str] = []
     monkeypatch.setattr(objects_module.os, "sync", lambda: synced.append("all"))
     if objects_module._syncfs() is not None:

@@ -22,17 +22,25 @@ from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 def repo(tmp_path: Path) -> Iterator[SQLiteKnowledgeRepository]:
     store = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
     collection = store.create_collection("plans")
-    store.put_artifacts(collection.id, [
-        NewArtifact(f"doc-{number}.md", f"document {number} about tokenizers".encode(),
-                    "note", metadata={"topic": f"t{number % 3}", "priority": number % 5})
-        for number in range(30)
-    ])
+    store.put_artifacts(
+        collection.id,
+        [
+            NewArtifact(
+                f"doc-{number}.md",
+                f"document {number} about tokenizers".encode(),
+                "note",
+                metadata={"topic": f"t{number % 3}", "priority": number % 5},
+            )
+            for number in range(30)
+        ],
+    )
     yield store
     store.close()
 
 
-def plan_of(repo: SQLiteKnowledgeRepository, call: Callable[[], object],
-            containing: str = "") -> str:
+def plan_of(
+    repo: SQLiteKnowledgeRepository, call: Callable[[], object], containing: str = ""
+) -> str:
     """The query plan of the last SELECT that ``call`` ran (of those that contain
     ``containing``), one step per line."""
     conn: sqlite3.Connection = repo._conn  # type: ignore[assignment]
@@ -42,8 +50,7 @@ def plan_of(repo: SQLiteKnowledgeRepository, call: Callable[[], object],
         call()
     finally:
         conn.set_trace_callback(None)
-    selects = [s for s in statements
-               if s.lstrip().upper().startswith("SELECT") and containing in s]
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT") and containing in s]
     assert selects, statements
     rows = conn.execute("EXPLAIN QUERY PLAN " + selects[-1]).fetchall()
     return "\n".join(row[-1] for row in rows)
@@ -58,8 +65,7 @@ def test_lookup_by_id_searches_the_id_index(repo: SQLiteKnowledgeRepository) -> 
 
 def test_lookup_by_name_searches_the_live_name_index(repo: SQLiteKnowledgeRepository) -> None:
     artifact = repo.list_artifacts()[3]
-    plan = plan_of(repo, lambda: repo.get_artifact_by_name(artifact.collection_id,
-                                                           artifact.name))
+    plan = plan_of(repo, lambda: repo.get_artifact_by_name(artifact.collection_id, artifact.name))
     assert "SEARCH a USING INDEX artifacts_live_name (collection_id=? AND name=?)" in plan, plan
 
 
@@ -81,18 +87,19 @@ def test_text_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> N
     assert "TEMP B-TREE" not in plan, plan
 
 
-def test_text_and_metadata_query_scans_only_the_backlog(
-        repo: SQLiteKnowledgeRepository) -> None:
+def test_text_and_metadata_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> None:
     """Not one probe into the backlog per metadata match: the backlog is scanned."""
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}),
-                   "text_backlog")
+    plan = plan_of(
+        repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}), "text_backlog"
+    )
     assert plan.splitlines()[0] == "SCAN t", plan
     assert "SCAN a" not in plan, plan
 
 
 def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}),
-                   "artifact_text")
+    plan = plan_of(
+        repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}), "artifact_text"
+    )
     assert plan.splitlines()[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SCAN a" not in plan, plan
 

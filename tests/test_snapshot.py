@@ -24,8 +24,14 @@ def populate(repo: KnowledgeRepository) -> None:
     """A repository with every kind of record, deletions and history included."""
     notes = repo.create_collection("notes", metadata={"owner": "ana"})
     scratch = repo.create_collection("scratch")
-    a = repo.create_artifact(notes.id, "a.md", b"alpha text", artifact_type="note",
-                             metadata={"n": 1, "tags": ["x"]}, media_type="text/markdown")
+    a = repo.create_artifact(
+        notes.id,
+        "a.md",
+        b"alpha text",
+        artifact_type="note",
+        metadata={"n": 1, "tags": ["x"]},
+        media_type="text/markdown",
+    )
     b = repo.create_artifact(notes.id, "b.md", b"beta \xc3\x9f", artifact_type="note")
     gone = repo.create_artifact(scratch.id, "gone", b"\x00\x01binary", artifact_type="blob")
     repo.update_artifact(a.id, content=b"alpha text v2", provenance={"by": "editor"})
@@ -33,20 +39,27 @@ def populate(repo: KnowledgeRepository) -> None:
     repo.create_relationship(gone.id, a.id, "cites")
     repo.delete_artifact(gone.id)
     repo.delete_collection(scratch.id)
-    run = repo.start_run(repo.create_run("summarize", parameters={"k": 2}).id,
-                         holder={"host": "h", "pid": 1})
+    run = repo.start_run(
+        repo.create_run("summarize", parameters={"k": 2}).id, holder={"host": "h", "pid": 1}
+    )
     repo.add_inputs(run.id, [Pin(a.id, role="doc"), b.id], parameters={"p": True})
     step = repo.add_step(run.id, "llm")
     repo.set_step_status(step.id, "running")
-    out = repo.create_artifact(notes.id, "summary.md", b"summary", artifact_type="summary",
-                               run_id=run.id)
+    out = repo.create_artifact(
+        notes.id, "summary.md", b"summary", artifact_type="summary", run_id=run.id
+    )
     repo.set_step_status(step.id, "succeeded", diagnostics={"tokens": 5})
     repo.finish_run(run.id, diagnostics={"ok": True})
     repo.create_run("pending-one")
-    repo.create_context_package("pack", [ContextReference("artifact", a.id, revision=1),
-                                         ContextReference("run", run.id),
-                                         ContextReference("external", "m1", system="pm")],
-                                metadata={"purpose": "test"})
+    repo.create_context_package(
+        "pack",
+        [
+            ContextReference("artifact", a.id, revision=1),
+            ContextReference("run", run.id),
+            ContextReference("external", "m1", system="pm"),
+        ],
+        metadata={"purpose": "test"},
+    )
     repo.record_external_reference("pm", "m1", recorded_by="sync", artifact_id=out.id)
 
 
@@ -75,8 +88,9 @@ def backends(tmp_path: Path) -> Callable[[str], Backend]:
 
 @pytest.mark.parametrize("source_kind", BACKENDS)
 @pytest.mark.parametrize("target_kind", BACKENDS)
-def test_round_trip_is_byte_identical(backends: Callable[[str], Backend], tmp_path: Path,
-                                      source_kind: str, target_kind: str) -> None:
+def test_round_trip_is_byte_identical(
+    backends: Callable[[str], Backend], tmp_path: Path, source_kind: str, target_kind: str
+) -> None:
     source = backends(source_kind).new()
     populate(source)
     export_snapshot(source, tmp_path / "first")
@@ -95,7 +109,8 @@ def test_round_trip_is_byte_identical(backends: Callable[[str], Backend], tmp_pa
     # The imported repository goes on where the source stopped.
     next_collection = target.create_collection("later")
     assert target.list_changes(entity_id=next_collection.id)[0].sequence == (
-        source.last_sequence() + 1)
+        source.last_sequence() + 1
+    )
 
 
 def test_tar_is_deterministic_and_imports(backend: Backend, tmp_path: Path) -> None:
@@ -153,28 +168,39 @@ def flip_body_byte(root: Path) -> None:
 TAMPERINGS: dict[str, Callable[[Path], None]] = {
     "flipped body byte": flip_body_byte,
     "missing object": lambda root: _objects(root)[0].unlink(),
-    "extra object": lambda root: (root / "objects" / "00").mkdir() or (
-        root / "objects" / "00" / ("0" * 62)).write_bytes(b"stray"),
+    "extra object": lambda root: (
+        (root / "objects" / "00").mkdir()
+        or (root / "objects" / "00" / ("0" * 62)).write_bytes(b"stray")
+    ),
     "edited jsonl line": lambda root: _edit_line(
-        root, "artifacts", lambda d: {**d, "name": "renamed"}, rehash=False),
+        root, "artifacts", lambda d: {**d, "name": "renamed"}, rehash=False
+    ),
     "dangling relationship": lambda root: _edit_line(
-        root, "relationships", lambda d: {**d, "target_id": "art_missing"}, rehash=True),
-    "duplicate id": lambda root: _edit_line(
-        root, "collections", lambda d: d, rehash=False) or _duplicate_first_line(
-        root, "collections"),
+        root, "relationships", lambda d: {**d, "target_id": "art_missing"}, rehash=True
+    ),
+    "duplicate id": lambda root: (
+        _edit_line(root, "collections", lambda d: d, rehash=False)
+        or _duplicate_first_line(root, "collections")
+    ),
     "truncated file": lambda root: (root / "index" / "changes.jsonl").write_bytes(
-        (root / "index" / "changes.jsonl").read_bytes()[:-40]),
+        (root / "index" / "changes.jsonl").read_bytes()[:-40]
+    ),
     "missing manifest": lambda root: (root / "snapshot.json").unlink(),
-    "newer version": lambda root: (root / "snapshot.json").write_text(json.dumps(
-        {**json.loads((root / "snapshot.json").read_text()), "version": 99})),
+    "newer version": lambda root: (root / "snapshot.json").write_text(
+        json.dumps({**json.loads((root / "snapshot.json").read_text()), "version": 99})
+    ),
     "wrong field type": lambda root: _edit_line(
-        root, "revisions", lambda d: {**d, "revision": "1"}, rehash=True),
+        root, "revisions", lambda d: {**d, "revision": "1"}, rehash=True
+    ),
     "unknown field": lambda root: _edit_line(
-        root, "runs", lambda d: {**d, "extra": 1}, rehash=True),
+        root, "runs", lambda d: {**d, "extra": 1}, rehash=True
+    ),
     "sequence gap": lambda root: _edit_line(
-        root, "changes", lambda d: {**d, "sequence": 0}, rehash=True),
+        root, "changes", lambda d: {**d, "sequence": 0}, rehash=True
+    ),
     "bad digest in revision": lambda root: _edit_line(
-        root, "revisions", lambda d: {**d, "digest": "blake3:" + "f" * 64}, rehash=True),
+        root, "revisions", lambda d: {**d, "digest": "blake3:" + "f" * 64}, rehash=True
+    ),
     "symlinked object": lambda root: _symlink_object(root),
     "symlinked fan-out": lambda root: _symlink_dir(_objects(root)[0].parent),
     "symlinked objects": lambda root: _symlink_dir(root / "objects"),
@@ -216,8 +242,7 @@ def _symlink_object(root: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", list(TAMPERINGS))
-def test_tampered_snapshots_import_nothing(backend: Backend, tmp_path: Path,
-                                           damage: str) -> None:
+def test_tampered_snapshots_import_nothing(backend: Backend, tmp_path: Path, damage: str) -> None:
     repo = backend.new()
     populate(repo)
     export_snapshot(repo, tmp_path / "snap")
@@ -258,8 +283,9 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tar
     ],
     ids=lambda m: m.name,
 )
-def test_hostile_tars_are_refused(backend: Backend, tmp_path: Path,
-                                  member: tarfile.TarInfo) -> None:
+def test_hostile_tars_are_refused(
+    backend: Backend, tmp_path: Path, member: tarfile.TarInfo
+) -> None:
     archive = tmp_path / "hostile.tar"
     archive.write_bytes(_tar_with(member))
     target = backend.new()
@@ -288,8 +314,9 @@ def reuse_names(repo: KnowledgeRepository) -> None:
 
 
 @pytest.mark.parametrize("target_kind", BACKENDS)
-def test_round_trip_with_reused_names(backends: Callable[[str], Backend], tmp_path: Path,
-                                      target_kind: str) -> None:
+def test_round_trip_with_reused_names(
+    backends: Callable[[str], Backend], tmp_path: Path, target_kind: str
+) -> None:
     source = backends("memory").new()
     reuse_names(source)
     export_snapshot(source, tmp_path / "snap")
@@ -317,6 +344,7 @@ def test_an_interrupted_restore_leaves_nothing(backend: Backend, where: str) -> 
     broken = dict(records)
     bodies = source.read_object
     if where == "first body":
+
         def bodies(digest: str) -> bytes:
             raise RuntimeError("restore interrupted")
     else:

@@ -89,9 +89,15 @@ def everything(repo: KnowledgeRepository) -> dict[str, Any]:
 def populate(repo: KnowledgeRepository) -> None:
     notes = repo.create_collection("notes", description="d", metadata=METADATA).id
     other = repo.create_collection("other").id
-    a = repo.create_artifact(notes, "a.md", "Äpfel und Birnen".encode(), artifact_type="note",
-                             media_type="text/markdown", metadata=METADATA,
-                             provenance={"source": "test"}).id
+    a = repo.create_artifact(
+        notes,
+        "a.md",
+        "Äpfel und Birnen".encode(),
+        artifact_type="note",
+        media_type="text/markdown",
+        metadata=METADATA,
+        provenance={"source": "test"},
+    ).id
     b = repo.create_artifact(notes, "b.bin", b"\x00\xff binary", artifact_type="blob").id
     c = repo.create_artifact(other, "c.md", b"third", artifact_type="note").id
     repo.update_artifact(a, content=b"apples and pears", metadata={"v": 2})
@@ -99,15 +105,21 @@ def populate(repo: KnowledgeRepository) -> None:
     repo.create_relationship(a, b, "cites", metadata={"w": 0.5})
     repo.create_relationship(c, a, "derived-from")
     repo.delete_artifact(b)
-    repo.put_artifacts(notes, [NewArtifact(f"bulk-{i}", f"bulk {i}".encode(), "note",
-                                           metadata={"i": i}) for i in range(30)])
+    repo.put_artifacts(
+        notes,
+        [
+            NewArtifact(f"bulk-{i}", f"bulk {i}".encode(), "note", metadata={"i": i})
+            for i in range(30)
+        ],
+    )
 
 
 def cli(index: Path, sql: str) -> str:
     if not os.path.exists(SQLITE_CLI):
         pytest.skip("the sqlite3 command-line tool is not installed")
-    done = subprocess.run([SQLITE_CLI, str(index), sql], capture_output=True, text=True,
-                          check=True, timeout=60)
+    done = subprocess.run(
+        [SQLITE_CLI, str(index), sql], capture_output=True, text=True, check=True, timeout=60
+    )
     return done.stdout.strip()
 
 
@@ -119,8 +131,12 @@ def assert_index_clean(store: Path) -> None:
 
 
 def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # -- opening ------------------------------------------------------------------
@@ -221,8 +237,15 @@ def test_fresh_schemas_are_identical(tmp_path: Path) -> None:
     first = schema_of(tmp_path / "one")
     assert first == schema_of(tmp_path / "two")
     names = {row[1] for row in first}
-    assert {"collections", "artifacts", "revisions", "relationships", "changes",
-            "artifact_text", "_sqlite_migrations"} <= names
+    assert {
+        "collections",
+        "artifacts",
+        "revisions",
+        "relationships",
+        "changes",
+        "artifact_text",
+        "_sqlite_migrations",
+    } <= names
 
 
 # The tables of the first migration, in an order that satisfies their foreign keys.
@@ -250,8 +273,10 @@ def make_store_0001(path: Path) -> dict[str, Any]:
         conn.execute("ATTACH DATABASE ? AS source", (str(source / INDEX_NAME),))
         for table in TABLES_0001:
             conn.execute(f"INSERT INTO {table} SELECT * FROM source.{table}")
-        conn.execute("INSERT INTO artifact_text (rowid, folded) "
-                     "SELECT rowid, folded FROM source.artifact_text")
+        conn.execute(
+            "INSERT INTO artifact_text (rowid, folded) "
+            "SELECT rowid, folded FROM source.artifact_text"
+        )
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE source")
     finally:
@@ -275,19 +300,25 @@ def test_a_store_of_the_first_migration_opens_and_migrates_in_place(tmp_path: Pa
     assert "runs" not in {row[1] for row in schema_of(store)}
     with pytest.raises(StoreFormatError, match="needs a schema upgrade"):
         open_repo(store, read_only=True)
-    with open_repo(store, clock=TickingClock(datetime(2027, 1, 1, tzinfo=timezone.utc)),
-                   ids=SequentialIds(start=10_000)) as repo:
+    with open_repo(
+        store,
+        clock=TickingClock(datetime(2027, 1, 1, tzinfo=timezone.utc)),
+        ids=SequentialIds(start=10_000),
+    ) as repo:
         assert everything(repo) == before
         notes = repo.get_collection_by_name("notes")
         source = repo.get_artifact_by_name(notes.id, "renamed.md")
         run = repo.start_run(repo.create_run("summarize").id)
         repo.add_inputs(run.id, [Pin(source.id, revision=1), source.id])
-        out = repo.create_artifact(notes.id, "summary", b"short", artifact_type="summary",
-                                   run_id=run.id)
+        out = repo.create_artifact(
+            notes.id, "summary", b"short", artifact_type="summary", run_id=run.id
+        )
         repo.finish_run(run.id)
         manifest = repo.get_manifest(run.id)
         assert [(i.artifact_id, i.revision) for i in manifest.inputs] == [
-            (source.id, 1), (source.id, 3)]
+            (source.id, 1),
+            (source.id, 3),
+        ]
         assert repo.consuming_runs(source.id, 1) == [repo.get_run(run.id)]
         assert [i.artifact_id for i in repo.impact(source.id, revision=1)] == [out.id]
     assert applied_migrations(store) == KNOWN_MIGRATIONS
@@ -311,8 +342,10 @@ def test_index_is_wal_and_json_is_checked(tmp_path: Path) -> None:
     assert cli(index, "PRAGMA journal_mode;") == "wal"
     conn = sqlite3.connect(index)
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO collections (id, name, description, metadata, created_at, "
-                     "sequence) VALUES ('c', 'n', '', '{not json', 'x', 1)")
+        conn.execute(
+            "INSERT INTO collections (id, name, description, metadata, created_at, "
+            "sequence) VALUES ('c', 'n', '', '{not json', 'x', 1)"
+        )
     conn.close()
 
 
@@ -320,8 +353,10 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     open_repo(tmp_path / "s").close()
     conn = sqlite3.connect(tmp_path / "s" / INDEX_NAME)
     with conn:
-        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                     "VALUES ('kontextual', '9999_from_the_future', 'then')")
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('kontextual', '9999_from_the_future', 'then')"
+        )
     conn.close()
     for read_only in (False, True):
         with pytest.raises(StoreFormatError, match=r"9999_from_the_future.*newer version"):
@@ -339,8 +374,11 @@ def test_fresh_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
             repo.create_collection("from-" + sys.argv[3])
     """
     procs = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store), str(start),
-                          str(n)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), str(store), str(start), str(n)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(6)
     ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
@@ -366,8 +404,7 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
         after = everything(repo)
         assert after == before
         assert repo.get_collection_by_name("notes").metadata == METADATA
-        artifact = repo.get_artifact_by_name(repo.get_collection_by_name("notes").id,
-                                             "renamed.md")
+        artifact = repo.get_artifact_by_name(repo.get_collection_by_name("notes").id, "renamed.md")
         assert repo.list_revisions(artifact.id)[0].metadata == METADATA
         assert repo.read_content(artifact.id, 1) == "Äpfel und Birnen".encode()
     assert_index_clean(tmp_path / "s")
@@ -446,8 +483,9 @@ def test_bodies_are_durable_objects(tmp_path: Path) -> None:
     store = tmp_path / "s"
     with open_repo(store, "batch") as repo:
         cid = repo.create_collection("c").id
-        results = repo.put_artifacts(cid, [NewArtifact(f"n{i}", b"same" if i % 2 else b"%d" % i,
-                                                       "t") for i in range(40)])
+        results = repo.put_artifacts(
+            cid, [NewArtifact(f"n{i}", b"same" if i % 2 else b"%d" % i, "t") for i in range(40)]
+        )
         digests = {result.artifact.digest for result in results}
     objects = ObjectStore(store, create=False)
     assert set(objects.all()) == digests
@@ -478,8 +516,10 @@ def test_bulk_put_matches_the_reference(tmp_path: Path) -> None:
             cid = repo.create_collection("c").id
             first = [NewArtifact(f"n{i}", b"%d" % i, "t") for i in range(1500)]
             repo.put_artifacts(cid, first)
-            second = [NewArtifact(f"n{i}", b"%d" % (i % 3 or 7), "t", metadata={"i": i % 2})
-                      for i in range(0, 3000, 2)]
+            second = [
+                NewArtifact(f"n{i}", b"%d" % (i % 3 or 7), "t", metadata={"i": i % 2})
+                for i in range(0, 3000, 2)
+            ]
             repo.put_artifacts(cid, second)
         assert everything(sqlite) == everything(memory)
         assert sqlite.query(text="7") == memory.query(text="7")
@@ -499,8 +539,12 @@ def test_a_killed_holder_leaves_an_abandoned_run(tmp_path: Path) -> None:
         print(run.id, flush=True)
         time.sleep(600)
     """
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         run_id = child.stdout.readline().strip()
@@ -521,7 +565,10 @@ def test_a_killed_holder_leaves_an_abandoned_run(tmp_path: Path) -> None:
         assert run.finished_at is not None and run.lease_expires_at is None
         last = repo.list_changes(entity_id=run_id)[-1]
         assert (last.entity_kind, last.action, last.details) == (
-            "run", "transition", {"from": "running", "to": "abandoned"})
+            "run",
+            "transition",
+            {"from": "running", "to": "abandoned"},
+        )
         manifest = repo.get_manifest(run_id)
         assert manifest.final and manifest.status == "abandoned"
         assert repo.get_run(mine.id).status == "running"  # held by this live process
@@ -560,8 +607,7 @@ def test_runs_survive_reopen_in_every_state(tmp_path: Path) -> None:
         before = repo.export_records()
     with open_repo(tmp_path / "s") as repo:
         assert repo.export_records() == before
-        assert [r.status for r in repo.list_runs()] == [
-            "pending", "running", "cancelled", "failed"]
+        assert [r.status for r in repo.list_runs()] == ["pending", "running", "cancelled", "failed"]
         assert repo.get_run(cancelled.id) == cancelled
         assert repo.get_manifest(failed.id).error == "boom"
         assert repo.get_context_package(package.id) == package
@@ -589,8 +635,11 @@ def test_processes_write_concurrently_without_lock_errors(tmp_path: Path) -> Non
                     repo.query(text=sys.argv[2])
     """
     procs = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(store), f"p{n}"],
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), str(store), f"p{n}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(4)
     ]
     errors = [proc.communicate(timeout=300)[1] for proc in procs]
@@ -614,8 +663,9 @@ def test_threads_share_one_repository(tmp_path: Path) -> None:
             try:
                 for i in range(40):
                     with repo.transaction():
-                        artifact = repo.create_artifact(cid, f"{worker}-{i}", b"%d" % i,
-                                                        artifact_type="t")
+                        artifact = repo.create_artifact(
+                            cid, f"{worker}-{i}", b"%d" % i, artifact_type="t"
+                        )
                         repo.update_artifact(artifact.id, content=b"v2 %d" % i)
                     repo.query(collection_id=cid, limit=5)
             except BaseException as exc:  # pragma: no cover - reported below
@@ -670,8 +720,10 @@ def test_a_writer_waits_for_the_lock(tmp_path: Path) -> None:
     release.join()
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with open_repo(store, busy_timeout=0.2) as repo, \
-                pytest.raises(ConflictError, match="locked by another writer"):
+        with (
+            open_repo(store, busy_timeout=0.2) as repo,
+            pytest.raises(ConflictError, match="locked by another writer"),
+        ):
             repo.create_collection("e")
     finally:
         holder.execute("ROLLBACK")
@@ -700,20 +752,34 @@ def plan(repo: SQLiteKnowledgeRepository, statement: str) -> list[str]:
     return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
 
 
-@pytest.mark.parametrize("query", [
-    Query(ids=("art_00000000000000000000000000000003",)),
-    Query(name="a.md"),
-    Query(digest="blake3:" + "0" * 64),
-    Query(artifact_type="note"),
-    Query(collection_id="col_00000000000000000000000000000001", after=3, limit=2),
-    Query(text="apples pears"),
-    Query(text="apples", name="renamed.md"),
-    Query(related_to=RelatedTo("art_00000000000000000000000000000003", "cites", "outgoing")),
-    Query(related_to=RelatedTo("art_00000000000000000000000000000003")),
-], ids=["ids", "name", "digest", "type", "collection", "text", "text-and-name", "related-out",
-     "related-both"])
-def test_queries_use_indexes(traced: tuple[SQLiteKnowledgeRepository, list[str]],
-                             query: Query) -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        Query(ids=("art_00000000000000000000000000000003",)),
+        Query(name="a.md"),
+        Query(digest="blake3:" + "0" * 64),
+        Query(artifact_type="note"),
+        Query(collection_id="col_00000000000000000000000000000001", after=3, limit=2),
+        Query(text="apples pears"),
+        Query(text="apples", name="renamed.md"),
+        Query(related_to=RelatedTo("art_00000000000000000000000000000003", "cites", "outgoing")),
+        Query(related_to=RelatedTo("art_00000000000000000000000000000003")),
+    ],
+    ids=[
+        "ids",
+        "name",
+        "digest",
+        "type",
+        "collection",
+        "text",
+        "text-and-name",
+        "related-out",
+        "related-both",
+    ],
+)
+def test_queries_use_indexes(
+    traced: tuple[SQLiteKnowledgeRepository, list[str]], query: Query
+) -> None:
     repo, statements = traced
     repo.query(query)
     selects = [s for s in statements if s.startswith("SELECT")]
@@ -777,9 +843,11 @@ def test_run_primitives_use_indexes(
     for statement in selects:
         steps = plan(repo, statement)
         # Scanning json_each is reading the list of ids bound as one parameter.
-        assert not [step for step in steps
-                    if step.startswith("SCAN") and not step.startswith("SCAN json_each")], (
-            statement, steps)
+        assert not [
+            step
+            for step in steps
+            if step.startswith("SCAN") and not step.startswith("SCAN json_each")
+        ], (statement, steps)
 
 
 def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: Path) -> None:
@@ -811,14 +879,36 @@ def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: P
 def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
     with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as sqlite:
-        bodies = ['foo-bar AND "quoted" don\'t NEAR(x y) * ^col: {a b}', "plain text",
-                  "ÄB ß İx", "ab"]
+        bodies = [
+            'foo-bar AND "quoted" don\'t NEAR(x y) * ^col: {a b}',
+            "plain text",
+            "ÄB ß İx",
+            "ab",
+        ]
         for repo in (memory, sqlite):
             cid = repo.create_collection("c").id
             for n, body in enumerate(bodies):
                 repo.create_artifact(cid, f"n{n}", body.encode(), artifact_type="t")
-        for query in ['foo-bar', 'AND', "don't", '"quoted"', '"', 'NEAR(x', '*', '^col:',
-                      '{a', 'b}', 'ss', 'äb', 'i̇x', 'a', 'b', 'ab', 'x AND y', 'OR']:
+        for query in [
+            "foo-bar",
+            "AND",
+            "don't",
+            '"quoted"',
+            '"',
+            "NEAR(x",
+            "*",
+            "^col:",
+            "{a",
+            "b}",
+            "ss",
+            "äb",
+            "i̇x",
+            "a",
+            "b",
+            "ab",
+            "x AND y",
+            "OR",
+        ]:
             expected = [a.name for a in memory.query(text=query)]
             assert [a.name for a in sqlite.query(text=query)] == expected, query
 
@@ -846,13 +936,17 @@ def test_index_survives_cli_checks_after_updates_and_deletes(tmp_path: Path) -> 
 
 def unencodable_reads(repo: KnowledgeRepository, collection_id: str) -> list[object]:
     found: list[object] = [
-        repo.query(name="\ud800"), repo.query(text="te\ud800"),
-        repo.query(ids=("\ud800",)), repo.query(artifact_type="\udfff"),
+        repo.query(name="\ud800"),
+        repo.query(text="te\ud800"),
+        repo.query(ids=("\ud800",)),
+        repo.query(artifact_type="\udfff"),
         repo.list_relationships(relationship_type="\ud800"),
     ]
-    for lookup in (lambda: repo.get_artifact("\ud800"),
-                   lambda: repo.get_artifact_by_name(collection_id, "\ud800"),
-                   lambda: repo.get_collection_by_name("\ud800")):
+    for lookup in (
+        lambda: repo.get_artifact("\ud800"),
+        lambda: repo.get_artifact_by_name(collection_id, "\ud800"),
+        lambda: repo.get_collection_by_name("\ud800"),
+    ):
         try:
             found.append(lookup())
         except KontextualError as exc:
@@ -877,8 +971,9 @@ def test_a_text_query_scans_when_another_writer_holds_the_lock(tmp_path: Path) -
     with SQLiteKnowledgeRepository.open(path, durability="none") as first:
         collection = first.create_collection("c")
         first.create_artifact(collection.id, "a", b"a needle here", artifact_type="note")
-    reader = SQLiteKnowledgeRepository.open(path, durability="none", busy_timeout=0.2,
-                                            text_backlog_limit=0)
+    reader = SQLiteKnowledgeRepository.open(
+        path, durability="none", busy_timeout=0.2, text_backlog_limit=0
+    )
     writer = SQLiteKnowledgeRepository.open(path, durability="none")
     try:
         with writer.transaction():

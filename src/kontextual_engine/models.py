@@ -87,8 +87,9 @@ def canonical_json(value: object, where: str = "value") -> str:
 
 def canonical_dumps(value: object) -> str:
     """The canonical text of a value already checked (records read back from a store)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def canonical_object(value: Mapping[str, Any] | None, where: str) -> str:

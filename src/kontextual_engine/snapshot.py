@@ -96,8 +96,7 @@ def record_to_json(record: Any) -> dict[str, Any]:
             out[field.name] = format_time(value)
         elif isinstance(value, tuple):
             out[field.name] = [
-                record_to_json(item) if dataclasses.is_dataclass(item) else item
-                for item in value
+                record_to_json(item) if dataclasses.is_dataclass(item) else item for item in value
             ]
         else:
             out[field.name] = value
@@ -118,9 +117,10 @@ def _readers(cls: type) -> tuple[tuple[str, str, _Convert], ...]:
     parsing the line.
     """
     hints = typing.get_type_hints(cls)
-    return tuple((field.name, field.name.removesuffix("_json"),
-                  _converter(field.name, hints[field.name]))
-                 for field in dataclasses.fields(cls))
+    return tuple(
+        (field.name, field.name.removesuffix("_json"), _converter(field.name, hints[field.name]))
+        for field in dataclasses.fields(cls)
+    )
 
 
 def record_from_json(cls: type, data: object, where: str) -> Any:
@@ -132,8 +132,9 @@ def record_from_json(cls: type, data: object, where: str) -> Any:
         expected = {key for _, key, _ in readers}
         extra, missing = sorted(set(data) - expected), sorted(expected - set(data))
         raise SnapshotError(f"{where}: unexpected fields {extra}, missing fields {missing}")
-    return cls(**{name: convert(data[key], where + f": field {key!r}")
-                  for name, key, convert in readers})
+    return cls(
+        **{name: convert(data[key], where + f": field {key!r}") for name, key, convert in readers}
+    )
 
 
 def _converter(name: str, hint: Any) -> _Convert:
@@ -153,6 +154,7 @@ def _converter(name: str, hint: Any) -> _Convert:
             if result is not _NO_MATCH:
                 return result
         raise SnapshotError(f"{where}: unexpected value {value!r}")
+
     return convert
 
 
@@ -172,17 +174,22 @@ def _option(option: Any) -> _Convert:
     if typing.get_origin(option) is tuple:
         (item_type, _) = typing.get_args(option)
         if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
+
             def records(value: Any, where: str) -> Any:
                 if not isinstance(value, list):
                     return _NO_MATCH
-                return tuple(record_from_json(item_type, item, f"{where}[{index}]")
-                             for index, item in enumerate(value))
+                return tuple(
+                    record_from_json(item_type, item, f"{where}[{index}]")
+                    for index, item in enumerate(value)
+                )
+
             return records
 
         def items(value: Any, where: str) -> Any:
             if isinstance(value, list) and all(isinstance(item, item_type) for item in value):
                 return tuple(value)
             return _NO_MATCH
+
         return items
     if option is int:
         return _integer
@@ -325,8 +332,9 @@ def _export_body(repo: KnowledgeRepository, digest: str, target: Path) -> int:
             with open(fd, "rb") as reader:
                 actual, size = digests.digest_stream(reader)
             if actual != digest:
-                raise CorruptObjectError(digest, f"its {size} bytes hash to {actual}; "
-                                                 "refusing to export it (run fsck)")
+                raise CorruptObjectError(
+                    digest, f"its {size} bytes hash to {actual}; refusing to export it (run fsck)"
+                )
             return size
     # open_object of a backend that keeps bodies in files verifies as it reads.
     with repo.open_object(digest) as reader, open(target, "wb") as writer:
@@ -395,8 +403,13 @@ def _extract_members(archive: tarfile.TarFile, destination: Path) -> None:
             raise SnapshotError(f"tar member {name!r} appears twice")
         seen.add(name)
         parts = name.split("/")
-        if (name.startswith("/") or "\\" in name or ".." in parts or "" in parts[:-1]
-                or name != os.path.normpath(name)):
+        if (
+            name.startswith("/")
+            or "\\" in name
+            or ".." in parts
+            or "" in parts[:-1]
+            or name != os.path.normpath(name)
+        ):
             raise SnapshotError(f"tar member {name!r} has an unsafe path")
         if not (member.isfile() or member.isdir()) or member.issparse():
             # A sparse member expands to its declared size whatever the archive's:
@@ -408,8 +421,9 @@ def _extract_members(archive: tarfile.TarFile, destination: Path) -> None:
         if member.isdir():
             target.mkdir(parents=True, exist_ok=True)
             continue
-        if name != MANIFEST and not (_OBJECT_MEMBER.fullmatch(name)
-                                     or _INDEX_MEMBER.fullmatch(name)):
+        if name != MANIFEST and not (
+            _OBJECT_MEMBER.fullmatch(name) or _INDEX_MEMBER.fullmatch(name)
+        ):
             raise SnapshotError(f"tar member {name!r} is not part of a snapshot")
         target.parent.mkdir(parents=True, exist_ok=True)
         reader = archive.extractfile(member)
@@ -432,11 +446,14 @@ def _import_directory(
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError:
             raise SnapshotError(f"{member} is not UTF-8") from None
-        records[kind] = [_parse_line(kind, line, f"{member}:{number}")
-                         for number, line in enumerate(lines, 1)]
+        records[kind] = [
+            _parse_line(kind, line, f"{member}:{number}") for number, line in enumerate(lines, 1)
+        ]
         if len(records[kind]) != manifest["counts"][kind]:
-            raise SnapshotError(f"{member} has {len(records[kind])} records, "
-                                f"{MANIFEST} says {manifest['counts'][kind]}")
+            raise SnapshotError(
+                f"{member} has {len(records[kind])} records, "
+                f"{MANIFEST} says {manifest['counts'][kind]}"
+            )
     try:
         _check_references(records)
         _check_order(records)
@@ -450,7 +467,8 @@ def _import_directory(
         if revision.size != sizes[revision.digest]:
             raise SnapshotError(
                 f"revision {revision.revision} of {revision.artifact_id} records size "
-                f"{revision.size}, its body {revision.digest} has {sizes[revision.digest]} bytes")
+                f"{revision.size}, its body {revision.digest} has {sizes[revision.digest]} bytes"
+            )
     try:
         repo.restore(records, lambda digest: _read_plain_file(root, _object_member(digest)))
     except SnapshotError:
@@ -485,8 +503,9 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise SnapshotError(f"{root} is not a kontextual snapshot ({MANIFEST} format)")
     version = manifest.get("version")
     if not isinstance(version, int) or version > VERSION or version < 1:
-        raise SnapshotError(f"snapshot version {version!r} is not supported (this reads "
-                            f"version {VERSION})")
+        raise SnapshotError(
+            f"snapshot version {version!r} is not supported (this reads version {VERSION})"
+        )
     if manifest.get("digest") != digests.ALGORITHM:
         raise SnapshotError(f"snapshot digest {manifest.get('digest')!r} is not blake3")
     files, counts = manifest.get("files"), manifest.get("counts")
@@ -500,14 +519,16 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_objects(root: Path, wanted: list[str], declared: int,
-                   progress: Callable[[int], None] | None) -> dict[str, int]:
+def _check_objects(
+    root: Path, wanted: list[str], declared: int, progress: Callable[[int], None] | None
+) -> dict[str, int]:
     """Check every wanted body is there, whole; return each one's size."""
     present = _object_files(root)
     missing = sorted(set(wanted) - present)
     if missing:
-        raise SnapshotError(f"snapshot is missing object {missing[0]} "
-                            f"({len(missing)} missing in all)")
+        raise SnapshotError(
+            f"snapshot is missing object {missing[0]} ({len(missing)} missing in all)"
+        )
     extra = sorted(present - set(wanted))
     if extra:
         raise SnapshotError(f"snapshot object {extra[0]} is referenced by no revision")
@@ -546,15 +567,23 @@ def _object_files(root: Path) -> set[str]:
             elif entry.is_file():
                 if not _OBJECT_MEMBER.fullmatch(name):
                     raise SnapshotError(f"snapshot holds an unexpected entry {name}")
-                found.add(digests.PREFIX + name[len("objects/"):].replace("/", ""))
+                found.add(digests.PREFIX + name[len("objects/") :].replace("/", ""))
     return found
 
 
 def _as_of_revision(record: Artifact | ArtifactRevision) -> tuple[Any, ...]:
     """The fields an artifact shares with its current revision."""
-    return (record.collection_id, record.name, record.artifact_type, record.media_type,
-            record.digest, record.size, record.metadata_json, record.provenance_json,
-            record.run_id)
+    return (
+        record.collection_id,
+        record.name,
+        record.artifact_type,
+        record.media_type,
+        record.digest,
+        record.size,
+        record.metadata_json,
+        record.provenance_json,
+        record.run_id,
+    )
 
 
 def _check_order(records: dict[str, list[Any]]) -> None:
@@ -612,38 +641,50 @@ class _References:
             if revision.artifact_id not in artifacts:
                 raise SnapshotError(f"revision of unknown artifact {revision.artifact_id!r}")
             if revision.collection_id not in collections:
-                raise SnapshotError(f"revision {key} names unknown collection "
-                                    f"{revision.collection_id!r}")
+                raise SnapshotError(
+                    f"revision {key} names unknown collection {revision.collection_id!r}"
+                )
             if revision.run_id is not None and revision.run_id not in runs:
                 raise SnapshotError(f"revision {key} names unknown run {revision.run_id!r}")
             digests.parse_digest(revision.digest)
             revisions[key] = revision
         for artifact_id, (artifact, _) in artifacts.items():
             last = revisions.get((artifact_id, artifact.revision))
-            if last is None or any((artifact_id, n) not in revisions
-                                   for n in range(1, artifact.revision + 1)):
+            if last is None or any(
+                (artifact_id, n) not in revisions for n in range(1, artifact.revision + 1)
+            ):
                 raise SnapshotError(
-                    f"artifact {artifact_id} lacks revisions 1..{artifact.revision}")
+                    f"artifact {artifact_id} lacks revisions 1..{artifact.revision}"
+                )
             first = revisions[(artifact_id, 1)]
-            if (_as_of_revision(last) != _as_of_revision(artifact)
-                    or last.created_at != artifact.updated_at
-                    or (first.created_at, first.change_sequence)
-                    != (artifact.created_at, artifact.sequence)):
+            if (
+                _as_of_revision(last) != _as_of_revision(artifact)
+                or last.created_at != artifact.updated_at
+                or (first.created_at, first.change_sequence)
+                != (artifact.created_at, artifact.sequence)
+            ):
                 raise SnapshotError(f"artifact {artifact_id} does not match its revisions")
         if len(revisions) != sum(a.revision for a, _ in artifacts.values()):
             raise SnapshotError("revisions beyond an artifact's current revision")
         # Restore replays each deletion at its change record's sequence.
-        deletions = {change.entity_id: change.sequence for change in r["changes"]
-                     if change.action == "delete"}
+        deletions = {
+            change.entity_id: change.sequence
+            for change in r["changes"]
+            if change.action == "delete"
+        }
         for collection, deleted_at in r["collections"]:
             if deleted_at is not None and deletions.get(collection.id, 0) <= collection.sequence:
-                raise SnapshotError(f"deleted collection {collection.id} has no deletion "
-                                    "change record after its creation")
+                raise SnapshotError(
+                    f"deleted collection {collection.id} has no deletion "
+                    "change record after its creation"
+                )
         for artifact_id, (artifact, deleted_at) in artifacts.items():
             last_change = revisions[(artifact_id, artifact.revision)].change_sequence
             if deleted_at is not None and deletions.get(artifact_id, 0) <= last_change:
-                raise SnapshotError(f"deleted artifact {artifact_id} has no deletion change "
-                                    "record after its last revision")
+                raise SnapshotError(
+                    f"deleted artifact {artifact_id} has no deletion change "
+                    "record after its last revision"
+                )
         live_names: set[tuple[str, str]] = set()
         for artifact, deleted in artifacts.values():
             if deleted is None:
@@ -654,8 +695,9 @@ class _References:
         for rel in r["relationships"]:
             for end in (rel.source_id, rel.target_id):
                 if end not in artifacts or artifacts[end][1] is not None:
-                    raise SnapshotError(f"relationship {rel.id} points at missing or deleted "
-                                        f"artifact {end!r}")
+                    raise SnapshotError(
+                        f"relationship {rel.id} points at missing or deleted artifact {end!r}"
+                    )
             triple = (rel.source_id, rel.target_id, rel.relationship_type)
             if triple in triples:
                 raise SnapshotError(f"duplicate relationship {triple}")
@@ -676,8 +718,9 @@ class _References:
         for manifest in r["manifests"]:
             if manifest.run_id not in runs:
                 raise SnapshotError(f"manifest of unknown run {manifest.run_id!r}")
-            self.pinned(manifest.inputs + manifest.outputs, revisions,
-                        f"manifest of {manifest.run_id}")
+            self.pinned(
+                manifest.inputs + manifest.outputs, revisions, f"manifest of {manifest.run_id}"
+            )
             if any(step_id not in steps for step_id in manifest.steps):
                 raise SnapshotError(f"manifest of {manifest.run_id} names an unknown step")
         for package in r["context_packages"]:
@@ -687,23 +730,33 @@ class _References:
             if external.artifact_id is not None:
                 pinned = revisions.get((external.artifact_id, external.revision or 0))
                 if pinned is None or pinned.digest != external.digest:
-                    raise SnapshotError(f"external reference {external.id} points at a missing "
-                                        "artifact revision")
+                    raise SnapshotError(
+                        f"external reference {external.id} points at a missing artifact revision"
+                    )
 
     @staticmethod
-    def pinned(refs: tuple[ArtifactRef, ...],
-               revisions: dict[tuple[str, int], ArtifactRevision], where: str) -> None:
+    def pinned(
+        refs: tuple[ArtifactRef, ...],
+        revisions: dict[tuple[str, int], ArtifactRevision],
+        where: str,
+    ) -> None:
         for ref in refs:
             found = revisions.get((ref.artifact_id, ref.revision))
             if found is None or found.digest != ref.digest:
-                raise SnapshotError(f"{where} pins {ref.artifact_id}@{ref.revision}, "
-                                    "which the snapshot does not hold with that digest")
+                raise SnapshotError(
+                    f"{where} pins {ref.artifact_id}@{ref.revision}, "
+                    "which the snapshot does not hold with that digest"
+                )
 
     @staticmethod
-    def context_reference(ref: ContextReference, package_id: str,
-                          artifacts: dict[str, Any],
-                          revisions: dict[tuple[str, int], ArtifactRevision],
-                          relationships: set[str], runs: set[str]) -> None:
+    def context_reference(
+        ref: ContextReference,
+        package_id: str,
+        artifacts: dict[str, Any],
+        revisions: dict[tuple[str, int], ArtifactRevision],
+        relationships: set[str],
+        runs: set[str],
+    ) -> None:
         where = f"context package {package_id}"
         if ref.kind == "artifact":
             if ref.revision is None:
@@ -721,4 +774,3 @@ class _References:
             raise SnapshotError(f"{where} has a reference of unknown kind {ref.kind!r}")
         if not ok:
             raise SnapshotError(f"{where} refers to missing {ref.kind} {ref.target_id!r}")
-

@@ -24,8 +24,12 @@ from .conftest import Backend, MakeArtifact
 
 def test_create_get_read(repo: KnowledgeRepository, collection_id: str) -> None:
     made = repo.create_artifact(
-        collection_id, "docs/a.md", b"# Title\n", artifact_type="document",
-        media_type="text/markdown", metadata={"tags": ["x"], "n": 3},
+        collection_id,
+        "docs/a.md",
+        b"# Title\n",
+        artifact_type="document",
+        media_type="text/markdown",
+        metadata={"tags": ["x"], "n": 3},
         provenance={"source": "import"},
     )
     assert made.revision == 1
@@ -39,8 +43,9 @@ def test_create_get_read(repo: KnowledgeRepository, collection_id: str) -> None:
 
 
 def test_records_are_immutable(repo: KnowledgeRepository, collection_id: str) -> None:
-    made = repo.create_artifact(collection_id, "a", b"x", artifact_type="note",
-                                metadata={"list": [1]})
+    made = repo.create_artifact(
+        collection_id, "a", b"x", artifact_type="note", metadata={"list": [1]}
+    )
     handed_out = made.metadata
     handed_out["list"].append(2)
     handed_out["new"] = True
@@ -60,8 +65,9 @@ def test_binary_body(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     assert repo.read_content(make("bin", body)) == body
 
 
-def test_duplicate_live_name_refused(repo: KnowledgeRepository, make: MakeArtifact,
-                                     collection_id: str) -> None:
+def test_duplicate_live_name_refused(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     make("a.md", b"one")
     with pytest.raises(DuplicateNameError, match=r"a\.md"):
         make("a.md", b"two")
@@ -75,8 +81,9 @@ def test_same_name_in_other_collection(repo: KnowledgeRepository, make: MakeArti
     assert len(repo.query(name="a.md")) == 2
 
 
-def test_name_free_after_delete(repo: KnowledgeRepository, make: MakeArtifact,
-                                collection_id: str) -> None:
+def test_name_free_after_delete(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     first = make("a.md", b"one")
     repo.delete_artifact(first)
     second = make("a.md", b"two")
@@ -103,8 +110,7 @@ def test_missing_artifact(repo: KnowledgeRepository, collection_id: str) -> None
         repo.list_revisions("art_missing")
 
 
-def test_update_makes_revision_with_digests(repo: KnowledgeRepository,
-                                            make: MakeArtifact) -> None:
+def test_update_makes_revision_with_digests(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     artifact_id = make("a.md", b"v1")
     updated = repo.update_artifact(artifact_id, content=b"v2", provenance={"by": "me"})
     assert updated.revision == 2
@@ -125,11 +131,16 @@ def test_update_makes_revision_with_digests(repo: KnowledgeRepository,
 
 @pytest.mark.parametrize(
     "change",
-    [{"artifact_type": "summary"}, {"name": "b.md"}, {"metadata": {"k": 2}},
-     {"media_type": "text/plain"}],
+    [
+        {"artifact_type": "summary"},
+        {"name": "b.md"},
+        {"metadata": {"k": 2}},
+        {"media_type": "text/plain"},
+    ],
 )
-def test_each_field_change_makes_a_revision(repo: KnowledgeRepository, make: MakeArtifact,
-                                            change: dict[str, object]) -> None:
+def test_each_field_change_makes_a_revision(
+    repo: KnowledgeRepository, make: MakeArtifact, change: dict[str, object]
+) -> None:
     artifact_id = make("a.md", b"same", metadata={"k": 1})
     updated = repo.update_artifact(artifact_id, **change)  # type: ignore[arg-type]
     assert updated.revision == 2
@@ -142,9 +153,14 @@ def test_each_field_change_makes_a_revision(repo: KnowledgeRepository, make: Mak
 def test_noop_update_makes_nothing(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     artifact_id = make("a.md", b"same", metadata={"k": 1})
     before = repo.last_sequence()
-    same = repo.update_artifact(artifact_id, content=b"same", metadata={"k": 1},
-                                artifact_type="note", name="a.md",
-                                provenance={"only": "provenance"})
+    same = repo.update_artifact(
+        artifact_id,
+        content=b"same",
+        metadata={"k": 1},
+        artifact_type="note",
+        name="a.md",
+        provenance={"only": "provenance"},
+    )
     assert same.revision == 1
     assert repo.last_sequence() == before
     assert len(repo.list_revisions(artifact_id)) == 1
@@ -157,8 +173,9 @@ def test_metadata_change_is_type_exact(repo: KnowledgeRepository, make: MakeArti
     assert repo.update_artifact(artifact_id, metadata={"k": "1"}).revision == 4
 
 
-def test_rename_respects_unique_names(repo: KnowledgeRepository, make: MakeArtifact,
-                                      collection_id: str) -> None:
+def test_rename_respects_unique_names(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     first = make("a.md")
     make("b.md")
     with pytest.raises(DuplicateNameError):
@@ -182,8 +199,9 @@ def test_expected_revision(repo: KnowledgeRepository, make: MakeArtifact) -> Non
     assert repo.get_artifact(artifact_id).revision == 2
 
 
-def test_delete_hides_but_keeps_history(repo: KnowledgeRepository, make: MakeArtifact,
-                                        collection_id: str) -> None:
+def test_delete_hides_but_keeps_history(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     artifact_id = make("a.md", b"v1")
     repo.update_artifact(artifact_id, content=b"v2")
     repo.delete_artifact(artifact_id)
@@ -231,8 +249,9 @@ def test_missing_revision(repo: KnowledgeRepository, make: MakeArtifact) -> None
     ],
     ids=lambda bad: next(iter(bad)) + ":" + repr(next(iter(bad.values())))[:20],
 )
-def test_bad_input_is_refused_whole(repo: KnowledgeRepository, collection_id: str,
-                                    bad: dict[str, object]) -> None:
+def test_bad_input_is_refused_whole(
+    repo: KnowledgeRepository, collection_id: str, bad: dict[str, object]
+) -> None:
     kwargs: dict[str, object] = {"artifact_type": "note", "content": b"x"}
     kwargs.update(bad)
     content = kwargs.pop("content")
@@ -248,8 +267,7 @@ def test_too_deep_metadata(repo: KnowledgeRepository, collection_id: str) -> Non
     for _ in range(MAX_JSON_DEPTH + 1):
         deep = {"d": deep}
     with pytest.raises(ValidationError, match="deeper"):
-        repo.create_artifact(collection_id, "a", b"x", artifact_type="note",
-                             metadata={"d": deep})
+        repo.create_artifact(collection_id, "a", b"x", artifact_type="note", metadata={"d": deep})
 
 
 @pytest.mark.parametrize("name", ["", "line\nbreak", "bell\x07", " lead", "x" * 1025])
@@ -258,34 +276,49 @@ def test_bad_artifact_names(repo: KnowledgeRepository, collection_id: str, name:
         repo.create_artifact(collection_id, name, b"x", artifact_type="note")
 
 
-def test_put_artifacts_creates_updates_and_skips(repo: KnowledgeRepository,
-                                                 collection_id: str) -> None:
-    first = repo.put_artifacts(collection_id, [
-        NewArtifact("a", b"1", "note"), NewArtifact("b", b"2", "note"),
-    ])
+def test_put_artifacts_creates_updates_and_skips(
+    repo: KnowledgeRepository, collection_id: str
+) -> None:
+    first = repo.put_artifacts(
+        collection_id,
+        [
+            NewArtifact("a", b"1", "note"),
+            NewArtifact("b", b"2", "note"),
+        ],
+    )
     assert [r.outcome for r in first] == [PutOutcome.CREATED, PutOutcome.CREATED]
-    second = repo.put_artifacts(collection_id, [
-        NewArtifact("a", b"1", "note"), NewArtifact("b", b"changed", "note"),
-        NewArtifact("c", b"3", "note"),
-    ])
-    assert [r.outcome for r in second] == [PutOutcome.UNCHANGED, PutOutcome.UPDATED,
-                                           PutOutcome.CREATED]
+    second = repo.put_artifacts(
+        collection_id,
+        [
+            NewArtifact("a", b"1", "note"),
+            NewArtifact("b", b"changed", "note"),
+            NewArtifact("c", b"3", "note"),
+        ],
+    )
+    assert [r.outcome for r in second] == [
+        PutOutcome.UNCHANGED,
+        PutOutcome.UPDATED,
+        PutOutcome.CREATED,
+    ]
     assert second[1].artifact.revision == 2
     assert repo.read_content(second[1].artifact.id) == b"changed"
     assert [a.name for a in repo.list_artifacts(collection_id)] == ["a", "b", "c"]
 
 
-def test_put_artifacts_is_all_or_nothing(repo: KnowledgeRepository,
-                                         collection_id: str) -> None:
+def test_put_artifacts_is_all_or_nothing(repo: KnowledgeRepository, collection_id: str) -> None:
     before = repo.last_sequence()
     with pytest.raises(ValidationError):
-        repo.put_artifacts(collection_id, [
-            NewArtifact("a", b"1", "note"),
-            NewArtifact("b", b"2", "note", metadata={"x": math.nan}),
-        ])
+        repo.put_artifacts(
+            collection_id,
+            [
+                NewArtifact("a", b"1", "note"),
+                NewArtifact("b", b"2", "note", metadata={"x": math.nan}),
+            ],
+        )
     with pytest.raises(DuplicateNameError):
-        repo.put_artifacts(collection_id, [NewArtifact("a", b"1", "note"),
-                                           NewArtifact("a", b"2", "note")])
+        repo.put_artifacts(
+            collection_id, [NewArtifact("a", b"1", "note"), NewArtifact("a", b"2", "note")]
+        )
     assert repo.list_artifacts(collection_id) == []
     assert repo.last_sequence() == before
 
@@ -293,8 +326,15 @@ def test_put_artifacts_is_all_or_nothing(repo: KnowledgeRepository,
 def test_artifacts_survive_reopen(backend: Backend) -> None:
     repo = backend.new()
     cid = repo.create_collection("c").id
-    metadata = {"unicode": "日本語 ✓", "nested": {"a": [1, 2.5, None, True]}, "big": 2**62,
-                "neg": -(2**63), "float": 1e-300, "empty": {}, "emptylist": []}
+    metadata = {
+        "unicode": "日本語 ✓",
+        "nested": {"a": [1, 2.5, None, True]},
+        "big": 2**62,
+        "neg": -(2**63),
+        "float": 1e-300,
+        "empty": {},
+        "emptylist": [],
+    }
     made = repo.create_artifact(cid, "a", b"v1", artifact_type="t", metadata=metadata)
     updated = repo.update_artifact(made.id, content=b"v2")
     repo = backend.reopen(repo)
@@ -306,25 +346,31 @@ def test_artifacts_survive_reopen(backend: Backend) -> None:
 
 def json_text(max_size: int | None = None) -> st.SearchStrategy[str]:
     """Strings JSON can hold here: no NUL, no lone surrogates."""
-    return st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
-                   max_size=max_size)
+    return st.text(
+        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=max_size
+    )
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(
-    allow_nan=False, allow_infinity=False) | json_text()
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | json_text()
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(json_text(max_size=5), inner,
-                      max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(json_text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(metadata=st.dictionaries(json_text(max_size=8),
-                                json_values, max_size=4))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(metadata=st.dictionaries(json_text(max_size=8), json_values, max_size=4))
 def test_metadata_roundtrips_exactly(backend: Backend, metadata: dict[str, object]) -> None:
     repo = backend.new()
     cid = repo.create_collection("c").id

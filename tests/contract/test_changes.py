@@ -8,8 +8,9 @@ from kontextual_engine.storage import KnowledgeRepository
 from .conftest import Backend, MakeArtifact
 
 
-def test_every_mutation_appends_one_change(repo: KnowledgeRepository, make: MakeArtifact,
-                                           collection_id: str) -> None:
+def test_every_mutation_appends_one_change(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     a = make("a", b"1")
     b = make("b", b"2")
     rel = repo.create_relationship(a, b, "cites")
@@ -39,8 +40,9 @@ def test_changes_since_is_a_feed(repo: KnowledgeRepository, make: MakeArtifact) 
     assert [c.sequence for c in repo.iter_changes(0, page=2)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_entity_sequence_is_its_creation_change(repo: KnowledgeRepository,
-                                                make: MakeArtifact) -> None:
+def test_entity_sequence_is_its_creation_change(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     artifact = repo.get_artifact(make("a"))
     creation = repo.list_changes(entity_id=artifact.id)[0]
     assert creation.sequence == artifact.sequence

@@ -44,8 +44,9 @@ def test_missing_collection(repo: KnowledgeRepository) -> None:
         repo.get_collection_by_name("nope")
 
 
-def test_delete_only_when_empty(repo: KnowledgeRepository, make: MakeArtifact,
-                                collection_id: str) -> None:
+def test_delete_only_when_empty(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     artifact_id = make("a.md")
     with pytest.raises(CollectionNotEmptyError, match="notes"):
         repo.delete_collection(collection_id)

@@ -33,7 +33,12 @@ def test_package_with_every_kind(repo: KnowledgeRepository, make: MakeArtifact) 
     )
     assert package.references[0].digest == repo.get_revision(a, 1).digest
     assert [r.kind for r in package.references] == [
-        "artifact", "artifact", "relationship", "run", "external"]
+        "artifact",
+        "artifact",
+        "relationship",
+        "run",
+        "external",
+    ]
     assert package.metadata == {"purpose": "answer question 7"}
     assert repo.get_context_package(package.id) == package
     assert repo.list_context_packages() == [package]
@@ -57,14 +62,16 @@ def test_missing_targets_refused(repo: KnowledgeRepository, ref: ContextReferenc
     assert repo.last_sequence() == before
 
 
-def test_pinned_revision_must_exist_and_match(repo: KnowledgeRepository,
-                                              make: MakeArtifact) -> None:
+def test_pinned_revision_must_exist_and_match(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     a = make("a")
     with pytest.raises(IntegrityError):
         repo.create_context_package("p", [ContextReference("artifact", a, revision=2)])
     with pytest.raises(IntegrityError):
         repo.create_context_package(
-            "p", [ContextReference("artifact", a, revision=1, digest="blake3:" + "0" * 64)])
+            "p", [ContextReference("artifact", a, revision=1, digest="blake3:" + "0" * 64)]
+        )
 
 
 @pytest.mark.parametrize(
@@ -82,8 +89,9 @@ def test_malformed_references(repo: KnowledgeRepository, ref: ContextReference) 
         repo.create_context_package("p", [ref])
 
 
-def test_deleted_artifact_still_pinnable_by_revision(repo: KnowledgeRepository,
-                                                     make: MakeArtifact) -> None:
+def test_deleted_artifact_still_pinnable_by_revision(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     a = make("a")
     repo.delete_artifact(a)
     with pytest.raises(IntegrityError):
@@ -94,9 +102,14 @@ def test_deleted_artifact_still_pinnable_by_revision(repo: KnowledgeRepository,
 
 def test_external_references(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     a = make("a")
-    ref = repo.record_external_reference("phase-memory", "episode/9", recorded_by="importer",
-                                         uri="pm://episode/9", artifact_id=a,
-                                         metadata={"phase": "opaque to us"})
+    ref = repo.record_external_reference(
+        "phase-memory",
+        "episode/9",
+        recorded_by="importer",
+        uri="pm://episode/9",
+        artifact_id=a,
+        metadata={"phase": "opaque to us"},
+    )
     assert ref.revision == 1 and ref.digest == repo.get_artifact(a).digest
     loose = repo.record_external_reference("other", "x", recorded_by="me")
     assert loose.artifact_id is None
@@ -124,8 +137,13 @@ def test_context_survives_reopen(backend: Backend) -> None:
     repo = backend.new()
     cid = repo.create_collection("c").id
     a = repo.create_artifact(cid, "a", b"x", artifact_type="t").id
-    package = repo.create_context_package("p", [ContextReference("artifact", a, revision=1),
-                                                ContextReference("external", "e", system="s")])
+    package = repo.create_context_package(
+        "p",
+        [
+            ContextReference("artifact", a, revision=1),
+            ContextReference("external", "e", system="s"),
+        ],
+    )
     ref = repo.record_external_reference("s", "e", recorded_by="me", artifact_id=a)
     repo = backend.reopen(repo)
     assert repo.list_context_packages() == [package]

@@ -36,8 +36,7 @@ def test_an_id_handed_out_twice_is_an_integrity_error(backend: Backend) -> None:
         "step": lambda: repo.add_step(run, "t"),
         "bundle": lambda: repo.add_inputs(run, [a]),
         "context package": lambda: repo.create_context_package("q", []),
-        "external reference": lambda: repo.record_external_reference(
-            "s", "f", recorded_by="me"),
+        "external reference": lambda: repo.record_external_reference("s", "f", recorded_by="me"),
     }
     before = repo.export_records()
     for what, attempt in attempts.items():
@@ -49,16 +48,22 @@ def test_an_id_handed_out_twice_is_an_integrity_error(backend: Backend) -> None:
 LONE = "\ud800"
 
 
-@pytest.mark.parametrize("attempt", [
-    lambda repo: repo.create_collection("c", description=LONE),
-    lambda repo: repo.finish_run(repo.create_run("op").id, "failed", error=LONE),
-    lambda repo: repo.create_context_package("p", [ContextReference("external", LONE,
-                                                                    system="s")]),
-    lambda repo: repo.create_context_package("p", [ContextReference("external", "x", system="s",
-                                                                    note=LONE)]),
-    lambda repo: repo.record_external_reference("s", LONE, recorded_by="me"),
-    lambda repo: repo.record_external_reference("s", "x", recorded_by="me", uri="u\x00"),
-], ids=["description", "run error", "target", "note", "external id", "uri"])
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda repo: repo.create_collection("c", description=LONE),
+        lambda repo: repo.finish_run(repo.create_run("op").id, "failed", error=LONE),
+        lambda repo: repo.create_context_package(
+            "p", [ContextReference("external", LONE, system="s")]
+        ),
+        lambda repo: repo.create_context_package(
+            "p", [ContextReference("external", "x", system="s", note=LONE)]
+        ),
+        lambda repo: repo.record_external_reference("s", LONE, recorded_by="me"),
+        lambda repo: repo.record_external_reference("s", "x", recorded_by="me", uri="u\x00"),
+    ],
+    ids=["description", "run error", "target", "note", "external id", "uri"],
+)
 def test_free_text_must_be_storable(repo: KnowledgeRepository, attempt: object) -> None:
     before = repo.last_sequence()
     with pytest.raises(ValidationError):

@@ -11,10 +11,17 @@ from kontextual_engine.storage.ids import MonotonicIds
 from .conftest import Backend
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(names=st.lists(st.text("abcxyz/._-", min_size=1, max_size=6).filter(
-    lambda n: n.strip() == n), unique=True, min_size=1, max_size=12))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.text("abcxyz/._-", min_size=1, max_size=6).filter(lambda n: n.strip() == n),
+        unique=True,
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_listing_order_is_creation_order(backend: Backend, names: list[str]) -> None:
     repo = backend.new()
     cid = repo.create_collection("c").id

@@ -20,21 +20,39 @@ def names(found: list) -> list[str]:  # type: ignore[type-arg]
 def corpus(repo: KnowledgeRepository, make: MakeArtifact, collection_id: str) -> dict[str, str]:
     other = repo.create_collection("other").id
     ids = {
-        "a": make("a", b"The quick brown fox", artifact_type="note",
-                  metadata={"n": 1, "tag": "x", "flag": True}),
-        "b": make("b", b"jumps over the lazy dog", artifact_type="summary",
-                  metadata={"n": 1.0, "tag": "y"}),
-        "c": make("c", b"QUICK thinking; foo-bar AND don't", artifact_type="note",
-                  metadata={"n": "1", "list": [1, 2], "obj": {"k": "v"}}),
+        "a": make(
+            "a",
+            b"The quick brown fox",
+            artifact_type="note",
+            metadata={"n": 1, "tag": "x", "flag": True},
+        ),
+        "b": make(
+            "b",
+            b"jumps over the lazy dog",
+            artifact_type="summary",
+            metadata={"n": 1.0, "tag": "y"},
+        ),
+        "c": make(
+            "c",
+            b"QUICK thinking; foo-bar AND don't",
+            artifact_type="note",
+            metadata={"n": "1", "list": [1, 2], "obj": {"k": "v"}},
+        ),
         "d": make("d", b"\xff\xfe binary quick", artifact_type="blob", metadata={"n": None}),
-        "e": make("e", b"Stra\xc3\x9fe in M\xc3\xbcnchen", artifact_type="note",
-                  metadata={"flag": 1}, collection=other),
+        "e": make(
+            "e",
+            b"Stra\xc3\x9fe in M\xc3\xbcnchen",
+            artifact_type="note",
+            metadata={"flag": 1},
+            collection=other,
+        ),
     }
     return ids
 
 
-def test_by_collection_type_name_digest(repo: KnowledgeRepository, corpus: dict[str, str],
-                                        collection_id: str) -> None:
+def test_by_collection_type_name_digest(
+    repo: KnowledgeRepository, corpus: dict[str, str], collection_id: str
+) -> None:
     assert names(repo.query(collection_id=collection_id)) == ["a", "b", "c", "d"]
     assert names(repo.query(artifact_type="note")) == ["a", "c", "e"]
     assert names(repo.query(name="b")) == ["b"]
@@ -44,8 +62,9 @@ def test_by_collection_type_name_digest(repo: KnowledgeRepository, corpus: dict[
     assert names(repo.query(ids=[corpus["c"], corpus["a"], "art_missing"])) == ["a", "c"]
 
 
-def test_filters_combine_with_and(repo: KnowledgeRepository, corpus: dict[str, str],
-                                  collection_id: str) -> None:
+def test_filters_combine_with_and(
+    repo: KnowledgeRepository, corpus: dict[str, str], collection_id: str
+) -> None:
     assert names(repo.query(artifact_type="note", collection_id=collection_id)) == ["a", "c"]
     assert names(repo.query(artifact_type="note", text="quick", metadata={"n": 1})) == ["a"]
     assert repo.query(artifact_type="summary", text="fox") == []
@@ -66,8 +85,9 @@ def test_metadata_is_type_exact(repo: KnowledgeRepository, corpus: dict[str, str
     assert repo.query(metadata={"missing": None}) == []
 
 
-@pytest.mark.parametrize("key", ['with"quote', "with.dot", "with'single", "$.path", "ü-ñ",
-                                 "[0]", "back\\slash", ""])
+@pytest.mark.parametrize(
+    "key", ['with"quote', "with.dot", "with'single", "$.path", "ü-ñ", "[0]", "back\\slash", ""]
+)
 def test_any_metadata_key_works(repo: KnowledgeRepository, make: MakeArtifact, key: str) -> None:
     make("hit", metadata={key: "v"})
     make("miss", metadata={"other": "v"})
@@ -87,13 +107,34 @@ def test_text_semantics(repo: KnowledgeRepository, corpus: dict[str, str]) -> No
     assert repo.query(text="munchen") == []  # no diacritic stripping
 
 
-@pytest.mark.parametrize("query", ['foo-bar', 'AND', "don't", '"', '*', 'NEAR(', '(', ')',
-                                   'quick*', '"quick"', 'a:b', '^', 'OR NOT'])
-def test_text_syntax_is_literal(repo: KnowledgeRepository, corpus: dict[str, str],
-                                query: str) -> None:
-    expected = [name for name in "abcde"
-                if text.matches(text.parse_terms(query),
-                                text.searchable_text(repo.read_content(corpus[name])))]
+@pytest.mark.parametrize(
+    "query",
+    [
+        "foo-bar",
+        "AND",
+        "don't",
+        '"',
+        "*",
+        "NEAR(",
+        "(",
+        ")",
+        "quick*",
+        '"quick"',
+        "a:b",
+        "^",
+        "OR NOT",
+    ],
+)
+def test_text_syntax_is_literal(
+    repo: KnowledgeRepository, corpus: dict[str, str], query: str
+) -> None:
+    expected = [
+        name
+        for name in "abcde"
+        if text.matches(
+            text.parse_terms(query), text.searchable_text(repo.read_content(corpus[name]))
+        )
+    ]
     assert names(repo.query(text=query)) == expected
 
 
@@ -103,8 +144,7 @@ def test_foo_bar_finds_literal(repo: KnowledgeRepository, corpus: dict[str, str]
     assert names(repo.query(text="AND")) == ["c"]
 
 
-def test_text_follows_updates_and_deletes(repo: KnowledgeRepository,
-                                          make: MakeArtifact) -> None:
+def test_text_follows_updates_and_deletes(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     artifact_id = make("a", b"alpha words")
     assert names(repo.query(text="alpha")) == ["a"]
     repo.update_artifact(artifact_id, content=b"beta words")
@@ -119,8 +159,10 @@ def test_text_follows_updates_and_deletes(repo: KnowledgeRepository,
 def test_index_text_changes_no_answer(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     """Documents indexed and documents waiting for the index answer alike (ADR 0004),
     through updates and deletes on either side, with pages that span both."""
-    ids = [make(f"n{number}", f"common note {number} {'odd' if number % 2 else 'even'}".encode())
-           for number in range(6)]
+    ids = [
+        make(f"n{number}", f"common note {number} {'odd' if number % 2 else 'even'}".encode())
+        for number in range(6)
+    ]
     before = names(repo.query(text="note"))
     assert repo.index_text() in (0, 6)  # none (no index, or indexed by the query) or all
     assert repo.index_text() == 0  # nothing left
@@ -198,10 +240,17 @@ def test_deleted_never_found(repo: KnowledgeRepository, corpus: dict[str, str]) 
 
 @pytest.mark.parametrize(
     "bad",
-    [{"limit": -1}, {"limit": "3"}, {"after": -5}, {"digest": "../../etc/passwd"},
-     {"digest": "sha256:" + "0" * 64}, {"metadata": {"x": float("nan")}},
-     {"related_to": RelatedTo("art_x", direction="sideways")}, {"ids": "art_x"},
-     {"unknown_filter": 1}],
+    [
+        {"limit": -1},
+        {"limit": "3"},
+        {"after": -5},
+        {"digest": "../../etc/passwd"},
+        {"digest": "sha256:" + "0" * 64},
+        {"metadata": {"x": float("nan")}},
+        {"related_to": RelatedTo("art_x", direction="sideways")},
+        {"ids": "art_x"},
+        {"unknown_filter": 1},
+    ],
     ids=lambda bad: next(iter(bad)),
 )
 def test_bad_queries(repo: KnowledgeRepository, bad: dict[str, object]) -> None:
@@ -218,17 +267,22 @@ def test_query_object_and_kwargs(repo: KnowledgeRepository, corpus: dict[str, st
 ALPHABET = "aAbBß İı ."
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(bodies=st.lists(st.text(ALPHABET, max_size=12), min_size=1, max_size=6),
-       query=st.text(ALPHABET, min_size=1, max_size=6).filter(lambda q: q.split()))
-def test_text_matches_reference_semantics(backend: Backend, bodies: list[str],
-                                          query: str) -> None:
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    bodies=st.lists(st.text(ALPHABET, max_size=12), min_size=1, max_size=6),
+    query=st.text(ALPHABET, min_size=1, max_size=6).filter(lambda q: q.split()),
+)
+def test_text_matches_reference_semantics(backend: Backend, bodies: list[str], query: str) -> None:
     repo = backend.new()
     cid = repo.create_collection("c").id
     for index, body in enumerate(bodies):
         repo.create_artifact(cid, f"n{index}", body.encode(), artifact_type="t")
     terms = text.parse_terms(query)
-    expected = [f"n{index}" for index, body in enumerate(bodies)
-                if all(term in body.casefold() for term in terms)]
+    expected = [
+        f"n{index}"
+        for index, body in enumerate(bodies)
+        if all(term in body.casefold() for term in terms)
+    ]
     assert names(repo.query(text=query)) == expected

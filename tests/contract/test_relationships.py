@@ -55,8 +55,9 @@ def test_endpoints_must_be_live(repo: KnowledgeRepository, abc: tuple[str, str, 
     assert repo.list_relationships() == []
 
 
-def test_delete_artifact_removes_its_relationships(repo: KnowledgeRepository,
-                                                   abc: tuple[str, str, str]) -> None:
+def test_delete_artifact_removes_its_relationships(
+    repo: KnowledgeRepository, abc: tuple[str, str, str]
+) -> None:
     a, b, c = abc
     ab = repo.create_relationship(a, b, "cites")
     bc = repo.create_relationship(b, c, "cites")

@@ -41,16 +41,18 @@ def test_run_lifecycle(repo: KnowledgeRepository) -> None:
     assert done.finished_at is not None
     assert done.diagnostics == {"tokens": 10}
     assert repo.get_run(run.id) == done
-    transitions = [c.details for c in repo.list_changes(entity_id=run.id)
-                   if c.action == "transition"]
-    assert transitions == [{"from": "pending", "to": "running"},
-                           {"from": "running", "to": "succeeded"}]
+    transitions = [
+        c.details for c in repo.list_changes(entity_id=run.id) if c.action == "transition"
+    ]
+    assert transitions == [
+        {"from": "pending", "to": "running"},
+        {"from": "running", "to": "succeeded"},
+    ]
 
 
 @pytest.mark.parametrize("source", list(RunStatus))
 @pytest.mark.parametrize("target", [s for s in RunStatus if s is not RunStatus.ABANDONED])
-def test_transition_table(repo: KnowledgeRepository, source: RunStatus,
-                          target: RunStatus) -> None:
+def test_transition_table(repo: KnowledgeRepository, source: RunStatus, target: RunStatus) -> None:
     run = repo.create_run("op")
     path = {
         RunStatus.PENDING: [],
@@ -170,10 +172,12 @@ def test_recover_expired_lease(repo: KnowledgeRepository) -> None:
 
 
 def test_recover_dead_holder(repo: KnowledgeRepository) -> None:
-    gone = repo.start_run(repo.create_run("op").id,
-                          holder={"host": socket.gethostname(), "pid": dead_pid()})
-    remote = repo.start_run(repo.create_run("op").id,
-                            holder={"host": "another-host.invalid", "pid": 1})
+    gone = repo.start_run(
+        repo.create_run("op").id, holder={"host": socket.gethostname(), "pid": dead_pid()}
+    )
+    remote = repo.start_run(
+        repo.create_run("op").id, holder={"host": "another-host.invalid", "pid": 1}
+    )
     mine = repo.start_run(repo.create_run("op").id)
     assert [r.id for r in repo.recover_abandoned()] == [gone.id]
     assert "holder process is gone" in (repo.get_run(gone.id).error or "")
@@ -183,8 +187,9 @@ def test_recover_dead_holder(repo: KnowledgeRepository) -> None:
     assert manifest.final and manifest.status == "abandoned"
 
 
-def test_outputs_and_producers(repo: KnowledgeRepository, make: MakeArtifact,
-                               collection_id: str) -> None:
+def test_outputs_and_producers(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     source = make("source.md", b"input text")
     run = repo.create_run("summarize")
     with pytest.raises(IllegalTransitionError):
@@ -194,13 +199,16 @@ def test_outputs_and_producers(repo: KnowledgeRepository, make: MakeArtifact,
     assert bundle.inputs[0].revision == 1
     assert bundle.inputs[0].digest == repo.get_artifact(source).digest
     assert bundle.inputs[0].role == "document"
-    out = repo.create_artifact(collection_id, "summary.md", b"short", artifact_type="summary",
-                               run_id=run.id)
+    out = repo.create_artifact(
+        collection_id, "summary.md", b"short", artifact_type="summary", run_id=run.id
+    )
     assert out.run_id == run.id
     updated = repo.update_artifact(source, content=b"edited by run", run_id=run.id)
     assert updated.run_id == run.id
     assert [(r.artifact_id, r.revision) for r in repo.run_outputs(run.id)] == [
-        (out.id, 1), (source, 2)]
+        (out.id, 1),
+        (source, 2),
+    ]
     assert repo.producing_run(out.id) == repo.get_run(run.id)
     assert repo.producing_run(source, 1) is None
     assert repo.producing_run(source, 2) == repo.get_run(run.id)
@@ -227,9 +235,11 @@ def test_manifest_roundtrip(backend: Backend) -> None:
     manifest = repo.get_manifest(run.id)
     assert manifest.final
     assert [(i.artifact_id, i.revision, i.digest) for i in manifest.inputs] == [
-        (doc.id, 1, doc.digest)]
+        (doc.id, 1, doc.digest)
+    ]
     assert [(o.artifact_id, o.revision, o.digest) for o in manifest.outputs] == [
-        (out.id, 1, out.digest)]
+        (out.id, 1, out.digest)
+    ]
     assert manifest.steps == (step.id,)
     assert manifest.diagnostics == {"warnings": ["w1"]}
     assert manifest.parameters == {"p": [1, 2]}
@@ -252,19 +262,22 @@ def test_inputs_must_exist(repo: KnowledgeRepository, make: MakeArtifact) -> Non
     assert repo.last_sequence() == before
 
 
-def test_impact_follows_runs_and_relationships(repo: KnowledgeRepository, make: MakeArtifact,
-                                               collection_id: str) -> None:
+def test_impact_follows_runs_and_relationships(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     raw = make("raw", b"raw data")
     other = make("other", b"unrelated")
     first = repo.start_run(repo.create_run("clean").id)
     repo.add_inputs(first.id, [raw])
-    clean = repo.create_artifact(collection_id, "clean", b"clean data", artifact_type="t",
-                                 run_id=first.id)
+    clean = repo.create_artifact(
+        collection_id, "clean", b"clean data", artifact_type="t", run_id=first.id
+    )
     repo.finish_run(first.id)
     second = repo.start_run(repo.create_run("summarize").id)
     repo.add_inputs(second.id, [clean.id, other])
-    summary = repo.create_artifact(collection_id, "summary", b"sum", artifact_type="t",
-                                   run_id=second.id)
+    summary = repo.create_artifact(
+        collection_id, "summary", b"sum", artifact_type="t", run_id=second.id
+    )
     repo.finish_run(second.id)
     note = make("note", b"a note on the summary")
     repo.create_relationship(note, summary.id, "derived_from")
@@ -272,11 +285,16 @@ def test_impact_follows_runs_and_relationships(repo: KnowledgeRepository, make: 
 
     impacts = repo.impact(raw, relationship_types=["derived_from"])
     assert [(i.artifact_id, i.depth, i.via) for i in impacts] == [
-        (clean.id, 1, "run"), (summary.id, 2, "run"), (note, 3, "relationship")]
+        (clean.id, 1, "run"),
+        (summary.id, 2, "run"),
+        (note, 3, "relationship"),
+    ]
     assert impacts[0].via_id == first.id
     assert [i.artifact_id for i in repo.impact(raw)] == [clean.id, summary.id]
     assert [i.artifact_id for i in repo.impact(digest=repo.get_artifact(raw).digest)] == [
-        clean.id, summary.id]
+        clean.id,
+        summary.id,
+    ]
     assert repo.impact(other, revision=1)[0].artifact_id == summary.id
     assert repo.impact(note) == []
     with pytest.raises(ValidationError):

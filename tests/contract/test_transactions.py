@@ -15,13 +15,12 @@ class Boom(Exception):
 
 
 def snapshot(repo: KnowledgeRepository) -> tuple[object, ...]:
-    return (repo.list_collections(), repo.query(), repo.list_relationships(),
-            repo.list_changes())
+    return (repo.list_collections(), repo.query(), repo.list_relationships(), repo.list_changes())
 
 
-def test_failed_transaction_rolls_back_everything(repo: KnowledgeRepository,
-                                                  make: MakeArtifact,
-                                                  collection_id: str) -> None:
+def test_failed_transaction_rolls_back_everything(
+    repo: KnowledgeRepository, make: MakeArtifact, collection_id: str
+) -> None:
     a = make("a", b"v1")
     b = make("b", b"other")
     rel = repo.create_relationship(a, b, "cites")
@@ -50,8 +49,9 @@ def test_sequence_numbers_are_given_back(repo: KnowledgeRepository, make: MakeAr
     assert [c.sequence for c in repo.list_changes()] == [1, 2, 3]
 
 
-def test_nested_inner_failure_keeps_outer_work(repo: KnowledgeRepository,
-                                               make: MakeArtifact) -> None:
+def test_nested_inner_failure_keeps_outer_work(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     with repo.transaction():
         make("outer")
         with pytest.raises(Boom), repo.transaction():
@@ -62,8 +62,9 @@ def test_nested_inner_failure_keeps_outer_work(repo: KnowledgeRepository,
     assert [c.sequence for c in repo.list_changes()] == [1, 2, 3]
 
 
-def test_outer_failure_undoes_committed_inner(repo: KnowledgeRepository,
-                                              make: MakeArtifact) -> None:
+def test_outer_failure_undoes_committed_inner(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     with pytest.raises(Boom), repo.transaction():
         with repo.transaction():
             make("inner")
@@ -71,8 +72,9 @@ def test_outer_failure_undoes_committed_inner(repo: KnowledgeRepository,
     assert repo.query() == []
 
 
-def test_contract_error_inside_transaction_rolls_back(repo: KnowledgeRepository,
-                                                      make: MakeArtifact) -> None:
+def test_contract_error_inside_transaction_rolls_back(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
     make("a")
     with pytest.raises(DuplicateNameError), repo.transaction():
         make("b")
@@ -86,8 +88,12 @@ def test_threads_do_not_lose_writes(repo: KnowledgeRepository, collection_id: st
     def work(worker: int) -> None:
         try:
             for index in range(25):
-                repo.create_artifact(collection_id, f"w{worker}-{index}",
-                                     f"{worker}/{index}".encode(), artifact_type="note")
+                repo.create_artifact(
+                    collection_id,
+                    f"w{worker}-{index}",
+                    f"{worker}/{index}".encode(),
+                    artifact_type="note",
+                )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

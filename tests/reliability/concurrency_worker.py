@@ -43,13 +43,13 @@ class _Rollback(Exception):
 
 def content(writer: int, index: int, rng: random.Random) -> bytes:
     """A body that says who wrote it: every reader can check where it came from."""
-    filler = " ".join(rng.choice(["river", "stone", "ledger", "quartz"])
-                      for _ in range(rng.randint(0, 60)))
+    filler = " ".join(
+        rng.choice(["river", "stone", "ledger", "quartz"]) for _ in range(rng.randint(0, 60))
+    )
     return f"writer-{writer} write-{index} {filler}".encode()
 
 
-def write(repo: KnowledgeRepository, writer: int, count: int,
-          emit: Any, seed: int = 0) -> None:
+def write(repo: KnowledgeRepository, writer: int, count: int, emit: Any, seed: int = 0) -> None:
     """``count`` writes by ``writer``; ``emit(record)`` after each one returned."""
     rng = random.Random(seed * 1000 + writer)
     cid = repo.get_collection_by_name(COLLECTION).id
@@ -61,13 +61,22 @@ def write(repo: KnowledgeRepository, writer: int, count: int,
         if own and roll < 0.27:  # a new body, or (less often) new metadata
             artifact_id = rng.choice(sorted(own))
             change: dict[str, Any] = (
-                {"content": content(writer, index, rng)} if roll < 0.2
-                else {"metadata": {"writer": writer, "i": index}})
-            updated = repo.update_artifact(artifact_id, expected_revision=own[artifact_id],
-                                           **change)
+                {"content": content(writer, index, rng)}
+                if roll < 0.2
+                else {"metadata": {"writer": writer, "i": index}}
+            )
+            updated = repo.update_artifact(
+                artifact_id, expected_revision=own[artifact_id], **change
+            )
             own[artifact_id] = updated.revision
-            emit({"op": "update", "id": artifact_id, "revision": updated.revision,
-                  "digest": updated.digest})
+            emit(
+                {
+                    "op": "update",
+                    "id": artifact_id,
+                    "revision": updated.revision,
+                    "digest": updated.digest,
+                }
+            )
             done += 1
         elif own and roll < 0.32:
             artifact_id = rng.choice(sorted(own))
@@ -91,26 +100,50 @@ def write(repo: KnowledgeRepository, writer: int, count: int,
                     raise _Rollback
             except _Rollback:
                 pass
-            artifact = repo.create_artifact(cid, name, body, artifact_type="note",
-                                            metadata={"writer": writer})
+            artifact = repo.create_artifact(
+                cid, name, body, artifact_type="note", metadata={"writer": writer}
+            )
             own[artifact.id] = artifact.revision
-            emit({"op": "create", "id": artifact.id, "revision": 1, "digest": artifact.digest,
-                  "rewritten": True})
+            emit(
+                {
+                    "op": "create",
+                    "id": artifact.id,
+                    "revision": 1,
+                    "digest": artifact.digest,
+                    "rewritten": True,
+                }
+            )
             done += 1
         elif roll < 0.52:
             n = min(count - done, rng.randint(2, 8))
-            items = [NewArtifact(f"w{writer}-{index + k}", content(writer, index + k, rng),
-                                 "note", metadata={"writer": writer})
-                     for k in range(n)]
+            items = [
+                NewArtifact(
+                    f"w{writer}-{index + k}",
+                    content(writer, index + k, rng),
+                    "note",
+                    metadata={"writer": writer},
+                )
+                for k in range(n)
+            ]
             for result in repo.put_artifacts(cid, items):
                 own[result.artifact.id] = result.artifact.revision
-                emit({"op": "create", "id": result.artifact.id, "revision": 1,
-                      "digest": result.artifact.digest})
+                emit(
+                    {
+                        "op": "create",
+                        "id": result.artifact.id,
+                        "revision": 1,
+                        "digest": result.artifact.digest,
+                    }
+                )
             done += n
         else:
-            artifact = repo.create_artifact(cid, f"w{writer}-{index}",
-                                            content(writer, index, rng),
-                                            artifact_type="note", metadata={"writer": writer})
+            artifact = repo.create_artifact(
+                cid,
+                f"w{writer}-{index}",
+                content(writer, index, rng),
+                artifact_type="note",
+                metadata={"writer": writer},
+            )
             own[artifact.id] = artifact.revision
             emit({"op": "create", "id": artifact.id, "revision": 1, "digest": artifact.digest})
             done += 1
@@ -156,12 +189,18 @@ def main(argv: list[str]) -> int:
     role, store, number, count, stop, log = argv[1:7]
     durability = argv[7] if len(argv) > 7 else "full"
     stop_file = Path(stop)
-    with open(log, "w", encoding="utf-8") as out, SQLiteKnowledgeRepository.open(
-            store, durability, read_only=role == "reader" and int(number) % 2 == 1) as repo:
+    with (
+        open(log, "w", encoding="utf-8") as out,
+        SQLiteKnowledgeRepository.open(
+            store, durability, read_only=role == "reader" and int(number) % 2 == 1
+        ) as repo,
+    ):
         if role == "writer":
+
             def emit(record: dict[str, Any]) -> None:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
+
             write(repo, int(number), int(count), emit)
         elif role == "reader":
             rng = random.Random(int(number))

@@ -51,8 +51,26 @@ LEASE_SECONDS = 6 * 24 * 3600.0
 # A child stops by itself after this many operations (the harness kills it long before).
 MAX_OPS = 100_000
 
-WORDS = ("alpha", "beta", "gamma", "delta", "river", "stone", "ledger", "kontext",
-         "Straße", "naïve", "journal", "quartz", "x", "NEAR", "AND", "(", '"', "*")
+WORDS = (
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "river",
+    "stone",
+    "ledger",
+    "kontext",
+    "Straße",
+    "naïve",
+    "journal",
+    "quartz",
+    "x",
+    "NEAR",
+    "AND",
+    "(",
+    '"',
+    "*",
+)
 
 
 class TrialIds:
@@ -117,8 +135,12 @@ def apply(repo: KnowledgeRepository, op: Op) -> Any:
         return repo.create_collection(op["name"], metadata=op.get("metadata")).id
     if kind == "create_artifact":
         artifact = repo.create_artifact(
-            op["collection"], op["name"], body(op["body"]), artifact_type=op["type"],
-            metadata=op["metadata"], run_id=op.get("run_id"),
+            op["collection"],
+            op["name"],
+            body(op["body"]),
+            artifact_type=op["type"],
+            metadata=op["metadata"],
+            run_id=op.get("run_id"),
         )
         return [artifact.id, artifact.revision, artifact.digest]
     if kind == "update_artifact":
@@ -137,14 +159,19 @@ def apply(repo: KnowledgeRepository, op: Op) -> Any:
     if kind == "put_artifacts":
         results = repo.put_artifacts(
             op["collection"],
-            [NewArtifact(item["name"], body(item["body"]), item["type"],
-                         metadata=item["metadata"]) for item in op["items"]],
+            [
+                NewArtifact(
+                    item["name"], body(item["body"]), item["type"], metadata=item["metadata"]
+                )
+                for item in op["items"]
+            ],
             run_id=op.get("run_id"),
         )
         return [[r.artifact.id, r.artifact.revision, r.outcome.value] for r in results]
     if kind == "create_relationship":
-        return repo.create_relationship(op["source"], op["target"], op["type"],
-                                        metadata=op.get("metadata")).id
+        return repo.create_relationship(
+            op["source"], op["target"], op["type"], metadata=op.get("metadata")
+        ).id
     if kind == "delete_relationship":
         repo.delete_relationship(op["id"])
         return None
@@ -161,11 +188,13 @@ def apply(repo: KnowledgeRepository, op: Op) -> Any:
 
 def _resolve(op: Op, results: list[Any]) -> Op:
     """Replace ``"$n"`` (the id made by sub-operation n) in a transaction's sub-operation."""
+
     def value(item: Any) -> Any:
         if isinstance(item, str) and item.startswith("$"):
             made = results[int(item[1:])]
             return made[0] if isinstance(made, list) else made
         return item
+
     return {key: value(item) for key, item in op.items()}
 
 
@@ -179,12 +208,10 @@ class View:
             a.id: [a.revision, a.collection_id, a.name] for a in repo.list_artifacts()
         }
         self.relationships: dict[str, tuple[str, str, str]] = {
-            r.id: (r.source_id, r.target_id, r.relationship_type)
-            for r in repo.list_relationships()
+            r.id: (r.source_id, r.target_id, r.relationship_type) for r in repo.list_relationships()
         }
         self.runs: dict[str, str] = {
-            run.id: run.status for run in repo.list_runs()
-            if run.status in ("pending", "running")
+            run.id: run.status for run in repo.list_runs() if run.status in ("pending", "running")
         }
 
     def running(self) -> list[str]:
@@ -255,17 +282,29 @@ class Chooser:
         return [self.rng.getrandbits(48), size, kind]
 
     def metadata(self) -> dict[str, Any]:
-        return {"n": self.rng.randint(-5, 5), "tag": self.rng.choice(["a", "b", 'q"uote']),
-                "nested": {"x": [self.rng.random() < 0.5, None]}}
+        return {
+            "n": self.rng.randint(-5, 5),
+            "tag": self.rng.choice(["a", "b", 'q"uote']),
+            "nested": {"x": [self.rng.random() < 0.5, None]},
+        }
 
     def create(self, collection: str, run_id: str | None = None) -> Op:
-        return {"op": "create_artifact", "collection": collection, "name": self.name("a"),
-                "body": self.body(), "type": self.rng.choice(["note", "doc"]),
-                "metadata": self.metadata(), "run_id": run_id}
+        return {
+            "op": "create_artifact",
+            "collection": collection,
+            "name": self.name("a"),
+            "body": self.body(),
+            "type": self.rng.choice(["note", "doc"]),
+            "metadata": self.metadata(),
+            "run_id": run_id,
+        }
 
     def update(self, artifact_id: str) -> Op:
-        op: Op = {"op": "update_artifact", "id": artifact_id,
-                  "expected": self.view.artifacts[artifact_id][0]}
+        op: Op = {
+            "op": "update_artifact",
+            "id": artifact_id,
+            "expected": self.view.artifacts[artifact_id][0],
+        }
         roll = self.rng.random()
         if roll < 0.6:
             op["body"] = self.body()
@@ -278,13 +317,21 @@ class Chooser:
     def next(self) -> Op:
         view, rng = self.view, self.rng
         if not view.collections:
-            return {"op": "create_collection", "name": f"c-{self.trial}-{self.count}",
-                    "metadata": {"trial": self.trial}}
+            return {
+                "op": "create_collection",
+                "name": f"c-{self.trial}-{self.count}",
+                "metadata": {"trial": self.trial},
+            }
         collection = rng.choice(view.collections)
         artifacts = sorted(view.artifacts)
         running = view.running()
-        choices: list[tuple[float, str]] = [(30, "create"), (5, "put"), (5, "transaction"),
-                                            (6, "create_run"), (1, "collection")]
+        choices: list[tuple[float, str]] = [
+            (30, "create"),
+            (5, "put"),
+            (5, "transaction"),
+            (6, "create_run"),
+            (1, "collection"),
+        ]
         if artifacts:
             choices += [(25, "update"), (7, "delete"), (12, "relate")]
         if view.relationships:
@@ -298,51 +345,82 @@ class Chooser:
         pick = rng.choices([c for _, c in choices], weights=[w for w, _ in choices])[0]
         if pick == "collection" and len(view.collections) < 4:
             self.count += 1
-            return {"op": "create_collection", "name": f"c-{self.trial}-{self.count}",
-                    "metadata": None}
+            return {
+                "op": "create_collection",
+                "name": f"c-{self.trial}-{self.count}",
+                "metadata": None,
+            }
         if pick == "update":
             return self.update(rng.choice(artifacts))
         if pick == "delete":
             victim = rng.choice(artifacts)
-            return {"op": "delete_artifact", "id": victim,
-                    "expected": view.artifacts[victim][0]}
+            return {"op": "delete_artifact", "id": victim, "expected": view.artifacts[victim][0]}
         if pick == "relate":
             source, target = rng.choice(artifacts), rng.choice(artifacts)
             rel_type = rng.choice(["cites", "derived-from", "'; DROP TABLE relationships; --"])
             if (source, target, rel_type) not in view.relationships.values():
-                return {"op": "create_relationship", "source": source, "target": target,
-                        "type": rel_type, "metadata": {"w": rng.random()}}
+                return {
+                    "op": "create_relationship",
+                    "source": source,
+                    "target": target,
+                    "type": rel_type,
+                    "metadata": {"w": rng.random()},
+                }
         if pick == "unrelate":
-            return {"op": "delete_relationship",
-                    "id": rng.choice(sorted(view.relationships))}
+            return {"op": "delete_relationship", "id": rng.choice(sorted(view.relationships))}
         if pick == "create_run":
-            return {"op": "create_run", "operation": rng.choice(["summarize", "embed"]),
-                    "parameters": {"k": rng.randint(1, 9)}}
+            return {
+                "op": "create_run",
+                "operation": rng.choice(["summarize", "embed"]),
+                "parameters": {"k": rng.randint(1, 9)},
+            }
         if pick == "start_run":
             pending = sorted(r for r, s in view.runs.items() if s == "pending")
             return {"op": "start_run", "id": rng.choice(pending)}
         if pick == "output":
             return self.create(collection, run_id=rng.choice(running))
         if pick == "finish_run":
-            return {"op": "finish_run", "id": rng.choice(running),
-                    "status": rng.choice(["succeeded", "failed", "cancelled"]),
-                    "error": None}
+            return {
+                "op": "finish_run",
+                "id": rng.choice(running),
+                "status": rng.choice(["succeeded", "failed", "cancelled"]),
+                "error": None,
+            }
         if pick == "inputs":
             chosen = rng.sample(artifacts, min(len(artifacts), rng.randint(1, 3)))
             return {"op": "add_inputs", "id": rng.choice(running), "inputs": chosen}
         if pick == "put":
-            items = [{"name": self.name("bulk"), "body": self.body(), "type": "note",
-                      "metadata": self.metadata()} for _ in range(rng.randint(2, 20))]
+            items = [
+                {
+                    "name": self.name("bulk"),
+                    "body": self.body(),
+                    "type": "note",
+                    "metadata": self.metadata(),
+                }
+                for _ in range(rng.randint(2, 20))
+            ]
             same = sorted(a for a, (_, c, _) in view.artifacts.items() if c == collection)
             if same and rng.random() < 0.5:
                 # Put an existing name again: an update inside the batch.
                 items[0]["name"] = view.artifacts[rng.choice(same)][2]
-            return {"op": "put_artifacts", "collection": collection, "items": items,
-                    "run_id": rng.choice(running) if running and rng.random() < 0.3 else None}
+            return {
+                "op": "put_artifacts",
+                "collection": collection,
+                "items": items,
+                "run_id": rng.choice(running) if running and rng.random() < 0.3 else None,
+            }
         if pick == "transaction":
-            subs: list[Op] = [self.create(collection), self.create(collection),
-                              {"op": "create_relationship", "source": "$0", "target": "$1",
-                               "type": "pairs-with", "metadata": None}]
+            subs: list[Op] = [
+                self.create(collection),
+                self.create(collection),
+                {
+                    "op": "create_relationship",
+                    "source": "$0",
+                    "target": "$1",
+                    "type": "pairs-with",
+                    "metadata": None,
+                },
+            ]
             if artifacts:
                 subs.append(self.update(rng.choice(artifacts)))
             return {"op": "transaction", "ops": subs}

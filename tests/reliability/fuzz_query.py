@@ -45,17 +45,24 @@ def main() -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="fuzz-query-"))
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
-    sqlite = SQLiteKnowledgeRepository.open(scratch / "store", "none", clock=TickingClock(),
-                                            ids=SequentialIds())
+    sqlite = SQLiteKnowledgeRepository.open(
+        scratch / "store", "none", clock=TickingClock(), ids=SequentialIds()
+    )
     repos: list[KnowledgeRepository] = [memory, sqlite]
     for repo in repos:
         rng = random.Random(5)
         cid = repo.create_collection("c").id
         for index in range(150):
-            body = "".join(rng.choice([*SPECIALS, *LETTERS, " ", " "])
-                           for _ in range(rng.randint(0, 60)))
-            repo.create_artifact(cid, f"d{index}", body.encode(), artifact_type="t",
-                                 metadata={rng.choice(["k", 'q"', ""]): rng.choice([1, "1", None])})
+            body = "".join(
+                rng.choice([*SPECIALS, *LETTERS, " ", " "]) for _ in range(rng.randint(0, 60))
+            )
+            repo.create_artifact(
+                cid,
+                f"d{index}",
+                body.encode(),
+                artifact_type="t",
+                metadata={rng.choice(["k", 'q"', ""]): rng.choice([1, "1", None])},
+            )
 
     def outcome(repo: KnowledgeRepository, filters: dict[str, Any]) -> Any:
         try:

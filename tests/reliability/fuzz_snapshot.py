@@ -44,8 +44,11 @@ def main() -> int:
         from kontextual_engine.storage import InMemoryKnowledgeRepository
     from tests.test_snapshot import populate
 
-    scratch = Path(tempfile.mkdtemp(prefix="fuzz-snapshot-",
-                                    dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    scratch = Path(
+        tempfile.mkdtemp(
+            prefix="fuzz-snapshot-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+    )
     source = InMemoryKnowledgeRepository()
     populate(source)
     pristine = scratch / "pristine"
@@ -67,8 +70,11 @@ def main() -> int:
                 original = path.read_bytes()
                 at = provider.ConsumeIntInRange(0, len(original))
                 cut = provider.ConsumeIntInRange(0, 64)
-                edited = original[:at] + provider.ConsumeBytes(
-                    provider.ConsumeIntInRange(0, 64)) + original[at + cut:]
+                edited = (
+                    original[:at]
+                    + provider.ConsumeBytes(provider.ConsumeIntInRange(0, 64))
+                    + original[at + cut :]
+                )
                 path.write_bytes(edited)
                 if member != MANIFEST:
                     manifest = json.loads((target_path / MANIFEST).read_bytes())

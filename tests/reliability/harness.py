@@ -41,7 +41,7 @@ def describe_difference(observed: dict[str, list[Any]], expected: dict[str, list
                 lines.append(f"  first difference at #{index}:\n    store: {a!r}\n    model: {b!r}")
                 break
         else:
-            extra = got[len(want):] or want[len(got):]
+            extra = got[len(want) :] or want[len(got) :]
             lines.append(f"  extra: {extra[:3]!r}")
     return "\n".join(lines) or "no difference"
 
@@ -54,8 +54,7 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, bytes | str]]:
         if path.is_symlink():
             state[path.relative_to(root).as_posix()] = (st.st_mode, 0, os.readlink(path))
         elif path.is_file():
-            state[path.relative_to(root).as_posix()] = (st.st_mode, st.st_size,
-                                                        path.read_bytes())
+            state[path.relative_to(root).as_posix()] = (st.st_mode, st.st_size, path.read_bytes())
         else:
             state[path.relative_to(root).as_posix()] = (st.st_mode, 0, b"")
     return state

@@ -72,8 +72,7 @@ def writes(repo: SQLiteKnowledgeRepository) -> dict[str, Callable[[], Any]]:
     a = repo.get_artifact_by_name(notes.id, "a.md")
     return {
         "create_collection": lambda: repo.create_collection("new"),
-        "create_artifact": lambda: repo.create_artifact(notes.id, "new", b"x",
-                                                        artifact_type="t"),
+        "create_artifact": lambda: repo.create_artifact(notes.id, "new", b"x", artifact_type="t"),
         "put_artifacts": lambda: repo.put_artifacts(notes.id, [NewArtifact("n", b"y", "t")]),
         "update_artifact": lambda: repo.update_artifact(a.id, content=b"changed"),
         "delete_artifact": lambda: repo.delete_artifact(a.id),

@@ -28,13 +28,18 @@ INJECTION = "'; DROP TABLE artifacts; --"
 
 
 def kontextual(store: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "kontextual_engine", "--store", str(store),
-                           *args], input=stdin, capture_output=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "kontextual_engine", "--store", str(store), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *,
-                          code: int | None = None, says: str = "") -> str:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[bytes], *, code: int | None = None, says: str = ""
+) -> str:
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode != 0, (result.stdout, stderr)
     assert "Traceback" not in stderr and b"Traceback" not in result.stdout, stderr
@@ -57,8 +62,13 @@ def store(tmp_path: Path) -> Path:
     with SQLiteKnowledgeRepository.open(path, "none") as repo:
         cid = repo.create_collection("notes").id
         for name in ("a.md", "b.md", INJECTION):
-            repo.create_artifact(cid, name, f"body of {name} NEAR(x)".encode(),
-                                 artifact_type="note", metadata={INJECTION: name})
+            repo.create_artifact(
+                cid,
+                name,
+                f"body of {name} NEAR(x)".encode(),
+                artifact_type="note",
+                metadata={INJECTION: name},
+            )
     return path
 
 
@@ -153,23 +163,35 @@ def test_store_that_is_not_a_store(tmp_path: Path) -> None:
 # -- hostile input ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("digest", ["../../etc/passwd", "blake3:../../x", "/etc/passwd",
-                                    "0" * 63 + "g", "blake3:" + "A" * 64, "*", "%"])
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "../../etc/passwd",
+        "blake3:../../x",
+        "/etc/passwd",
+        "0" * 63 + "g",
+        "blake3:" + "A" * 64,
+        "*",
+        "%",
+    ],
+)
 def test_hostile_digests(store: Path, digest: str) -> None:
     assert_typed(assert_one_line_error(kontextual(store, "cat-object", digest), code=2))
     assert_one_line_error(kontextual(store, "find", "--digest", digest))
 
 
-@pytest.mark.parametrize("reference", ["../../etc/passwd", f"notes/{INJECTION}x", "art_%",
-                                       "notes/../notes/a.md"])
+@pytest.mark.parametrize(
+    "reference", ["../../etc/passwd", f"notes/{INJECTION}x", "art_%", "notes/../notes/a.md"]
+)
 def test_hostile_artifact_references(store: Path, reference: str) -> None:
     for command in ("cat", "show", "rm"):
         assert_typed(assert_one_line_error(kontextual(store, command, reference)))
     assert len(kontextual(store, "ls").stdout.splitlines()) >= 3  # nothing was removed
 
 
-@pytest.mark.parametrize("text", ['"', "NEAR(a b", "(", "*", "a OR b", INJECTION, "-x",
-                                  "col:val", "'", '"""'])
+@pytest.mark.parametrize(
+    "text", ['"', "NEAR(a b", "(", "*", "a OR b", INJECTION, "-x", "col:val", "'", '"""']
+)
 def test_text_query_syntax_is_plain_text(store: Path, text: str) -> None:
     result = kontextual(store, "find", "--text", text, "--json")
     assert result.returncode == 0, result.stderr
@@ -177,7 +199,7 @@ def test_text_query_syntax_is_plain_text(store: Path, text: str) -> None:
 
 
 def test_injection_in_names_and_metadata(store: Path) -> None:
-    result = kontextual(store, "find", "--meta", f"{INJECTION}=\"a.md\"", "--json")
+    result = kontextual(store, "find", "--meta", f'{INJECTION}="a.md"', "--json")
     assert result.returncode == 0, result.stderr
     assert b"a.md" in result.stdout
     shown = kontextual(store, "cat", f"notes/{INJECTION}")
@@ -216,8 +238,9 @@ def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
     return buffer.getvalue()
 
 
-def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "",
-            data: bytes = b"") -> tuple[tarfile.TarInfo, bytes | None]:
+def _member(
+    name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", data: bytes = b""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     member = tarfile.TarInfo(name)
     member.type = kind
     member.linkname = linkname
@@ -225,8 +248,9 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "",
     return member, data if kind == tarfile.REGTYPE else None
 
 
-@pytest.mark.parametrize("attack", ["absolute path", "dot-dot", "symlink", "hard link",
-                                    "device", "duplicate", "garbage"])
+@pytest.mark.parametrize(
+    "attack", ["absolute path", "dot-dot", "symlink", "hard link", "device", "duplicate", "garbage"]
+)
 def test_hostile_snapshot_import(store: Path, tmp_path: Path, attack: str) -> None:
     sentinel = tmp_path / "sentinel"
     sentinel.mkdir()
@@ -235,14 +259,16 @@ def test_hostile_snapshot_import(store: Path, tmp_path: Path, attack: str) -> No
     snapshot = tmp_path / "snap"
     with SQLiteKnowledgeRepository.open(store, read_only=True) as repo:
         export_snapshot(repo, snapshot)
-    valid = [_member(p.relative_to(snapshot).as_posix(), data=p.read_bytes())
-             for p in sorted(snapshot.rglob("*")) if p.is_file()]
+    valid = [
+        _member(p.relative_to(snapshot).as_posix(), data=p.read_bytes())
+        for p in sorted(snapshot.rglob("*"))
+        if p.is_file()
+    ]
     attacks = {
         "absolute path": [_member(str(sentinel / "planted"), data=b"x"), *valid],
         "dot-dot": [*valid, _member("../sentinel/planted", data=b"x")],
         "symlink": [_member("objects", tarfile.SYMTYPE, str(sentinel)), *valid],
-        "hard link": [*valid, _member("index/x.jsonl", tarfile.LNKTYPE,
-                                      str(sentinel / "secret"))],
+        "hard link": [*valid, _member("index/x.jsonl", tarfile.LNKTYPE, str(sentinel / "secret"))],
         "device": [*valid, _member("index/dev", tarfile.CHRTYPE)],
         "duplicate": [*valid, valid[0]],
     }

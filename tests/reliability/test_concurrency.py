@@ -76,8 +76,13 @@ def check_writes(store: Path, writes: list[dict[str, Any]], removed: set[str]) -
         sequences = [c.sequence for c in repo.list_changes()]
         assert sequences == list(range(1, len(sequences) + 1))
         live = len(repo.list_artifacts())
-    return {"writes": len(writes), "live_artifacts": live, "referenced_objects": len(referenced),
-            "gc_removed": len(removed), "gc_removed_then_rewritten": len(removed & referenced)}
+    return {
+        "writes": len(writes),
+        "live_artifacts": live,
+        "referenced_objects": len(referenced),
+        "gc_removed": len(removed),
+        "gc_removed_then_rewritten": len(removed & referenced),
+    }
 
 
 def run_processes(tmp_path: Path, per_writer: int) -> dict[str, Any]:
@@ -91,9 +96,21 @@ def run_processes(tmp_path: Path, per_writer: int) -> dict[str, Any]:
     def spawn(role: str, number: int, durability: str = "full") -> subprocess.Popen[str]:
         log = tmp_path / f"{role}-{number}.jsonl"
         return subprocess.Popen(
-            [sys.executable, str(WORKER), role, str(store), str(number), str(per_writer),
-             str(stop), str(log), durability],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                str(WORKER),
+                role,
+                str(store),
+                str(number),
+                str(per_writer),
+                str(stop),
+                str(log),
+                durability,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     writers = [spawn("writer", n, DURABILITIES[n % len(DURABILITIES)]) for n in range(WRITERS)]
     others = [spawn("reader", n) for n in range(READERS)] + [spawn("gc", 0)]
@@ -110,20 +127,33 @@ def run_processes(tmp_path: Path, per_writer: int) -> dict[str, Any]:
     assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(errors)
     assert not any("locked" in error for error in errors), errors
     assert all(error == "" for error in errors), errors
-    writes = [json.loads(line) for n in range(WRITERS)
-              for line in (tmp_path / f"writer-{n}.jsonl").read_text().splitlines()]
+    writes = [
+        json.loads(line)
+        for n in range(WRITERS)
+        for line in (tmp_path / f"writer-{n}.jsonl").read_text().splitlines()
+    ]
     assert len(writes) == WRITERS * per_writer
-    removed = {json.loads(line)["removed"]
-               for line in (tmp_path / "gc-0.jsonl").read_text().splitlines()
-               if "removed" in line}
-    rounds = {f"reader_{n}_rounds": json.loads(
-        (tmp_path / f"reader-{n}.jsonl").read_text())["rounds"] for n in range(READERS)}
+    removed = {
+        json.loads(line)["removed"]
+        for line in (tmp_path / "gc-0.jsonl").read_text().splitlines()
+        if "removed" in line
+    }
+    rounds = {
+        f"reader_{n}_rounds": json.loads((tmp_path / f"reader-{n}.jsonl").read_text())["rounds"]
+        for n in range(READERS)
+    }
     gc_rounds = json.loads((tmp_path / "gc-0.jsonl").read_text().splitlines()[-1])["rounds"]
     assert all(count > 0 for count in rounds.values()), rounds
     assert gc_rounds > 0
     figures = check_writes(store, writes, removed)
-    return {"writers": WRITERS, "writes_per_writer": per_writer, **rounds,
-            "gc_rounds": gc_rounds, **figures, "seconds": round(seconds, 1)}
+    return {
+        "writers": WRITERS,
+        "writes_per_writer": per_writer,
+        **rounds,
+        "gc_rounds": gc_rounds,
+        **figures,
+        "seconds": round(seconds, 1),
+    }
 
 
 def test_processes_write_read_and_collect_at_once(tmp_path: Path) -> None:
@@ -155,6 +185,7 @@ def run_threads(tmp_path: Path, per_writer: int) -> dict[str, Any]:
                 except BaseException as exc:  # reported by the test below
                     failures.append(exc)
                     stop.set()
+
             return run
 
         def emit(record: dict[str, Any]) -> None:

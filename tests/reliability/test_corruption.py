@@ -83,8 +83,9 @@ def errors(store: Path, *, full: bool = True) -> dict[str, list[str]]:
     return found
 
 
-def verified_reads(repo: SQLiteKnowledgeRepository, artifact_id: str,
-                   digest: str) -> Iterator[Callable[[], bytes]]:
+def verified_reads(
+    repo: SQLiteKnowledgeRepository, artifact_id: str, digest: str
+) -> Iterator[Callable[[], bytes]]:
     yield lambda: repo.read_content(artifact_id)
     yield lambda: repo.read_object(digest)
     yield lambda: repo.open_object(digest).read()
@@ -94,6 +95,7 @@ def verified_reads(repo: SQLiteKnowledgeRepository, artifact_id: str,
     def verify() -> bytes:
         repo.objects.verify(digest)
         return repo.objects.get(digest)
+
     yield verify
 
 
@@ -123,9 +125,15 @@ OBJECT_DAMAGE: dict[str, tuple[Callable[[Path], None], set[str], bool]] = {
     "truncated": (lambda p: rewrite(p, p.read_bytes()[:5]), {"corrupt", "size-mismatch"}, True),
     "zero length": (lambda p: rewrite(p, b""), {"corrupt", "size-mismatch"}, True),
     "another object's bytes": (
-        lambda p: rewrite(p, p.read_bytes()[:-1] + b"?"), {"corrupt"}, False),
+        lambda p: rewrite(p, p.read_bytes()[:-1] + b"?"),
+        {"corrupt"},
+        False,
+    ),
     "appended garbage": (
-        lambda p: rewrite(p, p.read_bytes() + b"\n"), {"corrupt", "size-mismatch"}, True),
+        lambda p: rewrite(p, p.read_bytes() + b"\n"),
+        {"corrupt", "size-mismatch"},
+        True,
+    ),
 }
 
 
@@ -185,8 +193,10 @@ def test_fanout_directory_replaced_by_file(store: Path) -> None:
     fan.write_bytes(b"not a directory")
     found = errors(store)
     assert "bad-fanout" in found
-    with SQLiteKnowledgeRepository.open(store, "none") as repo, pytest.raises(
-            StoreFormatError, match="fan-out"):
+    with (
+        SQLiteKnowledgeRepository.open(store, "none") as repo,
+        pytest.raises(StoreFormatError, match="fan-out"),
+    ):
         repo.read_content(repo.query(name="n5")[0].id)
 
 
@@ -205,8 +215,9 @@ def test_export_refuses_a_corrupt_body(store: Path, tmp_path: Path) -> None:
 # -- the index ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table", ["artifacts", "revisions", "changes", "artifact_text_data",
-                                   "sqlite_master"])
+@pytest.mark.parametrize(
+    "table", ["artifacts", "revisions", "changes", "artifact_text_data", "sqlite_master"]
+)
 def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) -> None:
     index = store / "index.sqlite"
     if table == "sqlite_master":
@@ -229,8 +240,10 @@ def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) ->
 
 def test_reading_a_damaged_index_raises_a_typed_error(store: Path) -> None:
     overwrite_root_page(store / "index.sqlite", "artifacts")
-    with SQLiteKnowledgeRepository.open(store, "none") as repo, pytest.raises(
-            KontextualError, match="index"):
+    with (
+        SQLiteKnowledgeRepository.open(store, "none") as repo,
+        pytest.raises(KontextualError, match="index"),
+    ):
         repo.list_artifacts()
 
 
@@ -284,17 +297,31 @@ MARKER_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "garbage bytes": (lambda m: rewrite(m, b"\xff\xfe\x00garbage"), "kontextual.json"),
     "truncated": (lambda m: rewrite(m, m.read_bytes()[:20]), "not valid JSON"),
     "a JSON array": (lambda m: rewrite(m, b"[1, 2]"), "JSON object"),
-    "other format": (lambda m: rewrite(m, json.dumps(
-        {"format": "git", "version": 1, "digest": "blake3"}).encode()), "format"),
-    "newer version": (lambda m: rewrite(m, json.dumps(
-        {"format": "kontextual-store", "version": 2, "digest": "blake3"}).encode()),
-        "upgrade"),
-    "version as text": (lambda m: rewrite(m, json.dumps(
-        {"format": "kontextual-store", "version": "1", "digest": "blake3"}).encode()),
-        "version"),
-    "other digest": (lambda m: rewrite(m, json.dumps(
-        {"format": "kontextual-store", "version": 1, "digest": "sha256"}).encode()),
-        "sha256"),
+    "other format": (
+        lambda m: rewrite(
+            m, json.dumps({"format": "git", "version": 1, "digest": "blake3"}).encode()
+        ),
+        "format",
+    ),
+    "newer version": (
+        lambda m: rewrite(
+            m, json.dumps({"format": "kontextual-store", "version": 2, "digest": "blake3"}).encode()
+        ),
+        "upgrade",
+    ),
+    "version as text": (
+        lambda m: rewrite(
+            m,
+            json.dumps({"format": "kontextual-store", "version": "1", "digest": "blake3"}).encode(),
+        ),
+        "version",
+    ),
+    "other digest": (
+        lambda m: rewrite(
+            m, json.dumps({"format": "kontextual-store", "version": 1, "digest": "sha256"}).encode()
+        ),
+        "sha256",
+    ),
     "huge": (lambda m: rewrite(m, b" " * (1 << 17)), "large"),
     "a directory": (lambda m: _replace_with_directory(m), "kontextual.json"),
     "a symlink": (lambda m: _replace_with_symlink(m), "symbolic link"),
@@ -329,8 +356,7 @@ CRASHING_WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("writes", [20, 300])
-def test_stray_wal_from_another_store_is_detected(store: Path, tmp_path: Path,
-                                                  writes: int) -> None:
+def test_stray_wal_from_another_store_is_detected(store: Path, tmp_path: Path, writes: int) -> None:
     """SQLite cannot tell whose WAL it is and replays it; fsck must then report damage.
 
     With a few frames the index silently becomes a mix of both stores (the
@@ -338,8 +364,9 @@ def test_stray_wal_from_another_store_is_detected(store: Path, tmp_path: Path,
     the mix is malformed. Either way opening or fsck says so, with a typed error.
     """
     other = tmp_path / "other"
-    subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(other), str(writes)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(other), str(writes)], check=True, timeout=120
+    )
     shutil.copy(other / "index.sqlite-wal", store / "index.sqlite-wal")
     try:
         repo = SQLiteKnowledgeRepository.open(store, "none")
@@ -348,8 +375,12 @@ def test_stray_wal_from_another_store_is_detected(store: Path, tmp_path: Path,
     try:
         report = fsck(repo, full=True)
         assert not report.ok
-        assert {f.kind for f in report.errors} & {"missing-object", "index-integrity",
-                                                   "sequence-gap", "foreign-key"}
+        assert {f.kind for f in report.errors} & {
+            "missing-object",
+            "index-integrity",
+            "sequence-gap",
+            "foreign-key",
+        }
         # gc must not trust such an index: deleting what it does not reference
         # would delete this store's bodies.
         with pytest.raises(StoreFormatError, match="gc refused"):

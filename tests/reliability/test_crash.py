@@ -127,8 +127,10 @@ def wait_ready(child: subprocess.Popen[bytes], log: Path) -> None:
         if log.exists() and b"\n" in log.read_bytes()[:200]:
             return
         if child.poll() is not None:
-            raise AssertionError(f"the worker exited ({child.returncode}) before it was ready: "
-                                 f"{child.communicate()[1].decode(errors='replace')}")
+            raise AssertionError(
+                f"the worker exited ({child.returncode}) before it was ready: "
+                f"{child.communicate()[1].decode(errors='replace')}"
+            )
         time.sleep(0.005)
     raise AssertionError("the worker did not open the store in time")
 
@@ -145,9 +147,17 @@ def campaign(root: Path, durability: str, trials: int, seed: int) -> Figures:
     for trial in range(trials):
         log_path = root / f"trial-{trial:04d}.log"
         child = subprocess.Popen(
-            [sys.executable, str(WORKER), str(store), durability,
-             str(seed * 100_000 + trial), str(trial), str(log_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                str(WORKER),
+                str(store),
+                durability,
+                str(seed * 100_000 + trial),
+                str(trial),
+                str(log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             if rng.random() < 0.1:
@@ -159,9 +169,11 @@ def campaign(root: Path, durability: str, trials: int, seed: int) -> Figures:
         finally:
             _, stderr = child.communicate(timeout=60)
         if child.returncode != -signal.SIGKILL:
-            raise AssertionError(f"trial {trial}: the worker ended by itself "
-                                 f"({child.returncode}) instead of being killed: "
-                                 f"{stderr.decode(errors='replace')}")
+            raise AssertionError(
+                f"trial {trial}: the worker ended by itself "
+                f"({child.returncode}) instead of being killed: "
+                f"{stderr.decode(errors='replace')}"
+            )
         log = read_log(log_path)
         figures.trials += 1
         figures.killed_before_ready += not log.ready
@@ -170,23 +182,33 @@ def campaign(root: Path, durability: str, trials: int, seed: int) -> Figures:
             replayed = as_json(crash_worker.apply(model, op))
             assert replayed == result, (
                 f"trial {trial}: the model's result {replayed} differs from the store's "
-                f"{result} for {op}")
+                f"{result} for {op}"
+            )
         figures.acknowledged += len(log.acknowledged)
         _check_store(store, durability, trial, model, log, figures, verified)
     figures.seconds = round(time.monotonic() - start, 1)
     return figures
 
 
-def _check_store(store: Path, durability: str, trial: int, model: InMemoryKnowledgeRepository,
-                 log: Log, figures: Figures, verified: set[str]) -> None:
+def _check_store(
+    store: Path,
+    durability: str,
+    trial: int,
+    model: InMemoryKnowledgeRepository,
+    log: Log,
+    figures: Figures,
+    verified: set[str],
+) -> None:
     read_only = trial % 2 == 0 and (store / "index.sqlite").exists()
     repo = SQLiteKnowledgeRepository.open(store, durability, read_only=read_only)
     try:
         report = fsck(repo, full=True)
         worse = [f for f in report.findings if f.severity != "garbage"]
         assert worse == [], f"trial {trial}: fsck after the crash: {worse}"
-        figures.max_unreferenced_objects = max(figures.max_unreferenced_objects, sum(
-            f.kind == "unreferenced-object" for f in report.findings))
+        figures.max_unreferenced_objects = max(
+            figures.max_unreferenced_objects,
+            sum(f.kind == "unreferenced-object" for f in report.findings),
+        )
         figures.max_tmp_files = max(figures.max_tmp_files, len(repo.objects.tmp_files()))
         observed = repo.export_records()
         expected = model.export_records()
@@ -194,7 +216,8 @@ def _check_store(store: Path, durability: str, trial: int, model: InMemoryKnowle
             figures.no_operation_in_flight += 1
             assert observed == expected, (
                 f"trial {trial}: acknowledged state differs:\n"
-                + describe_difference(observed, expected))
+                + describe_difference(observed, expected)
+            )
         elif observed == expected:
             figures.in_flight_absent += 1
         else:
@@ -207,13 +230,15 @@ def _check_store(store: Path, durability: str, trial: int, model: InMemoryKnowle
                 assert observed == with_it, (
                     f"trial {trial}: the store is neither the acknowledged state nor that "
                     f"plus the in-flight {log.in_flight['op']}:\n"
-                    + describe_difference(observed, with_it))
+                    + describe_difference(observed, with_it)
+                )
             figures.in_flight_present += 1
         for revision in observed["revisions"]:
             if revision.digest not in verified:
                 assert repo.read_object(revision.digest) == model.read_object(revision.digest)
                 assert repo.objects.get(revision.digest, verify=True) == model.read_object(
-                    revision.digest)
+                    revision.digest
+                )
                 verified.add(revision.digest)
         if trial % 5 == 4 and not read_only:
             gc(repo, grace_seconds=0)
@@ -249,8 +274,10 @@ def test_sigkill_loses_nothing_acknowledged_long(tmp_path: Path, durability: str
 def test_torn_log_lines_are_ignored(tmp_path: Path) -> None:
     """The harness's own log parser: a line cut short by the kill never happened."""
     log = tmp_path / "log"
-    log.write_text('{"ready": true}\n{"i": 0, "intent": {"op": "x"}}\n{"i": 0, "ack": 1}\n'
-                   '{"i": 1, "intent": {"op": "y"}}\n{"i": 1, "ac')
+    log.write_text(
+        '{"ready": true}\n{"i": 0, "intent": {"op": "x"}}\n{"i": 0, "ack": 1}\n'
+        '{"i": 1, "intent": {"op": "y"}}\n{"i": 1, "ac'
+    )
     parsed = read_log(log)
     assert parsed.ready
     assert parsed.acknowledged == [({"op": "x"}, 1)]

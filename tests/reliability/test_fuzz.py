@@ -53,8 +53,12 @@ MEMBERS = [MANIFEST] + [f"index/{kind}.jsonl" for kind in KINDS]
 
 
 def examples(count: int) -> settings:
-    return settings(max_examples=max(1, int(count * SCALE)), deadline=None, derandomize=False,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max(1, int(count * SCALE)),
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 # -- snapshot importer ------------------------------------------------------------
@@ -73,17 +77,47 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @st.composite
 def mutations(draw: st.DrawFn) -> dict[str, Any]:
     member = draw(st.sampled_from(MEMBERS))
-    kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "duplicate-line",
-                                 "drop-line", "swap-lines", "replace-line", "splice-value"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "flip",
+                "insert",
+                "delete",
+                "truncate",
+                "duplicate-line",
+                "drop-line",
+                "swap-lines",
+                "replace-line",
+                "splice-value",
+            ]
+        )
+    )
     return {
         "member": member,
         "kind": kind,
         "position": draw(st.floats(0, 1)),
         "length": draw(st.integers(1, 40)),
         "bits": draw(st.integers(1, 255)),
-        "data": draw(st.binary(min_size=1, max_size=24) | st.sampled_from(
-            [b'"', b"\\", b"null", b"-1", b"1e999", b"9" * 25, b'{"a":', b"[]", b"{}",
-             b"\xff\xfe", b"\n", b"true", b'"blake3:' + b"0" * 64 + b'"'])),
+        "data": draw(
+            st.binary(min_size=1, max_size=24)
+            | st.sampled_from(
+                [
+                    b'"',
+                    b"\\",
+                    b"null",
+                    b"-1",
+                    b"1e999",
+                    b"9" * 25,
+                    b'{"a":',
+                    b"[]",
+                    b"{}",
+                    b"\xff\xfe",
+                    b"\n",
+                    b"true",
+                    b'"blake3:' + b"0" * 64 + b'"',
+                ]
+            )
+        ),
         "fix_hash": draw(st.booleans()),
         "fix_count": draw(st.booleans()),
         "other_line": draw(st.integers(0, 10_000)),
@@ -100,18 +134,17 @@ def mutate(root: Path, mutation: dict[str, Any]) -> None:
     other = mutation["other_line"] % len(lines)
     kind = mutation["kind"]
     if kind == "flip" and data:
-        data = data[:at] + bytes([data[min(at, len(data) - 1)] ^ mutation["bits"]]) + data[
-            at + 1:]
+        data = data[:at] + bytes([data[min(at, len(data) - 1)] ^ mutation["bits"]]) + data[at + 1 :]
     elif kind == "insert":
         data = data[:at] + mutation["data"] + data[at:]
     elif kind == "delete":
-        data = data[:at] + data[at + length:]
+        data = data[:at] + data[at + length :]
     elif kind == "truncate":
         data = data[:at]
     elif kind == "duplicate-line":
         data = b"\n".join([*lines[:line], lines[line], *lines[line:]])
     elif kind == "drop-line":
-        data = b"\n".join(lines[:line] + lines[line + 1:])
+        data = b"\n".join(lines[:line] + lines[line + 1 :])
     elif kind == "swap-lines":
         lines[line], lines[other] = lines[other], lines[line]
         data = b"\n".join(lines)
@@ -121,10 +154,11 @@ def mutate(root: Path, mutation: dict[str, Any]) -> None:
     elif kind == "splice-value":
         # Replace one JSON scalar somewhere with hostile bytes: reaches the type checks.
         start = data.find(b":", at)
-        end = min((i for i in (data.find(b",", start), data.find(b"}", start)) if i > 0),
-                  default=-1)
+        end = min(
+            (i for i in (data.find(b",", start), data.find(b"}", start)) if i > 0), default=-1
+        )
         if start >= 0 and end > start:
-            data = data[:start + 1] + mutation["data"] + data[end:]
+            data = data[: start + 1] + mutation["data"] + data[end:]
     path.write_bytes(data)
     if mutation["member"] == MANIFEST:
         return
@@ -164,10 +198,14 @@ def assert_holds_exactly(target: KnowledgeRepository, files: dict[str, bytes]) -
         for kind in KINDS:
             member = f"index/{kind}.jsonl"
             # Records out of order are put in order: compare them as sets.
-            wanted = sorted(json.dumps(json.loads(line), sort_keys=True)
-                            for line in files[kind].decode().splitlines())
-            got = sorted(json.dumps(json.loads(line), sort_keys=True)
-                         for line in (Path(scratch) / "again" / member).read_text().splitlines())
+            wanted = sorted(
+                json.dumps(json.loads(line), sort_keys=True)
+                for line in files[kind].decode().splitlines()
+            )
+            got = sorted(
+                json.dumps(json.loads(line), sort_keys=True)
+                for line in (Path(scratch) / "again" / member).read_text().splitlines()
+            )
             assert got == wanted, member
 
 
@@ -185,12 +223,13 @@ def _mutant(pristine: Path, base: Path, mutation: dict[str, Any]) -> Path:
     return work
 
 
-def check_snapshot_mutation(pristine: Path, base: Path, mutation: dict[str, Any],
-                            kind: str) -> str:
+def check_snapshot_mutation(pristine: Path, base: Path, mutation: dict[str, Any], kind: str) -> str:
     work = _mutant(pristine, base, mutation)
     target: KnowledgeRepository = (
-        InMemoryKnowledgeRepository() if kind == "memory"
-        else SQLiteKnowledgeRepository.open(work / "store", "none"))
+        InMemoryKnowledgeRepository()
+        if kind == "memory"
+        else SQLiteKnowledgeRepository.open(work / "store", "none")
+    )
     try:
         return assert_all_or_nothing(work / "snap", target)
     finally:
@@ -200,24 +239,34 @@ def check_snapshot_mutation(pristine: Path, base: Path, mutation: dict[str, Any]
 
 def test_unmutated_snapshot_imports(pristine: Path, copies: Path) -> None:
     """The fuzzers start from a snapshot that imports: refusals are the mutations' doing."""
-    mutation = {"member": "index/changes.jsonl", "kind": "insert", "position": 1.0,
-                "length": 1, "bits": 1, "data": b"", "fix_hash": True, "fix_count": False,
-                "other_line": 0}
+    mutation = {
+        "member": "index/changes.jsonl",
+        "kind": "insert",
+        "position": 1.0,
+        "length": 1,
+        "bits": 1,
+        "data": b"",
+        "fix_hash": True,
+        "fix_count": False,
+        "other_line": 0,
+    }
     assert check_snapshot_mutation(pristine, copies, mutation, "memory") == "imported"
     assert check_snapshot_mutation(pristine, copies, mutation, "sqlite") == "imported"
 
 
 @examples(300)
 @given(mutation=mutations())
-def test_mutated_snapshot_imports_all_or_nothing(pristine: Path, copies: Path,
-                                                 mutation: dict[str, Any]) -> None:
+def test_mutated_snapshot_imports_all_or_nothing(
+    pristine: Path, copies: Path, mutation: dict[str, Any]
+) -> None:
     check_snapshot_mutation(pristine, copies, mutation, "memory")
 
 
 @examples(60)
 @given(mutation=mutations())
 def test_mutated_snapshot_imports_all_or_nothing_into_sqlite(
-        pristine: Path, copies: Path, mutation: dict[str, Any]) -> None:
+    pristine: Path, copies: Path, mutation: dict[str, Any]
+) -> None:
     check_snapshot_mutation(pristine, copies, mutation, "sqlite")
 
 
@@ -225,7 +274,8 @@ def test_mutated_snapshot_imports_all_or_nothing_into_sqlite(
 @examples(3000)
 @given(mutation=mutations(), kind=st.sampled_from(["memory", "sqlite"]))
 def test_mutated_snapshot_imports_all_or_nothing_long(
-        pristine: Path, copies: Path, mutation: dict[str, Any], kind: str) -> None:
+    pristine: Path, copies: Path, mutation: dict[str, Any], kind: str
+) -> None:
     check_snapshot_mutation(pristine, copies, mutation, kind)
 
 
@@ -239,13 +289,17 @@ def pristine_tar(pristine: Path) -> bytes:
 
 
 @examples(150)
-@given(position=st.floats(0, 1), data=st.binary(max_size=16), cut=st.integers(0, 64),
-       flip=st.integers(0, 255))
-def test_mutated_tar_imports_all_or_nothing(pristine_tar: bytes, copies: Path,
-                                            position: float, data: bytes, cut: int,
-                                            flip: int) -> None:
+@given(
+    position=st.floats(0, 1),
+    data=st.binary(max_size=16),
+    cut=st.integers(0, 64),
+    flip=st.integers(0, 255),
+)
+def test_mutated_tar_imports_all_or_nothing(
+    pristine_tar: bytes, copies: Path, position: float, data: bytes, cut: int, flip: int
+) -> None:
     at = int(position * len(pristine_tar))
-    mutated = bytearray(pristine_tar[:at] + data + pristine_tar[at + cut:])
+    mutated = bytearray(pristine_tar[:at] + data + pristine_tar[at + cut :])
     if flip and at < len(mutated):
         mutated[at] ^= flip
     archive = Path(tempfile.mkdtemp(dir=copies)) / "mutant.tar"
@@ -267,42 +321,69 @@ def test_mutated_tar_imports_all_or_nothing(pristine_tar: bytes, copies: Path,
 
 # -- queries -----------------------------------------------------------------------
 
-SPECIALS = [*' "\'*()-:^+{}[]%_\\\t\n.,;', "NEAR", "OR", "AND", "NOT", "NEAR(", "rowid",
-            "artifact_text", "folded"]
+SPECIALS = [
+    *" \"'*()-:^+{}[]%_\\\t\n.,;",
+    "NEAR",
+    "OR",
+    "AND",
+    "NOT",
+    "NEAR(",
+    "rowid",
+    "artifact_text",
+    "folded",
+]
 LETTERS = list("abcABCsSßẞİi\u0131\u0307éﬁ")
 query_text = st.one_of(
     st.lists(st.sampled_from(SPECIALS + LETTERS), min_size=0, max_size=12).map("".join),
     st.text(max_size=20),
     st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=20),
 )
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(-2, 2),
-                         st.sampled_from(["a", "1", "", "NEAR", "'", '"']))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-2, 2),
+    st.sampled_from(["a", "1", "", "NEAR", "'", '"']),
+)
 metadata_filters = st.dictionaries(
     st.one_of(st.sampled_from(["k", "n", 'q"', "a.b", "$.k", "", "'; --"]), st.text(max_size=4)),
-    st.one_of(json_scalars, st.lists(json_scalars, max_size=2)), max_size=2)
+    st.one_of(json_scalars, st.lists(json_scalars, max_size=2)),
+    max_size=2,
+)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KnowledgeRepository,
-                                                                       KnowledgeRepository]]:
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[KnowledgeRepository, KnowledgeRepository]]:
     """The same artifacts in both backends: bodies built from the query alphabet."""
     import random
 
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
-    sqlite = SQLiteKnowledgeRepository.open(tmp_path_factory.mktemp("corpus") / "store",
-                                            "none", clock=TickingClock(), ids=SequentialIds())
+    sqlite = SQLiteKnowledgeRepository.open(
+        tmp_path_factory.mktemp("corpus") / "store",
+        "none",
+        clock=TickingClock(),
+        ids=SequentialIds(),
+    )
     for repo in (memory, sqlite):
         local = random.Random(5)  # the same artifacts in both
         collections = [repo.create_collection(name).id for name in ("one", "two")]
         for index in range(120):
-            body = "".join(local.choice(SPECIALS + LETTERS + [" "] * 4)
-                           for _ in range(local.randint(0, 60)))
+            body = "".join(
+                local.choice(SPECIALS + LETTERS + [" "] * 4) for _ in range(local.randint(0, 60))
+            )
             raw = body.encode() if index % 10 else b"\xff\x00" + body.encode()
             repo.create_artifact(
-                local.choice(collections), f"doc{index}", raw,
+                local.choice(collections),
+                f"doc{index}",
+                raw,
                 artifact_type=local.choice(["note", "doc"]),
-                metadata={local.choice(["k", "n", 'q"', "a.b", "$.k", "", "'; --"]):
-                          local.choice([None, True, 1, 1.0, "1", "a", [1], {"x": 1}])},
+                metadata={
+                    local.choice(["k", "n", 'q"', "a.b", "$.k", "", "'; --"]): local.choice(
+                        [None, True, 1, 1.0, "1", "a", [1], {"x": 1}]
+                    )
+                },
             )
     assert memory.export_records() == sqlite.export_records()
     yield memory, sqlite
@@ -322,26 +403,34 @@ def both(corpus: tuple[KnowledgeRepository, KnowledgeRepository], **filters: Any
 @examples(400)
 @given(text=query_text, limit=st.none() | st.integers(0, 5))
 def test_text_queries_agree_or_are_refused(
-        corpus: tuple[KnowledgeRepository, KnowledgeRepository], text: str,
-        limit: int | None) -> None:
+    corpus: tuple[KnowledgeRepository, KnowledgeRepository], text: str, limit: int | None
+) -> None:
     both(corpus, text=text, limit=limit)
 
 
 @examples(300)
 @given(metadata=metadata_filters, text=st.none() | query_text)
 def test_metadata_filters_agree_or_are_refused(
-        corpus: tuple[KnowledgeRepository, KnowledgeRepository], metadata: dict[str, Any],
-        text: str | None) -> None:
+    corpus: tuple[KnowledgeRepository, KnowledgeRepository],
+    metadata: dict[str, Any],
+    text: str | None,
+) -> None:
     both(corpus, metadata=metadata, text=text)
 
 
 @pytest.mark.slow
 @examples(5000)
-@given(text=query_text, metadata=st.none() | metadata_filters,
-       artifact_type=st.none() | st.sampled_from(["note", "doc", "'", ""]),
-       limit=st.none() | st.integers(0, 5))
+@given(
+    text=query_text,
+    metadata=st.none() | metadata_filters,
+    artifact_type=st.none() | st.sampled_from(["note", "doc", "'", ""]),
+    limit=st.none() | st.integers(0, 5),
+)
 def test_queries_agree_or_are_refused_long(
-        corpus: tuple[KnowledgeRepository, KnowledgeRepository], text: str,
-        metadata: dict[str, Any] | None, artifact_type: str | None,
-        limit: int | None) -> None:
+    corpus: tuple[KnowledgeRepository, KnowledgeRepository],
+    text: str,
+    metadata: dict[str, Any] | None,
+    artifact_type: str | None,
+    limit: int | None,
+) -> None:
     both(corpus, text=text, metadata=metadata, artifact_type=artifact_type, limit=limit)

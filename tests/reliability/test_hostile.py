@@ -45,8 +45,25 @@ from kontextual_engine.storage.sqlite.maintenance import fsck, gc
 from .harness import tree_state
 
 INJECTION = "'; DROP TABLE artifacts; --"
-HOSTILE_KEYS = [INJECTION, 'a"b', "a'b", "a.b", "$.a", "$", "[0]", "a[0]", "\\", "*", "",
-                "%", "_", "key with spaces", "ключ", "🔑", '"); DROP TABLE x; --']
+HOSTILE_KEYS = [
+    INJECTION,
+    'a"b',
+    "a'b",
+    "a.b",
+    "$.a",
+    "$",
+    "[0]",
+    "a[0]",
+    "\\",
+    "*",
+    "",
+    "%",
+    "_",
+    "key with spaces",
+    "ключ",
+    "🔑",
+    '"); DROP TABLE x; --',
+]
 BODIES = [
     'say "hello" NEAR(world) AND (x OR y) * wildcard',
     "don't stop; col:val a-b 100% under_score back\\slash ^caret {brace} [bracket]",
@@ -70,22 +87,27 @@ def sentinel(tmp_path: Path) -> Iterator[Path]:
     assert tree_state(outside) == before, "something outside the store changed"
 
 
-def new_pair(tmp_path: Path, name: str = "store") -> tuple[KnowledgeRepository,
-                                                          SQLiteKnowledgeRepository]:
+def new_pair(
+    tmp_path: Path, name: str = "store"
+) -> tuple[KnowledgeRepository, SQLiteKnowledgeRepository]:
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
-    sqlite = SQLiteKnowledgeRepository.open(tmp_path / name, "none", clock=TickingClock(),
-                                            ids=SequentialIds())
+    sqlite = SQLiteKnowledgeRepository.open(
+        tmp_path / name, "none", clock=TickingClock(), ids=SequentialIds()
+    )
     return memory, sqlite
 
 
 def populate(repo: KnowledgeRepository) -> None:
-    hostile = repo.create_collection(INJECTION, description=INJECTION,
-                                     metadata={key: key for key in HOSTILE_KEYS})
+    hostile = repo.create_collection(
+        INJECTION, description=INJECTION, metadata={key: key for key in HOSTILE_KEYS}
+    )
     for index, body in enumerate(BODIES):
         repo.create_artifact(
-            hostile.id, f"{INJECTION} {index}", body.encode(), artifact_type=INJECTION,
-            metadata={**{key: index for key in HOSTILE_KEYS},
-                      INJECTION + "!": [index, INJECTION]},
+            hostile.id,
+            f"{INJECTION} {index}",
+            body.encode(),
+            artifact_type=INJECTION,
+            metadata={**{key: index for key in HOSTILE_KEYS}, INJECTION + "!": [index, INJECTION]},
         )
     first, second = repo.list_artifacts()[:2]
     repo.create_relationship(first.id, second.id, INJECTION, metadata={'k"': INJECTION})
@@ -111,12 +133,11 @@ def store_state(repo: KnowledgeRepository, *, healthy: bool = True) -> tuple[Any
         return (repo.export_records(), repo.last_sequence())
     report = fsck(repo)
     if healthy:
-        assert report.ok and all(f.severity == "garbage" for f in report.findings), (
-            report.findings)
-    referenced = sorted(d for d in repo.objects.all()
-                        if d not in {f.subject for f in report.findings})
-    return (repo.export_records(), referenced, repo.objects.tmp_files(),
-            repo.last_sequence())
+        assert report.ok and all(f.severity == "garbage" for f in report.findings), report.findings
+    referenced = sorted(
+        d for d in repo.objects.all() if d not in {f.subject for f in report.findings}
+    )
+    return (repo.export_records(), referenced, repo.objects.tmp_files(), repo.last_sequence())
 
 
 def assert_schema_intact(repo: SQLiteKnowledgeRepository) -> None:
@@ -129,18 +150,35 @@ def assert_schema_intact(repo: SQLiteKnowledgeRepository) -> None:
 
 HEX = "0123456789abcdef" * 4
 HOSTILE_DIGESTS: list[object] = [
-    "../../etc/passwd", "blake3:../../../../etc/passwd", "/etc/passwd",
-    "blake3:" + HEX[:62] + "/.", "blake3:" + HEX + "/../x", "blake3:" + HEX.upper(),
-    "blake3:" + HEX + "\n", "blake3:" + HEX + "\x00", "\x00", "", " blake3:" + HEX,
-    "sha256:" + HEX, "blake3:" + HEX[:63], HEX[:63] + "g", "blake3:" + "\u0660" * 64,
-    "blake3:" + "\uff10" * 64, "blake3:*", "blake3:%", "objects/ab/" + HEX[2:], None, 7, b"x",
+    "../../etc/passwd",
+    "blake3:../../../../etc/passwd",
+    "/etc/passwd",
+    "blake3:" + HEX[:62] + "/.",
+    "blake3:" + HEX + "/../x",
+    "blake3:" + HEX.upper(),
+    "blake3:" + HEX + "\n",
+    "blake3:" + HEX + "\x00",
+    "\x00",
+    "",
+    " blake3:" + HEX,
+    "sha256:" + HEX,
+    "blake3:" + HEX[:63],
+    HEX[:63] + "g",
+    "blake3:" + "\u0660" * 64,
+    "blake3:" + "\uff10" * 64,
+    "blake3:*",
+    "blake3:%",
+    "objects/ab/" + HEX[2:],
+    None,
+    7,
+    b"x",
 ]
 
 
 @pytest.mark.parametrize("digest", HOSTILE_DIGESTS, ids=repr)
-def test_hostile_digests_never_become_paths(pair: tuple[KnowledgeRepository,
-                                                        SQLiteKnowledgeRepository],
-                                            sentinel: Path, digest: object) -> None:
+def test_hostile_digests_never_become_paths(
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], sentinel: Path, digest: object
+) -> None:
     _, repo = pair
     before = store_state(repo)
     calls: list[Callable[[], object]] = [
@@ -157,8 +195,7 @@ def test_hostile_digests_never_become_paths(pair: tuple[KnowledgeRepository,
         lambda: repo.object_path(digest),  # type: ignore[arg-type]
     ]
     if digest is not None:  # None means "no digest filter" here
-        calls += [lambda: repo.query(digest=digest),
-                  lambda: repo.impact(digest=digest)]  # type: ignore[arg-type]
+        calls += [lambda: repo.query(digest=digest), lambda: repo.impact(digest=digest)]  # type: ignore[arg-type]
     for call in calls:
         with pytest.raises(ValidationError):
             call()
@@ -185,14 +222,28 @@ def id_lookups(repo: KnowledgeRepository, hostile: str) -> list[Callable[[], obj
     ]
 
 
-HOSTILE_IDS = ["' OR '1'='1", f"art_x{INJECTION}", "%", "_", "*", "art_%", "\x00",
-               "art_\x00", "../../etc", "a" * 128, "art_\ud800", "NULL", "1", "0 OR 1"]
+HOSTILE_IDS = [
+    "' OR '1'='1",
+    f"art_x{INJECTION}",
+    "%",
+    "_",
+    "*",
+    "art_%",
+    "\x00",
+    "art_\x00",
+    "../../etc",
+    "a" * 128,
+    "art_\ud800",
+    "NULL",
+    "1",
+    "0 OR 1",
+]
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_IDS, ids=repr)
-def test_hostile_ids_find_nothing(pair: tuple[KnowledgeRepository,
-                                              SQLiteKnowledgeRepository],
-                                  sentinel: Path, hostile: str) -> None:
+def test_hostile_ids_find_nothing(
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], sentinel: Path, hostile: str
+) -> None:
     for repo in pair:
         before = repo.export_records()
         for call in id_lookups(repo, hostile):
@@ -207,7 +258,8 @@ def test_hostile_ids_find_nothing(pair: tuple[KnowledgeRepository,
 
 
 def test_injection_strings_are_stored_and_found_as_plain_data(
-        pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], sentinel: Path) -> None:
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], sentinel: Path
+) -> None:
     memory, sqlite = pair
     assert memory.export_records() == sqlite.export_records()
     for repo in pair:
@@ -223,14 +275,16 @@ def test_injection_strings_are_stored_and_found_as_plain_data(
     for key in HOSTILE_KEYS:
         assert [a.name for a in sqlite.query(metadata={key: 3})] == [f"{INJECTION} 3"], key
     assert [a.name for a in sqlite.query(metadata={INJECTION + "!": [2, INJECTION]})] == [
-        f"{INJECTION} 2"]
+        f"{INJECTION} 2"
+    ]
     assert len(sqlite.query(artifact_type=INJECTION)) == len(BODIES)
     assert_schema_intact(sqlite)
 
 
 @pytest.mark.parametrize("key", ["\x00", "a\x00b", "'\x00; DROP TABLE x"], ids=repr)
 def test_metadata_keys_with_nul_are_refused(
-        pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], key: str) -> None:
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], key: str
+) -> None:
     for repo in pair:
         cid = repo.list_collections()[0].id
         before = repo.export_records()
@@ -241,17 +295,58 @@ def test_metadata_keys_with_nul_are_refused(
         assert repo.export_records() == before
 
 
-TEXT_QUERIES = ['"', '""', '"hello"', '"a', "a*", "*", "NEAR(world)", "NEAR(a b, 2)", "NEAR",
-                "x OR y", "AND", "NOT a", "(", ")", "((x", "col:val", "artifact_text:river",
-                "folded:river", "^caret", "-a", "+a", "{brace}", "[bracket]", "'", "';--",
-                "\\", "%", "_", "don't", "100%", "a-b", INJECTION, "rowid:1", "x" * 10_000,
-                "NEAR NOT OR AND", '" OR 1=1 --', "\x00", "   ", "", "\ud800", "a\tb\nc",
-                "ST", "ﬁ", "İ"]
+TEXT_QUERIES = [
+    '"',
+    '""',
+    '"hello"',
+    '"a',
+    "a*",
+    "*",
+    "NEAR(world)",
+    "NEAR(a b, 2)",
+    "NEAR",
+    "x OR y",
+    "AND",
+    "NOT a",
+    "(",
+    ")",
+    "((x",
+    "col:val",
+    "artifact_text:river",
+    "folded:river",
+    "^caret",
+    "-a",
+    "+a",
+    "{brace}",
+    "[bracket]",
+    "'",
+    "';--",
+    "\\",
+    "%",
+    "_",
+    "don't",
+    "100%",
+    "a-b",
+    INJECTION,
+    "rowid:1",
+    "x" * 10_000,
+    "NEAR NOT OR AND",
+    '" OR 1=1 --',
+    "\x00",
+    "   ",
+    "",
+    "\ud800",
+    "a\tb\nc",
+    "ST",
+    "ﬁ",
+    "İ",
+]
 
 
 @pytest.mark.parametrize("text", TEXT_QUERIES, ids=lambda t: repr(t)[:30])
 def test_text_query_syntax_is_plain_text(
-        pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], text: str) -> None:
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], text: str
+) -> None:
     outcomes = []
     for repo in pair:
         try:
@@ -301,25 +396,27 @@ def json_writes(repo: KnowledgeRepository, value: Any) -> list[Callable[[], obje
     cid = repo.list_collections()[0].id
     target = repo.list_artifacts()[0].id
     return [
-        lambda: repo.create_artifact(cid, "json", b"new body", artifact_type="t",
-                                     metadata=value),
-        lambda: repo.create_artifact(cid, "json", b"new body", artifact_type="t",
-                                     provenance=value),
+        lambda: repo.create_artifact(cid, "json", b"new body", artifact_type="t", metadata=value),
+        lambda: repo.create_artifact(cid, "json", b"new body", artifact_type="t", provenance=value),
         lambda: repo.update_artifact(target, content=b"changed body", metadata=value),
-        lambda: repo.put_artifacts(cid, [NewArtifact("ok", b"fine", "t"),
-                                         NewArtifact("bad", b"other", "t", metadata=value)]),
+        lambda: repo.put_artifacts(
+            cid,
+            [NewArtifact("ok", b"fine", "t"), NewArtifact("bad", b"other", "t", metadata=value)],
+        ),
         lambda: repo.create_collection("json", metadata=value),
         lambda: repo.create_relationship(target, target, "self", metadata=value),
         lambda: repo.create_run("op", parameters=value),
-        lambda: repo.create_context_package("pkg", [ContextReference("artifact", target)],
-                                            metadata=value),
+        lambda: repo.create_context_package(
+            "pkg", [ContextReference("artifact", target)], metadata=value
+        ),
         lambda: repo.query(metadata=value),
     ]
 
 
 @pytest.mark.parametrize("what", list(HOSTILE_JSON))
 def test_hostile_json_is_refused_without_partial_state(
-        pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], what: str) -> None:
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], what: str
+) -> None:
     value = HOSTILE_JSON[what]
     for repo in pair:
         before = store_state(repo)
@@ -329,8 +426,22 @@ def test_hostile_json_is_refused_without_partial_state(
         assert store_state(repo) == before
 
 
-BAD_NAMES = ["", "\n", "a\nb", "tab\there", "\x1b[2J\x1b[H", "bell\x07", "del\x7f", "nul\x00",
-             "\x85next line", "csi\x9b31m", " leading", "trailing ", "\ud800", "x" * 1025]
+BAD_NAMES = [
+    "",
+    "\n",
+    "a\nb",
+    "tab\there",
+    "\x1b[2J\x1b[H",
+    "bell\x07",
+    "del\x7f",
+    "nul\x00",
+    "\x85next line",
+    "csi\x9b31m",
+    " leading",
+    "trailing ",
+    "\ud800",
+    "x" * 1025,
+]
 
 
 def name_writes(repo: KnowledgeRepository, name: str) -> list[Callable[[], object]]:
@@ -341,8 +452,9 @@ def name_writes(repo: KnowledgeRepository, name: str) -> list[Callable[[], objec
         lambda: repo.create_artifact(cid, name, b"x", artifact_type="t"),
         lambda: repo.create_artifact(cid, "ok", b"x", artifact_type=name),
         lambda: repo.update_artifact(target, name=name),
-        lambda: repo.put_artifacts(cid, [NewArtifact("fine", b"x", "t"),
-                                         NewArtifact(name, b"y", "t")]),
+        lambda: repo.put_artifacts(
+            cid, [NewArtifact("fine", b"x", "t"), NewArtifact(name, b"y", "t")]
+        ),
         lambda: repo.create_relationship(target, target, name),
         lambda: repo.create_run(name),
     ]
@@ -350,7 +462,8 @@ def name_writes(repo: KnowledgeRepository, name: str) -> list[Callable[[], objec
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
 def test_names_with_control_characters_are_refused(
-        pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], name: str) -> None:
+    pair: tuple[KnowledgeRepository, SQLiteKnowledgeRepository], name: str
+) -> None:
     for repo in pair:
         before = repo.export_records()
         for call in name_writes(repo, name):
@@ -375,8 +488,9 @@ def tar_bytes(*members: tuple[tarfile.TarInfo, bytes | None], end: bool = True) 
 END_OF_ARCHIVE = b"\0" * 1024
 
 
-def info(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0,
-         linkname: str = "") -> tarfile.TarInfo:
+def info(
+    name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, linkname: str = ""
+) -> tarfile.TarInfo:
     member = tarfile.TarInfo(name)
     member.type = kind
     member.size = size
@@ -417,26 +531,38 @@ def hostile_tars(snapshot: Path, sentinel: Path) -> dict[str, bytes]:
     pax_escape.pax_headers = {"path": "../../escaped.jsonl"}
     return {
         "hard link to an absolute outside file": tar_bytes(
-            *valid, (info("index/extra.jsonl", tarfile.LNKTYPE,
-                          linkname=str(sentinel / "secret.txt")), None)),
+            *valid,
+            (
+                info("index/extra.jsonl", tarfile.LNKTYPE, linkname=str(sentinel / "secret.txt")),
+                None,
+            ),
+        ),
         "hard link to a relative outside file": tar_bytes(
             (info("snapshot.json", tarfile.LNKTYPE, linkname="../sentinel/secret.txt"), None),
-            *valid[1:]),
+            *valid[1:],
+        ),
         "hard link to a member": tar_bytes(
-            *valid, (info("objects/00/" + "0" * 62, tarfile.LNKTYPE,
-                          linkname="snapshot.json"), None)),
+            *valid,
+            (info("objects/00/" + "0" * 62, tarfile.LNKTYPE, linkname="snapshot.json"), None),
+        ),
         "symlink to the sentinel": tar_bytes(
-            (info("objects", tarfile.SYMTYPE, linkname=str(sentinel)), None), *valid),
-        "declared size of a terabyte": tar_bytes(*valid, end=False) + huge.tobuf(
-            tarfile.GNU_FORMAT) + b"x" * 512 + END_OF_ARCHIVE,
-        "sparse member": tar_bytes(*valid, end=False) + sparse.tobuf(tarfile.GNU_FORMAT)
-            + END_OF_ARCHIVE,
+            (info("objects", tarfile.SYMTYPE, linkname=str(sentinel)), None), *valid
+        ),
+        "declared size of a terabyte": tar_bytes(*valid, end=False)
+        + huge.tobuf(tarfile.GNU_FORMAT)
+        + b"x" * 512
+        + END_OF_ARCHIVE,
+        "sparse member": tar_bytes(*valid, end=False)
+        + sparse.tobuf(tarfile.GNU_FORMAT)
+        + END_OF_ARCHIVE,
         "duplicate member": tar_bytes(*valid, body),
         "duplicate manifest with other content": tar_bytes(
-            *valid, (info("snapshot.json", size=2), b"{}")),
+            *valid, (info("snapshot.json", size=2), b"{}")
+        ),
         "pax header path escaping": tar_bytes(*valid, (pax_escape, b"")),
         "directory then file of one name": tar_bytes(
-            (info("objects", tarfile.DIRTYPE), None), (info("objects", size=1), b"x"), *valid),
+            (info("objects", tarfile.DIRTYPE), None), (info("objects", size=1), b"x"), *valid
+        ),
         "gzip instead of tar": b"\x1f\x8b\x08\x00" + b"\x00" * 600,
         "empty file": b"",
         "only end-of-archive blocks": b"\0" * 10240,
@@ -466,12 +592,15 @@ HOSTILE_TAR_NAMES = {
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("hostile", list(HOSTILE_TAR_NAMES))
 def test_hostile_tars_are_refused_and_import_nothing(
-        tmp_path: Path, snapshot: Path, sentinel: Path, hostile: str, kind: str) -> None:
+    tmp_path: Path, snapshot: Path, sentinel: Path, hostile: str, kind: str
+) -> None:
     archive = tmp_path / "hostile.tar"
     archive.write_bytes(hostile_tars(snapshot, sentinel)[hostile])
     target: KnowledgeRepository = (
-        InMemoryKnowledgeRepository() if kind == "memory"
-        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none"))
+        InMemoryKnowledgeRepository()
+        if kind == "memory"
+        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none")
+    )
     try:
         with pytest.raises(SnapshotError, match=HOSTILE_TAR_NAMES[hostile]):
             import_snapshot(archive, target)
@@ -523,21 +652,27 @@ def _symlink_fanout(root: Path, sentinel: Path) -> None:
 
 SNAPSHOT_TAMPERING: dict[str, Callable[[Path, Path], None]] = {
     "a line nested 100 000 deep": lambda root, _: _edit_first(
-        root, "collections", lambda d: "[" * 100_000 + "]" * 100_000),
+        root, "collections", lambda d: "[" * 100_000 + "]" * 100_000
+    ),
     "a manifest nested 100 000 deep": lambda root, _: (root / "snapshot.json").write_text(
-        "{\"a\":" * 100_000 + "1" + "}" * 100_000),
+        '{"a":' * 100_000 + "1" + "}" * 100_000
+    ),
     "an integer beyond 64 bits": lambda root, _: _edit_first(
-        root, "changes", lambda d: {**d, "sequence": 2**70}),
-    "a negative size": lambda root, _: _edit_first(
-        root, "artifacts", lambda d: {**d, "size": -5}),
+        root, "changes", lambda d: {**d, "sequence": 2**70}
+    ),
+    "a negative size": lambda root, _: _edit_first(root, "artifacts", lambda d: {**d, "size": -5}),
     "a revision size that is not its body's": lambda root, _: _edit_first(
-        root, "revisions", lambda d: {**d, "size": d["size"] + 1}),
+        root, "revisions", lambda d: {**d, "size": d["size"] + 1}
+    ),
     "an artifact unlike its last revision": lambda root, _: _edit_first(
-        root, "artifacts", lambda d: {**d, "artifact_type": "other"}),
+        root, "artifacts", lambda d: {**d, "artifact_type": "other"}
+    ),
     "metadata nested 40 deep": lambda root, _: _edit_first(
-        root, "collections", lambda d: {**d, "metadata": nested_dicts(40)}),
+        root, "collections", lambda d: {**d, "metadata": nested_dicts(40)}
+    ),
     "a NUL in a name": lambda root, _: _edit_first(
-        root, "collections", lambda d: {**d, "metadata": {"a\x00": 1}}),
+        root, "collections", lambda d: {**d, "metadata": {"a\x00": 1}}
+    ),
     "an index file symlinked outside": _symlink_index_file,
     "a fan-out directory symlinked outside": _symlink_fanout,
 }
@@ -546,14 +681,17 @@ SNAPSHOT_TAMPERING: dict[str, Callable[[Path, Path], None]] = {
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("tampering", list(SNAPSHOT_TAMPERING))
 def test_tampered_snapshot_records_import_nothing(
-        tmp_path: Path, snapshot: Path, tampering: str, kind: str) -> None:
+    tmp_path: Path, snapshot: Path, tampering: str, kind: str
+) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     SNAPSHOT_TAMPERING[tampering](snapshot, elsewhere)
     before = tree_state(elsewhere)
     target: KnowledgeRepository = (
-        InMemoryKnowledgeRepository() if kind == "memory"
-        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none"))
+        InMemoryKnowledgeRepository()
+        if kind == "memory"
+        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none")
+    )
     try:
         with pytest.raises(SnapshotError):
             import_snapshot(snapshot, target)
@@ -591,9 +729,11 @@ def test_planted_object_symlink_is_never_followed(tmp_path: Path, sentinel: Path
         body, path = body_and_path(repo, "do not touch\n")
         path.parent.mkdir(exist_ok=True)
         path.symlink_to(sentinel / "secret.txt")
-        for read in (lambda: repo.objects.get(digest_bytes(body), verify=True),
-                     lambda: repo.read_object(digest_bytes(body)),
-                     lambda: repo.objects.open(digest_bytes(body)).read()):
+        for read in (
+            lambda: repo.objects.get(digest_bytes(body), verify=True),
+            lambda: repo.read_object(digest_bytes(body)),
+            lambda: repo.objects.open(digest_bytes(body)).read(),
+        ):
             with pytest.raises(CorruptObjectError):
                 read()
         report = fsck(repo, full=True)
@@ -618,8 +758,7 @@ def test_planted_fanout_symlink_is_refused(tmp_path: Path, sentinel: Path) -> No
         assert "bad-fanout" in {f.kind for f in fsck(repo, full=True).errors}
 
 
-def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path,
-                                                        sentinel: Path) -> None:
+def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path, sentinel: Path) -> None:
     with SQLiteKnowledgeRepository.open(tmp_path / "store", "full") as repo:
         cid = repo.create_collection("c").id
         first = next(objects_module._tmp_counter)
@@ -630,8 +769,7 @@ def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path,
             planted.append(link)
         for index in range(30):
             repo.create_artifact(cid, f"n{index}", b"body %d" % index, artifact_type="t")
-        repo.put_artifacts(cid, [NewArtifact(f"bulk{i}", b"bulk %d" % i, "t")
-                                 for i in range(40)])
+        repo.put_artifacts(cid, [NewArtifact(f"bulk{i}", b"bulk %d" % i, "t") for i in range(40)])
         with repo.objects.batch():
             for index in range(20):
                 repo.objects.add(b"batched %d" % index)
@@ -649,7 +787,8 @@ def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path,
 
 @pytest.mark.parametrize("part", ["tmp", "objects"])
 def test_store_directories_symlinked_outside_are_refused_at_open(
-        tmp_path: Path, sentinel: Path, part: str) -> None:
+    tmp_path: Path, sentinel: Path, part: str
+) -> None:
     store = tmp_path / "store"
     SQLiteKnowledgeRepository.open(store, "full").close()
     shutil.rmtree(store / part)

@@ -33,7 +33,8 @@ WORKER = Path(__file__).with_name("permission_worker.py")
 NOBODY = 65534
 as_root = pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() != 0,
-    reason="dropping to another user needs root (the CI VM runs the suite as root)")
+    reason="dropping to another user needs root (the CI VM runs the suite as root)",
+)
 
 MAKE_STORE = textwrap.dedent("""
     import json, os, stat, sys
@@ -57,8 +58,13 @@ MAKE_STORE = textwrap.dedent("""
 
 
 def modes(root: Path, umask: int) -> dict[str, int]:
-    result = subprocess.run([sys.executable, "-c", MAKE_STORE, str(root), f"{umask:o}"],
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MAKE_STORE, str(root), f"{umask:o}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return {name: int(value) for name, value in json.loads(result.stdout).items()}
 
 
@@ -68,13 +74,13 @@ def test_new_store_modes(tmp_path: Path, umask: int) -> None:
     directory = 0o755 & ~umask
     sqlite_file = 0o644 & ~umask
     assert got == {
-        "root": 0o700,            # private documents: only the owner lists or reads
-        "objects": directory,     # the root already gates access
+        "root": 0o700,  # private documents: only the owner lists or reads
+        "objects": directory,  # the root already gates access
         "tmp": directory,
         "fanout": directory,
-        "object": 0o444,          # set explicitly: never writable, whatever the umask
+        "object": 0o444,  # set explicitly: never writable, whatever the umask
         "marker": 0o444,
-        "index": sqlite_file,     # SQLite's own default (0644 less the umask)
+        "index": sqlite_file,  # SQLite's own default (0644 less the umask)
         "index.sqlite-wal": sqlite_file,
         "index.sqlite-shm": sqlite_file,
     }
@@ -95,7 +101,8 @@ def test_writable_objects_are_reported(tmp_path: Path) -> None:
         report = fsck(repo)
         assert report.ok  # a warning, not damage
         assert [(f.severity, f.kind, f.subject) for f in report.findings] == [
-            ("warning", "writable", digest)]
+            ("warning", "writable", digest)
+        ]
 
 
 # -- a store the user may only read ---------------------------------------------
@@ -142,7 +149,10 @@ def scratch(public: Path) -> Path:
 def run_as_nobody(store: Path, scratch: Path, *, read_only: bool) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, str(WORKER), str(store), str(scratch), "1" if read_only else "0"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out: dict[str, Any] = json.loads(result.stdout)
     assert out["uid"] == NOBODY
@@ -153,8 +163,11 @@ def assert_reads_work_and_writes_refused(out: dict[str, Any]) -> None:
     assert out["open"] == "ok"
     failed_reads = {name: outcome for name, outcome in out["reads"].items() if outcome != "ok"}
     assert failed_reads == {}
-    wrong_writes = {name: outcome for name, outcome in out["writes"].items()
-                    if not outcome.startswith("ReadOnlyStoreError: ")}
+    wrong_writes = {
+        name: outcome
+        for name, outcome in out["writes"].items()
+        if not outcome.startswith("ReadOnlyStoreError: ")
+    }
     assert wrong_writes == {}
     assert out["import"].startswith(("SnapshotError", "ReadOnlyStoreError"))
     assert out["close"] == "ok"
@@ -172,8 +185,12 @@ def held_open(readable_store: Path) -> Iterator[Path]:
         sys.stdin.read()
         repo.close()
     """)
-    owner = subprocess.Popen([sys.executable, "-c", code, str(readable_store)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code, str(readable_store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout is not None
         assert owner.stdout.readline().strip() == "open"
@@ -185,24 +202,24 @@ def held_open(readable_store: Path) -> Iterator[Path]:
 
 
 @as_root
-def test_other_user_reads_everything_while_the_owner_has_it_open(held_open: Path,
-                                                                  scratch: Path) -> None:
+def test_other_user_reads_everything_while_the_owner_has_it_open(
+    held_open: Path, scratch: Path
+) -> None:
     assert_reads_work_and_writes_refused(run_as_nobody(held_open, scratch, read_only=True))
     assert (scratch / "export" / "snapshot.json").exists()
 
 
 @as_root
-def test_other_user_reads_a_closed_store_read_only(readable_store: Path,
-                                                   scratch: Path) -> None:
+def test_other_user_reads_a_closed_store_read_only(readable_store: Path, scratch: Path) -> None:
     out = run_as_nobody(readable_store, scratch, read_only=True)
     assert_reads_work_and_writes_refused(out)
 
 
 @as_root
 def test_plain_open_of_an_unwritable_store_reads_and_refuses_writes(
-        readable_store: Path, scratch: Path) -> None:
-    assert_reads_work_and_writes_refused(run_as_nobody(readable_store, scratch,
-                                                       read_only=False))
+    readable_store: Path, scratch: Path
+) -> None:
+    assert_reads_work_and_writes_refused(run_as_nobody(readable_store, scratch, read_only=False))
 
 
 @as_root
@@ -217,7 +234,8 @@ def test_plain_open_while_the_owner_has_it_open_reads(held_open: Path, scratch: 
 
 @as_root
 def test_plain_open_while_the_owner_has_it_open_refuses_writes_typed(
-        held_open: Path, scratch: Path) -> None:
+    held_open: Path, scratch: Path
+) -> None:
     out = run_as_nobody(held_open, scratch, read_only=False)
     assert out["open"] == "ok"
     assert_reads_work_and_writes_refused(out)

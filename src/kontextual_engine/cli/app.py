@@ -122,9 +122,7 @@ class KontextualGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            if ctx.params.get("debug") or (
-                isinstance(exc, OSError) and exc.errno == errno.EPIPE
-            ):
+            if ctx.params.get("debug") or (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
                 raise  # click's main quietly ends a command whose reader went away
             code, message = describe(exc)
             fail(code, message)
@@ -136,15 +134,15 @@ def examples(*lines: str) -> str:
 
 
 def json_option(function: F) -> F:
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON instead of a table."
-    )(function)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        function
+    )
 
 
 def quiet_option(function: F) -> F:
-    return click.option(
-        "--quiet", "-q", is_flag=True, help="No progress bar, only the result."
-    )(function)
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar, only the result.")(
+        function
+    )
 
 
 @click.group(

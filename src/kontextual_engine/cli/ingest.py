@@ -121,7 +121,8 @@ def scan(paths: Sequence[Path], *, store: Path) -> list[InputFile]:
         found: list[InputFile] = []
         for root, dirs, names in os.walk(given, onerror=_walk_error):
             dirs[:] = [
-                d for d in dirs
+                d
+                for d in dirs
                 if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != excluded
             ]
             for name in names:

@@ -31,7 +31,8 @@ def parse_value(text: str) -> Any:
         return text
     except RecursionError:
         raise ValidationError(
-            f"value {text[:40]!r}... is nested deeper than any metadata may be") from None
+            f"value {text[:40]!r}... is nested deeper than any metadata may be"
+        ) from None
 
 
 def parse_pairs(values: Iterable[str], option: str) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> fl
     if text.isdigit():
         return float(text)
     if _DURATION.fullmatch(text):
-        return float(sum(int(count) * _DURATION_UNITS[unit]
-                         for count, unit in _DURATION_PART.findall(text)))
+        return float(
+            sum(int(count) * _DURATION_UNITS[unit] for count, unit in _DURATION_PART.findall(text))
+        )
     raise click.BadParameter(f"{value!r} is not a duration like 2w, 3d, 12h, 30m, 90s or 0")

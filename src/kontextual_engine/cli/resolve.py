@@ -38,9 +38,7 @@ def artifact(repo: KnowledgeRepository, ref: str) -> Artifact:
         return repo.get_artifact(ref)
     collection_name, slash, name = ref.partition("/")
     if not slash or not collection_name or not name:
-        raise ValidationError(
-            f"artifact {ref!r} is neither an id (art_...) nor COLLECTION/NAME"
-        )
+        raise ValidationError(f"artifact {ref!r} is neither an id (art_...) nor COLLECTION/NAME")
     try:
         return repo.get_artifact_by_name(collection(repo, collection_name).id, name)
     except (ArtifactNotFound, CollectionNotFound):

@@ -138,9 +138,7 @@ def normalize_query(query: Query) -> Query:
             raise ValidationError(
                 f"RelatedTo.direction {related.direction!r} is not one of {DIRECTIONS}"
             )
-        if related.relationship_type is not None and not isinstance(
-            related.relationship_type, str
-        ):
+        if related.relationship_type is not None and not isinstance(related.relationship_type, str):
             raise ValidationError("RelatedTo.relationship_type must be a string")
     for what, value in (("Query.limit", query.limit), ("Query.after", query.after)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -216,8 +214,14 @@ class KnowledgeRepository(RunsContract):
                 sequence=self._next_sequence(),
             )
             self._insert_collection(collection)
-            self._record(collection.sequence, EntityKind.COLLECTION, collection.id,
-                         ChangeAction.CREATE, now, details={"name": name})
+            self._record(
+                collection.sequence,
+                EntityKind.COLLECTION,
+                collection.id,
+                ChangeAction.CREATE,
+                now,
+                details={"name": name},
+            )
             return collection
 
     def get_collection(self, collection_id: str) -> Collection:
@@ -245,13 +249,18 @@ class KnowledgeRepository(RunsContract):
             live = self._count_live_artifacts(collection_id)
             if live:
                 raise CollectionNotEmptyError(
-                    f"collection {collection.name!r} ({collection_id}) still has "
-                    f"{live} artifact(s)"
+                    f"collection {collection.name!r} ({collection_id}) still has {live} artifact(s)"
                 )
             now = self._now()
             self._delete_collection(collection_id, now)
-            self._record(self._next_sequence(), EntityKind.COLLECTION, collection_id,
-                         ChangeAction.DELETE, now, details={"name": collection.name})
+            self._record(
+                self._next_sequence(),
+                EntityKind.COLLECTION,
+                collection_id,
+                ChangeAction.DELETE,
+                now,
+                details={"name": collection.name},
+            )
 
     # -- artifacts ---------------------------------------------------------
 
@@ -302,9 +311,12 @@ class KnowledgeRepository(RunsContract):
                         )
                     seen.add(one.name)
                 existing = self._find_artifacts_by_names(
-                    collection_id, [one.name for one in checked])
-                results += [self._put_one(collection_id, one, existing.get(one.name), run_id)
-                            for one in checked]
+                    collection_id, [one.name for one in checked]
+                )
+                results += [
+                    self._put_one(collection_id, one, existing.get(one.name), run_id)
+                    for one in checked
+                ]
             return results
 
     def _put_one(
@@ -326,8 +338,9 @@ class KnowledgeRepository(RunsContract):
             provenance=item.provenance,
             run_id=run_id,
         )
-        return PutResult(updated, PutOutcome.UNCHANGED if updated is existing
-                         else PutOutcome.UPDATED)
+        return PutResult(
+            updated, PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
+        )
 
     def get_artifact(self, artifact_id: str) -> Artifact:
         _check_id(artifact_id, "artifact id")
@@ -382,9 +395,7 @@ class KnowledgeRepository(RunsContract):
         if name is not None:
             check_name(name, "artifact name")
         metadata_json = None if metadata is None else canonical_object(metadata, "metadata")
-        provenance_json = (
-            None if provenance is None else canonical_object(provenance, "provenance")
-        )
+        provenance_json = None if provenance is None else canonical_object(provenance, "provenance")
         if expected_revision is not None:
             _check_revision_number(expected_revision, "expected_revision")
         with self.transaction():
@@ -396,8 +407,7 @@ class KnowledgeRepository(RunsContract):
                 clash = self._find_artifact_by_name(current.collection_id, name)
                 if clash is not None:
                     raise DuplicateNameError(
-                        f"artifact {name!r} already exists in collection "
-                        f"{current.collection_id}"
+                        f"artifact {name!r} already exists in collection {current.collection_id}"
                     )
             return self._update(
                 current,
@@ -422,11 +432,16 @@ class KnowledgeRepository(RunsContract):
             for relationship in self._list_relationships(artifact_id, "both", None):
                 self._remove_relationship(relationship, now)
             self._delete_artifact(artifact_id, now)
-            self._record(self._next_sequence(), EntityKind.ARTIFACT, artifact_id,
-                         ChangeAction.DELETE, now, revision=current.revision,
-                         old_digest=current.digest,
-                         details={"collection_id": current.collection_id,
-                                  "name": current.name})
+            self._record(
+                self._next_sequence(),
+                EntityKind.ARTIFACT,
+                artifact_id,
+                ChangeAction.DELETE,
+                now,
+                revision=current.revision,
+                old_digest=current.digest,
+                details={"collection_id": current.collection_id, "name": current.name},
+            )
 
     def list_artifacts(self, collection_id: str | None = None) -> list[Artifact]:
         """Every live artifact (of one collection), in creation order."""
@@ -494,8 +509,7 @@ class KnowledgeRepository(RunsContract):
                     )
             if self._find_relationship_by_key(source_id, target_id, relationship_type):
                 raise DuplicateRelationshipError(
-                    f"relationship {source_id} -[{relationship_type}]-> {target_id} "
-                    "already exists"
+                    f"relationship {source_id} -[{relationship_type}]-> {target_id} already exists"
                 )
             now = self._now()
             relationship = Relationship(
@@ -508,10 +522,18 @@ class KnowledgeRepository(RunsContract):
                 sequence=self._next_sequence(),
             )
             self._insert_relationship(relationship)
-            self._record(relationship.sequence, EntityKind.RELATIONSHIP, relationship.id,
-                         ChangeAction.CREATE, now,
-                         details={"source_id": source_id, "target_id": target_id,
-                                  "relationship_type": relationship_type})
+            self._record(
+                relationship.sequence,
+                EntityKind.RELATIONSHIP,
+                relationship.id,
+                ChangeAction.CREATE,
+                now,
+                details={
+                    "source_id": source_id,
+                    "target_id": target_id,
+                    "relationship_type": relationship_type,
+                },
+            )
             return relationship
 
     def get_relationship(self, relationship_id: str) -> Relationship:
@@ -547,8 +569,9 @@ class KnowledgeRepository(RunsContract):
         """Change records with sequence > ``since``, ascending."""
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise ValidationError(f"since must be a non-negative integer, got {since!r}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise ValidationError(f"limit must be a non-negative integer, got {limit!r}")
         return self._list_changes(since, entity_id, limit)
 
@@ -618,11 +641,19 @@ class KnowledgeRepository(RunsContract):
             sequence=sequence,
             run_id=item.run_id,
         )
-        self._insert_artifact(artifact, _revision_of(artifact, sequence),
-                              text.searchable_text(item.content))
-        self._record(sequence, EntityKind.ARTIFACT, artifact.id, ChangeAction.CREATE, now,
-                     revision=1, new_digest=digest,
-                     details={"collection_id": collection_id, "name": item.name})
+        self._insert_artifact(
+            artifact, _revision_of(artifact, sequence), text.searchable_text(item.content)
+        )
+        self._record(
+            sequence,
+            EntityKind.ARTIFACT,
+            artifact.id,
+            ChangeAction.CREATE,
+            now,
+            revision=1,
+            new_digest=digest,
+            details={"collection_id": collection_id, "name": item.name},
+        )
         return artifact
 
     def _update(
@@ -650,7 +681,8 @@ class KnowledgeRepository(RunsContract):
             "metadata_json": current.metadata_json if metadata is None else metadata,
         }
         changed = sorted(
-            key for key, value in changes.items()
+            key
+            for key, value in changes.items()
             if key != "size" and getattr(current, key) != value
         )
         if not changed:
@@ -674,20 +706,36 @@ class KnowledgeRepository(RunsContract):
         searchable = None
         if digest != current.digest:
             searchable = text.searchable_text(content) if content is not None else None
-        self._replace_artifact(updated, _revision_of(updated, sequence),
-                               digest != current.digest, searchable)
-        self._record(sequence, EntityKind.ARTIFACT, current.id, ChangeAction.UPDATE, now,
-                     revision=updated.revision, old_digest=current.digest, new_digest=digest,
-                     details={"changed": [key.removesuffix("_json") for key in changed]})
+        self._replace_artifact(
+            updated, _revision_of(updated, sequence), digest != current.digest, searchable
+        )
+        self._record(
+            sequence,
+            EntityKind.ARTIFACT,
+            current.id,
+            ChangeAction.UPDATE,
+            now,
+            revision=updated.revision,
+            old_digest=current.digest,
+            new_digest=digest,
+            details={"changed": [key.removesuffix("_json") for key in changed]},
+        )
         return updated
 
     def _remove_relationship(self, relationship: Relationship, now: datetime) -> None:
         self._delete_relationship(relationship.id)
-        self._record(self._next_sequence(), EntityKind.RELATIONSHIP, relationship.id,
-                     ChangeAction.DELETE, now,
-                     details={"source_id": relationship.source_id,
-                              "target_id": relationship.target_id,
-                              "relationship_type": relationship.relationship_type})
+        self._record(
+            self._next_sequence(),
+            EntityKind.RELATIONSHIP,
+            relationship.id,
+            ChangeAction.DELETE,
+            now,
+            details={
+                "source_id": relationship.source_id,
+                "target_id": relationship.target_id,
+                "relationship_type": relationship.relationship_type,
+            },
+        )
 
     # -- backend primitives ------------------------------------------------
     # Called inside transaction(); arguments are already validated.
@@ -746,9 +794,7 @@ class KnowledgeRepository(RunsContract):
     @abc.abstractmethod
     def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None: ...
 
-    def _find_artifacts_by_names(
-        self, collection_id: str, names: list[str]
-    ) -> dict[str, Artifact]:
+    def _find_artifacts_by_names(self, collection_id: str, names: list[str]) -> dict[str, Artifact]:
         """The live artifacts of these names, by name; backends may do it in one query."""
         found = {}
         for name in names:
@@ -905,41 +951,74 @@ class KnowledgeRepository(RunsContract):
         happened. The second key orders events that share a sequence (an
         artifact's deletion and the relationships it removed).
         """
-        deleted = {change.entity_id: change.sequence for change in records["changes"]
-                   if change.action == ChangeAction.DELETE.value}
+        deleted = {
+            change.entity_id: change.sequence
+            for change in records["changes"]
+            if change.action == ChangeAction.DELETE.value
+        }
         for collection, deleted_at in records["collections"]:
             yield collection.sequence, 0, partial(self._insert_collection, collection)
             if deleted_at is not None:
-                yield deleted[collection.id], 0, partial(
-                    self._delete_collection, collection.id, deleted_at)
+                yield (
+                    deleted[collection.id],
+                    0,
+                    partial(self._delete_collection, collection.id, deleted_at),
+                )
         artifacts = {artifact.id: artifact for artifact, _ in records["artifacts"]}
         previous: dict[str, ArtifactRevision] = {}
         for revision in records["revisions"]:
             state = _artifact_at(artifacts[revision.artifact_id], revision)
             before = previous.get(revision.artifact_id)
             if before is None:
-                yield revision.change_sequence, 0, partial(
-                    self._restore_first, state, revision, searchable)
+                yield (
+                    revision.change_sequence,
+                    0,
+                    partial(self._restore_first, state, revision, searchable),
+                )
             else:
-                yield revision.change_sequence, 0, partial(
-                    self._restore_next, state, revision, before.digest != revision.digest,
-                    searchable)
+                yield (
+                    revision.change_sequence,
+                    0,
+                    partial(
+                        self._restore_next,
+                        state,
+                        revision,
+                        before.digest != revision.digest,
+                        searchable,
+                    ),
+                )
             previous[revision.artifact_id] = revision
         for artifact, deleted_at in records["artifacts"]:
             if deleted_at is not None:
-                yield deleted[artifact.id], 1, partial(
-                    self._delete_artifact, artifact.id, deleted_at)
+                yield (
+                    deleted[artifact.id],
+                    1,
+                    partial(self._delete_artifact, artifact.id, deleted_at),
+                )
         for relationship in records["relationships"]:
             yield relationship.sequence, 0, partial(self._insert_relationship, relationship)
 
-    def _restore_first(self, artifact: Artifact, revision: ArtifactRevision,
-                       searchable: Callable[[str], str | None]) -> None:
+    def _restore_first(
+        self,
+        artifact: Artifact,
+        revision: ArtifactRevision,
+        searchable: Callable[[str], str | None],
+    ) -> None:
         self._insert_artifact(artifact, revision, searchable(revision.digest))
 
-    def _restore_next(self, artifact: Artifact, revision: ArtifactRevision,
-                      content_changed: bool, searchable: Callable[[str], str | None]) -> None:
-        self._replace_artifact(artifact, revision, content_changed,
-                               searchable(revision.digest) if content_changed else None)
+    def _restore_next(
+        self,
+        artifact: Artifact,
+        revision: ArtifactRevision,
+        content_changed: bool,
+        searchable: Callable[[str], str | None],
+    ) -> None:
+        self._replace_artifact(
+            artifact,
+            revision,
+            content_changed,
+            searchable(revision.digest) if content_changed else None,
+        )
 
     def read_object(self, digest: str) -> bytes:
         """The body stored under ``digest`` (referenced or not)."""
@@ -966,8 +1045,15 @@ class KnowledgeRepository(RunsContract):
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 
-    __slots__ = ("artifact_type", "content", "media_type", "metadata", "name", "provenance",
-                 "run_id")
+    __slots__ = (
+        "artifact_type",
+        "content",
+        "media_type",
+        "metadata",
+        "name",
+        "provenance",
+        "run_id",
+    )
 
     def __init__(
         self,
@@ -1003,12 +1089,20 @@ def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifac
 def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:
     """The state of ``artifact`` as of one of its revisions."""
     return Artifact(
-        id=artifact.id, collection_id=revision.collection_id, name=revision.name,
-        artifact_type=revision.artifact_type, media_type=revision.media_type,
-        digest=revision.digest, size=revision.size, revision=revision.revision,
-        metadata_json=revision.metadata_json, provenance_json=revision.provenance_json,
-        created_at=artifact.created_at, updated_at=revision.created_at,
-        sequence=artifact.sequence, run_id=revision.run_id,
+        id=artifact.id,
+        collection_id=revision.collection_id,
+        name=revision.name,
+        artifact_type=revision.artifact_type,
+        media_type=revision.media_type,
+        digest=revision.digest,
+        size=revision.size,
+        revision=revision.revision,
+        metadata_json=revision.metadata_json,
+        provenance_json=revision.provenance_json,
+        created_at=artifact.created_at,
+        updated_at=revision.created_at,
+        sequence=artifact.sequence,
+        run_id=revision.run_id,
     )
 
 

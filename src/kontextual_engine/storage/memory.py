@@ -80,8 +80,9 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
         previous = table.get(key, _MISSING)
         table[key] = value
-        self._log(lambda: table.pop(key) if previous is _MISSING
-                  else table.__setitem__(key, previous))
+        self._log(
+            lambda: table.pop(key) if previous is _MISSING else table.__setitem__(key, previous)
+        )
 
     def _add(self, table: dict[Any, Any], key: str, value: Any) -> None:
         """Insert a new record; an id that already exists is refused, as in SQL."""
@@ -134,8 +135,10 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     def _list_collections(self) -> list[Collection]:
         with self._lock:
-            return sorted((self.collections[cid] for cid in self.collection_names.values()),
-                          key=lambda c: c.sequence)
+            return sorted(
+                (self.collections[cid] for cid in self.collection_names.values()),
+                key=lambda c: c.sequence,
+            )
 
     def _count_live_artifacts(self, collection_id: str) -> int:
         return sum(1 for cid, _ in self.artifact_names if cid == collection_id)
@@ -194,7 +197,8 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             ids = set(query.ids) if query.ids is not None else None
             digest = None if query.digest is None else digests.parse_digest(query.digest)
             found = [
-                artifact for artifact in live
+                artifact
+                for artifact in live
                 if (ids is None or artifact.id in ids)
                 and (query.collection_id is None or artifact.collection_id == query.collection_id)
                 and (query.name is None or artifact.name == query.name)
@@ -251,20 +255,26 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     ) -> list[Relationship]:
         with self._lock:
             found = [
-                relationship for relationship in self.relationships.values()
-                if (relationship_type is None
-                    or relationship.relationship_type == relationship_type)
-                and (artifact_id is None
-                     or (direction != "incoming" and relationship.source_id == artifact_id)
-                     or (direction != "outgoing" and relationship.target_id == artifact_id))
+                relationship
+                for relationship in self.relationships.values()
+                if (
+                    relationship_type is None or relationship.relationship_type == relationship_type
+                )
+                and (
+                    artifact_id is None
+                    or (direction != "incoming" and relationship.source_id == artifact_id)
+                    or (direction != "outgoing" and relationship.target_id == artifact_id)
+                )
             ]
             return sorted(found, key=lambda relationship: relationship.sequence)
 
     def _delete_relationship(self, relationship_id: str) -> None:
         relationship = self.relationships[relationship_id]
         self._pop(self.relationships, relationship_id)
-        self._pop(self.relationship_keys, (relationship.source_id, relationship.target_id,
-                                           relationship.relationship_type))
+        self._pop(
+            self.relationship_keys,
+            (relationship.source_id, relationship.target_id, relationship.relationship_type),
+        )
 
     def _append_change(self, change: ChangeRecord) -> None:
         self.changes.append(change)
@@ -275,8 +285,11 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     ) -> list[ChangeRecord]:
         with self._lock:
             # Sequences are 1..n without gaps, so ``since`` is also a list index.
-            found = [change for change in self.changes[since:]
-                     if entity_id is None or change.entity_id == entity_id]
+            found = [
+                change
+                for change in self.changes[since:]
+                if entity_id is None or change.entity_id == entity_id
+            ]
             return found if limit is None else found[:limit]
 
     def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
@@ -310,8 +323,9 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     def _list_runs(self, status: str | None) -> list[OperationRun]:
         with self._lock:
-            return _by_sequence(run for run in self.runs.values()
-                                if status is None or run.status == status)
+            return _by_sequence(
+                run for run in self.runs.values() if status is None or run.status == status
+            )
 
     def _insert_step(self, step: WorkflowStep) -> None:
         self._add(self.steps, step.id, step)
@@ -332,31 +346,45 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
         with self._lock:
-            return _by_sequence(bundle for bundle in self.bundles.values()
-                                if run_id is None or bundle.run_id == run_id)
+            return _by_sequence(
+                bundle
+                for bundle in self.bundles.values()
+                if run_id is None or bundle.run_id == run_id
+            )
 
     def _bundles_consuming(
         self, artifact_id: str | None, revision: int | None, digest: str | None
     ) -> list[InputBundle]:
         with self._lock:
             return _by_sequence(
-                bundle for bundle in self.bundles.values()
-                if any((artifact_id is None or ref.artifact_id == artifact_id)
-                       and (revision is None or ref.revision == revision)
-                       and (digest is None or ref.digest == digest)
-                       for ref in bundle.inputs)
+                bundle
+                for bundle in self.bundles.values()
+                if any(
+                    (artifact_id is None or ref.artifact_id == artifact_id)
+                    and (revision is None or ref.revision == revision)
+                    and (digest is None or ref.digest == digest)
+                    for ref in bundle.inputs
+                )
             )
 
     def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
         with self._lock:
-            found = [revision for history in self.revisions.values() for revision in history
-                     if revision.run_id == run_id]
+            found = [
+                revision
+                for history in self.revisions.values()
+                for revision in history
+                if revision.run_id == run_id
+            ]
             return sorted(found, key=lambda revision: revision.change_sequence)
 
     def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
         with self._lock:
-            found = [revision for history in self.revisions.values() for revision in history
-                     if revision.digest == digest]
+            found = [
+                revision
+                for history in self.revisions.values()
+                for revision in history
+                if revision.digest == digest
+            ]
             return sorted(found, key=lambda revision: revision.change_sequence)
 
     def _store_manifest(self, manifest: RunManifest) -> None:
@@ -399,5 +427,7 @@ def _by_sequence(records: Iterable[_Sequenced]) -> list[_Sequenced]:
 
 def _metadata_matches(artifact: Artifact, expected: Any) -> bool:
     actual = artifact.metadata
-    return all(key in actual and metadata_value_matches(actual[key], value)
-               for key, value in expected.items())
+    return all(
+        key in actual and metadata_value_matches(actual[key], value)
+        for key, value in expected.items()
+    )

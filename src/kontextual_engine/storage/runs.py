@@ -115,15 +115,30 @@ class RunsContract(abc.ABC):
                 self.get_run(parent_run_id)
             now = self._now()
             run = OperationRun(
-                id=self._ids("run"), operation=operation, status=RunStatus.PENDING.value,
-                parameters_json=parameters_json, parent_run_id=parent_run_id,
-                created_at=now, started_at=None, finished_at=None, error=None,
-                diagnostics_json="{}", holder_json="{}", lease_expires_at=None,
-                heartbeat_at=None, sequence=self._next_sequence(),
+                id=self._ids("run"),
+                operation=operation,
+                status=RunStatus.PENDING.value,
+                parameters_json=parameters_json,
+                parent_run_id=parent_run_id,
+                created_at=now,
+                started_at=None,
+                finished_at=None,
+                error=None,
+                diagnostics_json="{}",
+                holder_json="{}",
+                lease_expires_at=None,
+                heartbeat_at=None,
+                sequence=self._next_sequence(),
             )
             self._insert_run(run)
-            self._record(run.sequence, EntityKind.RUN, run.id, ChangeAction.CREATE, now,
-                         details={"operation": operation, "status": run.status})
+            self._record(
+                run.sequence,
+                EntityKind.RUN,
+                run.id,
+                ChangeAction.CREATE,
+                now,
+                details={"operation": operation, "status": run.status},
+            )
             return run
 
     def get_run(self, run_id: str) -> OperationRun:
@@ -145,7 +160,8 @@ class RunsContract(abc.ABC):
         if status is not None:
             _status(status, "status")
         return [
-            run for run in self._list_runs(status)
+            run
+            for run in self._list_runs(status)
             if (operation is None or run.operation == operation)
             and (parent_run_id is None or run.parent_run_id == parent_run_id)
         ]
@@ -170,9 +186,13 @@ class RunsContract(abc.ABC):
             run = self.get_run(run_id)
             now = self._now()
             return self._transition_run(
-                run, RunStatus.RUNNING, now,
-                started_at=run.started_at or now, holder_json=holder_json,
-                lease_expires_at=now + timedelta(seconds=lease), heartbeat_at=now,
+                run,
+                RunStatus.RUNNING,
+                now,
+                started_at=run.started_at or now,
+                holder_json=holder_json,
+                lease_expires_at=now + timedelta(seconds=lease),
+                heartbeat_at=now,
             )
 
     def heartbeat(
@@ -187,12 +207,18 @@ class RunsContract(abc.ABC):
                     f"run {run_id} is {run.status}; only a running run takes heartbeats"
                 )
             now = self._now()
-            renewed = replace(run, heartbeat_at=now,
-                              lease_expires_at=now + timedelta(seconds=lease))
+            renewed = replace(
+                run, heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease)
+            )
             self._replace_run(renewed)
-            self._record(self._next_sequence(), EntityKind.RUN, run_id, ChangeAction.UPDATE,
-                         now, details={"heartbeat": True,
-                                       "lease_expires_at": _iso(renewed.lease_expires_at)})
+            self._record(
+                self._next_sequence(),
+                EntityKind.RUN,
+                run_id,
+                ChangeAction.UPDATE,
+                now,
+                details={"heartbeat": True, "lease_expires_at": _iso(renewed.lease_expires_at)},
+            )
             return renewed
 
     def finish_run(
@@ -209,12 +235,16 @@ class RunsContract(abc.ABC):
             raise ValidationError(f"finish_run takes a terminal status, not {target.value!r}")
         if error is not None:
             check_text(error, "run error")
-        diagnostics_json = None if diagnostics is None else canonical_object(
-            diagnostics, "run diagnostics")
+        diagnostics_json = (
+            None if diagnostics is None else canonical_object(diagnostics, "run diagnostics")
+        )
         with self.transaction():
             run = self.get_run(run_id)
             return self._transition_run(
-                run, target, self._now(), error=error,
+                run,
+                target,
+                self._now(),
+                error=error,
                 diagnostics_json=diagnostics_json or run.diagnostics_json,
             )
 
@@ -235,8 +265,11 @@ class RunsContract(abc.ABC):
                 for step in self._list_steps(run.id):
                     if step.status == RunStatus.RUNNING.value:
                         self._transition_step(step, RunStatus.ABANDONED, now)
-                recovered.append(self._transition_run(
-                    run, RunStatus.ABANDONED, now, error=f"abandoned: {reason}"))
+                recovered.append(
+                    self._transition_run(
+                        run, RunStatus.ABANDONED, now, error=f"abandoned: {reason}"
+                    )
+                )
             return recovered
 
     def _transition_run(
@@ -255,8 +288,14 @@ class RunsContract(abc.ABC):
             fields.setdefault("error", None)
         changed = replace(run, status=target.value, **fields)
         self._replace_run(changed)
-        self._record(self._next_sequence(), EntityKind.RUN, run.id, ChangeAction.TRANSITION,
-                     now, details={"from": current.value, "to": target.value})
+        self._record(
+            self._next_sequence(),
+            EntityKind.RUN,
+            run.id,
+            ChangeAction.TRANSITION,
+            now,
+            details={"from": current.value, "to": target.value},
+        )
         if target in TERMINAL or target is RunStatus.ABANDONED:
             self._store_manifest(self._assemble_manifest(changed, final=True))
         return changed
@@ -275,15 +314,26 @@ class RunsContract(abc.ABC):
                 raise IllegalTransitionError(f"run {run_id} is {run.status}; cannot add steps")
             now = self._now()
             step = WorkflowStep(
-                id=self._ids("step"), run_id=run_id,
-                position=len(self._list_steps(run_id)) + 1, name=name,
-                status=RunStatus.PENDING.value, created_at=now, started_at=None,
-                finished_at=None, diagnostics_json=diagnostics_json,
+                id=self._ids("step"),
+                run_id=run_id,
+                position=len(self._list_steps(run_id)) + 1,
+                name=name,
+                status=RunStatus.PENDING.value,
+                created_at=now,
+                started_at=None,
+                finished_at=None,
+                diagnostics_json=diagnostics_json,
                 sequence=self._next_sequence(),
             )
             self._insert_step(step)
-            self._record(step.sequence, EntityKind.STEP, step.id, ChangeAction.CREATE, now,
-                         details={"run_id": run_id, "name": name, "position": step.position})
+            self._record(
+                step.sequence,
+                EntityKind.STEP,
+                step.id,
+                ChangeAction.CREATE,
+                now,
+                details={"run_id": run_id, "name": name, "position": step.position},
+            )
             return step
 
     def set_step_status(
@@ -292,12 +342,14 @@ class RunsContract(abc.ABC):
         target = _status(status, "status")
         if target is RunStatus.ABANDONED:
             raise ValidationError("abandoned is set by recover_abandoned, not by callers")
-        diagnostics_json = None if diagnostics is None else canonical_object(
-            diagnostics, "step diagnostics")
+        diagnostics_json = (
+            None if diagnostics is None else canonical_object(diagnostics, "step diagnostics")
+        )
         with self.transaction():
             step = self.get_step(step_id)
-            return self._transition_step(step, target, self._now(),
-                                         diagnostics_json=diagnostics_json)
+            return self._transition_step(
+                step, target, self._now(), diagnostics_json=diagnostics_json
+            )
 
     def get_step(self, step_id: str) -> WorkflowStep:
         if not isinstance(step_id, str):
@@ -312,7 +364,10 @@ class RunsContract(abc.ABC):
         return self._list_steps(run_id)
 
     def _transition_step(
-        self, step: WorkflowStep, target: RunStatus, now: datetime,
+        self,
+        step: WorkflowStep,
+        target: RunStatus,
+        now: datetime,
         diagnostics_json: str | None = None,
     ) -> WorkflowStep:
         current = RunStatus(step.status)
@@ -323,16 +378,26 @@ class RunsContract(abc.ABC):
         started_at = step.started_at or (now if target is RunStatus.RUNNING else None)
         finished_at = now if target in TERMINAL or target is RunStatus.ABANDONED else None
         changed = WorkflowStep(
-            id=step.id, run_id=step.run_id, position=step.position, name=step.name,
-            status=target.value, created_at=step.created_at, started_at=started_at,
+            id=step.id,
+            run_id=step.run_id,
+            position=step.position,
+            name=step.name,
+            status=target.value,
+            created_at=step.created_at,
+            started_at=started_at,
             finished_at=finished_at,
             diagnostics_json=diagnostics_json or step.diagnostics_json,
             sequence=step.sequence,
         )
         self._replace_step(changed)
-        self._record(self._next_sequence(), EntityKind.STEP, step.id, ChangeAction.TRANSITION,
-                     now, details={"run_id": step.run_id, "from": current.value,
-                                   "to": target.value})
+        self._record(
+            self._next_sequence(),
+            EntityKind.STEP,
+            step.id,
+            ChangeAction.TRANSITION,
+            now,
+            details={"run_id": step.run_id, "from": current.value, "to": target.value},
+        )
         return changed
 
     # -- inputs, outputs, manifests ----------------------------------------
@@ -352,12 +417,23 @@ class RunsContract(abc.ABC):
                 raise IllegalTransitionError(f"run {run_id} is {run.status}; cannot add inputs")
             pinned = tuple(self._pin(item) for item in inputs)
             now = self._now()
-            bundle = InputBundle(id=self._ids("bundle"), run_id=run_id, inputs=pinned,
-                                 parameters_json=parameters_json, created_at=now,
-                                 sequence=self._next_sequence())
+            bundle = InputBundle(
+                id=self._ids("bundle"),
+                run_id=run_id,
+                inputs=pinned,
+                parameters_json=parameters_json,
+                created_at=now,
+                sequence=self._next_sequence(),
+            )
             self._insert_bundle(bundle)
-            self._record(bundle.sequence, EntityKind.BUNDLE, bundle.id, ChangeAction.CREATE, now,
-                         details={"run_id": run_id, "inputs": len(pinned)})
+            self._record(
+                bundle.sequence,
+                EntityKind.BUNDLE,
+                bundle.id,
+                ChangeAction.CREATE,
+                now,
+                details={"run_id": run_id, "inputs": len(pinned)},
+            )
             return bundle
 
     def list_bundles(self, run_id: str) -> list[InputBundle]:
@@ -393,15 +469,23 @@ class RunsContract(abc.ABC):
 
     def _assemble_manifest(self, run: OperationRun, *, final: bool) -> RunManifest:
         inputs = tuple(ref for bundle in self._list_bundles(run.id) for ref in bundle.inputs)
-        outputs = tuple(ArtifactRef(r.artifact_id, r.revision, r.digest)
-                        for r in self._list_outputs(run.id))
+        outputs = tuple(
+            ArtifactRef(r.artifact_id, r.revision, r.digest) for r in self._list_outputs(run.id)
+        )
         return RunManifest(
-            run_id=run.id, operation=run.operation, status=run.status,
-            parameters_json=run.parameters_json, inputs=inputs, outputs=outputs,
+            run_id=run.id,
+            operation=run.operation,
+            status=run.status,
+            parameters_json=run.parameters_json,
+            inputs=inputs,
+            outputs=outputs,
             steps=tuple(step.id for step in self._list_steps(run.id)),
-            diagnostics_json=run.diagnostics_json, error=run.error,
-            created_at=run.created_at, started_at=run.started_at,
-            finished_at=run.finished_at, final=final,
+            diagnostics_json=run.diagnostics_json,
+            error=run.error,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            final=final,
         )
 
     def _pin(self, item: Pin | str) -> ArtifactRef:
@@ -466,9 +550,12 @@ class RunsContract(abc.ABC):
             check_name(relationship_type, "relationship type")
         if digest is not None:
             digest = digests.parse_digest(digest)
-            frontier = [(ref.artifact_id, ref.revision)
-                        for bundle in self._bundles_consuming(None, None, digest)
-                        for ref in bundle.inputs if ref.digest == digest]
+            frontier = [
+                (ref.artifact_id, ref.revision)
+                for bundle in self._bundles_consuming(None, None, digest)
+                for ref in bundle.inputs
+                if ref.digest == digest
+            ]
             frontier += [(r.artifact_id, r.revision) for r in self._revisions_with_digest(digest)]
         else:
             assert artifact_id is not None
@@ -493,8 +580,16 @@ class RunsContract(abc.ABC):
                         continue
                     seen.add(key)
                     following.append(key)
-                    found.append(Impact(derived.artifact_id, derived.revision, derived.digest,
-                                        depth, via, via_id))
+                    found.append(
+                        Impact(
+                            derived.artifact_id,
+                            derived.revision,
+                            derived.digest,
+                            depth,
+                            via,
+                            via_id,
+                        )
+                    )
             frontier = following
         return found
 
@@ -502,13 +597,15 @@ class RunsContract(abc.ABC):
         self, artifact_id: str, revision: int, types: tuple[str, ...]
     ) -> list[tuple[ArtifactRevision, str, str]]:
         derived: list[tuple[ArtifactRevision, str, str]] = []
-        run_ids = dict.fromkeys(b.run_id for b in self._bundles_consuming(artifact_id, revision,
-                                                                           None))
+        run_ids = dict.fromkeys(
+            b.run_id for b in self._bundles_consuming(artifact_id, revision, None)
+        )
         for run_id in run_ids:
             derived += [(output, "run", run_id) for output in self._list_outputs(run_id)]
         for relationship_type in types:
-            for relationship in self._list_relationships(artifact_id, "incoming",
-                                                         relationship_type):
+            for relationship in self._list_relationships(
+                artifact_id, "incoming", relationship_type
+            ):
                 source = self._find_artifact(relationship.source_id)
                 if source is not None:
                     current = self._find_revision(source.id, source.revision)
@@ -531,13 +628,23 @@ class RunsContract(abc.ABC):
         with self.transaction():
             checked = tuple(self._check_reference(ref) for ref in references)
             now = self._now()
-            package = ContextPackage(id=self._ids("context_package"), name=name,
-                                     metadata_json=metadata_json, references=checked,
-                                     created_at=now, sequence=self._next_sequence())
+            package = ContextPackage(
+                id=self._ids("context_package"),
+                name=name,
+                metadata_json=metadata_json,
+                references=checked,
+                created_at=now,
+                sequence=self._next_sequence(),
+            )
             self._insert_context_package(package)
-            self._record(package.sequence, EntityKind.CONTEXT_PACKAGE, package.id,
-                         ChangeAction.CREATE, now,
-                         details={"name": name, "references": len(checked)})
+            self._record(
+                package.sequence,
+                EntityKind.CONTEXT_PACKAGE,
+                package.id,
+                ChangeAction.CREATE,
+                now,
+                details={"name": name, "references": len(checked)},
+            )
             return package
 
     def get_context_package(self, package_id: str) -> ContextPackage:
@@ -585,8 +692,9 @@ class RunsContract(abc.ABC):
                     f"artifact {ref.target_id} revision {ref.revision} has digest "
                     f"{pinned.digest}, not {ref.digest}"
                 )
-            return ContextReference(kind.value, ref.target_id, pinned.revision, pinned.digest,
-                                    note=ref.note)
+            return ContextReference(
+                kind.value, ref.target_id, pinned.revision, pinned.digest, note=ref.note
+            )
         if ref.revision is not None or ref.digest is not None:
             raise ValidationError(f"a {kind.value} reference has no revision or digest")
         if kind is ReferenceKind.RELATIONSHIP and self._find_relationship(ref.target_id) is None:
@@ -624,17 +732,27 @@ class RunsContract(abc.ABC):
                 raise ValidationError("a revision needs an artifact_id")
             now = self._now()
             reference = ExternalMemoryReference(
-                id=self._ids("external_reference"), system=system, external_id=external_id,
-                uri=uri, artifact_id=artifact_id,
+                id=self._ids("external_reference"),
+                system=system,
+                external_id=external_id,
+                uri=uri,
+                artifact_id=artifact_id,
                 revision=None if pinned is None else pinned.revision,
                 digest=None if pinned is None else pinned.digest,
-                recorded_by=recorded_by, metadata_json=metadata_json, recorded_at=now,
+                recorded_by=recorded_by,
+                metadata_json=metadata_json,
+                recorded_at=now,
                 sequence=self._next_sequence(),
             )
             self._insert_external_reference(reference)
-            self._record(reference.sequence, EntityKind.EXTERNAL_REFERENCE, reference.id,
-                         ChangeAction.CREATE, now,
-                         details={"system": system, "external_id": external_id})
+            self._record(
+                reference.sequence,
+                EntityKind.EXTERNAL_REFERENCE,
+                reference.id,
+                ChangeAction.CREATE,
+                now,
+                details={"system": system, "external_id": external_id},
+            )
             return reference
 
     def get_external_reference(self, reference_id: str) -> ExternalMemoryReference:
@@ -648,9 +766,12 @@ class RunsContract(abc.ABC):
     def list_external_references(
         self, *, system: str | None = None, artifact_id: str | None = None
     ) -> list[ExternalMemoryReference]:
-        return [ref for ref in self._list_external_references()
-                if (system is None or ref.system == system)
-                and (artifact_id is None or ref.artifact_id == artifact_id)]
+        return [
+            ref
+            for ref in self._list_external_references()
+            if (system is None or ref.system == system)
+            and (artifact_id is None or ref.artifact_id == artifact_id)
+        ]
 
     # -- what the artifact contract provides -------------------------------
 

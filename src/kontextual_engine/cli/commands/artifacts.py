@@ -45,29 +45,38 @@ def print_artifacts(
         print_json(artifacts)
         return
     names = resolve.Names(repo)
-    print_table(["type", "rev", "size", "digest", "name"],
-                ([a.artifact_type, a.revision, a.size, short(a.digest), names.of(a)]
-                 for a in artifacts), right=(1, 2))
+    print_table(
+        ["type", "rev", "size", "digest", "name"],
+        ([a.artifact_type, a.revision, a.size, short(a.digest), names.of(a)] for a in artifacts),
+        right=(1, 2),
+    )
 
 
 # -- add -------------------------------------------------------------------
 
 
-@cli.command(epilog=examples(
-    "kontextual add notes ./notes",
-    "kontextual add papers paper.pdf --type paper --meta year=2024 --meta reviewed=true",
-    "kontextual add notes todo.txt --provenance source=import",
-))
+@cli.command(
+    epilog=examples(
+        "kontextual add notes ./notes",
+        "kontextual add papers paper.pdf --type paper --meta year=2024 --meta reviewed=true",
+        "kontextual add notes todo.txt --provenance source=import",
+    )
+)
 @click.argument("collection_name", metavar="COLLECTION")
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...",
-                type=click.Path(path_type=Path))
-@click.option("--type", "artifact_type",
-              help="Artifact type (default: guessed from the extension).")
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(path_type=Path)
+)
+@click.option(
+    "--type", "artifact_type", help="Artifact type (default: guessed from the extension)."
+)
 @click.option("--media-type", help="Media type (default: guessed from the extension).")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE",
-              help=f"Set a metadata key. {META_HELP}")
-@click.option("--provenance", multiple=True, metavar="KEY=VALUE",
-              help=f"Record how this revision came to be. {META_HELP}")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help=f"Set a metadata key. {META_HELP}")
+@click.option(
+    "--provenance",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Record how this revision came to be. {META_HELP}",
+)
 @json_option
 @quiet_option
 @click.pass_obj
@@ -110,28 +119,48 @@ def add(
             created = True
         done = 0
         for batch in ingest.batches(files):
-            items = [_new_artifact(repo, target.id, item, artifact_type, media_type, metadata,
-                                   provenance_data) for item in batch]
+            items = [
+                _new_artifact(
+                    repo, target.id, item, artifact_type, media_type, metadata, provenance_data
+                )
+                for item in batch
+            ]
             total_bytes += sum(len(item.content) for item in items)
             for result in repo.put_artifacts(target.id, items):
                 outcomes[result.outcome.value] += 1
                 if as_json:
                     record = result.artifact
-                    records.append({"name": record.name, "id": record.id,
-                                    "outcome": result.outcome.value, "revision": record.revision,
-                                    "digest": record.digest, "size": record.size})
+                    records.append(
+                        {
+                            "name": record.name,
+                            "id": record.id,
+                            "outcome": result.outcome.value,
+                            "revision": record.revision,
+                            "digest": record.digest,
+                            "size": record.size,
+                        }
+                    )
             done += len(batch)
             bar(done, len(files))
     if as_json:
-        print_json({"collection": target, "created_collection": created,
-                    "added": outcomes["created"], "updated": outcomes["updated"],
-                    "unchanged": outcomes["unchanged"], "bytes": total_bytes,
-                    "artifacts": records})
+        print_json(
+            {
+                "collection": target,
+                "created_collection": created,
+                "added": outcomes["created"],
+                "updated": outcomes["updated"],
+                "unchanged": outcomes["unchanged"],
+                "bytes": total_bytes,
+                "artifacts": records,
+            }
+        )
         return
     if created:
         click.echo(f"created collection {target.name}")
-    click.echo(f"added {outcomes['created']}, updated {outcomes['updated']}, "
-               f"unchanged {outcomes['unchanged']}, {total_bytes} bytes")
+    click.echo(
+        f"added {outcomes['created']}, updated {outcomes['updated']}, "
+        f"unchanged {outcomes['unchanged']}, {total_bytes} bytes"
+    )
     say_text_backlog(repo)
 
 
@@ -156,8 +185,14 @@ def _new_artifact(
     else:
         kind, media = current.artifact_type, current.media_type
         fields = {**current.metadata, **metadata}
-    return NewArtifact(item.name, ingest.read(item), artifact_type or kind, media_type or media,
-                       fields, provenance or None)
+    return NewArtifact(
+        item.name,
+        ingest.read(item),
+        artifact_type or kind,
+        media_type or media,
+        fields,
+        provenance or None,
+    )
 
 
 # -- listing and search ------------------------------------------------------
@@ -170,30 +205,42 @@ def _new_artifact(
 def ls(app: App, collection_name: str | None, as_json: bool) -> None:
     """List the artifacts (of one collection), oldest first."""
     repo = app.repo()
-    collection_id = None if collection_name is None else resolve.collection(repo,
-                                                                            collection_name).id
+    collection_id = (
+        None if collection_name is None else resolve.collection(repo, collection_name).id
+    )
     print_artifacts(repo, repo.list_artifacts(collection_id), as_json)
 
 
-@cli.command(epilog=examples(
-    "kontextual find --text retrieval",
-    "kontextual find --collection notes --type note --meta reviewed=true",
-    "kontextual find --meta 'tags=[\"kickoff\", \"planning\"]'",
-    "kontextual find --digest 3f2a9c",
-    "kontextual find --related-to notes/reading-list.md --rel-type links_to --direction outgoing",
-))
+@cli.command(
+    epilog=examples(
+        "kontextual find --text retrieval",
+        "kontextual find --collection notes --type note --meta reviewed=true",
+        'kontextual find --meta \'tags=["kickoff", "planning"]\'',
+        "kontextual find --digest 3f2a9c",
+        "kontextual find --related-to notes/reading-list.md --rel-type links_to --direction outgoing",  # noqa: E501
+    )
+)
 @click.option("--collection", "collection_name", help="In this collection.")
 @click.option("--type", "artifact_type", help="Of this artifact type.")
 @click.option("--name", help="With exactly this name.")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE",
-              help="Top-level metadata KEY equals VALUE, type-exact (1, 1.0, true and "
-              "'\"1\"' all differ). Repeatable.")
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Top-level metadata KEY equals VALUE, type-exact (1, 1.0, true and "
+    "'\"1\"' all differ). Repeatable.",
+)
 @click.option("--text", help="Content contains every word (case-insensitive substrings).")
 @click.option("--digest", help="Current body has this digest (a unique prefix is enough).")
 @click.option("--related-to", metavar="ARTIFACT", help="At the other end of a relationship.")
 @click.option("--rel-type", help="Only relationships of this type (with --related-to).")
-@click.option("--direction", type=click.Choice(DIRECTIONS), default="both", show_default=True,
-              help="Seen from --related-to: outgoing finds its targets, incoming its sources.")
+@click.option(
+    "--direction",
+    type=click.Choice(DIRECTIONS),
+    default="both",
+    show_default=True,
+    help="Seen from --related-to: outgoing finds its targets, incoming its sources.",
+)
 @click.option("--limit", type=click.IntRange(0, MAX_QUERY_LIMIT), help="At most this many.")
 @json_option
 @click.pass_obj
@@ -219,15 +266,19 @@ def find(
     if text is not None and not repo.read_only and repo.text_index_behind():
         index_text(repo, quiet=as_json)  # what the query would do, with a progress bar
     query = Query(
-        collection_id=(None if collection_name is None
-                       else resolve.collection(repo, collection_name).id),
+        collection_id=(
+            None if collection_name is None else resolve.collection(repo, collection_name).id
+        ),
         name=name,
         digest=None if digest is None else resolve.digest(repo.objects, digest),
         artifact_type=artifact_type,
         metadata=metadata or None,
         text=text,
-        related_to=(None if related_to is None
-                    else RelatedTo(resolve.artifact(repo, related_to).id, rel_type, direction)),
+        related_to=(
+            None
+            if related_to is None
+            else RelatedTo(resolve.artifact(repo, related_to).id, rel_type, direction)
+        ),
         limit=limit,
     )
     print_artifacts(repo, repo.query(query), as_json)
@@ -249,34 +300,46 @@ def show(app: App, ref: str, as_json: bool) -> None:
     run = repo.producing_run(found.id)
     names = resolve.Names(repo)
     if as_json:
-        print_json({"artifact": found, "collection": names.collection(found.collection_id),
-                    "outgoing": outgoing, "incoming": incoming, "run": run})
+        print_json(
+            {
+                "artifact": found,
+                "collection": names.collection(found.collection_id),
+                "outgoing": outgoing,
+                "incoming": incoming,
+                "run": run,
+            }
+        )
         return
-    print_fields([
-        ("artifact", names.of(found)),
-        ("id", found.id),
-        ("type", found.artifact_type),
-        ("media type", found.media_type or "-"),
-        ("revision", found.revision),
-        ("digest", found.digest),
-        ("size", f"{found.size} bytes"),
-        ("created", when(found.created_at)),
-        ("updated", when(found.updated_at)),
-        ("run", "-" if run is None else f"{run.id} ({run.operation}, {run.status})"),
-        ("metadata", compact(found.metadata)),
-        ("provenance", compact(found.provenance)),
-    ])
+    print_fields(
+        [
+            ("artifact", names.of(found)),
+            ("id", found.id),
+            ("type", found.artifact_type),
+            ("media type", found.media_type or "-"),
+            ("revision", found.revision),
+            ("digest", found.digest),
+            ("size", f"{found.size} bytes"),
+            ("created", when(found.created_at)),
+            ("updated", when(found.updated_at)),
+            ("run", "-" if run is None else f"{run.id} ({run.operation}, {run.status})"),
+            ("metadata", compact(found.metadata)),
+            ("provenance", compact(found.provenance)),
+        ]
+    )
     if outgoing or incoming:
         click.echo("relationships:")
         print_table(
             ["dir", "type", "artifact", "id"],
-            [*(["->", r.relationship_type, names.artifact(r.target_id), r.id] for r in outgoing),
-             *(["<-", r.relationship_type, names.artifact(r.source_id), r.id] for r in incoming)],
+            [
+                *(["->", r.relationship_type, names.artifact(r.target_id), r.id] for r in outgoing),
+                *(["<-", r.relationship_type, names.artifact(r.source_id), r.id] for r in incoming),
+            ],
         )
 
 
-@cli.command(epilog=examples("kontextual cat notes/todo.md",
-                             "kontextual cat notes/todo.md -r 1 > old.md"))
+@cli.command(
+    epilog=examples("kontextual cat notes/todo.md", "kontextual cat notes/todo.md -r 1 > old.md")
+)
 @click.argument("ref", metavar="ARTIFACT")
 @click.option("--revision", "-r", type=click.IntRange(min=1), help="An earlier revision.")
 @click.pass_obj
@@ -288,7 +351,8 @@ def cat(app: App, ref: str, revision: int | None) -> None:
     repo = app.repo()
     artifact_id = resolve.artifact_id(repo, ref)
     record: Artifact | ArtifactRevision = (
-        repo.get_artifact(artifact_id) if revision is None
+        repo.get_artifact(artifact_id)
+        if revision is None
         else repo.get_revision(artifact_id, revision)
     )
     with repo.open_object(record.digest) as body:
@@ -314,21 +378,35 @@ def log(app: App, ref: str, as_json: bool) -> None:
     for revision in revisions:
         change = changes.get(revision.change_sequence)
         changed = [] if change is None else change.details.get("changed", [])
-        entries.append((revision, None if change is None else change.old_digest,
-                        [str(field) for field in changed] if isinstance(changed, list) else []))
+        entries.append(
+            (
+                revision,
+                None if change is None else change.old_digest,
+                [str(field) for field in changed] if isinstance(changed, list) else [],
+            )
+        )
     if as_json:
-        print_json({
-            "artifact_id": artifact_id,
-            "revisions": [{**jsonable(revision), "old_digest": old, "changed": changed}
-                          for revision, old, changed in entries],
-            "deleted_at": None if deleted is None else deleted.timestamp,
-        })
+        print_json(
+            {
+                "artifact_id": artifact_id,
+                "revisions": [
+                    {**jsonable(revision), "old_digest": old, "changed": changed}
+                    for revision, old, changed in entries
+                ],
+                "deleted_at": None if deleted is None else deleted.timestamp,
+            }
+        )
         return
-    rows = [[revision.revision, when(revision.created_at),
-             short(revision.digest) if old is None else f"{short(old)} -> {short(revision.digest)}",
-             ",".join(changed) or ("created" if revision.revision == 1 else "-"),
-             revision.run_id or "-"]
-            for revision, old, changed in entries]
+    rows = [
+        [
+            revision.revision,
+            when(revision.created_at),
+            short(revision.digest) if old is None else f"{short(old)} -> {short(revision.digest)}",
+            ",".join(changed) or ("created" if revision.revision == 1 else "-"),
+            revision.run_id or "-",
+        ]
+        for revision, old, changed in entries
+    ]
     if deleted is not None:
         rows.append(["", when(deleted.timestamp), "deleted", "", ""])
     print_table(["rev", "time", "digest", "changed", "run"], rows, right=(0,))
@@ -394,26 +472,35 @@ def rm(app: App, ref: str) -> None:
 @click.argument("source", metavar="SRC")
 @click.argument("relationship_type", metavar="TYPE")
 @click.argument("target", metavar="DST")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE",
-              help=f"Relationship metadata. {META_HELP}")
+@click.option(
+    "--meta", multiple=True, metavar="KEY=VALUE", help=f"Relationship metadata. {META_HELP}"
+)
 @json_option
 @click.pass_obj
-def link(app: App, source: str, relationship_type: str, target: str, meta: tuple[str, ...],
-         as_json: bool) -> None:
+def link(
+    app: App, source: str, relationship_type: str, target: str, meta: tuple[str, ...], as_json: bool
+) -> None:
     """Relate two artifacts: SRC -[TYPE]-> DST."""
     metadata = parse_pairs(meta, "--meta")
     repo = app.repo()
-    created = repo.create_relationship(resolve.artifact(repo, source).id,
-                                       resolve.artifact(repo, target).id, relationship_type,
-                                       metadata=metadata)
+    created = repo.create_relationship(
+        resolve.artifact(repo, source).id,
+        resolve.artifact(repo, target).id,
+        relationship_type,
+        metadata=metadata,
+    )
     if as_json:
         print_json(created)
     else:
         click.echo(f"linked {source} -[{relationship_type}]-> {target} ({created.id})")
 
 
-@cli.command(epilog=examples("kontextual unlink outputs/summary.md derived_from papers/a.txt",
-                             "kontextual unlink rel_0190..."))
+@cli.command(
+    epilog=examples(
+        "kontextual unlink outputs/summary.md derived_from papers/a.txt",
+        "kontextual unlink rel_0190...",
+    )
+)
 @click.argument("args", nargs=-1, required=True, metavar="SRC TYPE DST | RELATIONSHIP_ID")
 @click.pass_obj
 def unlink(app: App, args: tuple[str, ...]) -> None:
@@ -424,13 +511,20 @@ def unlink(app: App, args: tuple[str, ...]) -> None:
     elif len(args) == 3:
         source, relationship_type, target = args
         target_id = resolve.artifact(repo, target).id
-        found = [r for r in repo.list_relationships(resolve.artifact(repo, source).id,
-                                                    direction="outgoing",
-                                                    relationship_type=relationship_type)
-                 if r.target_id == target_id]
+        found = [
+            r
+            for r in repo.list_relationships(
+                resolve.artifact(repo, source).id,
+                direction="outgoing",
+                relationship_type=relationship_type,
+            )
+            if r.target_id == target_id
+        ]
         if not found:
-            raise RelationshipNotFound(" ".join(args), f"relationship not found: "
-                                       f"{source} -[{relationship_type}]-> {target}")
+            raise RelationshipNotFound(
+                " ".join(args),
+                f"relationship not found: {source} -[{relationship_type}]-> {target}",
+            )
         relationship = found[0]
     else:
         raise ValidationError("unlink takes SRC TYPE DST, or one relationship id")

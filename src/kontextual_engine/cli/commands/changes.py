@@ -18,8 +18,13 @@ sleep = time.sleep
 
 
 def change_line(change: ChangeRecord) -> str:
-    parts = [f"{change.sequence:>6}", when(change.timestamp),
-             f"{change.entity_kind:<18}", f"{change.action:<10}", change.entity_id]
+    parts = [
+        f"{change.sequence:>6}",
+        when(change.timestamp),
+        f"{change.entity_kind:<18}",
+        f"{change.action:<10}",
+        change.entity_id,
+    ]
     if change.revision is not None:
         parts.append(f"r{change.revision}")
     if change.old_digest is not None or change.new_digest is not None:
@@ -29,15 +34,26 @@ def change_line(change: ChangeRecord) -> str:
     return "  ".join(parts)
 
 
-@cli.command(epilog=examples(
-    "kontextual changes --since 120",
-    "kontextual changes --follow --json | my-indexer",
-))
-@click.option("--since", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Only changes with a sequence number above this.")
+@cli.command(
+    epilog=examples(
+        "kontextual changes --since 120",
+        "kontextual changes --follow --json | my-indexer",
+    )
+)
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Only changes with a sequence number above this.",
+)
 @click.option("--limit", type=click.IntRange(min=0), help="Stop after this many changes.")
-@click.option("--follow", "-f", is_flag=True,
-              help=f"Keep printing new changes (polled every {POLL_SECONDS} s) until Ctrl-C.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help=f"Keep printing new changes (polled every {POLL_SECONDS} s) until Ctrl-C.",
+)
 @json_option
 @click.pass_obj
 def changes(app: App, since: int, limit: int | None, follow: bool, as_json: bool) -> None:

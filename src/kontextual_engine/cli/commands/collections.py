@@ -10,8 +10,12 @@ from ..output import compact, print_fields, print_json, print_table, when
 from ..params import parse_pairs
 
 
-@cli.group(epilog=examples("kontextual collection create papers --description 'PDF abstracts'",
-                           "kontextual collection list"))
+@cli.group(
+    epilog=examples(
+        "kontextual collection create papers --description 'PDF abstracts'",
+        "kontextual collection list",
+    )
+)
 def collection() -> None:
     """Create, list, show and remove collections."""
 
@@ -19,14 +23,19 @@ def collection() -> None:
 @collection.command(epilog=examples("kontextual collection create notes --meta owner=ana"))
 @click.argument("name")
 @click.option("--description", default="", help="What the collection holds.")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE",
-              help="Metadata; VALUE is JSON if it parses (n=1, ok=true), else a string.")
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata; VALUE is JSON if it parses (n=1, ok=true), else a string.",
+)
 @json_option
 @click.pass_obj
 def create(app: App, name: str, description: str, meta: tuple[str, ...], as_json: bool) -> None:
     """Create a collection."""
-    created = app.repo().create_collection(name, description=description,
-                                           metadata=parse_pairs(meta, "--meta"))
+    created = app.repo().create_collection(
+        name, description=description, metadata=parse_pairs(meta, "--meta")
+    )
     if as_json:
         print_json(created)
     else:
@@ -42,8 +51,10 @@ def list_(app: App, as_json: bool) -> None:
     if as_json:
         print_json(collections)
         return
-    print_table(["name", "created", "id", "description"],
-                ([c.name, when(c.created_at), c.id, c.description] for c in collections))
+    print_table(
+        ["name", "created", "id", "description"],
+        ([c.name, when(c.created_at), c.id, c.description] for c in collections),
+    )
 
 
 @collection.command(epilog=examples("kontextual collection show notes"))
@@ -58,9 +69,16 @@ def show(app: App, name: str, as_json: bool) -> None:
     if as_json:
         print_json({"collection": found, "artifacts": count})
         return
-    print_fields([("name", found.name), ("id", found.id), ("description", found.description),
-                  ("created", when(found.created_at)), ("artifacts", count),
-                  ("metadata", compact(found.metadata))])
+    print_fields(
+        [
+            ("name", found.name),
+            ("id", found.id),
+            ("description", found.description),
+            ("created", when(found.created_at)),
+            ("artifacts", count),
+            ("metadata", compact(found.metadata)),
+        ]
+    )
 
 
 @collection.command(epilog=examples("kontextual collection rm scratch"))

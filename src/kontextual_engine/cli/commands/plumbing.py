@@ -16,11 +16,14 @@ from ..app import App, cli, examples, json_option
 from ..output import print_json_line, write_bytes
 
 
-@cli.command("hash-object", epilog=examples(
-    "kontextual hash-object notes/todo.md",
-    "kontextual hash-object -w notes/todo.md",
-    "echo hello | kontextual hash-object -",
-))
+@cli.command(
+    "hash-object",
+    epilog=examples(
+        "kontextual hash-object notes/todo.md",
+        "kontextual hash-object -w notes/todo.md",
+        "echo hello | kontextual hash-object -",
+    ),
+)
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("--write", "-w", is_flag=True, help="Also store the object in the store.")
 @click.pass_obj
@@ -32,7 +35,7 @@ def hash_object(app: App, path: Path, write: bool) -> None:
     """
     if str(path) != "-":
         ingest.check_file(path)
-    with (sys.stdin.buffer if str(path) == "-" else open(path, "rb")) as source:
+    with sys.stdin.buffer if str(path) == "-" else open(path, "rb") as source:
         if write:
             digest, _ = app.objects().add_stream(source)
         else:
@@ -54,8 +57,9 @@ def cat_object(app: App, prefix: str) -> None:
         write_bytes(body)
 
 
-@cli.command("ls-objects",
-             epilog=examples("kontextual ls-objects", "kontextual ls-objects -l --json"))
+@cli.command(
+    "ls-objects", epilog=examples("kontextual ls-objects", "kontextual ls-objects -l --json")
+)
 @click.option("--long", "-l", "long_format", is_flag=True, help="Also print each size in bytes.")
 @json_option
 @click.pass_obj

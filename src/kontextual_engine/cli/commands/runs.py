@@ -12,16 +12,19 @@ from ..app import App, cli, examples, json_option
 from ..output import compact, print_fields, print_json, print_table, short, when
 
 
-@cli.group(epilog=examples("kontextual runs list --status failed",
-                           "kontextual runs show run_0190..."))
+@cli.group(
+    epilog=examples("kontextual runs list --status failed", "kontextual runs show run_0190...")
+)
 def runs() -> None:
     """Workflow runs: inputs, steps, outputs."""
 
 
-@runs.command("list", epilog=examples("kontextual runs list",
-                                      "kontextual runs list --status running --json"))
-@click.option("--status", type=click.Choice([s.value for s in RunStatus]),
-              help="Only runs in this state.")
+@runs.command(
+    "list", epilog=examples("kontextual runs list", "kontextual runs list --status running --json")
+)
+@click.option(
+    "--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state."
+)
 @json_option
 @click.pass_obj
 def list_runs(app: App, status: str | None, as_json: bool) -> None:
@@ -30,18 +33,23 @@ def list_runs(app: App, status: str | None, as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    print_table(["id", "status", "operation", "created", "finished"],
-                ([r.id, r.status, r.operation, when(r.created_at), when(r.finished_at)]
-                 for r in found))
+    print_table(
+        ["id", "status", "operation", "created", "finished"],
+        ([r.id, r.status, r.operation, when(r.created_at), when(r.finished_at)] for r in found),
+    )
 
 
 def _refs(names: resolve.Names, refs: Iterable[ArtifactRef]) -> list[list[object]]:
-    return [[names.artifact(ref.artifact_id), ref.revision, short(ref.digest), ref.role or "-"]
-            for ref in refs]
+    return [
+        [names.artifact(ref.artifact_id), ref.revision, short(ref.digest), ref.role or "-"]
+        for ref in refs
+    ]
 
 
-@runs.command("show", epilog=examples("kontextual runs show run_0190...",
-                                      "kontextual runs show run_0190... --json"))
+@runs.command(
+    "show",
+    epilog=examples("kontextual runs show run_0190...", "kontextual runs show run_0190... --json"),
+)
 @click.argument("run_id", metavar="RUN")
 @json_option
 @click.pass_obj
@@ -54,24 +62,29 @@ def show_run(app: App, run_id: str, as_json: bool) -> None:
     if as_json:
         print_json({"run": run, "steps": steps, "manifest": manifest})
         return
-    print_fields([
-        ("run", run.id),
-        ("operation", run.operation),
-        ("status", run.status),
-        ("holder", compact(run.holder) if run.holder else "-"),
-        ("parent", run.parent_run_id or "-"),
-        ("created", when(run.created_at)),
-        ("started", when(run.started_at)),
-        ("finished", when(run.finished_at)),
-        ("lease expires", when(run.lease_expires_at)),
-        ("error", run.error or "-"),
-        ("parameters", compact(run.parameters)),
-        ("diagnostics", compact(run.diagnostics)),
-    ])
+    print_fields(
+        [
+            ("run", run.id),
+            ("operation", run.operation),
+            ("status", run.status),
+            ("holder", compact(run.holder) if run.holder else "-"),
+            ("parent", run.parent_run_id or "-"),
+            ("created", when(run.created_at)),
+            ("started", when(run.started_at)),
+            ("finished", when(run.finished_at)),
+            ("lease expires", when(run.lease_expires_at)),
+            ("error", run.error or "-"),
+            ("parameters", compact(run.parameters)),
+            ("diagnostics", compact(run.diagnostics)),
+        ]
+    )
     names = resolve.Names(repo)
     for title, rows, headers in (
-        ("steps", [[s.position, s.name, s.status, when(s.finished_at)] for s in steps],
-         ["#", "name", "status", "finished"]),
+        (
+            "steps",
+            [[s.position, s.name, s.status, when(s.finished_at)] for s in steps],
+            ["#", "name", "status", "finished"],
+        ),
         ("inputs", _refs(names, manifest.inputs), ["artifact", "rev", "digest", "role"]),
         ("outputs", _refs(names, manifest.outputs), ["artifact", "rev", "digest", "role"]),
     ):
@@ -97,9 +110,11 @@ def list_packages(app: App, as_json: bool) -> None:
     if as_json:
         print_json(packages)
         return
-    print_table(["id", "name", "refs", "created"],
-                ([p.id, p.name, len(p.references), when(p.created_at)] for p in packages),
-                right=(2,))
+    print_table(
+        ["id", "name", "refs", "created"],
+        ([p.id, p.name, len(p.references), when(p.created_at)] for p in packages),
+        right=(2,),
+    )
 
 
 def _target(names: resolve.Names, ref: ContextReference) -> str:
@@ -121,9 +136,26 @@ def show_package(app: App, package_id: str, as_json: bool) -> None:
     if as_json:
         print_json(package)
         return
-    print_fields([("package", package.id), ("name", package.name),
-                  ("created", when(package.created_at)), ("metadata", compact(package.metadata))])
+    print_fields(
+        [
+            ("package", package.id),
+            ("name", package.name),
+            ("created", when(package.created_at)),
+            ("metadata", compact(package.metadata)),
+        ]
+    )
     names = resolve.Names(repo)
-    print_table(["kind", "target", "rev", "digest", "uri", "note"],
-                ([r.kind, _target(names, r), r.revision or "-", short(r.digest), r.uri or "-",
-                  r.note or "-"] for r in package.references))
+    print_table(
+        ["kind", "target", "rev", "digest", "uri", "note"],
+        (
+            [
+                r.kind,
+                _target(names, r),
+                r.revision or "-",
+                short(r.digest),
+                r.uri or "-",
+                r.note or "-",
+            ]
+            for r in package.references
+        ),
+    )

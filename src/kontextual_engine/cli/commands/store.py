@@ -49,8 +49,12 @@ def stats(app: App, as_json: bool) -> None:
     if as_json:
         print_json(counts)
         return
-    print_fields([("store", app.store.resolve()),
-                  *((name.replace("_", " "), value) for name, value in counts.items())])
+    print_fields(
+        [
+            ("store", app.store.resolve()),
+            *((name.replace("_", " "), value) for name, value in counts.items()),
+        ]
+    )
 
 
 @cli.command(epilog=examples("kontextual fsck", "kontextual fsck --full --json"))
@@ -70,8 +74,10 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
     if as_json:
         print_json({"ok": report.ok, **jsonable(report)})
     else:
-        print_table(["severity", "kind", "subject", "detail"],
-                    ([f.severity, f.kind, f.subject, f.detail] for f in report.findings))
+        print_table(
+            ["severity", "kind", "subject", "detail"],
+            ([f.severity, f.kind, f.subject, f.detail] for f in report.findings),
+        )
         click.echo(
             f"checked {report.objects_checked} objects, {report.revisions_checked} revisions"
             f"{' (full)' if report.full else ''}: {len(report.errors)} errors, "
@@ -103,8 +109,10 @@ def index(app: App, as_json: bool, quiet: bool) -> None:
 def say_text_backlog(repo: SQLiteKnowledgeRepository) -> None:
     """Tell when so much text waits for indexing that the next text search will index it."""
     if repo.text_index_behind():
-        click.echo(f"the text of {repo.count_text_backlog()} documents waits to be indexed: "
-                   "the next `find --text` indexes it, or run `kontextual index` now")
+        click.echo(
+            f"the text of {repo.count_text_backlog()} documents waits to be indexed: "
+            "the next `find --text` indexes it, or run `kontextual index` now"
+        )
 
 
 def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
@@ -112,6 +120,7 @@ def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
     waiting = repo.count_text_backlog()
     done = 0
     with progress("indexing text", quiet=quiet) as bar:
+
         def advance(count: int) -> None:
             nonlocal done
             done += count
@@ -121,11 +130,17 @@ def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
 
 
 @cli.command(epilog=examples("kontextual gc --dry-run", "kontextual gc --grace 0"))
-@click.option("--dry-run", "-n", is_flag=True,
-              help="Only say what would be removed, and why the rest stays.")
-@click.option("--grace", callback=parse_duration, default="2w", metavar="DURATION",
-              show_default=True,
-              help="Keep unreferenced objects younger than this (2w, 3d, 12h, 30m, 0).")
+@click.option(
+    "--dry-run", "-n", is_flag=True, help="Only say what would be removed, and why the rest stays."
+)
+@click.option(
+    "--grace",
+    callback=parse_duration,
+    default="2w",
+    metavar="DURATION",
+    show_default=True,
+    help="Keep unreferenced objects younger than this (2w, 3d, 12h, 30m, 0).",
+)
 @json_option
 @click.pass_obj
 def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
@@ -146,8 +161,10 @@ def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
         if dry_run:
             click.echo(f"keep {digest}: {'; '.join(reasons)}")
     kept = len(report.kept)
-    click.echo(f"{verb} {len(report.removed)} files ({report.tmp_removed} from tmp/), "
-               f"{report.bytes_freed} bytes; kept {kept} object{'' if kept == 1 else 's'}")
+    click.echo(
+        f"{verb} {len(report.removed)} files ({report.tmp_removed} from tmp/), "
+        f"{report.bytes_freed} bytes; kept {kept} object{'' if kept == 1 else 's'}"
+    )
 
 
 @cli.command(epilog=examples("kontextual backup /mnt/backup/kb-2024-06-01"))
@@ -184,17 +201,26 @@ def export(app: App, destination: Path, tar: bool, as_json: bool, quiet: bool) -
         print_json(summary)
         return
     records = sum(summary.counts.values())
-    click.echo(f"exported {records} records, {summary.objects} objects, "
-               f"{summary.bytes} bytes to {summary.path}")
+    click.echo(
+        f"exported {records} records, {summary.objects} objects, "
+        f"{summary.bytes} bytes to {summary.path}"
+    )
 
 
-@cli.command("import", epilog=examples(
-    "kontextual --store restored/ import snapshot/",
-    "kontextual import kb.tar --store restored/",
-))
+@cli.command(
+    "import",
+    epilog=examples(
+        "kontextual --store restored/ import snapshot/",
+        "kontextual import kb.tar --store restored/",
+    ),
+)
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--store", "target", type=click.Path(path_type=Path),
-              help="The new store to create (default: the selected store).")
+@click.option(
+    "--store",
+    "target",
+    type=click.Path(path_type=Path),
+    help="The new store to create (default: the selected store).",
+)
 @json_option
 @quiet_option
 @click.pass_obj
@@ -215,8 +241,9 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
     try:
         repo = app.repo(create=True)
         if not repo.is_empty():
-            raise ConflictError(f"store {app.store} already has records; "
-                                "import needs a new or empty store")
+            raise ConflictError(
+                f"store {app.store} already has records; import needs a new or empty store"
+            )
         with progress("importing objects", quiet=quiet or as_json) as bar:
             summary = import_snapshot(source, repo, progress=bar)
     except BaseException:
@@ -227,8 +254,10 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
     if as_json:
         print_json(summary)
         return
-    click.echo(f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
-               f"into {app.store}")
+    click.echo(
+        f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
+        f"into {app.store}"
+    )
     say_text_backlog(repo)
 
 

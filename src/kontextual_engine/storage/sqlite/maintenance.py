@@ -85,16 +85,24 @@ def fsck(
     findings: list[Finding] = []
     findings += _check_index(repo, full)
     try:
-        referenced: dict[str, int] | None = {digest: size for digest, size in repo._all(
-            "SELECT digest, max(size) FROM revisions GROUP BY digest")}
+        referenced: dict[str, int] | None = {
+            digest: size
+            for digest, size in repo._all("SELECT digest, max(size) FROM revisions GROUP BY digest")
+        }
         revisions = repo._one("SELECT count(*) FROM revisions")[0]
         findings += _check_sequences(repo)
         findings += _check_text(repo)
     except (sqlite3.DatabaseError, KontextualError) as exc:
         # A damaged index is a finding, not a crash; without the revisions no
         # object can be called garbage, so only the objects themselves are checked.
-        findings.append(Finding("error", "index-integrity", INDEX_NAME,
-                                f"cannot read the revisions and change records: {exc}"))
+        findings.append(
+            Finding(
+                "error",
+                "index-integrity",
+                INDEX_NAME,
+                f"cannot read the revisions and change records: {exc}",
+            )
+        )
         referenced, revisions = None, 0
     store = repo.objects
     total = len(referenced or {})
@@ -102,27 +110,48 @@ def fsck(
         try:
             actual = store.size(digest)
         except ObjectNotFound:
-            findings.append(Finding("error", "missing-object", digest,
-                                    "referenced by a revision but not in objects/"))
+            findings.append(
+                Finding(
+                    "error",
+                    "missing-object",
+                    digest,
+                    "referenced by a revision but not in objects/",
+                )
+            )
             actual = None
         except KontextualError as exc:
             findings.append(Finding("error", "bad-object", digest, str(exc)))
             actual = None
         if actual is not None and actual != size:
-            findings.append(Finding("error", "size-mismatch", digest,
-                                    f"index records {size} bytes, the file has {actual}"))
+            findings.append(
+                Finding(
+                    "error",
+                    "size-mismatch",
+                    digest,
+                    f"index records {size} bytes, the file has {actual}",
+                )
+            )
         if progress is not None:
             progress(done, total)
     present: set[str] = set()
     for digest in store.all():
         present.add(digest)
         if referenced is not None and digest not in referenced:
-            findings.append(Finding("garbage", "unreferenced-object", digest,
-                                    "no revision references it; gc removes it"))
+            findings.append(
+                Finding(
+                    "garbage",
+                    "unreferenced-object",
+                    digest,
+                    "no revision references it; gc removes it",
+                )
+            )
     for problem in store.scan(rehash=full):
         subject = problem.digest or str(problem.path)
-        findings.append(Finding(_SCAN_SEVERITY.get(problem.kind, "error"), problem.kind,
-                                subject, problem.detail))
+        findings.append(
+            Finding(
+                _SCAN_SEVERITY.get(problem.kind, "error"), problem.kind, subject, problem.detail
+            )
+        )
     return FsckReport(findings, len(present), revisions, full)
 
 
@@ -135,8 +164,14 @@ def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
             if message != "ok":
                 found.append(Finding("error", "index-integrity", INDEX_NAME, message))
         for table, rowid, parent, _ in repo._all("PRAGMA foreign_key_check"):
-            found.append(Finding("error", "foreign-key", f"{table}:{rowid}",
-                                 f"row references a missing {parent} row"))
+            found.append(
+                Finding(
+                    "error",
+                    "foreign-key",
+                    f"{table}:{rowid}",
+                    f"row references a missing {parent} row",
+                )
+            )
     except (sqlite3.DatabaseError, KontextualError) as exc:
         found.append(Finding("error", "index-integrity", INDEX_NAME, str(exc)))
     return found
@@ -145,25 +180,44 @@ def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
 def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
     count, low, high = repo._one("SELECT count(*), min(sequence), max(sequence) FROM changes")
     if count and (low != 1 or high != count):
-        return [Finding("error", "sequence-gap", "changes",
-                        f"{count} change records numbered {low}..{high}; expected 1..{count}")]
+        return [
+            Finding(
+                "error",
+                "sequence-gap",
+                "changes",
+                f"{count} change records numbered {low}..{high}; expected 1..{count}",
+            )
+        ]
     return []
 
 
 def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
     """Each live artifact's text is in the FTS5 index or the backlog, never both
     (ADR 0004), and no text is kept for an artifact that is gone."""
-    found = [Finding("error", "text-duplicate", f"sequence {sequence}",
-                     "text is both indexed and in the backlog; queries would return it twice")
-             for (sequence,) in repo._all(
-                 "SELECT b.sequence FROM text_backlog b "
-                 "JOIN artifact_text t ON t.rowid = b.sequence")]
+    found = [
+        Finding(
+            "error",
+            "text-duplicate",
+            f"sequence {sequence}",
+            "text is both indexed and in the backlog; queries would return it twice",
+        )
+        for (sequence,) in repo._all(
+            "SELECT b.sequence FROM text_backlog b JOIN artifact_text t ON t.rowid = b.sequence"
+        )
+    ]
     for table, key in (("artifact_text", "rowid"), ("text_backlog", "sequence")):
-        found += [Finding("error", "stale-text", f"sequence {sequence}",
-                          f"{table} holds text of an artifact that is deleted or missing")
-                  for (sequence,) in repo._all(
-                      f"SELECT {key} FROM {table} WHERE {key} NOT IN "
-                      "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)")]
+        found += [
+            Finding(
+                "error",
+                "stale-text",
+                f"sequence {sequence}",
+                f"{table} holds text of an artifact that is deleted or missing",
+            )
+            for (sequence,) in repo._all(
+                f"SELECT {key} FROM {table} WHERE {key} NOT IN "
+                "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)"
+            )
+        ]
     return found
 
 
@@ -196,8 +250,11 @@ def gc(
     an index that is damaged, restored from elsewhere or replayed from a stray
     WAL does not reference this store's bodies, and trusting it would delete them.
     """
-    if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or not (
-            grace_seconds >= 0):
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, (int, float))
+        or not (grace_seconds >= 0)
+    ):
         raise ValidationError(f"grace_seconds must be a number >= 0, got {grace_seconds!r}")
     store = repo.objects
     now = time.time()
@@ -242,8 +299,9 @@ def gc(
                 continue
             age = now - st.st_mtime
             if age < grace_seconds:
-                kept[digest] = [f"unreferenced, but only {age:.0f} s old "
-                                f"(grace {grace_seconds:.0f} s)"]
+                kept[digest] = [
+                    f"unreferenced, but only {age:.0f} s old (grace {grace_seconds:.0f} s)"
+                ]
                 continue
             if not dry_run:
                 store.delete(digest)
@@ -264,11 +322,12 @@ def gc(
 
 
 def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
-    reasons = [f"revision {r.revision} of artifact {r.artifact_id}"
-               + (f" (produced by run {r.run_id})" if r.run_id else "")
-               for r in repo._revisions_with_digest(digest)]
-    reasons += [f"input of run {b.run_id}"
-                for b in repo._bundles_consuming(None, None, digest)]
+    reasons = [
+        f"revision {r.revision} of artifact {r.artifact_id}"
+        + (f" (produced by run {r.run_id})" if r.run_id else "")
+        for r in repo._revisions_with_digest(digest)
+    ]
+    reasons += [f"input of run {b.run_id}" for b in repo._bundles_consuming(None, None, digest)]
     return reasons
 
 
@@ -281,7 +340,8 @@ def _pins(repo: SQLiteKnowledgeRepository) -> dict[str, list[str]]:
     for external in repo.list_external_references():
         if external.digest is not None:
             pins.setdefault(external.digest, []).append(
-                f"held by external reference {external.id} ({external.system})")
+                f"held by external reference {external.id} ({external.system})"
+            )
     return pins
 
 
@@ -351,5 +411,6 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
     counts["objects"] = stats.count
     counts["object_bytes"] = stats.bytes
     counts["index_bytes"] = sum(
-        path.stat().st_size for path in repo.root.glob(INDEX_NAME + "*") if path.is_file())
+        path.stat().st_size for path in repo.root.glob(INDEX_NAME + "*") if path.is_file()
+    )
     return counts

@@ -142,16 +142,14 @@ _RELATIONSHIP_COLUMNS = (
     "id, source_id, target_id, relationship_type, metadata, created_at, sequence"
 )
 _CHANGE_COLUMNS = (
-    "sequence, entity_kind, entity_id, action, timestamp, revision, old_digest, new_digest, "
-    "details"
+    "sequence, entity_kind, entity_id, action, timestamp, revision, old_digest, new_digest, details"
 )
 _RUN_COLUMNS = (
     "id, operation, status, parameters, parent_run_id, created_at, started_at, finished_at, "
     "error, diagnostics, holder, lease_expires_at, heartbeat_at, sequence"
 )
 _STEP_COLUMNS = (
-    "id, run_id, position, name, status, created_at, started_at, finished_at, diagnostics, "
-    "sequence"
+    "id, run_id, position, name, status, created_at, started_at, finished_at, diagnostics, sequence"
 )
 # A bundle row followed by one of its inputs (NULLs for a bundle without inputs).
 _BUNDLE_SELECT = (
@@ -213,13 +211,40 @@ def _format_maybe(moment: datetime | None) -> str | None:
 
 
 def _artifact(row: Any) -> Artifact:
-    return Artifact(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
-                    row[9], _time(row[10]), _time(row[11]), row[12], row[13])
+    return Artifact(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        _time(row[10]),
+        _time(row[11]),
+        row[12],
+        row[13],
+    )
 
 
 def _revision(row: Any) -> ArtifactRevision:
-    return ArtifactRevision(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                            row[8], row[9], _time(row[10]), row[11], row[12])
+    return ArtifactRevision(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        _time(row[10]),
+        row[11],
+        row[12],
+    )
 
 
 def _collection(row: Any) -> Collection:
@@ -231,24 +256,59 @@ def _relationship(row: Any) -> Relationship:
 
 
 def _change(row: Any) -> ChangeRecord:
-    return ChangeRecord(row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6],
-                        row[7], row[8])
+    return ChangeRecord(
+        row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6], row[7], row[8]
+    )
 
 
 def _run_record(row: Any) -> OperationRun:
-    return OperationRun(row[0], row[1], row[2], row[3], row[4], _time(row[5]),
-                        _maybe_time(row[6]), _maybe_time(row[7]), row[8], row[9], row[10],
-                        _maybe_time(row[11]), _maybe_time(row[12]), row[13])
+    return OperationRun(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        _time(row[5]),
+        _maybe_time(row[6]),
+        _maybe_time(row[7]),
+        row[8],
+        row[9],
+        row[10],
+        _maybe_time(row[11]),
+        _maybe_time(row[12]),
+        row[13],
+    )
 
 
 def _step(row: Any) -> WorkflowStep:
-    return WorkflowStep(row[0], row[1], row[2], row[3], row[4], _time(row[5]),
-                        _maybe_time(row[6]), _maybe_time(row[7]), row[8], row[9])
+    return WorkflowStep(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        _time(row[5]),
+        _maybe_time(row[6]),
+        _maybe_time(row[7]),
+        row[8],
+        row[9],
+    )
 
 
 def _external(row: Any) -> ExternalMemoryReference:
-    return ExternalMemoryReference(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                                   row[7], row[8], _time(row[9]), row[10])
+    return ExternalMemoryReference(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        _time(row[9]),
+        row[10],
+    )
 
 
 def _grouped(rows: Iterable[Any], width: int) -> Iterator[tuple[Any, list[Any]]]:
@@ -270,18 +330,28 @@ def _grouped(rows: Iterable[Any], width: int) -> Iterator[tuple[Any, list[Any]]]
 
 def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
     return [
-        InputBundle(head[0], head[1],
-                    tuple(ArtifactRef(ref[0], ref[1], ref[2], ref[3]) for ref in refs),
-                    head[2], _time(head[3]), head[4])
+        InputBundle(
+            head[0],
+            head[1],
+            tuple(ArtifactRef(ref[0], ref[1], ref[2], ref[3]) for ref in refs),
+            head[2],
+            _time(head[3]),
+            head[4],
+        )
         for head, refs in _grouped(rows, 5)
     ]
 
 
 def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
     return [
-        ContextPackage(head[0], head[1], head[2],
-                       tuple(ContextReference(*ref) for ref in refs),
-                       _time(head[3]), head[4])
+        ContextPackage(
+            head[0],
+            head[1],
+            head[2],
+            tuple(ContextReference(*ref) for ref in refs),
+            _time(head[3]),
+            head[4],
+        )
         for head, refs in _grouped(rows, 5)
     ]
 
@@ -291,24 +361,55 @@ def _manifest(row: Any, refs: Sequence[Any]) -> RunManifest:
     position)."""
     inputs = tuple(ArtifactRef(r[2], r[3], r[4], r[5]) for r in refs if r[1] == "input")
     outputs = tuple(ArtifactRef(r[2], r[3], r[4], r[5]) for r in refs if r[1] == "output")
-    return RunManifest(row[0], row[1], row[2], row[3], inputs, outputs,
-                       tuple(json.loads(row[4])), row[5], row[6], _time(row[7]),
-                       _maybe_time(row[8]), _maybe_time(row[9]), bool(row[10]))
+    return RunManifest(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        inputs,
+        outputs,
+        tuple(json.loads(row[4])),
+        row[5],
+        row[6],
+        _time(row[7]),
+        _maybe_time(row[8]),
+        _maybe_time(row[9]),
+        bool(row[10]),
+    )
 
 
 def _run_values(run: OperationRun) -> tuple[Any, ...]:
     """Every column of a run but ``id``, in ``_UPDATE_RUN`` order."""
-    return (run.operation, run.status, run.parameters_json, run.parent_run_id,
-            format_time(run.created_at), _format_maybe(run.started_at),
-            _format_maybe(run.finished_at), run.error, run.diagnostics_json, run.holder_json,
-            _format_maybe(run.lease_expires_at), _format_maybe(run.heartbeat_at), run.sequence)
+    return (
+        run.operation,
+        run.status,
+        run.parameters_json,
+        run.parent_run_id,
+        format_time(run.created_at),
+        _format_maybe(run.started_at),
+        _format_maybe(run.finished_at),
+        run.error,
+        run.diagnostics_json,
+        run.holder_json,
+        _format_maybe(run.lease_expires_at),
+        _format_maybe(run.heartbeat_at),
+        run.sequence,
+    )
 
 
 def _step_values(step: WorkflowStep) -> tuple[Any, ...]:
     """Every column of a step but ``id``, in ``_UPDATE_STEP`` order."""
-    return (step.run_id, step.position, step.name, step.status, format_time(step.created_at),
-            _format_maybe(step.started_at), _format_maybe(step.finished_at),
-            step.diagnostics_json, step.sequence)
+    return (
+        step.run_id,
+        step.position,
+        step.name,
+        step.status,
+        format_time(step.created_at),
+        _format_maybe(step.started_at),
+        _format_maybe(step.finished_at),
+        step.diagnostics_json,
+        step.sequence,
+    )
 
 
 def _constraint_error(exc: sqlite3.IntegrityError) -> IntegrityError:
@@ -324,28 +425,63 @@ def _constraint_error(exc: sqlite3.IntegrityError) -> IntegrityError:
 
 
 def _artifact_row(artifact: Artifact) -> tuple[Any, ...]:
-    return (artifact.id, artifact.collection_id, artifact.name, artifact.artifact_type,
-            artifact.media_type, artifact.digest, artifact.size, artifact.revision,
-            artifact.metadata_json, artifact.provenance_json, format_time(artifact.created_at),
-            format_time(artifact.updated_at), artifact.sequence, artifact.run_id)
+    return (
+        artifact.id,
+        artifact.collection_id,
+        artifact.name,
+        artifact.artifact_type,
+        artifact.media_type,
+        artifact.digest,
+        artifact.size,
+        artifact.revision,
+        artifact.metadata_json,
+        artifact.provenance_json,
+        format_time(artifact.created_at),
+        format_time(artifact.updated_at),
+        artifact.sequence,
+        artifact.run_id,
+    )
 
 
 def _revision_row(revision: ArtifactRevision) -> tuple[Any, ...]:
-    return (revision.artifact_id, revision.revision, revision.collection_id, revision.name,
-            revision.artifact_type, revision.media_type, revision.digest, revision.size,
-            revision.metadata_json, revision.provenance_json, format_time(revision.created_at),
-            revision.change_sequence, revision.run_id)
+    return (
+        revision.artifact_id,
+        revision.revision,
+        revision.collection_id,
+        revision.name,
+        revision.artifact_type,
+        revision.media_type,
+        revision.digest,
+        revision.size,
+        revision.metadata_json,
+        revision.provenance_json,
+        format_time(revision.created_at),
+        revision.change_sequence,
+        revision.run_id,
+    )
 
 
 def _change_row(change: ChangeRecord) -> tuple[Any, ...]:
-    return (change.sequence, change.entity_kind, change.entity_id, change.action,
-            format_time(change.timestamp), change.revision, change.old_digest,
-            change.new_digest, change.details_json)
+    return (
+        change.sequence,
+        change.entity_kind,
+        change.entity_id,
+        change.action,
+        format_time(change.timestamp),
+        change.revision,
+        change.old_digest,
+        change.new_digest,
+        change.details_json,
+    )
 
 
 def _is_seconds(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and value >= 0 and value != float("inf"))
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value >= 0
+        and value != float("inf")
+    )
 
 
 def _unwritable_store(root: Path) -> bool:
@@ -420,16 +556,21 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         if not _is_seconds(busy_timeout):
             raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
-        if (not isinstance(text_backlog_limit, int) or isinstance(text_backlog_limit, bool)
-                or text_backlog_limit < 0):
+        if (
+            not isinstance(text_backlog_limit, int)
+            or isinstance(text_backlog_limit, bool)
+            or text_backlog_limit < 0
+        ):
             raise ValidationError(
-                f"text_backlog_limit must be an integer >= 0, got {text_backlog_limit!r}")
+                f"text_backlog_limit must be an integer >= 0, got {text_backlog_limit!r}"
+            )
         self.text_backlog_limit = text_backlog_limit
         self.root = Path(path)
         self.read_only = bool(read_only) or _unwritable_store(self.root)
         self.busy_timeout = float(busy_timeout)
-        self.objects = ObjectStore(self.root, durability=durability, create=not self.read_only,
-                                   read_only=self.read_only)
+        self.objects = ObjectStore(
+            self.root, durability=durability, create=not self.read_only, read_only=self.read_only
+        )
         self.durability = self.objects.durability
         self._lock = threading.RLock()
         self._depth = 0
@@ -460,8 +601,15 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> SQLiteKnowledgeRepository:
-        return cls(path, durability, clock=clock, ids=ids, read_only=read_only,
-                   busy_timeout=busy_timeout, text_backlog_limit=text_backlog_limit)
+        return cls(
+            path,
+            durability,
+            clock=clock,
+            ids=ids,
+            read_only=read_only,
+            busy_timeout=busy_timeout,
+            text_backlog_limit=text_backlog_limit,
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteKnowledgeRepository({str(self.root)!r}, {self.durability.value!r})"
@@ -481,7 +629,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         if st is not None and not stat.S_ISREG(st.st_mode):
             kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
             raise StoreFormatError(
-                f"{index} is {kind}; refusing to open an index outside the store")
+                f"{index} is {kind}; refusing to open an index outside the store"
+            )
         if st is None or st.st_size == 0:
             if self.read_only:
                 raise StoreFormatError(f"store {self.root} has no {INDEX_NAME}")
@@ -498,8 +647,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             # A closed store in a directory this user cannot write: SQLite cannot
             # create the -shm a WAL reader needs. With no -wal there is nothing to
             # recover, so the file can be read as it is.
-            if (self.read_only and "readonly" in str(exc)
-                    and not index.with_name(INDEX_NAME + "-wal").exists()):
+            if (
+                self.read_only
+                and "readonly" in str(exc)
+                and not index.with_name(INDEX_NAME + "-wal").exists()
+            ):
                 return self._open_connection(immutable=True)
             raise
 
@@ -511,8 +663,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         else:
             target, uri = str(index), False
         try:
-            conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False, uri=uri)
+            conn = sqlite3.connect(
+                target,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=uri,
+            )
         except sqlite3.Error as exc:
             raise StoreFormatError(f"cannot open {index}: {exc}") from exc
         try:
@@ -528,9 +685,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             conn.execute("PRAGMA foreign_keys = ON")
             self._retry(lambda: conn.execute("SELECT count(*) FROM sqlite_master").fetchone())
             if not self.read_only:
-                mode = self._retry(
-                    lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                )
+                mode = self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
                 if str(mode).lower() != "wal":
                     raise StoreFormatError(f"cannot put {index} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
@@ -561,8 +716,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         :meth:`recover_abandoned` re-reads under the lock, so two processes
         opening at once recover each run once.
         """
-        if self._one("SELECT 1 FROM runs WHERE status = ? LIMIT 1",
-                     (RunStatus.RUNNING.value,)) is not None:
+        if (
+            self._one("SELECT 1 FROM runs WHERE status = ? LIMIT 1", (RunStatus.RUNNING.value,))
+            is not None
+        ):
             self.recover_abandoned()
 
     def close(self) -> None:
@@ -656,7 +813,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             return ReadOnlyStoreError(f"cannot write to {self.index_path}: {exc}")
         return StoreFormatError(
             f"{self.index_path} cannot be read: {exc}; run `kontextual fsck` and restore "
-            "the index from a backup or snapshot if it is damaged")
+            "the index from a backup or snapshot if it is damaged"
+        )
 
     def _run_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """``executemany`` inside a transaction, with the errors :meth:`_run` maps."""
@@ -804,9 +962,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             finally:
                 self._bulk -= 1
 
-    def restore(
-        self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]
-    ) -> None:
+    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
         """The contract's restore, with new artifacts and change records written in
         bulk (``executemany``) as :meth:`put_artifacts` writes them."""
         with self.transaction():
@@ -843,8 +999,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def _insert_collection(self, collection: Collection) -> None:
         self._run(
             f"INSERT INTO collections ({_COLLECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (collection.id, collection.name, collection.description, collection.metadata_json,
-             format_time(collection.created_at), collection.sequence),
+            (
+                collection.id,
+                collection.name,
+                collection.description,
+                collection.metadata_json,
+                format_time(collection.created_at),
+                collection.sequence,
+            ),
         )
 
     def _find_collection(self, collection_id: str) -> Collection | None:
@@ -856,8 +1018,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
 
     def _find_collection_by_name(self, name: str) -> Collection | None:
         row = self._one(
-            f"SELECT {_COLLECTION_COLUMNS} FROM collections "
-            "WHERE name = ? AND deleted_at IS NULL",
+            f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE name = ? AND deleted_at IS NULL",
             (name,),
         )
         return None if row is None else _collection(row)
@@ -877,8 +1038,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         return count
 
     def _delete_collection(self, collection_id: str, now: datetime) -> None:
-        self._run("UPDATE collections SET deleted_at = ? WHERE id = ?",
-                  (format_time(now), collection_id))
+        self._run(
+            "UPDATE collections SET deleted_at = ? WHERE id = ?", (format_time(now), collection_id)
+        )
 
     def _insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
@@ -889,8 +1051,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         ]
         if searchable is not None:
             rows.append((_INSERT_TEXT, (artifact.sequence, searchable)))
-        rows += [(_INSERT_METADATA, row)
-                 for row in schema.metadata_rows(artifact.sequence, artifact.metadata_json)]
+        rows += [
+            (_INSERT_METADATA, row)
+            for row in schema.metadata_rows(artifact.sequence, artifact.metadata_json)
+        ]
         if not self._bulk:
             for sql, row in rows:
                 self._run(sql, row)
@@ -910,15 +1074,25 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             "UPDATE artifacts SET name = ?, artifact_type = ?, media_type = ?, digest = ?, "
             "size = ?, revision = ?, metadata = ?, provenance = ?, updated_at = ?, run_id = ? "
             "WHERE id = ?",
-            (artifact.name, artifact.artifact_type, artifact.media_type, artifact.digest,
-             artifact.size, artifact.revision, artifact.metadata_json, artifact.provenance_json,
-             format_time(artifact.updated_at), artifact.run_id, artifact.id),
+            (
+                artifact.name,
+                artifact.artifact_type,
+                artifact.media_type,
+                artifact.digest,
+                artifact.size,
+                artifact.revision,
+                artifact.metadata_json,
+                artifact.provenance_json,
+                format_time(artifact.updated_at),
+                artifact.run_id,
+                artifact.id,
+            ),
         )
         self._run(_INSERT_REVISION, _revision_row(revision))
-        self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?",
-                  (artifact.sequence,))
-        self._run_many(_INSERT_METADATA,
-                       schema.metadata_rows(artifact.sequence, artifact.metadata_json))
+        self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?", (artifact.sequence,))
+        self._run_many(
+            _INSERT_METADATA, schema.metadata_rows(artifact.sequence, artifact.metadata_json)
+        )
         if content_changed:
             self._forget_text(artifact.sequence)
             if searchable is not None:
@@ -951,9 +1125,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     return None
             return None if row is None else _artifact(row)
 
-    def _find_artifacts_by_names(
-        self, collection_id: str, names: list[str]
-    ) -> dict[str, Artifact]:
+    def _find_artifacts_by_names(self, collection_id: str, names: list[str]) -> dict[str, Artifact]:
         found: dict[str, Artifact] = {}
         with self._lock:
             # As in _find_artifact_by_name: buffered creations plus the index are
@@ -967,7 +1139,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     found[name] = pending
             conn = self._connection()
             for start in range(0, len(rest), NAMES_PER_QUERY):
-                part = rest[start:start + NAMES_PER_QUERY]
+                part = rest[start : start + NAMES_PER_QUERY]
                 rows = conn.execute(
                     f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.collection_id = ? "
                     f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})",
@@ -980,8 +1152,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         sequence = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))[0]
         self._forget_text(sequence)
         self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?", (sequence,))
-        self._run("UPDATE artifacts SET deleted_at = ? WHERE id = ?",
-                  (format_time(now), artifact_id))
+        self._run(
+            "UPDATE artifacts SET deleted_at = ? WHERE id = ?", (format_time(now), artifact_id)
+        )
 
     def _forget_text(self, sequence: int) -> None:
         """Drop an artifact's searchable text, indexed or still in the backlog."""
@@ -1006,8 +1179,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         if query.metadata is not None:
             for key, value in query.metadata.items():
                 condition, values = _metadata_condition(value)
-                where.append(
-                    f"{_METADATA_FILTER} artifact_metadata WHERE key = ? AND {condition})")
+                where.append(f"{_METADATA_FILTER} artifact_metadata WHERE key = ? AND {condition})")
                 params += [key, *values]
         if query.related_to is not None:
             related = query.related_to
@@ -1031,24 +1203,29 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         found = []
         with self._consistent_read():
             for backlog in (False, True):
-                source, order, conditions, values = self._text_source(query, terms,
-                                                                      backlog=backlog)
+                source, order, conditions, values = self._text_source(query, terms, backlog=backlog)
                 if backlog:
                     # "+" keeps SQLite from driving the backlog half by the
                     # metadata matches (thousands of probes into a small
                     # table); the backlog is scanned and each row checked.
                     where = ["+" + c if c.startswith(_METADATA_FILTER) else c for c in where]
-                found.append(self._select(query, source, order, where + conditions,
-                                          params + values))
+                found.append(
+                    self._select(query, source, order, where + conditions, params + values)
+                )
         merged = list(heapq.merge(*found, key=lambda artifact: artifact.sequence))
-        return merged if query.limit is None else merged[:query.limit]
+        return merged if query.limit is None else merged[: query.limit]
 
-    def _text_source(self, query: Query, terms: Sequence[str], *,
-                     backlog: bool) -> tuple[str, str, list[str], list[Any]]:
+    def _text_source(
+        self, query: Query, terms: Sequence[str], *, backlog: bool
+    ) -> tuple[str, str, list[str], list[Any]]:
         """FROM, ORDER BY and conditions that match ``terms`` in FTS5 or in the backlog."""
         table, key = ("text_backlog", "t.sequence") if backlog else ("artifact_text", "t.rowid")
-        if (query.ids is not None or query.name is not None or query.digest is not None
-                or query.related_to is not None):
+        if (
+            query.ids is not None
+            or query.name is not None
+            or query.digest is not None
+            or query.related_to is not None
+        ):
             # A few candidates from an index of artifacts, each checked
             # against its own text row (CROSS JOIN fixes the loop order).
             source, order = f"artifacts a CROSS JOIN {table} t ON {key} = a.sequence", "a.sequence"
@@ -1069,12 +1246,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 values.append(term)
         return source, order, conditions, values
 
-    def _select(self, query: Query, source: str, order: str, where: list[str],
-                params: list[Any]) -> list[Artifact]:
+    def _select(
+        self, query: Query, source: str, order: str, where: list[str], params: list[Any]
+    ) -> list[Artifact]:
         if query.after is not None:
             where, params = [*where, f"{order} > ?"], [*params, query.after]
-        sql = (f"SELECT {_ARTIFACT_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
-               f"ORDER BY {order}")
+        sql = (
+            f"SELECT {_ARTIFACT_COLUMNS} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order}"
+        )
         if query.limit is not None:
             sql, params = sql + " LIMIT ?", [*params, query.limit]
         return [_artifact(row) for row in self._all(sql, params)]
@@ -1097,9 +1276,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     (INDEX_TEXT_BATCH,),
                 )
                 if count:
-                    self._run("INSERT INTO artifact_text (rowid, folded) SELECT sequence, "
-                              "folded FROM text_backlog WHERE sequence <= ? ORDER BY sequence",
-                              (last,))
+                    self._run(
+                        "INSERT INTO artifact_text (rowid, folded) SELECT sequence, "
+                        "folded FROM text_backlog WHERE sequence <= ? ORDER BY sequence",
+                        (last,),
+                    )
                     self._run("DELETE FROM text_backlog WHERE sequence <= ?", (last,))
             if not count:
                 return moved
@@ -1115,8 +1296,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def text_index_behind(self) -> bool:
         """True when more than ``text_backlog_limit`` documents wait in the backlog:
         a text query on a writable store then indexes them before it runs."""
-        return self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?",
-                         (self.text_backlog_limit,)) is not None
+        return (
+            self._one("SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?", (self.text_backlog_limit,))
+            is not None
+        )
 
     def _index_text_if_behind(self) -> None:
         """Index the backlog before a text query when it holds more than the limit."""
@@ -1147,9 +1330,15 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def _insert_relationship(self, relationship: Relationship) -> None:
         self._run(
             f"INSERT INTO relationships ({_RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (relationship.id, relationship.source_id, relationship.target_id,
-             relationship.relationship_type, relationship.metadata_json,
-             format_time(relationship.created_at), relationship.sequence),
+            (
+                relationship.id,
+                relationship.source_id,
+                relationship.target_id,
+                relationship.relationship_type,
+                relationship.metadata_json,
+                format_time(relationship.created_at),
+                relationship.sequence,
+            ),
         )
 
     def _find_relationship(self, relationship_id: str) -> Relationship | None:
@@ -1232,8 +1421,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         return [_revision(row) for row in rows]
 
     def _all_steps(self) -> list[WorkflowStep]:
-        return [_step(row) for row in self._all(
-            f"SELECT {_STEP_COLUMNS} FROM steps ORDER BY sequence")]
+        return [
+            _step(row) for row in self._all(f"SELECT {_STEP_COLUMNS} FROM steps ORDER BY sequence")
+        ]
 
     # -- objects -----------------------------------------------------------
 
@@ -1261,16 +1451,19 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         return None if row is None else _run_record(row)
 
     def _find_runs(self, run_ids: list[str]) -> list[OperationRun]:
-        rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs "
-                         "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(run_ids),))
+        rows = self._all(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(run_ids),),
+        )
         return [_run_record(row) for row in rows]
 
     def _list_runs(self, status: str | None) -> list[OperationRun]:
         if status is None:
             rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY sequence")
         else:
-            rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ? ORDER BY sequence",
-                             (status,))
+            rows = self._all(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ? ORDER BY sequence", (status,)
+            )
         return [_run_record(row) for row in rows]
 
     def _insert_step(self, step: WorkflowStep) -> None:
@@ -1293,53 +1486,65 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._run(
             "INSERT INTO bundles (id, run_id, parameters, created_at, sequence) "
             "VALUES (?, ?, ?, ?, ?)",
-            (bundle.id, bundle.run_id, bundle.parameters_json, format_time(bundle.created_at),
-             bundle.sequence),
+            (
+                bundle.id,
+                bundle.run_id,
+                bundle.parameters_json,
+                format_time(bundle.created_at),
+                bundle.sequence,
+            ),
         )
         self._run_many(
             "INSERT INTO bundle_inputs (bundle_id, position, artifact_id, revision, digest, role) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(bundle.id, position, ref.artifact_id, ref.revision, ref.digest, ref.role)
-             for position, ref in enumerate(bundle.inputs, 1)],
+            [
+                (bundle.id, position, ref.artifact_id, ref.revision, ref.digest, ref.role)
+                for position, ref in enumerate(bundle.inputs, 1)
+            ],
         )
 
     def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
         if run_id is None:
             return _bundles(self._all(f"{_BUNDLE_SELECT} ORDER BY b.sequence, i.position"))
-        return _bundles(self._all(
-            f"{_BUNDLE_SELECT} WHERE b.run_id = ? ORDER BY b.sequence, i.position", (run_id,)
-        ))
+        return _bundles(
+            self._all(
+                f"{_BUNDLE_SELECT} WHERE b.run_id = ? ORDER BY b.sequence, i.position", (run_id,)
+            )
+        )
 
     def _bundles_consuming(
         self, artifact_id: str | None, revision: int | None, digest: str | None
     ) -> list[InputBundle]:
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("artifact_id", artifact_id), ("revision", revision),
-                              ("digest", digest)):
+        for column, value in (
+            ("artifact_id", artifact_id),
+            ("revision", revision),
+            ("digest", digest),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         matching = "SELECT bundle_id FROM bundle_inputs"
         if where:
             matching += f" WHERE {' AND '.join(where)}"
-        return _bundles(self._all(
-            f"{_BUNDLE_SELECT} WHERE b.id IN ({matching}) ORDER BY b.sequence, i.position",
-            params,
-        ))
+        return _bundles(
+            self._all(
+                f"{_BUNDLE_SELECT} WHERE b.id IN ({matching}) ORDER BY b.sequence, i.position",
+                params,
+            )
+        )
 
     def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
         rows = self._all(
-            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE run_id = ? "
-            "ORDER BY change_sequence",
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE run_id = ? ORDER BY change_sequence",
             (run_id,),
         )
         return [_revision(row) for row in rows]
 
     def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
         rows = self._all(
-            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE digest = ? "
-            "ORDER BY change_sequence",
+            f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE digest = ? ORDER BY change_sequence",
             (digest,),
         )
         return [_revision(row) for row in rows]
@@ -1351,25 +1556,43 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             "INSERT INTO manifests (run_id, operation, status, parameters, steps, diagnostics, "
             "error, created_at, started_at, finished_at, final) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (manifest.run_id, manifest.operation, manifest.status, manifest.parameters_json,
-             json.dumps(list(manifest.steps), separators=(",", ":"), ensure_ascii=False),
-             manifest.diagnostics_json, manifest.error, format_time(manifest.created_at),
-             _format_maybe(manifest.started_at), _format_maybe(manifest.finished_at),
-             int(manifest.final)),
+            (
+                manifest.run_id,
+                manifest.operation,
+                manifest.status,
+                manifest.parameters_json,
+                json.dumps(list(manifest.steps), separators=(",", ":"), ensure_ascii=False),
+                manifest.diagnostics_json,
+                manifest.error,
+                format_time(manifest.created_at),
+                _format_maybe(manifest.started_at),
+                _format_maybe(manifest.finished_at),
+                int(manifest.final),
+            ),
         )
         self._run_many(
             "INSERT INTO manifest_refs (run_id, direction, position, artifact_id, revision, "
             "digest, role) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(manifest.run_id, direction, position, ref.artifact_id, ref.revision, ref.digest,
-              ref.role)
-             for direction, refs in (("input", manifest.inputs), ("output", manifest.outputs))
-             for position, ref in enumerate(refs, 1)],
+            [
+                (
+                    manifest.run_id,
+                    direction,
+                    position,
+                    ref.artifact_id,
+                    ref.revision,
+                    ref.digest,
+                    ref.role,
+                )
+                for direction, refs in (("input", manifest.inputs), ("output", manifest.outputs))
+                for position, ref in enumerate(refs, 1)
+            ],
         )
 
     def _find_manifest(self, run_id: str) -> RunManifest | None:
         with self._consistent_read():
-            row = self._one(f"SELECT {_MANIFEST_COLUMNS} FROM manifests m WHERE m.run_id = ?",
-                            (run_id,))
+            row = self._one(
+                f"SELECT {_MANIFEST_COLUMNS} FROM manifests m WHERE m.run_id = ?", (run_id,)
+            )
             if row is None:
                 return None
             refs = self._all(
@@ -1386,8 +1609,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 "ORDER BY r.sequence"
             )
             refs: dict[str, list[Any]] = {}
-            for ref in self._all(f"SELECT {_MANIFEST_REF_COLUMNS} FROM manifest_refs "
-                                 "ORDER BY run_id, direction, position"):
+            for ref in self._all(
+                f"SELECT {_MANIFEST_REF_COLUMNS} FROM manifest_refs "
+                "ORDER BY run_id, direction, position"
+            ):
                 refs.setdefault(ref[0], []).append(ref)
         return [_manifest(row, refs.get(row[0], [])) for row in rows]
 
@@ -1395,20 +1620,37 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._run(
             "INSERT INTO context_packages (id, name, metadata, created_at, sequence) "
             "VALUES (?, ?, ?, ?, ?)",
-            (package.id, package.name, package.metadata_json, format_time(package.created_at),
-             package.sequence),
+            (
+                package.id,
+                package.name,
+                package.metadata_json,
+                format_time(package.created_at),
+                package.sequence,
+            ),
         )
         self._run_many(
             "INSERT INTO context_references (package_id, position, kind, target_id, revision, "
             "digest, system, uri, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(package.id, position, ref.kind, ref.target_id, ref.revision, ref.digest,
-              ref.system, ref.uri, ref.note)
-             for position, ref in enumerate(package.references, 1)],
+            [
+                (
+                    package.id,
+                    position,
+                    ref.kind,
+                    ref.target_id,
+                    ref.revision,
+                    ref.digest,
+                    ref.system,
+                    ref.uri,
+                    ref.note,
+                )
+                for position, ref in enumerate(package.references, 1)
+            ],
         )
 
     def _find_context_package(self, package_id: str) -> ContextPackage | None:
-        found = _packages(self._all(f"{_PACKAGE_SELECT} WHERE p.id = ? ORDER BY r.position",
-                                    (package_id,)))
+        found = _packages(
+            self._all(f"{_PACKAGE_SELECT} WHERE p.id = ? ORDER BY r.position", (package_id,))
+        )
         return found[0] if found else None
 
     def _list_context_packages(self) -> list[ContextPackage]:
@@ -1418,16 +1660,31 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._run(
             f"INSERT INTO external_references ({_EXTERNAL_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (reference.id, reference.system, reference.external_id, reference.uri,
-             reference.artifact_id, reference.revision, reference.digest, reference.recorded_by,
-             reference.metadata_json, format_time(reference.recorded_at), reference.sequence),
+            (
+                reference.id,
+                reference.system,
+                reference.external_id,
+                reference.uri,
+                reference.artifact_id,
+                reference.revision,
+                reference.digest,
+                reference.recorded_by,
+                reference.metadata_json,
+                format_time(reference.recorded_at),
+                reference.sequence,
+            ),
         )
 
     def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
-        row = self._one(f"SELECT {_EXTERNAL_COLUMNS} FROM external_references WHERE id = ?",
-                        (reference_id,))
+        row = self._one(
+            f"SELECT {_EXTERNAL_COLUMNS} FROM external_references WHERE id = ?", (reference_id,)
+        )
         return None if row is None else _external(row)
 
     def _list_external_references(self) -> list[ExternalMemoryReference]:
-        return [_external(row) for row in self._all(
-            f"SELECT {_EXTERNAL_COLUMNS} FROM external_references ORDER BY sequence")]
+        return [
+            _external(row)
+            for row in self._all(
+                f"SELECT {_EXTERNAL_COLUMNS} FROM external_references ORDER BY sequence"
+            )
+        ]

@@ -106,8 +106,7 @@ _CORE = (
     """,
     "CREATE UNIQUE INDEX artifacts_live_name ON artifacts (collection_id, name) "
     "WHERE deleted_at IS NULL",
-    "CREATE INDEX artifacts_live_collection ON artifacts (collection_id) "
-    "WHERE deleted_at IS NULL",
+    "CREATE INDEX artifacts_live_collection ON artifacts (collection_id) WHERE deleted_at IS NULL",
     "CREATE INDEX artifacts_live_by_name ON artifacts (name) WHERE deleted_at IS NULL",
     "CREATE INDEX artifacts_live_digest ON artifacts (digest) WHERE deleted_at IS NULL",
     "CREATE INDEX artifacts_live_type ON artifacts (artifact_type) WHERE deleted_at IS NULL",
@@ -160,8 +159,7 @@ _CORE = (
     )
     """,
     "CREATE INDEX changes_entity ON changes (entity_id)",
-    "CREATE VIRTUAL TABLE artifact_text USING fts5 "
-    "(folded, tokenize = 'trigram case_sensitive 1')",
+    "CREATE VIRTUAL TABLE artifact_text USING fts5 (folded, tokenize = 'trigram case_sensitive 1')",
 )
 
 
@@ -236,8 +234,7 @@ _RUNS_CONTEXT = (
     """,
     "CREATE INDEX bundle_inputs_revision ON bundle_inputs (artifact_id, revision)",
     "CREATE INDEX bundle_inputs_digest ON bundle_inputs (digest)",
-    "CREATE INDEX revisions_run ON revisions (run_id, change_sequence) "
-    "WHERE run_id IS NOT NULL",
+    "CREATE INDEX revisions_run ON revisions (run_id, change_sequence) WHERE run_id IS NOT NULL",
     f"""
     CREATE TABLE manifests (
         run_id TEXT PRIMARY KEY REFERENCES runs (id),
@@ -341,7 +338,8 @@ def _metadata_index(db: Database) -> None:
     for statement in _METADATA_INDEX:
         db.conn.execute(statement)
     rows = db.conn.execute(
-        "SELECT sequence, metadata FROM artifacts WHERE deleted_at IS NULL").fetchall()
+        "SELECT sequence, metadata FROM artifacts WHERE deleted_at IS NULL"
+    ).fetchall()
     db.conn.executemany(
         "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)",
         [row for sequence, metadata in rows for row in metadata_rows(sequence, metadata)],
@@ -371,8 +369,9 @@ def _text_backlog(db: Database) -> None:
 
 def metadata_rows(sequence: int, metadata_json: str) -> list[tuple[int, str, str, Any]]:
     """The ``artifact_metadata`` rows of one artifact's metadata."""
-    return [(sequence, key, *metadata_cell(value))
-            for key, value in json.loads(metadata_json).items()]
+    return [
+        (sequence, key, *metadata_cell(value)) for key, value in json.loads(metadata_json).items()
+    ]
 
 
 def metadata_cell(value: Any) -> tuple[str, Any]:
@@ -402,9 +401,7 @@ def pending(conn: sqlite3.Connection, where: str) -> list[str]:
     ``where`` names the index file in error messages.
     """
     db = _database(conn)
-    tables = {row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'"
-    )}
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and MIGRATIONS_TABLE not in tables:
         raise StoreFormatError(
             f"{where} is a SQLite database but not a kontextual index "
