@@ -128,6 +128,25 @@ class StoreFormatError(KontextualError):
     exit_code = 5
 
 
+class DamagedStoreError(StoreFormatError):
+    """The index or the object directory of an existing store is damaged.
+
+    The message names what is damaged (a table, a file) and what to do:
+    run ``kontextual fsck`` and restore from a backup or snapshot.
+    """
+
+    exit_code = 5
+
+
+class StorageFullError(KontextualError):
+    """The filesystem holding the store has no space left for a write.
+
+    Not damage: nothing acknowledged was lost, and reads keep working.
+    """
+
+    exit_code = 7
+
+
 class ReadOnlyStoreError(KontextualError):
     """A write was attempted on a store opened (or only openable) read-only."""
 
