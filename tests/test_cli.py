@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sqlite3
 import stat
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -387,6 +388,32 @@ def test_add_again_keeps_what_it_is_not_told(store: Path, docs: Path) -> None:
     assert ok("add", "notes", str(docs / "a.md")).stdout.startswith(
         "added 0, updated 0, unchanged 1"
     )
+
+
+def test_add_makes_no_lookup_per_file(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a folder (new files, then the same files again) reads the index in a
+    few statements per batch, however many files it holds."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"n{i:02}.md").write_text(f"note {i}\n")
+    ok("init")
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    for expected in ("added 60,", "added 0, updated 0, unchanged 60"):
+        statements.clear()
+        assert expected in ok("add", "notes", str(folder), "--meta", "k=1").stdout
+        lookups = [s for s in statements if "FROM artifacts" in s and "name" in s]
+        assert 0 < len(lookups) <= 3, lookups
 
 
 def test_add_skips_the_store_and_dot_directories(

@@ -296,6 +296,17 @@ class NewArtifact:
     provenance: Mapping[str, Any] | None = None
 
 
+class MetadataMode(str, enum.Enum):
+    """What ``put_artifacts`` does with the metadata of an artifact that exists.
+
+    A created artifact always gets the item's metadata.
+    """
+
+    REPLACE = "replace"  # the item's metadata becomes the whole object
+    MERGE = "merge"  # the item's top-level keys are set on top of the existing ones
+    KEEP = "keep"  # the existing metadata stays as it is
+
+
 class PutOutcome(str, enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
@@ -344,6 +355,15 @@ class Query:
 
 
 # -- workflow runs ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pin:
+    """An input to pin: an artifact, at a revision (default: its current one)."""
+
+    artifact_id: str
+    revision: int | None = None
+    role: str | None = None
 
 
 class RunStatus(str, enum.Enum):

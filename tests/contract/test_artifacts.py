@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kontextual_engine import NewArtifact, PutOutcome
+from kontextual_engine import MetadataMode, NewArtifact, PutOutcome
 from kontextual_engine.digests import digest_bytes
 from kontextual_engine.errors import (
     ArtifactNotFound,
@@ -303,6 +303,62 @@ def test_put_artifacts_creates_updates_and_skips(
     assert second[1].artifact.revision == 2
     assert repo.read_content(second[1].artifact.id) == b"changed"
     assert [a.name for a in repo.list_artifacts(collection_id)] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (MetadataMode.REPLACE, {"b": 3}),
+        (MetadataMode.MERGE, {"a": 1, "b": 3}),
+        (MetadataMode.KEEP, {"a": 1, "b": 2}),
+        ("merge", {"a": 1, "b": 3}),
+    ],
+)
+def test_put_artifacts_metadata_modes(
+    repo: KnowledgeRepository,
+    collection_id: str,
+    mode: MetadataMode | str,
+    expected: dict[str, int],
+) -> None:
+    [old] = repo.put_artifacts(
+        collection_id, [NewArtifact("a", b"1", "note", None, {"a": 1, "b": 2})]
+    )
+    [new] = repo.put_artifacts(
+        collection_id, [NewArtifact("a", b"1", "note", None, {"b": 3})], metadata=mode
+    )
+    assert new.artifact.metadata == expected
+    changed = expected != old.artifact.metadata
+    assert new.outcome is (PutOutcome.UPDATED if changed else PutOutcome.UNCHANGED)
+    assert new.artifact.revision == (2 if changed else 1)
+    # A created artifact gets the item's metadata whatever the mode.
+    [fresh] = repo.put_artifacts(
+        collection_id, [NewArtifact("z", b"1", "note", None, {"b": 3})], metadata=mode
+    )
+    assert fresh.artifact.metadata == {"b": 3}
+
+
+def test_put_artifacts_refuses_an_unknown_metadata_mode(
+    repo: KnowledgeRepository, collection_id: str
+) -> None:
+    before = repo.last_sequence()
+    with pytest.raises(ValidationError, match="metadata mode must be one of replace, merge, keep"):
+        repo.put_artifacts(collection_id, [NewArtifact("a", b"1", "note")], metadata="union")
+    assert repo.last_sequence() == before
+
+
+def test_put_artifacts_keep_types(repo: KnowledgeRepository, collection_id: str) -> None:
+    repo.put_artifacts(collection_id, [NewArtifact("a", b"1", "paper", "application/pdf")])
+    [kept] = repo.put_artifacts(
+        collection_id, [NewArtifact("a", b"2", "file", "text/plain")], keep_types=True
+    )
+    assert (kept.artifact.artifact_type, kept.artifact.media_type) == ("paper", "application/pdf")
+    assert kept.artifact.revision == 2
+    [created] = repo.put_artifacts(
+        collection_id, [NewArtifact("b", b"2", "file", "text/plain")], keep_types=True
+    )
+    assert (created.artifact.artifact_type, created.artifact.media_type) == ("file", "text/plain")
+    [replaced] = repo.put_artifacts(collection_id, [NewArtifact("a", b"2", "file", "text/plain")])
+    assert (replaced.artifact.artifact_type, replaced.artifact.media_type) == ("file", "text/plain")
 
 
 def test_put_artifacts_is_all_or_nothing(repo: KnowledgeRepository, collection_id: str) -> None:

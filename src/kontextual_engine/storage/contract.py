@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import io
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -60,6 +61,7 @@ from ..models import (
     ChangeRecord,
     Collection,
     EntityKind,
+    MetadataMode,
     NewArtifact,
     PutOutcome,
     PutResult,
@@ -289,14 +291,24 @@ class KnowledgeRepository(RunsContract):
             return self._create(collection_id, checked)
 
     def put_artifacts(
-        self, collection_id: str, items: Iterable[NewArtifact], *, run_id: str | None = None
+        self,
+        collection_id: str,
+        items: Iterable[NewArtifact],
+        *,
+        run_id: str | None = None,
+        metadata: MetadataMode | str = MetadataMode.REPLACE,
+        keep_types: bool = False,
     ) -> list[PutResult]:
         """The bulk API: create or update many artifacts by name, in one transaction.
 
         For each item, a live artifact of that name in the collection is updated
         (a new revision only if something changed), otherwise one is created.
-        All bodies are made durable together before the index commits.
+        ``metadata`` says what an update does with the existing metadata
+        (:class:`MetadataMode`); with ``keep_types`` an existing artifact keeps
+        its artifact type and media type, and the item's are used only when it
+        is created. All bodies are made durable together before the index commits.
         """
+        mode = _check_metadata_mode(metadata)
         with self.transaction():
             self.get_collection(collection_id)
             self._check_producing_run(run_id)
@@ -314,7 +326,9 @@ class KnowledgeRepository(RunsContract):
                     collection_id, [one.name for one in checked]
                 )
                 results += [
-                    self._put_one(collection_id, one, existing.get(one.name), run_id)
+                    self._put_one(
+                        collection_id, one, existing.get(one.name), run_id, mode, keep_types
+                    )
                     for one in checked
                 ]
             return results
@@ -325,16 +339,24 @@ class KnowledgeRepository(RunsContract):
         item: _CheckedArtifact,
         existing: Artifact | None,
         run_id: str | None,
+        mode: MetadataMode,
+        keep_types: bool,
     ) -> PutResult:
         if existing is None:
             return PutResult(self._create(collection_id, item), PutOutcome.CREATED)
+        metadata: str | None = item.metadata
+        if mode is MetadataMode.KEEP:
+            metadata = None
+        elif mode is MetadataMode.MERGE:
+            merged = {**existing.metadata, **json.loads(item.metadata)}
+            metadata = canonical_object(merged, "metadata")
         updated = self._update(
             existing,
             content=item.content,
-            artifact_type=item.artifact_type,
-            media_type=item.media_type,
+            artifact_type=None if keep_types else item.artifact_type,
+            media_type=existing.media_type if keep_types else item.media_type,
             media_type_given=True,
-            metadata=item.metadata,
+            metadata=metadata,
             provenance=item.provenance,
             run_id=run_id,
         )
@@ -1073,6 +1095,14 @@ class _CheckedArtifact:
         self.metadata = metadata
         self.provenance = provenance
         self.run_id = run_id
+
+
+def _check_metadata_mode(value: MetadataMode | str) -> MetadataMode:
+    try:
+        return MetadataMode(value)
+    except ValueError:
+        choices = ", ".join(mode.value for mode in MetadataMode)
+        raise ValidationError(f"metadata mode must be one of {choices}, got {value!r}") from None
 
 
 def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifact]]:

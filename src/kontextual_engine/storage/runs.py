@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,6 +52,7 @@ from ..models import (
     Impact,
     InputBundle,
     OperationRun,
+    Pin,
     ReferenceKind,
     Relationship,
     RunManifest,
@@ -70,15 +71,6 @@ DEFAULT_LEASE_SECONDS = 300.0
 # The impact walk stops here; real derivation chains are far shorter, and a
 # bound keeps a cycle through relationships from running forever.
 MAX_IMPACT_DEPTH = 64
-
-
-@dataclass(frozen=True)
-class Pin:
-    """An input to pin: an artifact, at a revision (default: its current one)."""
-
-    artifact_id: str
-    revision: int | None = None
-    role: str | None = None
 
 
 def _status(value: object, what: str) -> RunStatus:

@@ -11,12 +11,11 @@ from typing import Any
 import click
 
 from ...errors import (
-    ArtifactNotFound,
     CollectionNotFound,
     RelationshipNotFound,
     ValidationError,
 )
-from ...models import Artifact, ArtifactRevision, NewArtifact, Query, RelatedTo
+from ...models import Artifact, ArtifactRevision, MetadataMode, NewArtifact, Query, RelatedTo
 from ...storage.contract import DIRECTIONS, MAX_QUERY_LIMIT, KnowledgeRepository
 from .. import ingest, resolve
 from ..app import App, cli, examples, json_option, quiet_option
@@ -98,8 +97,9 @@ def add(
     name. Dot-directories (.git ...) and the store are skipped.
 
     Adding a name again makes a new revision if the file changed and nothing
-    otherwise; type and media type are kept unless given, and --meta keys are
-    set on top of the existing metadata. All or nothing: if any file cannot
+    otherwise; type and media type are kept unless --type or --media-type is
+    given (then both are set, the one not given guessed from the file name),
+    and --meta keys are set on top of the existing metadata. All or nothing: if any file cannot
     be read, nothing is stored.
     """
     metadata = parse_pairs(meta, "--meta")
@@ -120,13 +120,16 @@ def add(
         done = 0
         for batch in ingest.batches(files):
             items = [
-                _new_artifact(
-                    repo, target.id, item, artifact_type, media_type, metadata, provenance_data
-                )
+                _new_artifact(item, artifact_type, media_type, metadata, provenance_data)
                 for item in batch
             ]
             total_bytes += sum(len(item.content) for item in items)
-            for result in repo.put_artifacts(target.id, items):
+            for result in repo.put_artifacts(
+                target.id,
+                items,
+                metadata=MetadataMode.MERGE,
+                keep_types=artifact_type is None and media_type is None,
+            ):
                 outcomes[result.outcome.value] += 1
                 if as_json:
                     record = result.artifact
@@ -165,32 +168,20 @@ def add(
 
 
 def _new_artifact(
-    repo: KnowledgeRepository,
-    collection_id: str,
     item: ingest.InputFile,
     artifact_type: str | None,
     media_type: str | None,
     metadata: dict[str, Any],
     provenance: dict[str, Any],
 ) -> NewArtifact:
-    """What ``add`` makes of one file: what was given, else what was there, else a guess."""
-    try:
-        current: Artifact | None = repo.get_artifact_by_name(collection_id, item.name)
-    except ArtifactNotFound:
-        current = None
-    media: str | None
-    if current is None:
-        kind, media = ingest.guess_types(item.name)
-        fields = metadata
-    else:
-        kind, media = current.artifact_type, current.media_type
-        fields = {**current.metadata, **metadata}
+    """What ``add`` makes of one file: the types given, else guessed from its name."""
+    kind, media = ingest.guess_types(item.name)
     return NewArtifact(
         item.name,
         ingest.read(item),
         artifact_type or kind,
         media_type or media,
-        fields,
+        metadata,
         provenance or None,
     )
 

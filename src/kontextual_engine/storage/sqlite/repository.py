@@ -67,6 +67,7 @@ from ...models import (
     ContextReference,
     ExternalMemoryReference,
     InputBundle,
+    MetadataMode,
     NewArtifact,
     OperationRun,
     PutResult,
@@ -953,12 +954,20 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     # -- bulk --------------------------------------------------------------
 
     def put_artifacts(
-        self, collection_id: str, items: Iterable[NewArtifact], *, run_id: str | None = None
+        self,
+        collection_id: str,
+        items: Iterable[NewArtifact],
+        *,
+        run_id: str | None = None,
+        metadata: MetadataMode | str = MetadataMode.REPLACE,
+        keep_types: bool = False,
     ) -> list[PutResult]:
         with self.transaction():
             self._bulk += 1
             try:
-                return super().put_artifacts(collection_id, items, run_id=run_id)
+                return super().put_artifacts(
+                    collection_id, items, run_id=run_id, metadata=metadata, keep_types=keep_types
+                )
             finally:
                 self._bulk -= 1
 
