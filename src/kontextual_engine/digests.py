@@ -17,7 +17,6 @@ from .errors import ValidationError
 
 ALGORITHM = "blake3"
 PREFIX = "blake3:"
-HEX_LENGTH = 64
 # git accepts 4 as the shortest abbreviation; fewer would match too much.
 MIN_PREFIX_HEX = 4
 # Large enough to amortise the per-call overhead of the blake3 binding,
@@ -41,10 +40,6 @@ def parse_digest(value: object) -> Digest:
     raise ValidationError(
         f"invalid digest {value!r}: expected 'blake3:' and 64 lowercase hex digits"
     )
-
-
-def is_digest(value: object) -> bool:
-    return isinstance(value, str) and _FULL.fullmatch(value) is not None
 
 
 def parse_prefix(value: object) -> str:

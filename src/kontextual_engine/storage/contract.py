@@ -1,7 +1,7 @@
 """The repository contract: ``KnowledgeRepository``.
 
 The public methods here *are* the contract. They validate input, apply the
-semantics of DESIGN.md "The repository contract" and write change records;
+semantics documented in ``docs/contract.md`` and write change records;
 a backend supplies only storage primitives (the ``_``-prefixed abstract
 methods) and its own ``transaction()``. So every backend shares one
 implementation of every rule, and a rule changes in one place.

@@ -28,8 +28,6 @@ PREFIXES = {
     "external_reference": "ext",
 }
 
-_RANDOM_BITS = 80
-
 
 class MonotonicIds:
     """The default id source: time-ordered, unique across processes."""
