@@ -181,7 +181,7 @@ class EntityKind(str, enum.Enum):
     EXTERNAL_REFERENCE = "external_reference"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Collection:
     id: str
     name: str
@@ -195,7 +195,7 @@ class Collection:
         return _decode(self.metadata_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Artifact:
     """The live state of an artifact: its current revision."""
 
@@ -223,7 +223,7 @@ class Artifact:
         return _decode(self.provenance_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArtifactRevision:
     """One revision of an artifact, kept after the artifact is deleted."""
 
@@ -250,7 +250,7 @@ class ArtifactRevision:
         return _decode(self.provenance_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Relationship:
     id: str
     source_id: str
@@ -265,7 +265,7 @@ class Relationship:
         return _decode(self.metadata_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChangeRecord:
     """One entry of the change feed. ``sequence`` is global, gap-free, monotonic."""
 
@@ -284,7 +284,7 @@ class ChangeRecord:
         return _decode(self.details_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewArtifact:
     """Input to the bulk API: one artifact to create or update by name."""
 
@@ -313,13 +313,13 @@ class PutOutcome(str, enum.Enum):
     UNCHANGED = "unchanged"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PutResult:
     artifact: Artifact
     outcome: PutOutcome
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RelatedTo:
     """Query filter: artifacts related to ``artifact_id``.
 
@@ -333,7 +333,7 @@ class RelatedTo:
     direction: str = "both"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Query:
     """Filters combined with AND. ``None`` means "no filter on this field".
 
@@ -357,7 +357,7 @@ class Query:
 # -- workflow runs ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pin:
     """An input to pin: an artifact, at a revision (default: its current one)."""
 
@@ -392,7 +392,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 TERMINAL = frozenset(status for status, nexts in TRANSITIONS.items() if not nexts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OperationRun:
     """One execution of an operation, with who holds it while it runs.
 
@@ -429,7 +429,7 @@ class OperationRun:
         return _decode(self.holder_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkflowStep:
     id: str
     run_id: str
@@ -447,7 +447,7 @@ class WorkflowStep:
         return _decode(self.diagnostics_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArtifactRef:
     """An artifact pinned to one revision and its digest."""
 
@@ -457,7 +457,7 @@ class ArtifactRef:
     role: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputBundle:
     """What a run consumed: pinned artifact revisions plus parameters."""
 
@@ -473,7 +473,7 @@ class InputBundle:
         return _decode(self.parameters_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunManifest:
     """A run's inputs, outputs, steps, diagnostics and timestamps as one record.
 
@@ -515,7 +515,7 @@ class ReferenceKind(str, enum.Enum):
     EXTERNAL = "external"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContextReference:
     """One entry of a context package.
 
@@ -534,7 +534,7 @@ class ContextReference:
     note: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContextPackage:
     id: str
     name: str
@@ -548,7 +548,7 @@ class ContextPackage:
         return _decode(self.metadata_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExternalMemoryReference:
     """A record in another memory system, held opaquely; never interpreted.
 
@@ -574,7 +574,7 @@ class ExternalMemoryReference:
         return _decode(self.metadata_json)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Impact:
     """One artifact revision derived, directly or not, from the queried input."""
 

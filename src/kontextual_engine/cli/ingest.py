@@ -49,7 +49,7 @@ _MIME = mimetypes.MimeTypes()
 _FILE_KINDS = {"d": "directory", "p": "FIFO", "s": "socket", "c": "device", "b": "device"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputFile:
     path: Path
     name: str

@@ -35,6 +35,7 @@ import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -1064,37 +1065,17 @@ class KnowledgeRepository(RunsContract):
             since = batch[-1].sequence
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 
-    __slots__ = (
-        "artifact_type",
-        "content",
-        "media_type",
-        "metadata",
-        "name",
-        "provenance",
-        "run_id",
-    )
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        content: bytes,
-        artifact_type: str,
-        media_type: str | None,
-        metadata: str,
-        provenance: str,
-        run_id: str | None,
-    ) -> None:
-        self.name = name
-        self.content = content
-        self.artifact_type = artifact_type
-        self.media_type = media_type
-        self.metadata = metadata
-        self.provenance = provenance
-        self.run_id = run_id
+    name: str
+    content: bytes
+    artifact_type: str
+    media_type: str | None
+    metadata: str
+    provenance: str
+    run_id: str | None
 
 
 def _check_metadata_mode(value: MetadataMode | str) -> MetadataMode:
