@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import KontextualError, NotFoundError
+from ..errors import KontextualError, NotFoundError, StoreNotFound
 from ..storage.objects import STORE_MARKER, Durability, ObjectStore
 from ..storage.sqlite import SQLiteKnowledgeRepository
 
@@ -27,15 +27,6 @@ STORE_ENV = "KONTEXTUAL_STORE"
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StoreNotFound(NotFoundError):
-    entity = "store"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(
-            str(path), f"no kontextual store at {path}; run `kontextual init` to create one"
-        )
 
 
 class PathNotFound(NotFoundError):
@@ -57,13 +48,13 @@ class App:
 
     def require_store(self) -> None:
         if not self.exists():
-            raise StoreNotFound(self.store)
+            raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
     def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
         if not create:
             self.require_store()
-        repo = SQLiteKnowledgeRepository.open(self.store, self.durability)
+        repo = SQLiteKnowledgeRepository.open(self.store, self.durability, create=create)
         return click.get_current_context().with_resource(repo)
 
     def objects(self) -> ObjectStore:

@@ -55,6 +55,7 @@ from ...errors import (
     KontextualError,
     ReadOnlyStoreError,
     StoreFormatError,
+    StoreNotFound,
     ValidationError,
 )
 from ...models import (
@@ -80,7 +81,7 @@ from ...models import (
 from .. import text
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
-from ..objects import Durability, ObjectStore
+from ..objects import STORE_MARKER, Durability, ObjectStore
 from . import schema
 
 INDEX_NAME = "index.sqlite"
@@ -490,6 +491,21 @@ def _unwritable_store(root: Path) -> bool:
     return index.is_file() and not (os.access(root, os.W_OK) and os.access(index, os.W_OK))
 
 
+def _require_store(root: Path) -> None:
+    """Refuse a path that holds no store, so that opening never creates one.
+
+    Only "nothing here" is :class:`StoreNotFound`: a file where the store
+    should be, or a directory that has an index but lost its marker, is left
+    to the object store's checks, which say what is wrong with it.
+    """
+    if root.is_dir():
+        if os.path.lexists(root / STORE_MARKER) or os.path.lexists(root / INDEX_NAME):
+            return
+    elif os.path.lexists(root):
+        return
+    raise StoreNotFound(root)
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -527,8 +543,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     """The durable backend: ``<store>/objects`` for bodies, ``<store>/index.sqlite``.
 
     Open with :meth:`open` (or the constructor, which takes the same
-    arguments). A missing or empty directory becomes a new store; an existing
-    store is opened (and its index migrated); anything else is refused with
+    arguments). An existing store is opened (and its index migrated); a path
+    that holds no store raises :class:`StoreNotFound` and nothing is created.
+    Creating is explicit: with ``create=True`` a missing or empty directory
+    becomes a new store. Anything else is refused with
     :class:`StoreFormatError`. ``read_only`` opens without writing anything.
 
     Searchable text is written to a backlog and indexed in batches (ADR
@@ -545,6 +563,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         clock: Clock | None = None,
         ids: IdSource | None = None,
         read_only: bool = False,
+        create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> None:
@@ -566,6 +585,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         self.text_backlog_limit = text_backlog_limit
         self.root = Path(path)
+        if not create:
+            _require_store(self.root)
         self.read_only = bool(read_only) or _unwritable_store(self.root)
         self.busy_timeout = float(busy_timeout)
         self.objects = ObjectStore(
@@ -598,15 +619,20 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         clock: Clock | None = None,
         ids: IdSource | None = None,
         read_only: bool = False,
+        create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> SQLiteKnowledgeRepository:
+        """Open the store at ``path``; with ``create=True``, make it first if it is
+        missing (a missing or empty directory). Without it, a path that holds no
+        store raises :class:`StoreNotFound` and nothing is created."""
         return cls(
             path,
             durability,
             clock=clock,
             ids=ids,
             read_only=read_only,
+            create=create,
             busy_timeout=busy_timeout,
             text_backlog_limit=text_backlog_limit,
         )
