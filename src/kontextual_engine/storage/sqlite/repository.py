@@ -34,10 +34,12 @@ missing referenced row) raises :class:`IntegrityError`, never a raw
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import os
 import random
+import re
 import sqlite3
 import stat
 import threading
@@ -51,9 +53,11 @@ from typing import Any, BinaryIO, TypeVar
 from ...digests import parse_digest
 from ...errors import (
     ConflictError,
+    DamagedStoreError,
     IntegrityError,
     KontextualError,
     ReadOnlyStoreError,
+    StorageFullError,
     StoreFormatError,
     StoreNotFound,
     ValidationError,
@@ -109,6 +113,18 @@ CACHE_SIZE_KIB = 64 * 1024
 MIN_SQLITE = (3, 34, 0)
 # SQLITE_BUSY and SQLITE_LOCKED primary result codes.
 _BUSY_CODES = (5, 6)
+# Other primary result codes that say what happened to the index file.
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+# A filesystem with less free space than this when SQLite reports an I/O
+# error is full: SQLite reports a failed write of its -shm or a page as
+# SQLITE_IOERR, not SQLITE_FULL.
+NEARLY_FULL_BYTES = 1024 * 1024
+# The tables a statement names (not table-valued functions such as json_each).
+_STATEMENT_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)\b(?!\s*\()", re.IGNORECASE)
 # A term shorter than this cannot go through a trigram MATCH.
 _TRIGRAM = 3
 # How a metadata filter begins in SQL (see _query).
@@ -198,6 +214,36 @@ _UPDATE_STEP = (
 )
 
 
+# What a DamagedStoreError tells the user to do.
+DAMAGE_ADVICE = (
+    "run `kontextual fsck` to see what is damaged, then restore the store from a backup "
+    "(`kontextual backup`) or a snapshot (`kontextual export`)"
+)
+_Decoder = TypeVar("_Decoder", bound=Callable[..., Any])
+
+
+def _decodes(table: str) -> Callable[[_Decoder], _Decoder]:
+    """Mark a function that turns rows of ``table`` into records: a row it cannot
+    read (a NULL or a wrong type where the schema allows none, as a damaged page
+    can yield) raises :class:`DamagedStoreError` naming the table, not a raw
+    ``TypeError`` or ``ValueError``."""
+
+    def wrap(decode: _Decoder) -> _Decoder:
+        @functools.wraps(decode)
+        def checked(*args: Any) -> Any:
+            try:
+                return decode(*args)
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DamagedStoreError(
+                    f"the index is damaged (table {table}): a stored row cannot be read "
+                    f"({type(exc).__name__}: {exc}); {DAMAGE_ADVICE}"
+                ) from exc
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
+
+
 def _time(value: str) -> datetime:
     """Parse what :func:`format_time` wrote (``...T..:..:...ffffffZ``), fast."""
     return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
@@ -211,6 +257,7 @@ def _format_maybe(moment: datetime | None) -> str | None:
     return None if moment is None else format_time(moment)
 
 
+@_decodes("artifacts")
 def _artifact(row: Any) -> Artifact:
     return Artifact(
         row[0],
@@ -230,6 +277,7 @@ def _artifact(row: Any) -> Artifact:
     )
 
 
+@_decodes("revisions")
 def _revision(row: Any) -> ArtifactRevision:
     return ArtifactRevision(
         row[0],
@@ -248,20 +296,24 @@ def _revision(row: Any) -> ArtifactRevision:
     )
 
 
+@_decodes("collections")
 def _collection(row: Any) -> Collection:
     return Collection(row[0], row[1], row[2], row[3], _time(row[4]), row[5])
 
 
+@_decodes("relationships")
 def _relationship(row: Any) -> Relationship:
     return Relationship(row[0], row[1], row[2], row[3], row[4], _time(row[5]), row[6])
 
 
+@_decodes("changes")
 def _change(row: Any) -> ChangeRecord:
     return ChangeRecord(
         row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6], row[7], row[8]
     )
 
 
+@_decodes("runs")
 def _run_record(row: Any) -> OperationRun:
     return OperationRun(
         row[0],
@@ -281,6 +333,7 @@ def _run_record(row: Any) -> OperationRun:
     )
 
 
+@_decodes("steps")
 def _step(row: Any) -> WorkflowStep:
     return WorkflowStep(
         row[0],
@@ -296,6 +349,7 @@ def _step(row: Any) -> WorkflowStep:
     )
 
 
+@_decodes("external_references")
 def _external(row: Any) -> ExternalMemoryReference:
     return ExternalMemoryReference(
         row[0],
@@ -329,6 +383,7 @@ def _grouped(rows: Iterable[Any], width: int) -> Iterator[tuple[Any, list[Any]]]
         yield head, children
 
 
+@_decodes("bundles")
 def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
     return [
         InputBundle(
@@ -343,6 +398,7 @@ def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
     ]
 
 
+@_decodes("context_packages")
 def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
     return [
         ContextPackage(
@@ -357,6 +413,7 @@ def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
     ]
 
 
+@_decodes("manifests")
 def _manifest(row: Any, refs: Sequence[Any]) -> RunManifest:
     """A manifest from its row and its ``manifest_refs`` rows (ordered by direction,
     position)."""
@@ -506,6 +563,33 @@ def _require_store(root: Path) -> None:
     raise StoreNotFound(root)
 
 
+def _error_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code for ``exc`` (None before Python 3.11)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` is (all but) full."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
+
+
+def _end_quietly(conn: sqlite3.Connection, sql: str) -> None:
+    """End a transaction that is failing already: SQLite may have rolled it back
+    itself, or fail the same way again; the error being raised is what counts."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute(sql)
+
+
+def _statement_tables(sql: str | None) -> list[str]:
+    return sorted(set(_STATEMENT_TABLE.findall(sql or "")))
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -537,6 +621,24 @@ def _metadata_condition(value: Any) -> tuple[str, list[Any]]:
 
 class _NotUnicode(ValidationError):
     """A bound string that cannot be encoded as UTF-8 (it has a lone surrogate)."""
+
+
+class _Mapped:
+    """``with _Mapped(repo, sql):`` around any use of the connection turns what
+    SQLite raises into the repository's typed error (:meth:`_typed_error`)."""
+
+    __slots__ = ("repo", "sql")
+
+    def __init__(self, repo: SQLiteKnowledgeRepository, sql: str | None) -> None:
+        self.repo = repo
+        self.sql = sql
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, (sqlite3.Error, UnicodeEncodeError)):
+            raise self.repo._typed_error(exc, self.sql) from exc
 
 
 class SQLiteKnowledgeRepository(KnowledgeRepository):
@@ -818,28 +920,88 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if self._pending:
                 self._flush_pending(conn)
             values = tuple(params)
-            try:
+            with _Mapped(self, sql):
                 if self._depth:
                     return conn.execute(sql, values)
                 return self._retry(lambda: conn.execute(sql, values))
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise self._busy_error() from exc
-                raise self._database_error(exc) from exc
-            except sqlite3.IntegrityError as exc:
-                raise _constraint_error(exc) from exc
-            except sqlite3.DatabaseError as exc:
-                raise self._database_error(exc) from exc
-            except UnicodeEncodeError as exc:
-                raise _NotUnicode(f"string is not valid Unicode text: {exc}") from exc
 
-    def _database_error(self, exc: sqlite3.DatabaseError) -> KontextualError:
-        """A typed error for what SQLite reports about the index file itself."""
-        if "readonly" in str(exc):
+    def _typed_error(self, exc: BaseException, sql: str | None) -> BaseException:
+        """The typed error for what SQLite (or the filesystem under it) reported
+        while running ``sql``; anything that is not such an error is returned as
+        it is. Every statement the repository runs goes through here (via
+        :class:`_Mapped`), so no raw ``sqlite3`` error reaches a caller."""
+        if isinstance(exc, UnicodeEncodeError):
+            return _NotUnicode(f"string is not valid Unicode text: {exc}")
+        if isinstance(exc, sqlite3.IntegrityError):
+            return _constraint_error(exc)
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return self._busy_error()
+        code = _error_code(exc)
+        message = str(exc)
+        if code == _SQLITE_FULL or "database or disk is full" in message:
+            return self._full_error(exc)
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in message:
+            return self._damaged_error(exc, sql)
+        if code == _SQLITE_READONLY or "readonly" in message:
             return ReadOnlyStoreError(f"cannot write to {self.index_path}: {exc}")
+        if code == _SQLITE_IOERR and _no_space(self.root):
+            return self._full_error(exc)
         return StoreFormatError(
             f"{self.index_path} cannot be read: {exc}; run `kontextual fsck` and restore "
             "the index from a backup or snapshot if it is damaged"
+        )
+
+    def _damaged_error(self, exc: BaseException, sql: str | None) -> DamagedStoreError:
+        """:class:`DamagedStoreError` naming the damaged tables."""
+        tables = self._damaged_tables(sql)
+        where = f" (table {', '.join(tables)})" if tables else ""
+        return DamagedStoreError(
+            f"the index {self.index_path} is damaged{where}: {exc}; {DAMAGE_ADVICE}"
+        )
+
+    def _damaged_tables(self, sql: str | None) -> list[str]:
+        """The tables that fail ``PRAGMA quick_check(table)``: of those ``sql`` reads
+        (with the shadow tables of a virtual table), or of all when it names none;
+        if none fails (or the check cannot run), the tables ``sql`` names."""
+        named = _statement_tables(sql)
+        conn = self._conn
+        if conn is None:
+            return named
+        try:
+            tables = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND rootpage > 0"
+                )
+            ]
+        except sqlite3.Error:
+            return named
+        candidates = [
+            table for table in tables if any(table == n or table.startswith(f"{n}_") for n in named)
+        ]
+        damaged = []
+        for table in candidates or tables:
+            try:
+                ok = conn.execute(f'PRAGMA quick_check("{table}")').fetchall() == [("ok",)]
+            except sqlite3.Error:
+                ok = False
+            if not ok:
+                damaged.append(table)
+        return damaged or named
+
+    def _full_error(self, exc: BaseException) -> StorageFullError:
+        return StorageFullError(
+            f"no space left on the filesystem holding {self.root}: {exc}; nothing was "
+            "written or acknowledged (free some space and retry)"
+        )
+
+    def _missing_row(self, what: str, table: str) -> DamagedStoreError:
+        """A row the schema guarantees is not there: the index is damaged."""
+        return DamagedStoreError(
+            f"the index {self.index_path} is damaged (table {table}): {what} is missing; "
+            f"{DAMAGE_ADVICE}"
         )
 
     def _run_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -848,12 +1010,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             conn = self._connection()
             if self._pending:
                 self._flush_pending(conn)
-            try:
+            with _Mapped(self, sql):
                 conn.executemany(sql, rows)
-            except sqlite3.IntegrityError as exc:
-                raise _constraint_error(exc) from exc
-            except UnicodeEncodeError as exc:
-                raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
     # A string with a lone surrogate cannot be stored, so a read that binds one
     # finds nothing, as in the reference backend.
@@ -861,14 +1019,18 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with self._lock:
             try:
-                return self._run(sql, params).fetchall()
+                cursor = self._run(sql, params)
+                with _Mapped(self, sql):
+                    return cursor.fetchall()
             except _NotUnicode:
                 return []
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         with self._lock:
             try:
-                return self._run(sql, params).fetchone()
+                cursor = self._run(sql, params)
+                with _Mapped(self, sql):
+                    return cursor.fetchone()
             except _NotUnicode:
                 return None
 
@@ -880,13 +1042,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         pending, self._pending = self._pending, {}
         self._pending_rows = 0
         self._pending_names.clear()
-        try:
-            for sql, rows in pending.items():
+        for sql, rows in pending.items():
+            with _Mapped(self, sql):
                 conn.executemany(sql, rows)
-        except sqlite3.IntegrityError as exc:
-            raise _constraint_error(exc) from exc
-        except UnicodeEncodeError as exc:
-            raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
     def _discard_pending(self) -> None:
         self._pending = {}
@@ -904,12 +1062,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if self._depth:
                 yield from self._savepoint(conn)
                 return
-            try:
+            with _Mapped(self, "BEGIN IMMEDIATE"):
                 self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise self._busy_error() from exc
-                raise
             self._depth = 1
             self._last = None
             try:
@@ -917,11 +1071,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 if self._pending:
                     self._flush_pending(conn)
                 self._end_batch(None)
-                conn.execute("COMMIT")
+                with _Mapped(self, "COMMIT"):
+                    conn.execute("COMMIT")
             except BaseException as exc:
                 self._discard_pending()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _end_quietly(conn, "ROLLBACK")
                 self._end_batch(exc)
                 raise
             finally:
@@ -937,11 +1091,15 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if conn.in_transaction:
                 yield
                 return
-            self._retry(lambda: conn.execute("BEGIN"))
+            with _Mapped(self, "BEGIN"):
+                self._retry(lambda: conn.execute("BEGIN"))
             try:
                 yield
-            finally:
-                if conn.in_transaction:
+            except BaseException:
+                _end_quietly(conn, "ROLLBACK")  # the read's own error is the one to report
+                raise
+            if conn.in_transaction:
+                with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
 
     def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -1146,8 +1304,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 if pending is not None:
                     return pending
                 try:
-                    row = self._connection().execute(sql, (collection_id, name)).fetchone()
-                except UnicodeEncodeError:
+                    with _Mapped(self, sql):
+                        row = self._connection().execute(sql, (collection_id, name)).fetchone()
+                except _NotUnicode:
                     return None
             return None if row is None else _artifact(row)
 
@@ -1166,16 +1325,20 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             conn = self._connection()
             for start in range(0, len(rest), NAMES_PER_QUERY):
                 part = rest[start : start + NAMES_PER_QUERY]
-                rows = conn.execute(
+                sql = (
                     f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.collection_id = ? "
-                    f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})",
-                    [collection_id, *part],
-                ).fetchall()
+                    f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})"
+                )
+                with _Mapped(self, sql):
+                    rows = conn.execute(sql, [collection_id, *part]).fetchall()
                 found.update((artifact.name, artifact) for artifact in map(_artifact, rows))
         return found
 
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
-        sequence = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))[0]
+        row = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))
+        if row is None:  # the contract found the artifact a moment ago
+            raise self._missing_row(f"the row of artifact {artifact_id}", "artifacts")
+        sequence = row[0]
         self._forget_text(sequence)
         self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?", (sequence,))
         self._run(
