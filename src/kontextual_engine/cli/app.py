@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ..errors import KontextualError, NotFoundError, StoreNotFound
-from ..storage.objects import STORE_MARKER, Durability, ObjectStore
+from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
 from ..storage.sqlite import SQLiteKnowledgeRepository
 
 DEFAULT_STORE = ".kontextual"
@@ -77,6 +77,9 @@ def describe(exc: Exception) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ends a command."""
     if isinstance(exc, KontextualError):
         return exc.exit_code, str(exc)
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        full = storage_full(exc.filename or ".", exc.strerror or str(exc))
+        return full.exit_code, str(full)
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
         return 1, f"{reason}: {exc.filename}" if exc.filename else reason

@@ -85,7 +85,7 @@ from ...models import (
 from .. import text
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
-from ..objects import STORE_MARKER, Durability, ObjectStore
+from ..objects import STORE_MARKER, Durability, ObjectStore, storage_full
 from . import schema
 
 INDEX_NAME = "index.sqlite"
@@ -115,6 +115,7 @@ MIN_SQLITE = (3, 34, 0)
 _BUSY_CODES = (5, 6)
 # Other primary result codes that say what happened to the index file.
 _SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
 _SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
@@ -578,6 +579,34 @@ def _no_space(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
 
 
+def _is_full(exc: sqlite3.Error, root: Path) -> bool:
+    """Whether ``exc`` says the filesystem holding the store is full."""
+    code = _error_code(exc)
+    if code == _SQLITE_FULL or "database or disk is full" in str(exc):
+        return True
+    return (code == _SQLITE_IOERR or "disk I/O error" in str(exc)) and _no_space(root)
+
+
+def _shm_refused(exc: BaseException) -> bool:
+    """Whether opening failed because SQLite could not create or map the -shm."""
+    if isinstance(exc, StorageFullError):
+        return True
+    cause = exc.__cause__
+    if not isinstance(cause, sqlite3.Error):
+        return False
+    return _error_code(cause) in (_SQLITE_READONLY, _SQLITE_CANTOPEN) or any(
+        words in str(cause) for words in ("readonly", "unable to open")
+    )
+
+
+def _has_wal(index: Path) -> bool:
+    """Whether a non-empty -wal waits to be replayed into ``index``."""
+    try:
+        return index.with_name(INDEX_NAME + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def _end_quietly(conn: sqlite3.Connection, sql: str) -> None:
     """End a transaction that is failing already: SQLite may have rolled it back
     itself, or fail the same way again; the error being raised is what counts."""
@@ -690,6 +719,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         if not create:
             _require_store(self.root)
         self.read_only = bool(read_only) or _unwritable_store(self.root)
+        # Why writes are refused: asked for, or the store cannot be written here.
+        self._read_only_reason = (
+            "is open read-only"
+            if read_only
+            else "cannot be written here (a read-only filesystem or no write permission), "
+            "so it was opened read-only"
+        )
         self.busy_timeout = float(busy_timeout)
         self.objects = ObjectStore(
             self.root, durability=durability, create=not self.read_only, read_only=self.read_only
@@ -703,7 +739,17 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
         self._pending_rows = 0
         self._pending_names: dict[tuple[str, str], Artifact] = {}
-        self._conn: sqlite3.Connection | None = self._connect()
+        self._full: StorageFullError | None = None  # why a full disk refuses writes
+        try:
+            self._conn: sqlite3.Connection | None = self._connect()
+        except StorageFullError as exc:
+            if self.read_only:
+                raise
+            # A full filesystem: SQLite cannot set up a writer (its -wal and -shm),
+            # but the index can still be read. Writes say the disk is full.
+            self.read_only = True
+            self._full = exc
+            self._conn = self._connect()
         if not self.read_only:
             try:
                 self._recover_on_open()
@@ -771,15 +817,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 )
         try:
             return self._open_connection(immutable=False)
-        except StoreFormatError as exc:
-            # A closed store in a directory this user cannot write: SQLite cannot
-            # create the -shm a WAL reader needs. With no -wal there is nothing to
-            # recover, so the file can be read as it is.
-            if (
-                self.read_only
-                and "readonly" in str(exc)
-                and not index.with_name(INDEX_NAME + "-wal").exists()
-            ):
+        except (StoreFormatError, StorageFullError) as exc:
+            # A closed store in a directory this user cannot write, on read-only
+            # media or on a full filesystem: SQLite cannot create (or grow) the
+            # -shm a WAL reader needs. With no -wal to replay there is nothing to
+            # recover, so the file can be read as it is ("immutable": SQLite then
+            # assumes that nobody writes it while it is open).
+            if self.read_only and _shm_refused(exc) and not _has_wal(index):
                 return self._open_connection(immutable=True)
             raise
 
@@ -835,6 +879,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise self._busy_error() from exc
+            if _is_full(exc, self.root):
+                raise self._full_error(exc) from exc
             raise StoreFormatError(f"{index} is not a usable SQLite index: {exc}") from exc
 
     def _recover_on_open(self) -> None:
@@ -938,16 +984,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             return exc
         if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
             return self._busy_error()
+        if _is_full(exc, self.root):
+            return self._full_error(exc)
         code = _error_code(exc)
         message = str(exc)
-        if code == _SQLITE_FULL or "database or disk is full" in message:
-            return self._full_error(exc)
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in message:
             return self._damaged_error(exc, sql)
         if code == _SQLITE_READONLY or "readonly" in message:
             return ReadOnlyStoreError(f"cannot write to {self.index_path}: {exc}")
-        if code == _SQLITE_IOERR and _no_space(self.root):
-            return self._full_error(exc)
         return StoreFormatError(
             f"{self.index_path} cannot be read: {exc}; run `kontextual fsck` and restore "
             "the index from a backup or snapshot if it is damaged"
@@ -992,10 +1036,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         return damaged or named
 
     def _full_error(self, exc: BaseException) -> StorageFullError:
-        return StorageFullError(
-            f"no space left on the filesystem holding {self.root}: {exc}; nothing was "
-            "written or acknowledged (free some space and retry)"
-        )
+        return storage_full(self.root, str(exc))
 
     def _missing_row(self, what: str, table: str) -> DamagedStoreError:
         """A row the schema guarantees is not there: the index is damaged."""
@@ -1058,7 +1099,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         with self._lock:
             conn = self._connection()
             if self.read_only:
-                raise ReadOnlyStoreError(f"store {self.root} is open read-only")
+                if self._full is not None:
+                    raise self._full_error(self._full.__cause__ or self._full)
+                raise ReadOnlyStoreError(f"store {self.root} {self._read_only_reason}")
             if self._depth:
                 yield from self._savepoint(conn)
                 return
