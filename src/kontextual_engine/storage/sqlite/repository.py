@@ -750,7 +750,12 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             self.read_only = True
             self._full = exc
             self._conn = self._connect()
+        # The identity (st_dev, st_ino) of the -wal this connection writes to,
+        # and the error that stops writes once it was deleted or replaced.
+        self._wal_identity: tuple[int, int] | None = None
+        self._wal_lost: DamagedStoreError | None = None
         if not self.read_only:
+            self._wal_identity = self._current_wal()
             try:
                 self._recover_on_open()
             except BaseException:
@@ -895,6 +900,50 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             is not None
         ):
             self.recover_abandoned()
+
+    def _current_wal(self) -> tuple[int, int] | None:
+        """The identity of the -wal now next to the index, or None if there is none."""
+        try:
+            st = os.stat(self.index_path.with_name(INDEX_NAME + "-wal"))
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_wal(self, conn: sqlite3.Connection) -> None:
+        """Refuse to commit when the -wal this connection writes to is no longer the
+        file next to the index (deleted or replaced while the store was open).
+
+        SQLite would go on writing to the unlinked file, and every write committed
+        there vanishes when the process ends. So the transaction is rolled back,
+        the frames already in that file are checkpointed into ``index.sqlite`` (the
+        connection can still read them), and this repository refuses every later
+        write with :class:`DamagedStoreError`.
+        """
+        now = self._current_wal()
+        if self._wal_identity is None:
+            self._wal_identity = now  # no -wal at open: this is the first one
+            return
+        if now == self._wal_identity:
+            return
+        _end_quietly(conn, "ROLLBACK")
+        try:
+            busy, log, copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            saved = (
+                "the writes committed before it were copied into the index"
+                if busy == 0 and log == copied
+                else f"only {copied} of {log} WAL frames could be copied into the index"
+            )
+        except sqlite3.Error as exc:
+            saved = f"the writes committed before it could not be copied into the index ({exc})"
+        what = "was deleted" if now is None else "was replaced by another file"
+        self._wal_lost = DamagedStoreError(
+            f"{self.index_path.name}-wal of store {self.root} {what} while the store was "
+            f"open; this write was not committed and {saved}; no further writes are "
+            "accepted by this process. Close and reopen the store, then run "
+            "`kontextual fsck --full`; if anything is missing, restore from a backup "
+            "(`kontextual backup`) or a snapshot"
+        )
+        raise self._wal_lost
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Closing twice is fine."""
@@ -1105,6 +1154,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if self._depth:
                 yield from self._savepoint(conn)
                 return
+            if self._wal_lost is not None:
+                raise self._wal_lost
             with _Mapped(self, "BEGIN IMMEDIATE"):
                 self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
             self._depth = 1
@@ -1114,6 +1165,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 if self._pending:
                     self._flush_pending(conn)
                 self._end_batch(None)
+                self._check_wal(conn)
                 with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
             except BaseException as exc:
