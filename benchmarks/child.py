@@ -28,7 +28,7 @@ def _status_kib(field: str) -> int:
 def store_in(store: str, source: str) -> dict[str, object]:
     from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
-    repo = SQLiteKnowledgeRepository.open(store, durability="full")
+    repo = SQLiteKnowledgeRepository.open(store, durability="full", create=True)
     before = _status_kib("VmRSS")
     start = time.perf_counter()
     with open(source, "rb") as reader:

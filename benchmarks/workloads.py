@@ -90,7 +90,7 @@ class Context:
             path = self.fresh("big-store")
             log(f"  building a store of {n:,} artifacts for lookups and snapshots")
             start = time.perf_counter()
-            repo = SQLiteKnowledgeRepository.open(path, durability="batch")
+            repo = SQLiteKnowledgeRepository.open(path, durability="batch", create=True)
             collection = repo.create_collection("bench")
             ids: list[str] = []
             names: list[str] = []
@@ -182,7 +182,7 @@ def bulk_ingest(ctx: Context) -> None:
         def run() -> float:
             target = ctx.fresh(f"store-{durability}")
             start = time.perf_counter()
-            repo = SQLiteKnowledgeRepository.open(target, durability=durability)
+            repo = SQLiteKnowledgeRepository.open(target, durability=durability, create=True)
             collection = repo.create_collection("bench")
             results = repo.put_artifacts(collection.id, _read_items(source, names, metadata))
             if index_text:
@@ -281,7 +281,7 @@ def single_create(ctx: Context) -> None:
     floor_items: list[float] = []
     for rep in range(ctx.scale.repetitions):
         target = ctx.fresh("single")
-        repo = SQLiteKnowledgeRepository.open(target, durability="full")
+        repo = SQLiteKnowledgeRepository.open(target, durability="full", create=True)
         collection = repo.create_collection("bench")
         repo.put_artifacts(collection.id, _items(iter(warm)))
         repo.index_text()
@@ -379,7 +379,7 @@ def stdlib_corpus(ctx: Context) -> None:
     def ours() -> float:
         target = ctx.fresh("corpus-store")
         start = time.perf_counter()
-        repo = SQLiteKnowledgeRepository.open(target, durability="batch")
+        repo = SQLiteKnowledgeRepository.open(target, durability="batch", create=True)
         collection = repo.create_collection("stdlib")
         repo.put_artifacts(collection.id, ingest_items())
         repo.close()
@@ -797,7 +797,7 @@ def snapshot(ctx: Context) -> None:
         export_snapshot(repo, target)
         middle = time.perf_counter()
         repo.close()
-        fresh = SQLiteKnowledgeRepository.open(restored, durability="full")
+        fresh = SQLiteKnowledgeRepository.open(restored, durability="full", create=True)
         middle2 = time.perf_counter()
         import_snapshot(target, fresh)
         fresh.close()
@@ -896,7 +896,7 @@ def growth(ctx: Context) -> None:
         )
         points = fits
     target = ctx.fresh("growth")
-    repo = SQLiteKnowledgeRepository.open(target, durability="batch")
+    repo = SQLiteKnowledgeRepository.open(target, durability="batch", create=True)
     collection = repo.create_collection("bench")
     count = 0
     fill_seconds = 0.0

@@ -38,15 +38,20 @@ class Backend:
             repo: KnowledgeRepository = InMemoryKnowledgeRepository(clock=self.clock, ids=self.ids)
             self.opened.append(repo)
             return repo
-        return self._open(self.root / f"store{len(self.opened)}")
+        return self._open(self.root / f"store{len(self.opened)}", create=True)
 
-    def _open(self, path: Path) -> KnowledgeRepository:
+    def _open(self, path: Path, *, create: bool = False) -> KnowledgeRepository:
         if self.kind not in SQLITE_KINDS:
             raise AssertionError(f"unknown backend {self.kind}")
         from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
         repo = SQLiteKnowledgeRepository.open(
-            path, durability="none", clock=self.clock, ids=self.ids, **SQLITE_KINDS[self.kind]
+            path,
+            durability="none",
+            clock=self.clock,
+            ids=self.ids,
+            create=create,
+            **SQLITE_KINDS[self.kind],
         )
         self.opened.append(repo)
         self.paths[id(repo)] = path

@@ -11,13 +11,39 @@ NOISE = bytes((i * 37 + 11) % 256 for i in range(256))
 
 def overwrite_root_page(index: Path, table: str, pattern: bytes = NOISE) -> None:
     """Fill the root page of ``table`` in a closed index with ``pattern``, repeated."""
+    overwrite_page(index, table_pages(index, table)[0], pattern)
+
+
+def table_pages(index: Path, table: str) -> tuple[int, list[int]]:
+    """The root page of ``table`` in a closed index and the pages its root points to
+    (empty when the root is itself a leaf): a table of more than one page has an
+    interior root whose children are leaves (or, for a large table, interior pages)."""
     with sqlite3.connect(index) as conn:
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         root = conn.execute(
             "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
         ).fetchone()[0]
     conn.close()
-    data = bytearray(index.read_bytes())
-    offset = (root - 1) * size
-    data[offset : offset + size] = (pattern * (size // len(pattern) + 1))[:size]
-    index.write_bytes(bytes(data))
+    with index.open("rb") as file:
+        file.seek((root - 1) * size)
+        page = file.read(size)
+    header = 100 if root == 1 else 0
+    if page[header] not in (0x05, 0x02):  # interior table or index B-tree page
+        return root, []
+    count = int.from_bytes(page[header + 3 : header + 5], "big")
+    cells = [
+        int.from_bytes(page[header + 12 + 2 * i : header + 14 + 2 * i], "big") for i in range(count)
+    ]
+    children = [int.from_bytes(page[cell : cell + 4], "big") for cell in cells]
+    children.append(int.from_bytes(page[header + 8 : header + 12], "big"))
+    return root, children
+
+
+def overwrite_page(index: Path, page: int, pattern: bytes = NOISE) -> None:
+    """Fill page number ``page`` (1-based) of a closed index with ``pattern``, repeated."""
+    with sqlite3.connect(index) as conn:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with index.open("r+b") as file:
+        file.seek((page - 1) * size)
+        file.write((pattern * (size // len(pattern) + 1))[:size])

@@ -129,14 +129,14 @@ class Differential(RuleBasedStateMachine):
         self.memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
         self.sqlite_clock = TickingClock()
         self.sqlite_ids = SequentialIds()
-        self.sqlite = self._open()
+        self.sqlite = self._open(create=True)
         self.collections: list[str] = []
         self.artifacts: list[str] = []
         self.relationships: list[str] = []
         self.runs: list[str] = []
         self.steps: list[str] = []
 
-    def _open(self) -> SQLiteKnowledgeRepository:
+    def _open(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
         # A small backlog limit: text queries meet indexed rows, backlog rows
         # and the automatic indexing between them (ADR 0004).
         return SQLiteKnowledgeRepository.open(
@@ -145,6 +145,7 @@ class Differential(RuleBasedStateMachine):
             clock=self.sqlite_clock,
             ids=self.sqlite_ids,
             text_backlog_limit=3,
+            create=create,
         )
 
     def teardown(self) -> None:

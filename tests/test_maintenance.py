@@ -24,7 +24,7 @@ OLD = time.time() - 30 * 24 * 3600
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteKnowledgeRepository]:
-    repo = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
+    repo = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none", create=True)
     collection = repo.create_collection("c").id
     repo.put_artifacts(
         collection, [NewArtifact(f"n{i}", f"body {i}".encode(), "note") for i in range(10)]

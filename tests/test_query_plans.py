@@ -20,7 +20,7 @@ from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[SQLiteKnowledgeRepository]:
-    store = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
+    store = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none", create=True)
     collection = store.create_collection("plans")
     store.put_artifacts(
         collection.id,

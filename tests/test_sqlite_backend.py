@@ -38,6 +38,7 @@ from kontextual_engine.errors import (
     KontextualError,
     ReadOnlyStoreError,
     StoreFormatError,
+    StoreNotFound,
     ValidationError,
 )
 from kontextual_engine.models import ContextReference
@@ -68,6 +69,8 @@ METADATA: dict[str, Any] = {
 
 
 def open_repo(path: Path, durability: str = "none", **kwargs: Any) -> SQLiteKnowledgeRepository:
+    """Open ``path``, creating the store if it is missing unless ``create=False``."""
+    kwargs.setdefault("create", True)
     return SQLiteKnowledgeRepository.open(path, durability, **kwargs)
 
 
@@ -152,6 +155,27 @@ def test_open_creates_a_store(tmp_path: Path) -> None:
         repo.create_collection("x")
     with open_repo(tmp_path / "empty") as repo:
         assert [c.name for c in repo.list_collections()] == ["x"]
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_open_without_create_creates_nothing(tmp_path: Path, read_only: bool) -> None:
+    """A mistyped path is an error, never a new empty store."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for path in (tmp_path / "missing", tmp_path / "missing" / "deeper", tmp_path / "empty"):
+        with pytest.raises(StoreNotFound, match=f"no kontextual store at {path}") as caught:
+            SQLiteKnowledgeRepository.open(path, "none", read_only=read_only)
+        assert caught.value.exit_code == 3
+        assert "create=True" in str(caught.value)
+    with pytest.raises(StoreNotFound):
+        SQLiteKnowledgeRepository(tmp_path / "other", "none", read_only=read_only)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    # Creating is explicit, and an existing store then opens without it.
+    SQLiteKnowledgeRepository.open(tmp_path / "missing", "none", create=True).close()
+    with SQLiteKnowledgeRepository.open(tmp_path / "missing", "none", read_only=read_only) as repo:
+        assert repo.list_collections() == []
 
 
 def test_open_refuses_what_is_not_a_store(tmp_path: Path) -> None:
@@ -370,7 +394,7 @@ def test_fresh_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
         import sys, time
         from kontextual_engine import SQLiteKnowledgeRepository
         time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
-        with SQLiteKnowledgeRepository.open(sys.argv[1], "batch") as repo:
+        with SQLiteKnowledgeRepository.open(sys.argv[1], "batch", create=True) as repo:
             repo.create_collection("from-" + sys.argv[3])
     """
     procs = [
@@ -417,7 +441,7 @@ def test_a_process_that_exits_without_close_loses_nothing_committed(tmp_path: Pa
         from kontextual_engine import SQLiteKnowledgeRepository
         sys.path.insert(0, sys.argv[2])
         from test_sqlite_backend import everything, populate
-        repo = SQLiteKnowledgeRepository.open(sys.argv[1], "full")
+        repo = SQLiteKnowledgeRepository.open(sys.argv[1], "full", create=True)
         populate(repo)
         with open(os.path.join(sys.argv[1], "..", "expected.repr"), "w") as out:
             out.write(repr(everything(repo)))
@@ -968,7 +992,7 @@ def test_reads_with_unencodable_strings_find_nothing(tmp_path: Path) -> None:
 def test_a_text_query_scans_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
     """Indexing the backlog needs the write lock; without it the query still answers."""
     path = tmp_path / "s"
-    with SQLiteKnowledgeRepository.open(path, durability="none") as first:
+    with SQLiteKnowledgeRepository.open(path, durability="none", create=True) as first:
         collection = first.create_collection("c")
         first.create_artifact(collection.id, "a", b"a needle here", artifact_type="note")
     reader = SQLiteKnowledgeRepository.open(
@@ -989,7 +1013,7 @@ def test_a_text_query_scans_when_another_writer_holds_the_lock(tmp_path: Path) -
 @pytest.mark.parametrize("limit", [-1, 1.5, True, "10", None])
 def test_text_backlog_limit_must_be_a_count(tmp_path: Path, limit: object) -> None:
     with pytest.raises(ValidationError, match="text_backlog_limit"):
-        SQLiteKnowledgeRepository.open(tmp_path / "s", text_backlog_limit=limit)  # type: ignore[arg-type]
+        SQLiteKnowledgeRepository.open(tmp_path / "s", text_backlog_limit=limit, create=True)  # type: ignore[arg-type]
     assert not (tmp_path / "s").exists()
 
 

@@ -68,6 +68,20 @@ class ObjectNotFound(NotFoundError):
     entity = "object"
 
 
+class StoreNotFound(NotFoundError):
+    """No store at a path that was opened without ``create=True``."""
+
+    entity = "store"
+
+    def __init__(
+        self,
+        path: object,
+        hint: str = "create one with `kontextual init` or "
+        "`SQLiteKnowledgeRepository.open(path, create=True)`",
+    ) -> None:
+        super().__init__(str(path), f"no kontextual store at {path}; {hint}")
+
+
 class ConflictError(KontextualError):
     """The operation contradicts the current state of the repository."""
 

@@ -438,7 +438,7 @@ def main(argv: list[str]) -> int:
 
     ids, clock = TrialIds(int(trial)), TrialClock(int(trial))
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    repo = SQLiteKnowledgeRepository.open(store, durability, clock=clock, ids=ids)
+    repo = SQLiteKnowledgeRepository.open(store, durability, clock=clock, ids=ids, create=True)
     # Whatever opening did (it writes nothing on a healthy store) must not shift
     # the ids and times that the reference model reproduces.
     ids.reset()

@@ -46,7 +46,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="fuzz-query-"))
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
     sqlite = SQLiteKnowledgeRepository.open(
-        scratch / "store", "none", clock=TickingClock(), ids=SequentialIds()
+        scratch / "store", "none", clock=TickingClock(), ids=SequentialIds(), create=True
     )
     repos: list[KnowledgeRepository] = [memory, sqlite]
     for repo in repos:

@@ -59,7 +59,7 @@ def assert_typed(line: str) -> None:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "store"
-    with SQLiteKnowledgeRepository.open(path, "none") as repo:
+    with SQLiteKnowledgeRepository.open(path, "none", create=True) as repo:
         cid = repo.create_collection("notes").id
         for name in ("a.md", "b.md", INJECTION):
             repo.create_artifact(

@@ -87,7 +87,7 @@ def check_writes(store: Path, writes: list[dict[str, Any]], removed: set[str]) -
 
 def run_processes(tmp_path: Path, per_writer: int) -> dict[str, Any]:
     store = tmp_path / "store"
-    with SQLiteKnowledgeRepository.open(store) as repo:
+    with SQLiteKnowledgeRepository.open(store, create=True) as repo:
         repo.create_collection(concurrency_worker.COLLECTION)
         repo.objects.add(b"garbage from the start: gc may remove it")
     stop = tmp_path / "stop"
@@ -174,7 +174,7 @@ def run_threads(tmp_path: Path, per_writer: int) -> dict[str, Any]:
     removed: set[str] = set()
     stop = threading.Event()
     counts = {"reader_rounds": 0, "gc_rounds": 0}
-    with SQLiteKnowledgeRepository.open(store, "batch") as repo:
+    with SQLiteKnowledgeRepository.open(store, "batch", create=True) as repo:
         repo.create_collection(concurrency_worker.COLLECTION)
         lock = threading.Lock()
 

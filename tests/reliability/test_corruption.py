@@ -42,7 +42,7 @@ BODIES = {f"n{i}": (f"body number {i} " * (i + 1)).encode() for i in range(8)}
 def store(tmp_path: Path) -> Path:
     """A closed store with eight artifacts, one of them with two revisions."""
     path = tmp_path / "store"
-    with SQLiteKnowledgeRepository.open(path, "none") as repo:
+    with SQLiteKnowledgeRepository.open(path, "none", create=True) as repo:
         cid = repo.create_collection("c").id
         for name, body in BODIES.items():
             repo.create_artifact(cid, name, body, artifact_type="note")
@@ -346,7 +346,7 @@ def test_damaged_marker_is_refused_at_open(store: Path, damage: str, read_only: 
 CRASHING_WRITER = textwrap.dedent("""
     import os, sys
     from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
-    repo = SQLiteKnowledgeRepository.open(sys.argv[1], "none")
+    repo = SQLiteKnowledgeRepository.open(sys.argv[1], "none", create=True)
     cid = repo.create_collection("other").id
     for i in range(int(sys.argv[2])):
         repo.create_artifact(cid, f"other{i}", b"another store's body %d" % i,

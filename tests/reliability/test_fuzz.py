@@ -228,7 +228,7 @@ def check_snapshot_mutation(pristine: Path, base: Path, mutation: dict[str, Any]
     target: KnowledgeRepository = (
         InMemoryKnowledgeRepository()
         if kind == "memory"
-        else SQLiteKnowledgeRepository.open(work / "store", "none")
+        else SQLiteKnowledgeRepository.open(work / "store", "none", create=True)
     )
     try:
         return assert_all_or_nothing(work / "snap", target)
@@ -365,6 +365,7 @@ def corpus(
         "none",
         clock=TickingClock(),
         ids=SequentialIds(),
+        create=True,
     )
     for repo in (memory, sqlite):
         local = random.Random(5)  # the same artifacts in both

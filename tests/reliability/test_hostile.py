@@ -92,7 +92,7 @@ def new_pair(
 ) -> tuple[KnowledgeRepository, SQLiteKnowledgeRepository]:
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
     sqlite = SQLiteKnowledgeRepository.open(
-        tmp_path / name, "none", clock=TickingClock(), ids=SequentialIds()
+        tmp_path / name, "none", clock=TickingClock(), ids=SequentialIds(), create=True
     )
     return memory, sqlite
 
@@ -599,7 +599,7 @@ def test_hostile_tars_are_refused_and_import_nothing(
     target: KnowledgeRepository = (
         InMemoryKnowledgeRepository()
         if kind == "memory"
-        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none")
+        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none", create=True)
     )
     try:
         with pytest.raises(SnapshotError, match=HOSTILE_TAR_NAMES[hostile]):
@@ -690,7 +690,7 @@ def test_tampered_snapshot_records_import_nothing(
     target: KnowledgeRepository = (
         InMemoryKnowledgeRepository()
         if kind == "memory"
-        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none")
+        else SQLiteKnowledgeRepository.open(tmp_path / "target", "none", create=True)
     )
     try:
         with pytest.raises(SnapshotError):
@@ -710,7 +710,7 @@ def body_and_path(repo: SQLiteKnowledgeRepository, text: str) -> tuple[bytes, Pa
 
 
 def test_planted_object_symlink_is_never_followed(tmp_path: Path, sentinel: Path) -> None:
-    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full") as repo:
+    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full", create=True) as repo:
         cid = repo.create_collection("c").id
         for target_name, body_text in [("secret.txt", "body one"), ("victim.db", "body two")]:
             body, path = body_and_path(repo, body_text)
@@ -745,7 +745,7 @@ def test_planted_object_symlink_is_never_followed(tmp_path: Path, sentinel: Path
 
 
 def test_planted_fanout_symlink_is_refused(tmp_path: Path, sentinel: Path) -> None:
-    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full") as repo:
+    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full", create=True) as repo:
         cid = repo.create_collection("c").id
         body, path = body_and_path(repo, "routed through a fan-out link")
         path.parent.symlink_to(sentinel / "nested")
@@ -759,7 +759,7 @@ def test_planted_fanout_symlink_is_refused(tmp_path: Path, sentinel: Path) -> No
 
 
 def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path, sentinel: Path) -> None:
-    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full") as repo:
+    with SQLiteKnowledgeRepository.open(tmp_path / "store", "full", create=True) as repo:
         cid = repo.create_collection("c").id
         first = next(objects_module._tmp_counter)
         planted = []
@@ -790,7 +790,7 @@ def test_store_directories_symlinked_outside_are_refused_at_open(
     tmp_path: Path, sentinel: Path, part: str
 ) -> None:
     store = tmp_path / "store"
-    SQLiteKnowledgeRepository.open(store, "full").close()
+    SQLiteKnowledgeRepository.open(store, "full", create=True).close()
     shutil.rmtree(store / part)
     (store / part).symlink_to(sentinel / "nested")
     for read_only in (False, True):
@@ -800,7 +800,7 @@ def test_store_directories_symlinked_outside_are_refused_at_open(
 
 def test_symlinked_wal_is_refused(tmp_path: Path, sentinel: Path) -> None:
     store = tmp_path / "store"
-    SQLiteKnowledgeRepository.open(store, "full").close()
+    SQLiteKnowledgeRepository.open(store, "full", create=True).close()
     (store / "index.sqlite-wal").symlink_to(sentinel / "secret.txt")
     with pytest.raises(KontextualError), SQLiteKnowledgeRepository.open(store, "full") as repo:
         repo.create_collection("c")
@@ -813,7 +813,7 @@ def test_symlinked_index_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(victim) as conn:
         conn.execute("CREATE TABLE mine (x)")
     before = tree_state(outside)
-    SQLiteKnowledgeRepository.open(store, "full").close()
+    SQLiteKnowledgeRepository.open(store, "full", create=True).close()
     (store / "index.sqlite").unlink()
     (store / "index.sqlite").symlink_to(victim)
     try:

@@ -41,7 +41,7 @@ MAKE_STORE = textwrap.dedent("""
     os.umask(int(sys.argv[2], 8))
     from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
     root = sys.argv[1]
-    with SQLiteKnowledgeRepository.open(root, "full") as repo:
+    with SQLiteKnowledgeRepository.open(root, "full", create=True) as repo:
         cid = repo.create_collection("c").id
         artifact = repo.create_artifact(cid, "a", b"body", artifact_type="t")
         hexd = artifact.digest.removeprefix("blake3:")
@@ -94,7 +94,7 @@ def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path) -> None:
 
 
 def test_writable_objects_are_reported(tmp_path: Path) -> None:
-    with SQLiteKnowledgeRepository.open(tmp_path / "s", "none") as repo:
+    with SQLiteKnowledgeRepository.open(tmp_path / "s", "none", create=True) as repo:
         cid = repo.create_collection("c").id
         digest = repo.create_artifact(cid, "a", b"body", artifact_type="t").digest
         repo.objects.path(digest).chmod(0o644)
@@ -132,7 +132,7 @@ def public(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def readable_store(public: Path) -> Path:
     store = public / "store"
-    with SQLiteKnowledgeRepository.open(store, "full") as repo:
+    with SQLiteKnowledgeRepository.open(store, "full", create=True) as repo:
         populate(repo)
     lock_down(store)
     return store

@@ -17,8 +17,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import KontextualError, NotFoundError
-from ..storage.objects import STORE_MARKER, Durability, ObjectStore
+from ..errors import KontextualError, NotFoundError, StoreNotFound
+from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
 from ..storage.sqlite import SQLiteKnowledgeRepository
 
 DEFAULT_STORE = ".kontextual"
@@ -27,15 +27,6 @@ STORE_ENV = "KONTEXTUAL_STORE"
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StoreNotFound(NotFoundError):
-    entity = "store"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(
-            str(path), f"no kontextual store at {path}; run `kontextual init` to create one"
-        )
 
 
 class PathNotFound(NotFoundError):
@@ -57,13 +48,13 @@ class App:
 
     def require_store(self) -> None:
         if not self.exists():
-            raise StoreNotFound(self.store)
+            raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
     def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
         if not create:
             self.require_store()
-        repo = SQLiteKnowledgeRepository.open(self.store, self.durability)
+        repo = SQLiteKnowledgeRepository.open(self.store, self.durability, create=create)
         return click.get_current_context().with_resource(repo)
 
     def objects(self) -> ObjectStore:
@@ -86,6 +77,9 @@ def describe(exc: Exception) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ends a command."""
     if isinstance(exc, KontextualError):
         return exc.exit_code, str(exc)
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        full = storage_full(exc.filename or ".", exc.strerror or str(exc))
+        return full.exit_code, str(full)
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
         return 1, f"{reason}: {exc.filename}" if exc.filename else reason

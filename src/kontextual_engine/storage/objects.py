@@ -57,6 +57,7 @@ from ..errors import (
     CorruptObjectError,
     ObjectNotFound,
     ReadOnlyStoreError,
+    StorageFullError,
     StoreFormatError,
     ValidationError,
 )
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILE_MODE",
+    "FULL_ERRNOS",
     "OBJECTS_DIR",
     "STORE_FORMAT",
     "STORE_MARKER",
@@ -77,6 +79,7 @@ __all__ = [
     "ObjectStore",
     "Problem",
     "ProblemKind",
+    "storage_full",
 ]
 
 STORE_MARKER = "kontextual.json"
@@ -126,6 +129,8 @@ _DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _CLOEXEC
 
 # errno values that mean "this store cannot be written here".
 _READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# errno values that mean "the filesystem (or the user's quota) is full".
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # errno values of link(2) that mean "this filesystem has no hard links".
 _NO_HARDLINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, getattr(errno, "ENOSYS", errno.ENOTSUP)}
@@ -666,6 +671,8 @@ class ObjectStore:
                 f"cannot write to object store {os.fspath(self.root)}: "
                 f"{exc.strerror or exc} ({where})"
             )
+        if exc.errno in FULL_ERRNOS:
+            return storage_full(self.root, exc.strerror or str(exc))
         return exc
 
     def _fan(self, fan: str) -> bool:
@@ -968,6 +975,14 @@ class _VerifyingReader(io.RawIOBase):
         if not self.closed:
             self._file.close()
         super().close()
+
+
+def storage_full(where: str | os.PathLike[str], reason: str) -> StorageFullError:
+    """The error for a write refused because the filesystem holding ``where`` is full."""
+    return StorageFullError(
+        f"no space left on the filesystem holding {os.fspath(where)}: {reason}; "
+        "nothing was written or acknowledged (free some space and retry)"
+    )
 
 
 def _byte_view(data: object, what: str) -> memoryview:

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...digests import Digest
-from ...errors import KontextualError, ObjectNotFound, StoreFormatError, ValidationError
+from ...errors import (
+    DamagedStoreError,
+    KontextualError,
+    ObjectNotFound,
+    StoreFormatError,
+    ValidationError,
+)
 from ..objects import ObjectStore, sync_filesystem
 from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 
@@ -271,7 +277,7 @@ def gc(
                     f"({checked[0]}); run fsck"
                 )
             referenced = {row[0] for row in repo._all("SELECT DISTINCT digest FROM revisions")}
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, DamagedStoreError) as exc:
             raise StoreFormatError(
                 f"gc refused: cannot read the index {repo.index_path} ({exc}); run fsck"
             ) from exc

@@ -34,10 +34,12 @@ missing referenced row) raises :class:`IntegrityError`, never a raw
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import os
 import random
+import re
 import sqlite3
 import stat
 import threading
@@ -51,10 +53,13 @@ from typing import Any, BinaryIO, TypeVar
 from ...digests import parse_digest
 from ...errors import (
     ConflictError,
+    DamagedStoreError,
     IntegrityError,
     KontextualError,
     ReadOnlyStoreError,
+    StorageFullError,
     StoreFormatError,
+    StoreNotFound,
     ValidationError,
 )
 from ...models import (
@@ -81,7 +86,7 @@ from ...models import (
 from .. import text
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
-from ..objects import Durability, ObjectStore
+from ..objects import STORE_MARKER, Durability, ObjectStore, storage_full
 from . import schema
 
 INDEX_NAME = "index.sqlite"
@@ -109,6 +114,19 @@ CACHE_SIZE_KIB = 64 * 1024
 MIN_SQLITE = (3, 34, 0)
 # SQLITE_BUSY and SQLITE_LOCKED primary result codes.
 _BUSY_CODES = (5, 6)
+# Other primary result codes that say what happened to the index file.
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+# A filesystem with less free space than this when SQLite reports an I/O
+# error is full: SQLite reports a failed write of its -shm or a page as
+# SQLITE_IOERR, not SQLITE_FULL.
+NEARLY_FULL_BYTES = 1024 * 1024
+# The tables a statement names (not table-valued functions such as json_each).
+_STATEMENT_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)\b(?!\s*\()", re.IGNORECASE)
 # A term shorter than this cannot go through a trigram MATCH.
 _TRIGRAM = 3
 # How a metadata filter begins in SQL (see _query).
@@ -198,6 +216,36 @@ _UPDATE_STEP = (
 )
 
 
+# What a DamagedStoreError tells the user to do.
+DAMAGE_ADVICE = (
+    "run `kontextual fsck` to see what is damaged, then restore the store from a backup "
+    "(`kontextual backup`) or a snapshot (`kontextual export`)"
+)
+_Decoder = TypeVar("_Decoder", bound=Callable[..., Any])
+
+
+def _decodes(table: str) -> Callable[[_Decoder], _Decoder]:
+    """Mark a function that turns rows of ``table`` into records: a row it cannot
+    read (a NULL or a wrong type where the schema allows none, as a damaged page
+    can yield) raises :class:`DamagedStoreError` naming the table, not a raw
+    ``TypeError`` or ``ValueError``."""
+
+    def wrap(decode: _Decoder) -> _Decoder:
+        @functools.wraps(decode)
+        def checked(*args: Any) -> Any:
+            try:
+                return decode(*args)
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DamagedStoreError(
+                    f"the index is damaged (table {table}): a stored row cannot be read "
+                    f"({type(exc).__name__}: {exc}); {DAMAGE_ADVICE}"
+                ) from exc
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
+
+
 def _time(value: str) -> datetime:
     """Parse what :func:`format_time` wrote (``...T..:..:...ffffffZ``), fast."""
     return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
@@ -211,6 +259,7 @@ def _format_maybe(moment: datetime | None) -> str | None:
     return None if moment is None else format_time(moment)
 
 
+@_decodes("artifacts")
 def _artifact(row: Any) -> Artifact:
     return Artifact(
         row[0],
@@ -230,6 +279,7 @@ def _artifact(row: Any) -> Artifact:
     )
 
 
+@_decodes("revisions")
 def _revision(row: Any) -> ArtifactRevision:
     return ArtifactRevision(
         row[0],
@@ -248,20 +298,24 @@ def _revision(row: Any) -> ArtifactRevision:
     )
 
 
+@_decodes("collections")
 def _collection(row: Any) -> Collection:
     return Collection(row[0], row[1], row[2], row[3], _time(row[4]), row[5])
 
 
+@_decodes("relationships")
 def _relationship(row: Any) -> Relationship:
     return Relationship(row[0], row[1], row[2], row[3], row[4], _time(row[5]), row[6])
 
 
+@_decodes("changes")
 def _change(row: Any) -> ChangeRecord:
     return ChangeRecord(
         row[0], row[1], row[2], row[3], _time(row[4]), row[5], row[6], row[7], row[8]
     )
 
 
+@_decodes("runs")
 def _run_record(row: Any) -> OperationRun:
     return OperationRun(
         row[0],
@@ -281,6 +335,7 @@ def _run_record(row: Any) -> OperationRun:
     )
 
 
+@_decodes("steps")
 def _step(row: Any) -> WorkflowStep:
     return WorkflowStep(
         row[0],
@@ -296,6 +351,7 @@ def _step(row: Any) -> WorkflowStep:
     )
 
 
+@_decodes("external_references")
 def _external(row: Any) -> ExternalMemoryReference:
     return ExternalMemoryReference(
         row[0],
@@ -329,6 +385,7 @@ def _grouped(rows: Iterable[Any], width: int) -> Iterator[tuple[Any, list[Any]]]
         yield head, children
 
 
+@_decodes("bundles")
 def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
     return [
         InputBundle(
@@ -343,6 +400,7 @@ def _bundles(rows: Iterable[Any]) -> list[InputBundle]:
     ]
 
 
+@_decodes("context_packages")
 def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
     return [
         ContextPackage(
@@ -357,6 +415,7 @@ def _packages(rows: Iterable[Any]) -> list[ContextPackage]:
     ]
 
 
+@_decodes("manifests")
 def _manifest(row: Any, refs: Sequence[Any]) -> RunManifest:
     """A manifest from its row and its ``manifest_refs`` rows (ordered by direction,
     position)."""
@@ -491,6 +550,76 @@ def _unwritable_store(root: Path) -> bool:
     return index.is_file() and not (os.access(root, os.W_OK) and os.access(index, os.W_OK))
 
 
+def _require_store(root: Path) -> None:
+    """Refuse a path that holds no store, so that opening never creates one.
+
+    Only "nothing here" is :class:`StoreNotFound`: a file where the store
+    should be, or a directory that has an index but lost its marker, is left
+    to the object store's checks, which say what is wrong with it.
+    """
+    if root.is_dir():
+        if os.path.lexists(root / STORE_MARKER) or os.path.lexists(root / INDEX_NAME):
+            return
+    elif os.path.lexists(root):
+        return
+    raise StoreNotFound(root)
+
+
+def _error_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code for ``exc`` (None before Python 3.11)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` is (all but) full."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
+
+
+def _is_full(exc: sqlite3.Error, root: Path) -> bool:
+    """Whether ``exc`` says the filesystem holding the store is full."""
+    code = _error_code(exc)
+    if code == _SQLITE_FULL or "database or disk is full" in str(exc):
+        return True
+    return (code == _SQLITE_IOERR or "disk I/O error" in str(exc)) and _no_space(root)
+
+
+def _shm_refused(exc: BaseException) -> bool:
+    """Whether opening failed because SQLite could not create or map the -shm."""
+    if isinstance(exc, StorageFullError):
+        return True
+    cause = exc.__cause__
+    if not isinstance(cause, sqlite3.Error):
+        return False
+    return _error_code(cause) in (_SQLITE_READONLY, _SQLITE_CANTOPEN) or any(
+        words in str(cause) for words in ("readonly", "unable to open")
+    )
+
+
+def _has_wal(index: Path) -> bool:
+    """Whether a non-empty -wal waits to be replayed into ``index``."""
+    try:
+        return index.with_name(INDEX_NAME + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _end_quietly(conn: sqlite3.Connection, sql: str) -> None:
+    """End a transaction that is failing already: SQLite may have rolled it back
+    itself, or fail the same way again; the error being raised is what counts."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute(sql)
+
+
+def _statement_tables(sql: str | None) -> list[str]:
+    return sorted(set(_STATEMENT_TABLE.findall(sql or "")))
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -524,12 +653,32 @@ class _NotUnicode(ValidationError):
     """A bound string that cannot be encoded as UTF-8 (it has a lone surrogate)."""
 
 
+class _Mapped:
+    """``with _Mapped(repo, sql):`` around any use of the connection turns what
+    SQLite raises into the repository's typed error (:meth:`_typed_error`)."""
+
+    __slots__ = ("repo", "sql")
+
+    def __init__(self, repo: SQLiteKnowledgeRepository, sql: str | None) -> None:
+        self.repo = repo
+        self.sql = sql
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, (sqlite3.Error, UnicodeEncodeError)):
+            raise self.repo._typed_error(exc, self.sql) from exc
+
+
 class SQLiteKnowledgeRepository(KnowledgeRepository):
     """The durable backend: ``<store>/objects`` for bodies, ``<store>/index.sqlite``.
 
     Open with :meth:`open` (or the constructor, which takes the same
-    arguments). A missing or empty directory becomes a new store; an existing
-    store is opened (and its index migrated); anything else is refused with
+    arguments). An existing store is opened (and its index migrated); a path
+    that holds no store raises :class:`StoreNotFound` and nothing is created.
+    Creating is explicit: with ``create=True`` a missing or empty directory
+    becomes a new store. Anything else is refused with
     :class:`StoreFormatError`. ``read_only`` opens without writing anything.
 
     Searchable text is written to a backlog and indexed in batches (ADR
@@ -546,6 +695,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         clock: Clock | None = None,
         ids: IdSource | None = None,
         read_only: bool = False,
+        create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> None:
@@ -567,7 +717,16 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         self.text_backlog_limit = text_backlog_limit
         self.root = Path(path)
+        if not create:
+            _require_store(self.root)
         self.read_only = bool(read_only) or _unwritable_store(self.root)
+        # Why writes are refused: asked for, or the store cannot be written here.
+        self._read_only_reason = (
+            "is open read-only"
+            if read_only
+            else "cannot be written here (a read-only filesystem or no write permission), "
+            "so it was opened read-only"
+        )
         self.busy_timeout = float(busy_timeout)
         self.objects = ObjectStore(
             self.root, durability=durability, create=not self.read_only, read_only=self.read_only
@@ -581,8 +740,23 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
         self._pending_rows = 0
         self._pending_names: dict[tuple[str, str], Artifact] = {}
-        self._conn: sqlite3.Connection | None = self._connect()
+        self._full: StorageFullError | None = None  # why a full disk refuses writes
+        try:
+            self._conn: sqlite3.Connection | None = self._connect()
+        except StorageFullError as exc:
+            if self.read_only:
+                raise
+            # A full filesystem: SQLite cannot set up a writer (its -wal and -shm),
+            # but the index can still be read. Writes say the disk is full.
+            self.read_only = True
+            self._full = exc
+            self._conn = self._connect()
+        # The identity (st_dev, st_ino) of the -wal this connection writes to,
+        # and the error that stops writes once it was deleted or replaced.
+        self._wal_identity: tuple[int, int] | None = None
+        self._wal_lost: DamagedStoreError | None = None
         if not self.read_only:
+            self._wal_identity = self._current_wal()
             try:
                 self._recover_on_open()
             except BaseException:
@@ -599,15 +773,20 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         clock: Clock | None = None,
         ids: IdSource | None = None,
         read_only: bool = False,
+        create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> SQLiteKnowledgeRepository:
+        """Open the store at ``path``; with ``create=True``, make it first if it is
+        missing (a missing or empty directory). Without it, a path that holds no
+        store raises :class:`StoreNotFound` and nothing is created."""
         return cls(
             path,
             durability,
             clock=clock,
             ids=ids,
             read_only=read_only,
+            create=create,
             busy_timeout=busy_timeout,
             text_backlog_limit=text_backlog_limit,
         )
@@ -644,15 +823,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 )
         try:
             return self._open_connection(immutable=False)
-        except StoreFormatError as exc:
-            # A closed store in a directory this user cannot write: SQLite cannot
-            # create the -shm a WAL reader needs. With no -wal there is nothing to
-            # recover, so the file can be read as it is.
-            if (
-                self.read_only
-                and "readonly" in str(exc)
-                and not index.with_name(INDEX_NAME + "-wal").exists()
-            ):
+        except (StoreFormatError, StorageFullError) as exc:
+            # A closed store in a directory this user cannot write, on read-only
+            # media or on a full filesystem: SQLite cannot create (or grow) the
+            # -shm a WAL reader needs. With no -wal to replay there is nothing to
+            # recover, so the file can be read as it is ("immutable": SQLite then
+            # assumes that nobody writes it while it is open).
+            if self.read_only and _shm_refused(exc) and not _has_wal(index):
                 return self._open_connection(immutable=True)
             raise
 
@@ -708,6 +885,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise self._busy_error() from exc
+            if _is_full(exc, self.root):
+                raise self._full_error(exc) from exc
             raise StoreFormatError(f"{index} is not a usable SQLite index: {exc}") from exc
 
     def _recover_on_open(self) -> None:
@@ -722,6 +901,50 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             is not None
         ):
             self.recover_abandoned()
+
+    def _current_wal(self) -> tuple[int, int] | None:
+        """The identity of the -wal now next to the index, or None if there is none."""
+        try:
+            st = os.stat(self.index_path.with_name(INDEX_NAME + "-wal"))
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_wal(self, conn: sqlite3.Connection) -> None:
+        """Refuse to commit when the -wal this connection writes to is no longer the
+        file next to the index (deleted or replaced while the store was open).
+
+        SQLite would go on writing to the unlinked file, and every write committed
+        there vanishes when the process ends. So the transaction is rolled back,
+        the frames already in that file are checkpointed into ``index.sqlite`` (the
+        connection can still read them), and this repository refuses every later
+        write with :class:`DamagedStoreError`.
+        """
+        now = self._current_wal()
+        if self._wal_identity is None:
+            self._wal_identity = now  # no -wal at open: this is the first one
+            return
+        if now == self._wal_identity:
+            return
+        _end_quietly(conn, "ROLLBACK")
+        try:
+            busy, log, copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            saved = (
+                "the writes committed before it were copied into the index"
+                if busy == 0 and log == copied
+                else f"only {copied} of {log} WAL frames could be copied into the index"
+            )
+        except sqlite3.Error as exc:
+            saved = f"the writes committed before it could not be copied into the index ({exc})"
+        what = "was deleted" if now is None else "was replaced by another file"
+        self._wal_lost = DamagedStoreError(
+            f"{self.index_path.name}-wal of store {self.root} {what} while the store was "
+            f"open; this write was not committed and {saved}; no further writes are "
+            "accepted by this process. Close and reopen the store, then run "
+            "`kontextual fsck --full`; if anything is missing, restore from a backup "
+            "(`kontextual backup`) or a snapshot"
+        )
+        raise self._wal_lost
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Closing twice is fine."""
@@ -793,28 +1016,83 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if self._pending:
                 self._flush_pending(conn)
             values = tuple(params)
-            try:
+            with _Mapped(self, sql):
                 if self._depth:
                     return conn.execute(sql, values)
                 return self._retry(lambda: conn.execute(sql, values))
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise self._busy_error() from exc
-                raise self._database_error(exc) from exc
-            except sqlite3.IntegrityError as exc:
-                raise _constraint_error(exc) from exc
-            except sqlite3.DatabaseError as exc:
-                raise self._database_error(exc) from exc
-            except UnicodeEncodeError as exc:
-                raise _NotUnicode(f"string is not valid Unicode text: {exc}") from exc
 
-    def _database_error(self, exc: sqlite3.DatabaseError) -> KontextualError:
-        """A typed error for what SQLite reports about the index file itself."""
-        if "readonly" in str(exc):
+    def _typed_error(self, exc: BaseException, sql: str | None) -> BaseException:
+        """The typed error for what SQLite (or the filesystem under it) reported
+        while running ``sql``; anything that is not such an error is returned as
+        it is. Every statement the repository runs goes through here (via
+        :class:`_Mapped`), so no raw ``sqlite3`` error reaches a caller."""
+        if isinstance(exc, UnicodeEncodeError):
+            return _NotUnicode(f"string is not valid Unicode text: {exc}")
+        if isinstance(exc, sqlite3.IntegrityError):
+            return _constraint_error(exc)
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return self._busy_error()
+        if _is_full(exc, self.root):
+            return self._full_error(exc)
+        code = _error_code(exc)
+        message = str(exc)
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in message:
+            return self._damaged_error(exc, sql)
+        if code == _SQLITE_READONLY or "readonly" in message:
             return ReadOnlyStoreError(f"cannot write to {self.index_path}: {exc}")
         return StoreFormatError(
             f"{self.index_path} cannot be read: {exc}; run `kontextual fsck` and restore "
             "the index from a backup or snapshot if it is damaged"
+        )
+
+    def _damaged_error(self, exc: BaseException, sql: str | None) -> DamagedStoreError:
+        """:class:`DamagedStoreError` naming the damaged tables."""
+        tables = self._damaged_tables(sql)
+        where = f" (table {', '.join(tables)})" if tables else ""
+        return DamagedStoreError(
+            f"the index {self.index_path} is damaged{where}: {exc}; {DAMAGE_ADVICE}"
+        )
+
+    def _damaged_tables(self, sql: str | None) -> list[str]:
+        """The tables that fail ``PRAGMA quick_check(table)``: of those ``sql`` reads
+        (with the shadow tables of a virtual table), or of all when it names none;
+        if none fails (or the check cannot run), the tables ``sql`` names."""
+        named = _statement_tables(sql)
+        conn = self._conn
+        if conn is None:
+            return named
+        try:
+            tables = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND rootpage > 0"
+                )
+            ]
+        except sqlite3.Error:
+            return named
+        candidates = [
+            table for table in tables if any(table == n or table.startswith(f"{n}_") for n in named)
+        ]
+        damaged = []
+        for table in candidates or tables:
+            try:
+                ok = conn.execute(f'PRAGMA quick_check("{table}")').fetchall() == [("ok",)]
+            except sqlite3.Error:
+                ok = False
+            if not ok:
+                damaged.append(table)
+        return damaged or named
+
+    def _full_error(self, exc: BaseException) -> StorageFullError:
+        return storage_full(self.root, str(exc))
+
+    def _missing_row(self, what: str, table: str) -> DamagedStoreError:
+        """A row the schema guarantees is not there: the index is damaged."""
+        return DamagedStoreError(
+            f"the index {self.index_path} is damaged (table {table}): {what} is missing; "
+            f"{DAMAGE_ADVICE}"
         )
 
     def _run_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -823,12 +1101,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             conn = self._connection()
             if self._pending:
                 self._flush_pending(conn)
-            try:
+            with _Mapped(self, sql):
                 conn.executemany(sql, rows)
-            except sqlite3.IntegrityError as exc:
-                raise _constraint_error(exc) from exc
-            except UnicodeEncodeError as exc:
-                raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
     # A string with a lone surrogate cannot be stored, so a read that binds one
     # finds nothing, as in the reference backend.
@@ -836,14 +1110,18 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with self._lock:
             try:
-                return self._run(sql, params).fetchall()
+                cursor = self._run(sql, params)
+                with _Mapped(self, sql):
+                    return cursor.fetchall()
             except _NotUnicode:
                 return []
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> Any:
         with self._lock:
             try:
-                return self._run(sql, params).fetchone()
+                cursor = self._run(sql, params)
+                with _Mapped(self, sql):
+                    return cursor.fetchone()
             except _NotUnicode:
                 return None
 
@@ -855,13 +1133,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         pending, self._pending = self._pending, {}
         self._pending_rows = 0
         self._pending_names.clear()
-        try:
-            for sql, rows in pending.items():
+        for sql, rows in pending.items():
+            with _Mapped(self, sql):
                 conn.executemany(sql, rows)
-        except sqlite3.IntegrityError as exc:
-            raise _constraint_error(exc) from exc
-        except UnicodeEncodeError as exc:
-            raise ValidationError(f"string is not valid Unicode text: {exc}") from exc
 
     def _discard_pending(self) -> None:
         self._pending = {}
@@ -875,16 +1149,16 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         with self._lock:
             conn = self._connection()
             if self.read_only:
-                raise ReadOnlyStoreError(f"store {self.root} is open read-only")
+                if self._full is not None:
+                    raise self._full_error(self._full.__cause__ or self._full)
+                raise ReadOnlyStoreError(f"store {self.root} {self._read_only_reason}")
             if self._depth:
                 yield from self._savepoint(conn)
                 return
-            try:
+            if self._wal_lost is not None:
+                raise self._wal_lost
+            with _Mapped(self, "BEGIN IMMEDIATE"):
                 self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise self._busy_error() from exc
-                raise
             self._depth = 1
             self._last = None
             try:
@@ -892,11 +1166,12 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 if self._pending:
                     self._flush_pending(conn)
                 self._end_batch(None)
-                conn.execute("COMMIT")
+                self._check_wal(conn)
+                with _Mapped(self, "COMMIT"):
+                    conn.execute("COMMIT")
             except BaseException as exc:
                 self._discard_pending()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _end_quietly(conn, "ROLLBACK")
                 self._end_batch(exc)
                 raise
             finally:
@@ -912,11 +1187,15 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if conn.in_transaction:
                 yield
                 return
-            self._retry(lambda: conn.execute("BEGIN"))
+            with _Mapped(self, "BEGIN"):
+                self._retry(lambda: conn.execute("BEGIN"))
             try:
                 yield
-            finally:
-                if conn.in_transaction:
+            except BaseException:
+                _end_quietly(conn, "ROLLBACK")  # the read's own error is the one to report
+                raise
+            if conn.in_transaction:
+                with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
 
     def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -1129,8 +1408,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 if pending is not None:
                     return pending
                 try:
-                    row = self._connection().execute(sql, (collection_id, name)).fetchone()
-                except UnicodeEncodeError:
+                    with _Mapped(self, sql):
+                        row = self._connection().execute(sql, (collection_id, name)).fetchone()
+                except _NotUnicode:
                     return None
             return None if row is None else _artifact(row)
 
@@ -1149,16 +1429,20 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             conn = self._connection()
             for start in range(0, len(rest), NAMES_PER_QUERY):
                 part = rest[start : start + NAMES_PER_QUERY]
-                rows = conn.execute(
+                sql = (
                     f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.collection_id = ? "
-                    f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})",
-                    [collection_id, *part],
-                ).fetchall()
+                    f"AND a.deleted_at IS NULL AND a.name IN ({', '.join('?' * len(part))})"
+                )
+                with _Mapped(self, sql):
+                    rows = conn.execute(sql, [collection_id, *part]).fetchall()
                 found.update((artifact.name, artifact) for artifact in map(_artifact, rows))
         return found
 
     def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
-        sequence = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))[0]
+        row = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))
+        if row is None:  # the contract found the artifact a moment ago
+            raise self._missing_row(f"the row of artifact {artifact_id}", "artifacts")
+        sequence = row[0]
         self._forget_text(sequence)
         self._run("DELETE FROM artifact_metadata WHERE artifact_sequence = ?", (sequence,))
         self._run(
