@@ -72,6 +72,7 @@ __all__ = [
     "STORE_VERSION",
     "TMP_DIR",
     "TMP_GRACE_SECONDS",
+    "VERIFY_IN_MEMORY",
     "Durability",
     "ObjectStats",
     "ObjectStore",
@@ -108,6 +109,9 @@ MAX_STAGED = 10_000
 # per phase is far cheaper, at the price of also flushing unrelated dirty data of
 # the same filesystem, which is why small batches do not use it.
 SYNCFS_MIN = 16
+# A verified open() reads an object up to this size into memory and checks it;
+# a larger one is hashed in a first pass over the file, then streamed.
+VERIFY_IN_MEMORY = CHUNK_SIZE
 # The marker is a few dozen bytes; refuse to slurp anything absurd.
 MAX_MARKER_BYTES = 1 << 16
 
@@ -436,15 +440,33 @@ class ObjectStore:
     def open(self, digest: str, *, verify: bool = False) -> BinaryIO:
         """Open an object for reading.
 
-        With ``verify=True`` the reader re-hashes what it returns and raises
-        :class:`CorruptObjectError` at end of file if the bytes do not match the
-        digest (or the file's size changed). A reader closed early checks nothing.
+        With ``verify=True`` no byte that fails the digest is ever returned: the
+        object is checked before ``open`` returns, and a damaged one raises
+        :class:`CorruptObjectError` here, before the caller has read anything.
+        Objects of up to :data:`VERIFY_IN_MEMORY` bytes are read into memory and
+        checked; larger ones are hashed in a first pass over the open file and
+        then streamed from its start in a second pass, which re-hashes what it
+        returns and raises at end of file if the file changed between the passes
+        (possible only if someone made the read-only file writable and edited it).
         """
         parsed = parse_digest(digest)
         fd, size = self._open_object(parsed)
         if not verify:
             return os.fdopen(fd, "rb")
-        return io.BufferedReader(_VerifyingReader(fd, parsed, size), CHUNK_SIZE)
+        if size <= VERIFY_IN_MEMORY:
+            with io.FileIO(fd, "rb") as source:
+                data = source.readall()
+            _check_bytes(parsed, data)
+            return io.BytesIO(data)
+        try:
+            actual, count = _hash_open(fd)
+            if actual != parsed:
+                raise CorruptObjectError(parsed, _mismatch(actual, count))
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return io.BufferedReader(_VerifyingReader(fd, parsed, count), CHUNK_SIZE)
 
     def get(self, digest: str, *, verify: bool = False) -> bytes:
         """Return an object's bytes; ``verify=True`` re-hashes them first."""
@@ -453,9 +475,7 @@ class ObjectStore:
         with io.FileIO(fd, "rb") as source:
             data = source.readall()
         if verify:
-            actual = digest_bytes(data)
-            if actual != parsed:
-                raise CorruptObjectError(parsed, _mismatch(actual, len(data)))
+            _check_bytes(parsed, data)
         return data
 
     def exists(self, digest: str) -> bool:
@@ -1041,10 +1061,18 @@ def _open_regular(path: str, digest: str) -> tuple[int, int]:
 
 def _hash_fd(fd: int) -> tuple[Digest, int]:
     """Hash an open file to its end in constant memory, then close it."""
+    try:
+        return _hash_open(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_open(fd: int) -> tuple[Digest, int]:
+    """Hash an open file from its current offset to its end in constant memory."""
     hasher = new_hasher()
     size = 0
     buffer = bytearray(CHUNK_SIZE)
-    with io.FileIO(fd, "rb") as source, memoryview(buffer) as view:
+    with io.FileIO(fd, "rb", closefd=False) as source, memoryview(buffer) as view:
         while True:
             count = source.readinto(view) or 0
             if not count:
@@ -1052,6 +1080,13 @@ def _hash_fd(fd: int) -> tuple[Digest, int]:
             hasher.update(view[:count])
             size += count
     return finish(hasher), size
+
+
+def _check_bytes(digest: Digest, data: bytes) -> None:
+    """Raise CorruptObjectError unless ``data`` hashes to ``digest``."""
+    actual = digest_bytes(data)
+    if actual != digest:
+        raise CorruptObjectError(digest, _mismatch(actual, len(data)))
 
 
 def _mismatch(actual: Digest, size: int) -> str:
