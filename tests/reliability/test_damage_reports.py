@@ -220,3 +220,68 @@ def test_damaged_index_is_one_finding_per_line_and_points_to_a_backup(
     assert "the index (index.sqlite) is damaged: restore the store from a backup" in error
     assert "`kontextual backup`" in error
     assert report["advice"] and "backup" in report["advice"][0]
+
+
+# -- a store that lost its marker ----------------------------------------------------
+
+
+def test_store_that_lost_its_marker_says_how_to_recover_and_adopt_works(
+    small_store: Path,
+) -> None:
+    marker = small_store / "kontextual.json"
+    original = marker.read_bytes()
+    marker.unlink()
+    for args in (["ls"], ["cat", "notes/a.md"], ["fsck"], ["init"]):
+        result = kontextual(small_store, *args)
+        assert result.returncode == 5, (args, result.stderr)
+        assert f"`kontextual init --adopt {small_store}`" in result.stderr.decode(), args
+        assert not marker.exists()
+    adopted = kontextual(small_store, "init", "--adopt")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "adopted the kontextual store" in adopted.stdout.decode()
+    assert marker.read_bytes() == original
+    assert kontextual(small_store, "cat", "notes/a.md").stdout == b"kept"
+    assert kontextual(small_store, "fsck", "--full").returncode == 0
+
+
+def _foreign_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "setup, says",
+    [
+        ("nothing", "has not both"),
+        ("no objects", "has not both"),
+        ("index not sqlite", "not a usable SQLite index"),
+        ("other sqlite", "not a kontextual index"),
+        ("extra file", "also has precious.txt"),
+        ("stray in objects", "objects/notes is not a fan-out directory"),
+    ],
+)
+def test_adopt_refuses_a_directory_that_is_not_a_store(
+    small_store: Path, tmp_path: Path, setup: str, says: str
+) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    if setup != "nothing":
+        if setup != "no objects":
+            (target / "objects").mkdir()
+        if setup == "index not sqlite":
+            (target / "index.sqlite").write_bytes(b"not a database " * 300)
+        elif setup == "other sqlite":
+            _foreign_sqlite(target / "index.sqlite")
+        else:
+            (target / "index.sqlite").write_bytes((small_store / "index.sqlite").read_bytes())
+        if setup == "extra file":
+            (target / "precious.txt").write_text("mine")
+        if setup == "stray in objects":
+            (target / "objects" / "notes").write_text("mine")
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    result = kontextual(target, "init", "--adopt")
+    assert result.returncode == 5, result.stderr
+    assert says in result.stderr.decode()
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before

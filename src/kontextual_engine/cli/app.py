@@ -19,7 +19,7 @@ import click
 
 from ..errors import KontextualError, NotFoundError
 from ..storage.objects import STORE_MARKER, Durability, ObjectStore
-from ..storage.sqlite import SQLiteKnowledgeRepository
+from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -57,6 +57,8 @@ class App:
 
     def require_store(self) -> None:
         if not self.exists():
+            if maintenance.lost_marker(self.store):
+                raise maintenance.lost_marker_error(self.store)
             raise StoreNotFound(self.store)
 
     def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:

@@ -216,7 +216,9 @@ class ObjectStore:
     ``durability`` is the default mode (see :class:`Durability`); :meth:`batch`
     switches to batch behaviour for a block. ``create`` initialises a missing or
     empty directory; ``read_only`` opens without creating or writing anything.
-    ``file_mode`` is the permission of object files.
+    ``file_mode`` is the permission of object files. ``adopt`` writes the marker
+    of a directory that lost it instead of refusing it; the caller must have
+    checked that the directory is a store (``maintenance.adopt`` does).
     """
 
     root: Path
@@ -232,6 +234,7 @@ class ObjectStore:
         create: bool = True,
         read_only: bool = False,
         file_mode: int = FILE_MODE,
+        adopt: bool = False,
     ) -> None:
         self.root = Path(root)
         self.durability = _parse_durability(durability)
@@ -259,7 +262,7 @@ class ObjectStore:
         self._owner: _Owner | None = None  # the lock that marks our tmp files as in use
         self._owner_lock = threading.Lock()  # guards _owner
         self._writers = 0  # writes in progress (guarded by _lock)
-        self._open_root(create=create and not self.read_only)
+        self._open_root(create=create and not self.read_only, adopt=adopt and not self.read_only)
 
     def __repr__(self) -> str:
         return f"ObjectStore({os.fspath(self.root)!r}, durability={self.durability.value!r})"
@@ -981,7 +984,7 @@ class ObjectStore:
                 entries = sorted(it, key=lambda entry: entry.name)
             yield fan.name, entries
 
-    def _open_root(self, *, create: bool) -> None:
+    def _open_root(self, *, create: bool, adopt: bool = False) -> None:
         root = os.fspath(self.root)
         marker = os.path.join(root, STORE_MARKER)
         try:
@@ -997,8 +1000,18 @@ class ObjectStore:
             raise StoreFormatError(f"{root} is not a directory, so it cannot be a store")
         if os.path.lexists(marker):
             _check_marker(root, marker)
+        elif adopt:
+            self._write_marker(root, marker)
         elif not create:
-            raise StoreFormatError(f"{root} is not a kontextual store: {STORE_MARKER} is missing")
+            hint = ""
+            if os.path.isdir(self._objects):
+                hint = (
+                    f"; if it is a store that lost its {STORE_MARKER}, "
+                    "`kontextual init --adopt` checks it and writes the marker again"
+                )
+            raise StoreFormatError(
+                f"{root} is not a kontextual store: {STORE_MARKER} is missing{hint}"
+            )
         else:
             self._initialise(root, marker)
         has_objects = _ensure_dir(self._objects, create=create)
@@ -1039,6 +1052,10 @@ class ObjectStore:
                     f"{root} has {OBJECTS_DIR}/ with content but no {STORE_MARKER}; "
                     "refusing to guess its format"
                 )
+        self._write_marker(root, marker)
+
+    def _write_marker(self, root: str, marker: str) -> None:
+        """Create objects/ and tmp/ where missing, then the marker, last and atomically."""
         try:
             _ensure_dir(self._objects, create=True, strict=True)
             _ensure_dir(self._tmp, create=True, strict=True)

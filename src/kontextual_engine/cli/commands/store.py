@@ -9,6 +9,7 @@ import click
 
 from ...errors import ConflictError, KontextualError
 from ...snapshot import export_snapshot, import_snapshot
+from ...storage.objects import STORE_MARKER
 from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
 from ..output import jsonable, print_fields, print_json, print_table, progress
@@ -21,17 +22,38 @@ class CheckFailed(KontextualError):
     exit_code = 5
 
 
-@cli.command(epilog=examples("kontextual init", "kontextual init ~/kb"))
+@cli.command(
+    epilog=examples("kontextual init", "kontextual init ~/kb", "kontextual init --adopt ~/kb")
+)
 @click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Write the marker (kontextual.json) of a store that lost it, after checking "
+    "that its index and objects are a store.",
+)
 @click.pass_obj
-def init(app: App, path: Path | None) -> None:
+def init(app: App, path: Path | None, adopt: bool) -> None:
     """Create a store at PATH (default: the selected store).
 
-    On a store that exists already, only checks that it can be opened.
+    On a store that exists already, only checks that it can be opened. A
+    store that lost its kontextual.json is refused; --adopt checks that the
+    directory holds only a store's files, that index.sqlite is a kontextual
+    index, and then writes the marker again.
     """
     if path is not None:
         app.store = path.expanduser()
     existed = app.exists()
+    if adopt and not existed:
+        repo = maintenance.adopt(app.store, app.durability)
+        click.get_current_context().with_resource(repo)
+        click.echo(
+            f"adopted the kontextual store at {app.store.resolve()}: wrote {STORE_MARKER}; "
+            "run `kontextual fsck --full` to check it"
+        )
+        return
+    if not existed and maintenance.lost_marker(app.store):
+        raise maintenance.lost_marker_error(app.store)
     app.repo(create=True)
     where = app.store.resolve()
     if existed:

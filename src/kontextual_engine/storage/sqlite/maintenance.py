@@ -14,14 +14,29 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...digests import Digest
-from ...errors import KontextualError, ObjectNotFound, StoreFormatError, ValidationError
-from ..objects import ObjectStore, sync_filesystem
+from ...errors import (
+    DamagedStoreError,
+    KontextualError,
+    ObjectNotFound,
+    StoreFormatError,
+    ValidationError,
+)
+from ..objects import (
+    OBJECTS_DIR,
+    STORE_MARKER,
+    TMP_DIR,
+    Durability,
+    ObjectStore,
+    sync_filesystem,
+)
+from . import schema
 from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 
 # git's default (gc.pruneExpire) for the same reason: a writer may have put an
@@ -549,3 +564,87 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         path.stat().st_size for path in repo.root.glob(INDEX_NAME + "*") if path.is_file()
     )
     return counts
+
+
+# What a store directory may hold besides its marker: adopt refuses anything else.
+_STORE_ENTRIES = frozenset(
+    {OBJECTS_DIR, TMP_DIR, INDEX_NAME, INDEX_NAME + "-wal", INDEX_NAME + "-shm"}
+)
+_FAN_NAME = frozenset(f"{i:02x}" for i in range(256))
+
+
+def lost_marker(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` looks like a store that lost its ``kontextual.json``: no
+    marker, but an ``index.sqlite`` file and an ``objects/`` directory."""
+    path = Path(root)
+    if os.path.lexists(path / STORE_MARKER):
+        return False
+    try:
+        index, objects = os.lstat(path / INDEX_NAME), os.lstat(path / OBJECTS_DIR)
+    except OSError:
+        return False
+    return stat.S_ISREG(index.st_mode) and stat.S_ISDIR(objects.st_mode)
+
+
+def lost_marker_error(root: str | os.PathLike[str]) -> DamagedStoreError:
+    """The error for a store that lost its marker, naming the way out."""
+    return DamagedStoreError(
+        f"{root} holds {INDEX_NAME} and {OBJECTS_DIR}/ but no {STORE_MARKER}: it looks "
+        f"like a store that lost its marker; `kontextual init --adopt {root}` checks the "
+        "index and the objects and writes the marker again"
+    )
+
+
+def adopt(
+    root: str | os.PathLike[str], durability: Durability | str = Durability.FULL
+) -> SQLiteKnowledgeRepository:
+    """Write the marker of a store that lost it, after checking that it is a store.
+
+    The directory must hold nothing but ``index.sqlite`` (and its ``-wal`` and
+    ``-shm``), ``objects/`` (only fan-out directories) and ``tmp/``; the index
+    must open read-only as SQLite and carry this version's schema (its
+    migrations table, no migration from a newer version). Anything else is
+    refused with :class:`StoreFormatError` and nothing is written. Returns the
+    opened store; run fsck on it.
+    """
+    path = Path(root)
+    where = f"refusing to adopt {path}"
+    if not path.is_dir() or path.is_symlink():
+        raise StoreFormatError(f"{where}: it is not a directory")
+    if os.path.lexists(path / STORE_MARKER):
+        raise StoreFormatError(f"{where}: it has a {STORE_MARKER} already; open it as it is")
+    if not lost_marker(path):
+        raise StoreFormatError(
+            f"{where}: a store has an {INDEX_NAME} file and an {OBJECTS_DIR}/ directory, "
+            "and this directory has not both"
+        )
+    unexpected = sorted(set(os.listdir(path)) - _STORE_ENTRIES)
+    if unexpected:
+        raise StoreFormatError(
+            f"{where}: a store holds nothing but {', '.join(sorted(_STORE_ENTRIES))}, "
+            f"and this directory also has {', '.join(unexpected[:5])}"
+        )
+    for entry in os.scandir(path / OBJECTS_DIR):
+        if entry.name not in _FAN_NAME or not entry.is_dir(follow_symlinks=False):
+            raise StoreFormatError(
+                f"{where}: {OBJECTS_DIR}/{entry.name} is not a fan-out directory "
+                "(two lowercase hex digits)"
+            )
+    index = path / INDEX_NAME
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreFormatError(f"{where}: cannot open {index}: {exc}") from exc
+    try:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if schema.MIGRATIONS_TABLE not in tables:
+            raise StoreFormatError(f"{where}: {index} is not a kontextual index (no schema)")
+        schema.pending(conn, str(index))  # refuses a foreign or newer index
+    except sqlite3.DatabaseError as exc:
+        raise StoreFormatError(f"{where}: {index} is not a usable SQLite index: {exc}") from exc
+    finally:
+        conn.close()
+    ObjectStore(path, durability=durability, create=False, adopt=True).close()
+    return SQLiteKnowledgeRepository.open(path, durability)
