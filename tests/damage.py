@@ -41,9 +41,26 @@ def table_pages(index: Path, table: str) -> tuple[int, list[int]]:
 
 def overwrite_page(index: Path, page: int, pattern: bytes = NOISE) -> None:
     """Fill page number ``page`` (1-based) of a closed index with ``pattern``, repeated."""
-    with sqlite3.connect(index) as conn:
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
+    size = _page_size(index)
     with index.open("r+b") as file:
         file.seek((page - 1) * size)
         file.write((pattern * (size // len(pattern) + 1))[:size])
+
+
+def scramble_page_tail(index: Path, name: str, count: int = 20) -> None:
+    """Flip ``count`` bytes near the end of the root page of table or index ``name``
+    in a closed index: the cells there no longer parse, but the page header does,
+    so SQLite opens the file and its integrity checks report the damage."""
+    root = table_pages(index, name)[0]
+    data = bytearray(index.read_bytes())
+    end = root * _page_size(index) - 20
+    for offset in range(end - count, end):
+        data[offset] ^= 0x55
+    index.write_bytes(bytes(data))
+
+
+def _page_size(index: Path) -> int:
+    with sqlite3.connect(index) as conn:
+        size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    return size

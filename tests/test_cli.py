@@ -895,11 +895,19 @@ def test_fsck(filled: Path, tmp_path: Path) -> None:
     garbage = as_json("fsck")
     assert garbage["ok"] is True
     assert [f["kind"] for f in garbage["findings"]] == ["unreferenced-object"]
+    assert garbage["garbage_bytes"] == len("unreferenced")
+    assert garbage["free_with"] == "kontextual gc --grace 0"  # younger than the default grace
+    assert ok("fsck").stdout.splitlines()[-1] == (
+        "garbage: 1 file, 12 bytes; `kontextual gc --grace 0` frees it"
+    )
     digest = as_json("show", "notes/b.txt")["artifact"]["digest"]
     flip_a_byte(object_path(filled, digest))
     result = invoke("fsck", "--full")
     assert result.exit_code == 5
-    assert result.stderr.strip() == f"error: fsck found 1 error(s) in {filled}"
+    assert result.stderr.strip().startswith(
+        f"error: fsck found 1 error(s) in {filled}; objects are damaged or missing: "
+        "a backup or snapshot holds the same bytes"
+    )
     assert digest in result.stdout and "corrupt" in result.stdout
     broken = json.loads(invoke("fsck", "--full", "--json").stdout)
     assert broken["ok"] is False
@@ -913,7 +921,13 @@ def test_gc(filled: Path, tmp_path: Path) -> None:
     loose.write_text("nobody references me")
     digest = ok("hash-object", "-w", str(loose)).stdout.strip()
     kept = ok("gc").stdout
-    assert kept.splitlines() == ["removed 0 files (0 from tmp/), 0 bytes; kept 1 object"]
+    assert kept.splitlines() == [
+        "removed 0 files (0 from tmp/), 0 bytes; kept 1 object",
+        "kept 1 unreferenced object (20 bytes) younger than the grace period (14 days): "
+        "a write may be about to reference them, or they were stored with "
+        "`hash-object -w` for later; `kontextual gc --grace 0` (or a shorter --grace) "
+        "removes them now",
+    ]
     dry = as_json("gc", "--dry-run", "--grace", "0")
     assert dry["dry_run"] is True and [name for name, _ in dry["removed"]] == [digest]
     assert len(dry["kept"]) == 5 and all(dry["kept"].values())

@@ -703,6 +703,7 @@ def test_file_where_a_fanout_dir_should_be(root: Path, tmp_path: Path) -> None:
     for call in (store.get, store.exists, store.size, store.verify):
         with pytest.raises(StoreFormatError):
             call(digest)
+    store.close()  # gives up the writer's lock file in tmp/
     assert tree(tmp_path) == before
     assert [p.kind for p in store.scan()] == ["bad-fanout"]
 
@@ -1190,6 +1191,8 @@ def test_killed_writer_leaves_no_partial_object(root: Path, mode: str) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.stderr else ""
+        # The writer is alive and holds its lock: its staging files are in use.
+        assert list(ObjectStore(root).scan(tmp_grace_seconds=0)) == []
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -1203,11 +1206,18 @@ def test_killed_writer_leaves_no_partial_object(root: Path, mode: str) -> None:
     if mode == "batch":
         for digest in json.loads(line)["staged"]:
             assert not store.exists(digest)
-    assert list(store.scan()) == []  # young tmp files may still be in use
-    old = time.time() - 2 * 86400
-    for path in leftovers:
-        os.utime(path, (old, old))
-    assert [p.kind for p in store.scan()] == ["stale-tmp"] * len(leftovers)
+    # The writer is gone: its staging files and its lock file are garbage at once,
+    # however young they are.
+    stale = list(store.scan())
+    assert {p.kind for p in stale} == {"stale-tmp"}
+    locks = [p.path for p in stale if p.path.suffix == ".lock"]
+    assert len(locks) == 1
+    assert sorted(p.path for p in stale if p.path.suffix != ".lock") == leftovers
+    assert all("process is gone" in p.detail for p in stale)
+    assert sum(p.size for p in stale) == sum(path.stat().st_size for path in leftovers) > 0
+    removed = store.collect_tmp(remove=True)
+    assert all(tmp.garbage for tmp in removed) and len(removed) == len(stale)
+    assert sorted((root / "tmp").iterdir()) == []
 
 
 def test_sync_filesystem_syncs_only_the_store_filesystem(

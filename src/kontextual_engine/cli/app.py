@@ -19,7 +19,7 @@ import click
 
 from ..errors import KontextualError, NotFoundError, StoreNotFound
 from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
-from ..storage.sqlite import SQLiteKnowledgeRepository
+from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -48,6 +48,8 @@ class App:
 
     def require_store(self) -> None:
         if not self.exists():
+            if maintenance.lost_marker(self.store):
+                raise maintenance.lost_marker_error(self.store)
             raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
     def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:

@@ -23,19 +23,23 @@ protects it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import errno
+import fcntl
 import functools
 import io
 import itertools
 import json
 import os
 import re
+import secrets
 import stat
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +78,13 @@ __all__ = [
     "STORE_VERSION",
     "TMP_DIR",
     "TMP_GRACE_SECONDS",
+    "VERIFY_IN_MEMORY",
     "Durability",
     "ObjectStats",
     "ObjectStore",
     "Problem",
     "ProblemKind",
+    "TmpFile",
     "storage_full",
 ]
 
@@ -101,8 +107,10 @@ DIR_MODE = 0o755
 # Objects never change once written; read-only files stop tools that open for
 # writing from editing them by accident.
 FILE_MODE = 0o444
-# A tmp file younger than this may belong to a write or batch still in progress (an
-# in-flight stream keeps touching its mtime); older ones are leftovers of a crash.
+# Staging files are named after their writer, which holds a lock on tmp/<owner>.lock
+# while it may still use them; see ObjectStore.collect_tmp. Only a file in tmp/ that is
+# not named so (left by an older version, or put there by hand) is judged by its age:
+# younger than this it may belong to a write in progress, older it is a leftover.
 TMP_GRACE_SECONDS = 24 * 3600.0
 # A batch flushes early once this many objects are staged: it bounds memory and the
 # size of tmp/, and an early flush never weakens the guarantee.
@@ -111,10 +119,17 @@ MAX_STAGED = 10_000
 # per phase is far cheaper, at the price of also flushing unrelated dirty data of
 # the same filesystem, which is why small batches do not use it.
 SYNCFS_MIN = 16
+# A verified open() reads an object up to this size into memory and checks it;
+# a larger one is hashed in a first pass over the file, then streamed.
+VERIFY_IN_MEMORY = CHUNK_SIZE
 # The marker is a few dozen bytes; refuse to slurp anything absurd.
 MAX_MARKER_BYTES = 1 << 16
 
 _FAN = re.compile(r"[0-9a-f]{2}")
+# <pid>.<16 hex> names one writer (one ObjectStore in one process): its lock file
+# is <owner>.lock, its staging files <owner>.<n>.tmp.
+_OWNED_TMP = re.compile(r"(\d+\.[0-9a-f]{16})\.(?:\d+\.tmp|lock)")
+_LOCK_SUFFIX = ".lock"
 _NAME = re.compile(r"[0-9a-f]{62}")
 _HEX_START = len(PREFIX)
 
@@ -164,6 +179,21 @@ ProblemKind = Literal["corrupt", "not-a-file", "writable", "stray", "bad-fanout"
 
 
 @dataclass(frozen=True)
+class TmpFile:
+    """A file in ``tmp/`` as :meth:`ObjectStore.collect_tmp` judged it.
+
+    ``garbage`` is True when no write can still use it (its writer's process is
+    gone, or, for a file not named after a writer, it is older than the grace
+    period); ``reason`` says which, for people.
+    """
+
+    path: Path
+    size: int
+    garbage: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Problem:
     """One finding of :meth:`ObjectStore.scan`.
 
@@ -173,13 +203,16 @@ class Problem:
     non-regular file at an object path), ``writable`` (an object file that is
     not read-only), ``stray`` (a file or directory whose name is not part of the
     layout), ``bad-fanout`` (a fan-out path that is not a directory) and
-    ``stale-tmp`` (a tmp file older than the grace period).
+    ``stale-tmp`` (a file in ``tmp/`` that no write can still use: see
+    :meth:`ObjectStore.collect_tmp`). ``size`` is the file's size in bytes
+    where that is what the finding costs (``stale-tmp``), else 0.
     """
 
     kind: ProblemKind
     path: Path
     digest: Digest | None
     detail: str
+    size: int = 0
 
 
 class ObjectStore:
@@ -188,7 +221,9 @@ class ObjectStore:
     ``durability`` is the default mode (see :class:`Durability`); :meth:`batch`
     switches to batch behaviour for a block. ``create`` initialises a missing or
     empty directory; ``read_only`` opens without creating or writing anything.
-    ``file_mode`` is the permission of object files.
+    ``file_mode`` is the permission of object files. ``adopt`` writes the marker
+    of a directory that lost it instead of refusing it; the caller must have
+    checked that the directory is a store (``maintenance.adopt`` does).
     """
 
     root: Path
@@ -204,6 +239,7 @@ class ObjectStore:
         create: bool = True,
         read_only: bool = False,
         file_mode: int = FILE_MODE,
+        adopt: bool = False,
     ) -> None:
         self.root = Path(root)
         self.durability = _parse_durability(durability)
@@ -228,7 +264,10 @@ class ObjectStore:
         self._depth = 0  # nesting of batch() blocks
         # hex -> (tmp path, size, replace): objects written but not yet in place.
         self._staged: dict[str, tuple[str, int, bool]] = {}
-        self._open_root(create=create and not self.read_only)
+        self._owner: _Owner | None = None  # the lock that marks our tmp files as in use
+        self._owner_lock = threading.Lock()  # guards _owner
+        self._writers = 0  # writes in progress (guarded by _lock)
+        self._open_root(create=create and not self.read_only, adopt=adopt and not self.read_only)
 
     def __repr__(self) -> str:
         return f"ObjectStore({os.fspath(self.root)!r}, durability={self.durability.value!r})"
@@ -252,73 +291,75 @@ class ObjectStore:
     def add(self, data: bytes) -> Digest:
         """Store ``data``; return its digest. Existing objects are not rewritten."""
         self._check_writable()
-        view = _byte_view(data, "object data")
-        hasher = new_hasher()
-        hasher.update(view)
-        digest = finish(hasher)
-        hexd = digest[_HEX_START:]
-        size = view.nbytes
-        mode = self._mode()
-        try:
-            if mode is Durability.BATCH and hexd in self._staged:
-                return digest
-            if mode is Durability.FULL and self._staged:
-                self.flush()
-            # One lstat settles the common dedup case before any file is created.
-            present = self._present(digest, hexd, size)
-            if present:
-                return digest
-            fd, tmp = self._new_tmp()
+        with self._writing():
+            view = _byte_view(data, "object data")
+            hasher = new_hasher()
+            hasher.update(view)
+            digest = finish(hasher)
+            hexd = digest[_HEX_START:]
+            size = view.nbytes
+            mode = self._mode()
             try:
+                if mode is Durability.BATCH and hexd in self._staged:
+                    return digest
+                if mode is Durability.FULL and self._staged:
+                    self.flush()
+                # One lstat settles the common dedup case before any file is created.
+                present = self._present(digest, hexd, size)
+                if present:
+                    return digest
+                fd, tmp = self._new_tmp()
                 try:
-                    _write_all(fd, view)
-                    self._seal(fd, mode)
-                finally:
-                    os.close(fd)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            self._place(tmp, digest, size, replace=present is False, mode=mode)
-        except OSError as exc:
-            raise self._map_write_error(exc) from exc
-        return digest
+                    try:
+                        _write_all(fd, view)
+                        self._seal(fd, mode)
+                    finally:
+                        os.close(fd)
+                except BaseException:
+                    _unlink_quietly(tmp)
+                    raise
+                self._place(tmp, digest, size, replace=present is False, mode=mode)
+            except OSError as exc:
+                raise self._map_write_error(exc) from exc
+            return digest
 
     def add_stream(self, stream: BinaryIO) -> tuple[Digest, int]:
         """Store everything ``stream`` yields, hashing while writing, in constant memory."""
         self._check_writable()
-        mode = self._mode()
-        try:
-            if mode is Durability.FULL and self._staged:
-                self.flush()
-            fd, tmp = self._new_tmp()
+        with self._writing():
+            mode = self._mode()
             try:
+                if mode is Durability.FULL and self._staged:
+                    self.flush()
+                fd, tmp = self._new_tmp()
                 try:
-                    hasher = new_hasher()
-                    size = 0
-                    while chunk := stream.read(CHUNK_SIZE):
-                        view = _byte_view(chunk, "what the stream's read() returned")
-                        hasher.update(view)
-                        _write_all(fd, view)
-                        size += view.nbytes
-                    digest = finish(hasher)
-                    hexd = digest[_HEX_START:]
-                    present: bool | None = True
-                    if not (mode is Durability.BATCH and hexd in self._staged):
-                        present = self._present(digest, hexd, size)
-                    if not present:
-                        self._seal(fd, mode)
-                finally:
-                    os.close(fd)
-                if present:
+                    try:
+                        hasher = new_hasher()
+                        size = 0
+                        while chunk := stream.read(CHUNK_SIZE):
+                            view = _byte_view(chunk, "what the stream's read() returned")
+                            hasher.update(view)
+                            _write_all(fd, view)
+                            size += view.nbytes
+                        digest = finish(hasher)
+                        hexd = digest[_HEX_START:]
+                        present: bool | None = True
+                        if not (mode is Durability.BATCH and hexd in self._staged):
+                            present = self._present(digest, hexd, size)
+                        if not present:
+                            self._seal(fd, mode)
+                    finally:
+                        os.close(fd)
+                    if present:
+                        _unlink_quietly(tmp)
+                        return digest, size
+                except BaseException:
                     _unlink_quietly(tmp)
-                    return digest, size
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            self._place(tmp, digest, size, replace=present is False, mode=mode)
-        except OSError as exc:
-            raise self._map_write_error(exc) from exc
-        return digest, size
+                    raise
+                self._place(tmp, digest, size, replace=present is False, mode=mode)
+            except OSError as exc:
+                raise self._map_write_error(exc) from exc
+            return digest, size
 
     def add_file(self, path: str | os.PathLike[str]) -> tuple[Digest, int]:
         """Store the contents of the file at ``path``."""
@@ -421,8 +462,13 @@ class ObjectStore:
             self.flush()
 
     def close(self) -> None:
-        """Flush staged objects. The store stays usable; closing twice is harmless."""
+        """Flush staged objects. The store stays usable; closing twice is harmless.
+
+        Once nothing is staged and no write is in progress, the lock on
+        ``tmp/<owner>.lock`` is given up (the next write takes a new one).
+        """
         self.flush()
+        self._release_owner()
 
     def __enter__(self) -> ObjectStore:
         return self
@@ -435,21 +481,42 @@ class ObjectStore:
         if getattr(self, "_staged", None):
             with contextlib.suppress(Exception):
                 self.flush()
+        if getattr(self, "_owner", None) is not None:
+            with contextlib.suppress(Exception):
+                self._release_owner()
 
     # -- reading -----------------------------------------------------------------
 
     def open(self, digest: str, *, verify: bool = False) -> BinaryIO:
         """Open an object for reading.
 
-        With ``verify=True`` the reader re-hashes what it returns and raises
-        :class:`CorruptObjectError` at end of file if the bytes do not match the
-        digest (or the file's size changed). A reader closed early checks nothing.
+        With ``verify=True`` no byte that fails the digest is ever returned: the
+        object is checked before ``open`` returns, and a damaged one raises
+        :class:`CorruptObjectError` here, before the caller has read anything.
+        Objects of up to :data:`VERIFY_IN_MEMORY` bytes are read into memory and
+        checked; larger ones are hashed in a first pass over the open file and
+        then streamed from its start in a second pass, which re-hashes what it
+        returns and raises at end of file if the file changed between the passes
+        (possible only if someone made the read-only file writable and edited it).
         """
         parsed = parse_digest(digest)
         fd, size = self._open_object(parsed)
         if not verify:
             return os.fdopen(fd, "rb")
-        return io.BufferedReader(_VerifyingReader(fd, parsed, size), CHUNK_SIZE)
+        if size <= VERIFY_IN_MEMORY:
+            with io.FileIO(fd, "rb") as source:
+                data = source.readall()
+            _check_bytes(parsed, data)
+            return io.BytesIO(data)
+        try:
+            actual, count = _hash_open(fd)
+            if actual != parsed:
+                raise CorruptObjectError(parsed, _mismatch(actual, count))
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return io.BufferedReader(_VerifyingReader(fd, parsed, count), CHUNK_SIZE)
 
     def get(self, digest: str, *, verify: bool = False) -> bytes:
         """Return an object's bytes; ``verify=True`` re-hashes them first."""
@@ -458,9 +525,7 @@ class ObjectStore:
         with io.FileIO(fd, "rb") as source:
             data = source.readall()
         if verify:
-            actual = digest_bytes(data)
-            if actual != parsed:
-                raise CorruptObjectError(parsed, _mismatch(actual, len(data)))
+            _check_bytes(parsed, data)
         return data
 
     def exists(self, digest: str) -> bool:
@@ -551,12 +616,76 @@ class ObjectStore:
         return ObjectStats(count=count, bytes=total)
 
     def tmp_files(self) -> list[Path]:
-        """What is in ``tmp/``: staging files of writes in progress and leftovers."""
+        """What is in ``tmp/`` but the writers' lock files: staging files of writes
+        in progress and leftovers."""
         try:
             with os.scandir(self._tmp) as entries:
-                return sorted(Path(entry.path) for entry in entries)
+                return sorted(
+                    Path(entry.path) for entry in entries if not _is_owner_lock(entry.name)
+                )
         except FileNotFoundError:
             return []
+
+    def collect_tmp(
+        self, *, grace_seconds: float = TMP_GRACE_SECONDS, remove: bool = False
+    ) -> list[TmpFile]:
+        """Judge every file in ``tmp/``; with ``remove``, delete the garbage.
+
+        Each writer (one store object in one process) names its staging files
+        ``<owner>.<n>.tmp`` and holds an exclusive ``flock`` on
+        ``tmp/<owner>.lock`` for as long as it may use them. A file whose
+        owner's lock can be taken here, or whose lock file is gone, belongs to a
+        process that is gone: it is garbage at once, whatever its age. The lock
+        is held while such files are removed (the lock file last), so no new
+        writer can start under that name meanwhile. Files with other names are
+        garbage once older than ``grace_seconds``. This store's own staged
+        files are left out.
+        """
+        now = time.time()
+        staged = {tmp for tmp, _size, _replace in list(self._staged.values())}
+        groups: dict[str | None, list[tuple[str, os.stat_result]]] = {}
+        try:
+            with os.scandir(self._tmp) as entries:
+                listed = sorted(entries, key=lambda entry: entry.name)
+        except FileNotFoundError:
+            listed = []
+        for entry in listed:
+            if entry.path in staged:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            match = _OWNED_TMP.fullmatch(entry.name)
+            owner = match.group(1) if match else None
+            groups.setdefault(owner, []).append((entry.path, st))
+        found: list[TmpFile] = []
+        for owner, files in groups.items():
+            # The lock file is removed last: until then it keeps the name taken.
+            files.sort(key=lambda item: _is_owner_lock(os.path.basename(item[0])))
+            with _writer_gone(self._tmp, owner) as gone:
+                for path, st in files:
+                    age = now - st.st_mtime
+                    if gone is None:
+                        garbage = age > grace_seconds
+                        reason = (
+                            f"{_kind(st.st_mode)} not named after a writer, "
+                            f"last modified {age:.0f} s ago"
+                        )
+                    elif gone:
+                        garbage = True
+                        reason = (
+                            f"{_kind(st.st_mode)} of a write whose process is gone "
+                            f"(no process holds {TMP_DIR}/{owner}{_LOCK_SUFFIX})"
+                        )
+                    else:
+                        garbage = False
+                        reason = f"in use by a live writer ({TMP_DIR}/{owner}{_LOCK_SUFFIX})"
+                    if garbage and remove:
+                        _unlink_quietly(path)
+                    found.append(TmpFile(Path(path), st.st_size, garbage, reason))
+        found.sort(key=lambda item: item.path)
+        return found
 
     def scan(
         self, *, tmp_grace_seconds: float = TMP_GRACE_SECONDS, rehash: bool = True
@@ -564,11 +693,12 @@ class ObjectStore:
         """Check the whole directory for fsck, re-hashing every object if ``rehash``.
 
         Yields a :class:`Problem` for each damaged or misplaced thing under
-        ``objects/`` and for each tmp file older than ``tmp_grace_seconds``.
+        ``objects/`` and for each file in ``tmp/`` that no write can still use
+        (:meth:`collect_tmp`; ``tmp_grace_seconds`` applies to files not named
+        after a writer).
         Objects still staged by this store are not reported. Without
         ``rehash`` only names, file types and modes are checked.
         """
-        now = time.time()
         try:
             with os.scandir(self._objects) as it:
                 top = sorted(it, key=lambda entry: entry.name)
@@ -594,23 +724,9 @@ class ObjectStore:
                 inner = sorted(it, key=lambda item: item.name)
             for item in inner:
                 yield from self._check_item(entry.name, item, rehash)
-        staged = {tmp for tmp, _size, _replace in list(self._staged.values())}
-        for path in self.tmp_files():
-            if os.fspath(path) in staged:
-                continue
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            age = now - st.st_mtime
-            if age > tmp_grace_seconds:
-                yield Problem(
-                    "stale-tmp",
-                    path,
-                    None,
-                    f"{_kind(st.st_mode)} left by an interrupted write, "
-                    f"last modified {age:.0f} s ago",
-                )
+        for tmp in self.collect_tmp(grace_seconds=tmp_grace_seconds):
+            if tmp.garbage:
+                yield Problem("stale-tmp", tmp.path, None, tmp.reason, tmp.size)
 
     def _check_item(
         self, fan: str, item: os.DirEntry[str], rehash: bool = True
@@ -725,9 +841,36 @@ class ObjectStore:
         os.utime(target)
         return True
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Count a write in progress, so that close() keeps the owner lock meanwhile."""
+        with self._lock:
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writers -= 1
+
+    def _own(self) -> _Owner:
+        """This store's owner lock in this process, taken on first use."""
+        with self._owner_lock:
+            owner = self._owner
+            if owner is None or owner.pid != os.getpid():
+                owner = self._owner = _take_ownership(self._tmp)
+            return owner
+
+    def _release_owner(self) -> None:
+        with self._owner_lock, self._lock:
+            owner = self._owner
+            if owner is not None and not self._staged and not self._writers:
+                self._owner = None
+                owner.release()
+
     def _new_tmp(self) -> tuple[int, str]:
         for attempt in itertools.count():
-            name = f"{self._tmp}/{os.getpid()}.{next(_tmp_counter)}.tmp"
+            owner = self._own()
+            name = f"{self._tmp}/{owner.prefix}.{next(_tmp_counter)}.tmp"
             try:
                 return os.open(name, _WRITE_FLAGS, self.file_mode), name
             except FileExistsError:
@@ -735,8 +878,12 @@ class ObjectStore:
             except FileNotFoundError:
                 if attempt:
                     raise
-                # tmp/ was removed (or a read-only open found none): recreate it once.
+                # tmp/ was removed, and our lock file with it: recreate both once.
                 _ensure_dir(self._tmp, create=True, strict=True)
+                with self._owner_lock:
+                    if self._owner is owner:
+                        self._owner = None
+                        owner.release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _seal(self, fd: int, mode: Durability) -> None:
@@ -844,7 +991,7 @@ class ObjectStore:
                 entries = sorted(it, key=lambda entry: entry.name)
             yield fan.name, entries
 
-    def _open_root(self, *, create: bool) -> None:
+    def _open_root(self, *, create: bool, adopt: bool = False) -> None:
         root = os.fspath(self.root)
         marker = os.path.join(root, STORE_MARKER)
         try:
@@ -860,8 +1007,18 @@ class ObjectStore:
             raise StoreFormatError(f"{root} is not a directory, so it cannot be a store")
         if os.path.lexists(marker):
             _check_marker(root, marker)
+        elif adopt:
+            self._write_marker(root, marker)
         elif not create:
-            raise StoreFormatError(f"{root} is not a kontextual store: {STORE_MARKER} is missing")
+            hint = ""
+            if os.path.isdir(self._objects):
+                hint = (
+                    f"; if it is a store that lost its {STORE_MARKER}, "
+                    "`kontextual init --adopt` checks it and writes the marker again"
+                )
+            raise StoreFormatError(
+                f"{root} is not a kontextual store: {STORE_MARKER} is missing{hint}"
+            )
         else:
             self._initialise(root, marker)
         has_objects = _ensure_dir(self._objects, create=create)
@@ -902,6 +1059,10 @@ class ObjectStore:
                     f"{root} has {OBJECTS_DIR}/ with content but no {STORE_MARKER}; "
                     "refusing to guess its format"
                 )
+        self._write_marker(root, marker)
+
+    def _write_marker(self, root: str, marker: str) -> None:
+        """Create objects/ and tmp/ where missing, then the marker, last and atomically."""
         try:
             _ensure_dir(self._objects, create=True, strict=True)
             _ensure_dir(self._tmp, create=True, strict=True)
@@ -923,6 +1084,8 @@ class ObjectStore:
                 _fsync_dir(root)
         except OSError as exc:
             raise self._map_write_error(exc) from exc
+        finally:
+            self._release_owner()
 
 
 class _VerifyingReader(io.RawIOBase):
@@ -983,6 +1146,110 @@ def storage_full(where: str | os.PathLike[str], reason: str) -> StorageFullError
         f"no space left on the filesystem holding {os.fspath(where)}: {reason}; "
         "nothing was written or acknowledged (free some space and retry)"
     )
+
+
+class _Owner:
+    """An exclusive flock on ``tmp/<prefix>.lock``: while it is held, the files
+    ``tmp/<prefix>.<n>.tmp`` belong to a live writer."""
+
+    def __init__(self, fd: int, prefix: str, path: str) -> None:
+        self.fd = fd
+        self.prefix = prefix
+        self.path = path
+        self.pid = os.getpid()
+        _owners.add(self)
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it), then let go of the lock."""
+        if self.fd < 0:
+            return
+        if self.pid == os.getpid():  # a forked child must not end its parent's claim
+            _unlink_quietly(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+# Every lock held in this process, so that a process that exits without closing
+# its stores leaves no lock files behind.
+_owners: weakref.WeakSet[_Owner] = weakref.WeakSet()
+
+
+@atexit.register
+def _release_owners() -> None:
+    for owner in list(_owners):
+        with contextlib.suppress(OSError):
+            owner.release()
+
+
+def _take_ownership(tmp: str) -> _Owner:
+    """Create ``tmp/<pid>.<random>.lock`` and hold an exclusive flock on it.
+
+    A gc or fsck that looks at the new file before it is locked takes it for a
+    dead writer's and may remove it; so once the lock is held the name is
+    checked to still be this file, and a fresh name is taken otherwise.
+    """
+    for attempt in itertools.count():
+        prefix = f"{os.getpid()}.{secrets.token_hex(8)}"
+        path = f"{tmp}/{prefix}{_LOCK_SUFFIX}"
+        try:
+            fd = os.open(path, _WRITE_FLAGS, 0o444)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            if attempt:
+                raise
+            _ensure_dir(tmp, create=True, strict=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a gc or fsck tests it
+            mine = os.fstat(fd)
+            try:
+                named = os.lstat(path)
+            except FileNotFoundError:
+                named = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if named is not None and (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+            return _Owner(fd, prefix, path)
+        os.close(fd)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _writer_gone(tmp: str, owner: str | None) -> Iterator[bool | None]:
+    """Whether the writer ``owner`` is gone: True (its lock is free, and held by
+    this block until it ends, or its lock file is missing), False (a live process
+    holds it) or None (no owner, or the lock file cannot be opened: judge by age)."""
+    if owner is None:
+        yield None
+        return
+    try:
+        fd = os.open(f"{tmp}/{owner}{_LOCK_SUFFIX}", _READ_FLAGS)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            gone = True
+        except BlockingIOError:
+            gone = False
+        yield gone
+    finally:
+        os.close(fd)
+
+
+def _is_owner_lock(name: str) -> bool:
+    return name.endswith(_LOCK_SUFFIX) and _OWNED_TMP.fullmatch(name) is not None
 
 
 def _byte_view(data: object, what: str) -> memoryview:
@@ -1056,10 +1323,18 @@ def _open_regular(path: str, digest: str) -> tuple[int, int]:
 
 def _hash_fd(fd: int) -> tuple[Digest, int]:
     """Hash an open file to its end in constant memory, then close it."""
+    try:
+        return _hash_open(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_open(fd: int) -> tuple[Digest, int]:
+    """Hash an open file from its current offset to its end in constant memory."""
     hasher = new_hasher()
     size = 0
     buffer = bytearray(CHUNK_SIZE)
-    with io.FileIO(fd, "rb") as source, memoryview(buffer) as view:
+    with io.FileIO(fd, "rb", closefd=False) as source, memoryview(buffer) as view:
         while True:
             count = source.readinto(view) or 0
             if not count:
@@ -1067,6 +1342,13 @@ def _hash_fd(fd: int) -> tuple[Digest, int]:
             hasher.update(view[:count])
             size += count
     return finish(hasher), size
+
+
+def _check_bytes(digest: Digest, data: bytes) -> None:
+    """Raise CorruptObjectError unless ``data`` hashes to ``digest``."""
+    actual = digest_bytes(data)
+    if actual != digest:
+        raise CorruptObjectError(digest, _mismatch(actual, len(data)))
 
 
 def _mismatch(actual: Digest, size: int) -> str:

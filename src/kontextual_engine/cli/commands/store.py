@@ -9,8 +9,9 @@ import click
 
 from ...errors import ConflictError, KontextualError
 from ...snapshot import export_snapshot, import_snapshot
+from ...storage.objects import STORE_MARKER
 from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
-from ..app import App, PathNotFound, cli, examples, json_option, quiet_option
+from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
 from ..output import jsonable, print_fields, print_json, print_table, progress
 from ..params import parse_duration
 
@@ -21,17 +22,38 @@ class CheckFailed(KontextualError):
     exit_code = 5
 
 
-@cli.command(epilog=examples("kontextual init", "kontextual init ~/kb"))
+@cli.command(
+    epilog=examples("kontextual init", "kontextual init ~/kb", "kontextual init --adopt ~/kb")
+)
 @click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Write the marker (kontextual.json) of a store that lost it, after checking "
+    "that its index and objects are a store.",
+)
 @click.pass_obj
-def init(app: App, path: Path | None) -> None:
+def init(app: App, path: Path | None, adopt: bool) -> None:
     """Create a store at PATH (default: the selected store).
 
-    On a store that exists already, only checks that it can be opened.
+    On a store that exists already, only checks that it can be opened. A
+    store that lost its kontextual.json is refused; --adopt checks that the
+    directory holds only a store's files, that index.sqlite is a kontextual
+    index, and then writes the marker again.
     """
     if path is not None:
         app.store = path.expanduser()
     existed = app.exists()
+    if adopt and not existed:
+        repo = maintenance.adopt(app.store, app.durability)
+        click.get_current_context().with_resource(repo)
+        click.echo(
+            f"adopted the kontextual store at {app.store.resolve()}: wrote {STORE_MARKER}; "
+            "run `kontextual fsck --full` to check it"
+        )
+        return
+    if not existed and maintenance.lost_marker(app.store):
+        raise maintenance.lost_marker_error(app.store)
     app.repo(create=True)
     where = app.store.resolve()
     if existed:
@@ -65,18 +87,25 @@ def stats(app: App, as_json: bool) -> None:
 def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
     """Check the index and the objects.
 
-    Exits 5 when something is damaged. Garbage (unreferenced objects, stale
-    tmp files, which gc removes) and warnings are listed but exit 0.
+    Exits 5 when something is damaged, and says what to do (a damaged index:
+    restore from a backup). Garbage (unreferenced objects, tmp files of
+    writes whose process is gone) and warnings are listed but exit 0; fsck
+    says how many bytes the garbage takes and which gc command frees it.
     """
     repo = app.repo()
     with progress("checking", quiet=quiet or as_json) as bar:
         report = maintenance.fsck(repo, full=full, progress=bar)
+    advice = report.advice()
     if as_json:
-        print_json({"ok": report.ok, **jsonable(report)})
+        print_json({"ok": report.ok, **jsonable(report), "advice": advice})
     else:
+        # One finding, one line: SQLite's integrity_check may put line breaks in a detail.
         print_table(
             ["severity", "kind", "subject", "detail"],
-            ([f.severity, f.kind, f.subject, f.detail] for f in report.findings),
+            (
+                [f.severity, f.kind, one_line(f.subject), one_line(f.detail)]
+                for f in report.findings
+            ),
         )
         click.echo(
             f"checked {report.objects_checked} objects, {report.revisions_checked} revisions"
@@ -84,8 +113,17 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
             f"{len(report.garbage)} garbage, "
             f"{len(report.findings) - len(report.errors) - len(report.garbage)} warnings"
         )
+        if report.garbage:
+            count = len(report.garbage)
+            click.echo(
+                f"garbage: {count} file{'' if count == 1 else 's'}, {report.garbage_bytes} "
+                f"bytes; `{report.free_with}` frees {'it' if count == 1 else 'them'}"
+            )
     if not report.ok:
-        raise CheckFailed(f"fsck found {len(report.errors)} error(s) in {app.store}")
+        raise CheckFailed(
+            f"fsck found {len(report.errors)} error(s) in {app.store}"
+            + "".join(f"; {sentence}" for sentence in advice)
+        )
 
 
 @cli.command("index", epilog=examples("kontextual index", "kontextual index --json"))
@@ -148,7 +186,9 @@ def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
 
     An object stays while a revision references it (runs, context packages
     and external references pin revisions) or while it is younger than the
-    grace period. --dry-run lists every object that stays, and why.
+    grace period; gc says how much space that keeps. A file in tmp/ goes as
+    soon as the process that wrote it is gone, and stays while it lives.
+    --dry-run lists every object that stays, and why.
     """
     report = maintenance.gc(app.repo(), grace_seconds=grace, dry_run=dry_run)
     if as_json:
@@ -165,6 +205,11 @@ def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
         f"{verb} {len(report.removed)} files ({report.tmp_removed} from tmp/), "
         f"{report.bytes_freed} bytes; kept {kept} object{'' if kept == 1 else 's'}"
     )
+    note = report.grace_note()
+    if note is not None:
+        click.echo(note)
+    if report.tmp_in_use:
+        click.echo(f"kept {report.tmp_in_use} file(s) in tmp/ that writes in progress hold")
 
 
 @cli.command(epilog=examples("kontextual backup /mnt/backup/kb-2024-06-01"))

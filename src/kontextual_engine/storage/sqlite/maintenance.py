@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,15 @@ from ...errors import (
     StoreFormatError,
     ValidationError,
 )
-from ..objects import ObjectStore, sync_filesystem
+from ..objects import (
+    OBJECTS_DIR,
+    STORE_MARKER,
+    TMP_DIR,
+    Durability,
+    ObjectStore,
+    sync_filesystem,
+)
+from . import schema
 from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 
 # git's default (gc.pruneExpire) for the same reason: a writer may have put an
@@ -35,27 +44,40 @@ from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 # write lock that gc also takes, so the grace period is a second line of defence
 # (and protects objects written with `hash-object -w` for later use).
 DEFAULT_GRACE_SECONDS = 14 * 24 * 3600.0
-# A tmp file younger than this may belong to a write in progress in another
-# process, whatever grace the caller asked for.
+# A file in tmp/ that is not named after a writer (see ObjectStore.collect_tmp) and
+# is younger than this may belong to a write in progress in another process,
+# whatever grace the caller asked for. Files named after a writer are removed as
+# soon as their writer's process is gone, and never while it lives.
 MIN_TMP_GRACE_SECONDS = 3600.0
+# What frees garbage: plain gc, or gc without grace when some is younger than that.
+GC_COMMAND = "kontextual gc"
+GC_NOW_COMMAND = "kontextual gc --grace 0"
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing fsck found. ``bytes`` is the space a garbage finding takes, else 0."""
+
     severity: str
     kind: str
     subject: str
     detail: str
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
 class FsckReport:
+    """``garbage_bytes`` is what the garbage findings take; ``free_with`` the
+    command that removes all of it (None when there is no garbage)."""
+
     findings: list[Finding]
     objects_checked: int
     revisions_checked: int
     full: bool
+    garbage_bytes: int = 0
+    free_with: str | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -69,6 +91,33 @@ class FsckReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def advice(self) -> list[str]:
+        """What to do about the errors found, one sentence per kind of damage."""
+        kinds = {finding.kind for finding in self.errors}
+        said = []
+        if kinds & INDEX_DAMAGE:
+            said.append(
+                f"the index ({INDEX_NAME}) is damaged: restore the store from a backup "
+                "(`kontextual backup` makes one, consistent even while the store is open) "
+                "or from a snapshot (`kontextual import`); a store copied with `cp -a` or "
+                "`rsync` while it was open can be torn like this"
+            )
+        if kinds & OBJECT_DAMAGE:
+            said.append(
+                "objects are damaged or missing: a backup or snapshot holds the same bytes "
+                "under the same name (objects/ab/cdef...), so copy those files back, or "
+                "add the same content again"
+            )
+        return said
+
+
+# Error kinds that mean the index itself is damaged, and those that mean objects are.
+INDEX_DAMAGE = frozenset(
+    {"index-integrity", "foreign-key", "sequence-gap", "text-duplicate", "stale-text"}
+)
+OBJECT_DAMAGE = frozenset(
+    {"missing-object", "bad-object", "size-mismatch", "corrupt", "not-a-file", "bad-fanout"}
+)
 
 _SCAN_SEVERITY = {
     "corrupt": "error",
@@ -140,25 +189,44 @@ def fsck(
         if progress is not None:
             progress(done, total)
     present: set[str] = set()
+    young = False
+    now = time.time()
     for digest in store.all():
         present.add(digest)
         if referenced is not None and digest not in referenced:
-            findings.append(
-                Finding(
-                    "garbage",
-                    "unreferenced-object",
-                    digest,
-                    "no revision references it; gc removes it",
+            try:
+                st = os.lstat(store.path(digest))
+            except FileNotFoundError:
+                continue
+            age = now - st.st_mtime
+            if age >= DEFAULT_GRACE_SECONDS:
+                detail = f"no revision references it; `{GC_COMMAND}` removes it"
+            else:
+                young = True
+                detail = (
+                    f"no revision references it; written {_duration(age)} ago, so "
+                    f"`{GC_COMMAND}` keeps it for its {_duration(DEFAULT_GRACE_SECONDS)} "
+                    f"grace period (`{GC_NOW_COMMAND}` removes it now)"
                 )
-            )
+            findings.append(Finding("garbage", "unreferenced-object", digest, detail, st.st_size))
     for problem in store.scan(rehash=full):
         subject = problem.digest or str(problem.path)
-        findings.append(
-            Finding(
-                _SCAN_SEVERITY.get(problem.kind, "error"), problem.kind, subject, problem.detail
-            )
-        )
-    return FsckReport(findings, len(present), revisions, full)
+        severity = _SCAN_SEVERITY.get(problem.kind, "error")
+        findings.append(Finding(severity, problem.kind, subject, problem.detail, problem.size))
+    garbage = [f for f in findings if f.severity == "garbage"]
+    free_with = None if not garbage else GC_NOW_COMMAND if young else GC_COMMAND
+    return FsckReport(
+        findings, len(present), revisions, full, sum(f.bytes for f in garbage), free_with
+    )
+
+
+def _duration(seconds: float) -> str:
+    """A short, rounded-down duration for people: 45 s, 12 min, 5 h, 14 days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {'day' if unit == 'days' and count == 1 else unit}"
+    return f"{max(seconds, 0):.0f} s"
 
 
 def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
@@ -169,18 +237,58 @@ def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
         for (message,) in rows:
             if message != "ok":
                 found.append(Finding("error", "index-integrity", INDEX_NAME, message))
-        for table, rowid, parent, _ in repo._all("PRAGMA foreign_key_check"):
-            found.append(
+        violations = repo._all("PRAGMA foreign_key_check")
+        # One query per broken foreign key names each row by its primary key:
+        # WITHOUT ROWID tables have no rowid to name it by.
+        for table, fkid in sorted({(row[0], row[3]) for row in violations}):
+            parent, keys = _dangling_rows(repo, table, fkid)
+            found += [
                 Finding(
                     "error",
                     "foreign-key",
-                    f"{table}:{rowid}",
+                    f"{table}({key})",
                     f"row references a missing {parent} row",
                 )
-            )
+                for key in keys
+            ]
     except (sqlite3.DatabaseError, KontextualError) as exc:
         found.append(Finding("error", "index-integrity", INDEX_NAME, str(exc)))
     return found
+
+
+def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tuple[str, list[str]]:
+    """The parent table of foreign key ``fkid`` of ``table``, and the primary keys
+    (``col=value, ...``) of the rows whose key points at no parent row."""
+    parts = sorted(
+        (row for row in repo._all(f"PRAGMA foreign_key_list({_quote(table)})") if row[0] == fkid),
+        key=lambda row: row[1],
+    )
+    parent = parts[0][2]
+    parent_key = _primary_key(repo, parent)
+    pairs = [(row[3], row[4] or parent_key[row[1]]) for row in parts]
+    key = _primary_key(repo, table) or ["rowid"]
+    present = " AND ".join(f"c.{_quote(child)} IS NOT NULL" for child, _ in pairs)
+    match = " AND ".join(f"p.{_quote(up)} = c.{_quote(child)}" for child, up in pairs)
+    rows = repo._all(
+        f"SELECT {', '.join(f'c.{_quote(column)}' for column in key)} "
+        f"FROM {_quote(table)} AS c WHERE {present} "
+        f"AND NOT EXISTS (SELECT 1 FROM {_quote(parent)} AS p WHERE {match})"
+    )
+    labels = [
+        ", ".join(f"{column}={value!r}" for column, value in zip(key, row, strict=True))
+        for row in rows
+    ]
+    return parent, labels
+
+
+def _primary_key(repo: SQLiteKnowledgeRepository, table: str) -> list[str]:
+    """The primary key columns of ``table`` in key order (empty for a bare rowid)."""
+    columns = [(row[5], row[1]) for row in repo._all(f"PRAGMA table_info({_quote(table)})")]
+    return [name for position, name in sorted(columns) if position > 0]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
@@ -229,11 +337,35 @@ def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
 
 @dataclass(frozen=True)
 class GcReport:
+    """What gc removed (or would), and what it kept and why.
+
+    ``young``/``young_bytes``: unreferenced objects kept only because they are
+    younger than ``grace_seconds``; ``tmp_in_use``: files in ``tmp/`` kept
+    because a live writer holds them (or, not named after a writer, they are
+    younger than the tmp grace).
+    """
+
     removed: list[tuple[str, int]]
     kept: dict[str, list[str]] = field(default_factory=dict)
     bytes_freed: int = 0
     dry_run: bool = False
     tmp_removed: int = 0
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    young: int = 0
+    young_bytes: int = 0
+    tmp_in_use: int = 0
+
+    def grace_note(self) -> str | None:
+        """Why unreferenced objects stayed, and how to remove them now; None if none did."""
+        if not self.young:
+            return None
+        return (
+            f"kept {self.young} unreferenced object{'' if self.young == 1 else 's'} "
+            f"({self.young_bytes} bytes) younger than the grace period "
+            f"({_duration(self.grace_seconds)}): a write may be about to reference them, "
+            f"or they were stored with `hash-object -w` for later; `{GC_NOW_COMMAND}` "
+            "(or a shorter --grace) removes them now"
+        )
 
 
 def gc(
@@ -242,7 +374,13 @@ def gc(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     dry_run: bool = False,
 ) -> GcReport:
-    """Remove objects no revision references, and stale tmp files, older than the grace.
+    """Remove objects no revision references and older than the grace, and tmp files
+    that no write can still use.
+
+    A staging file in ``tmp/`` is removed as soon as the process that wrote it is
+    gone (checked with its writer's lock, :meth:`ObjectStore.collect_tmp`), and
+    never while that process lives; only files in ``tmp/`` not named after a
+    writer are judged by age (at least :data:`MIN_TMP_GRACE_SECONDS`).
 
     Bodies pinned by runs, manifests, context packages and external references
     are revision bodies, so "referenced by a revision" covers them all. The
@@ -266,6 +404,7 @@ def gc(
     now = time.time()
     removed: list[tuple[str, int]] = []
     kept: dict[str, list[str]] = {}
+    young = young_bytes = 0
     with repo.transaction():
         try:
             # A damaged index can still answer the query below, wrongly (from an
@@ -308,23 +447,28 @@ def gc(
                 kept[digest] = [
                     f"unreferenced, but only {age:.0f} s old (grace {grace_seconds:.0f} s)"
                 ]
+                young += 1
+                young_bytes += st.st_size
                 continue
             if not dry_run:
                 store.delete(digest)
             removed.append((digest, st.st_size))
-        tmp_removed = 0
-        tmp_grace = max(grace_seconds, MIN_TMP_GRACE_SECONDS)
-        for tmp in store.tmp_files():
-            try:
-                st = os.lstat(tmp)
-            except FileNotFoundError:
-                continue
-            if now - st.st_mtime >= tmp_grace:
-                if not dry_run:
-                    tmp.unlink(missing_ok=True)
-                removed.append((str(tmp), st.st_size))
-                tmp_removed += 1
-    return GcReport(removed, kept, sum(size for _, size in removed), dry_run, tmp_removed)
+        tmp = store.collect_tmp(
+            grace_seconds=max(grace_seconds, MIN_TMP_GRACE_SECONDS), remove=not dry_run
+        )
+        removed += [(str(item.path), item.size) for item in tmp if item.garbage]
+    tmp_removed = sum(item.garbage for item in tmp)
+    return GcReport(
+        removed,
+        kept,
+        sum(size for _, size in removed),
+        dry_run,
+        tmp_removed,
+        float(grace_seconds),
+        young,
+        young_bytes,
+        len(tmp) - tmp_removed,
+    )
 
 
 def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
@@ -420,3 +564,87 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         path.stat().st_size for path in repo.root.glob(INDEX_NAME + "*") if path.is_file()
     )
     return counts
+
+
+# What a store directory may hold besides its marker: adopt refuses anything else.
+_STORE_ENTRIES = frozenset(
+    {OBJECTS_DIR, TMP_DIR, INDEX_NAME, INDEX_NAME + "-wal", INDEX_NAME + "-shm"}
+)
+_FAN_NAME = frozenset(f"{i:02x}" for i in range(256))
+
+
+def lost_marker(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` looks like a store that lost its ``kontextual.json``: no
+    marker, but an ``index.sqlite`` file and an ``objects/`` directory."""
+    path = Path(root)
+    if os.path.lexists(path / STORE_MARKER):
+        return False
+    try:
+        index, objects = os.lstat(path / INDEX_NAME), os.lstat(path / OBJECTS_DIR)
+    except OSError:
+        return False
+    return stat.S_ISREG(index.st_mode) and stat.S_ISDIR(objects.st_mode)
+
+
+def lost_marker_error(root: str | os.PathLike[str]) -> DamagedStoreError:
+    """The error for a store that lost its marker, naming the way out."""
+    return DamagedStoreError(
+        f"{root} holds {INDEX_NAME} and {OBJECTS_DIR}/ but no {STORE_MARKER}: it looks "
+        f"like a store that lost its marker; `kontextual init --adopt {root}` checks the "
+        "index and the objects and writes the marker again"
+    )
+
+
+def adopt(
+    root: str | os.PathLike[str], durability: Durability | str = Durability.FULL
+) -> SQLiteKnowledgeRepository:
+    """Write the marker of a store that lost it, after checking that it is a store.
+
+    The directory must hold nothing but ``index.sqlite`` (and its ``-wal`` and
+    ``-shm``), ``objects/`` (only fan-out directories) and ``tmp/``; the index
+    must open read-only as SQLite and carry this version's schema (its
+    migrations table, no migration from a newer version). Anything else is
+    refused with :class:`StoreFormatError` and nothing is written. Returns the
+    opened store; run fsck on it.
+    """
+    path = Path(root)
+    where = f"refusing to adopt {path}"
+    if not path.is_dir() or path.is_symlink():
+        raise StoreFormatError(f"{where}: it is not a directory")
+    if os.path.lexists(path / STORE_MARKER):
+        raise StoreFormatError(f"{where}: it has a {STORE_MARKER} already; open it as it is")
+    if not lost_marker(path):
+        raise StoreFormatError(
+            f"{where}: a store has an {INDEX_NAME} file and an {OBJECTS_DIR}/ directory, "
+            "and this directory has not both"
+        )
+    unexpected = sorted(set(os.listdir(path)) - _STORE_ENTRIES)
+    if unexpected:
+        raise StoreFormatError(
+            f"{where}: a store holds nothing but {', '.join(sorted(_STORE_ENTRIES))}, "
+            f"and this directory also has {', '.join(unexpected[:5])}"
+        )
+    for entry in os.scandir(path / OBJECTS_DIR):
+        if entry.name not in _FAN_NAME or not entry.is_dir(follow_symlinks=False):
+            raise StoreFormatError(
+                f"{where}: {OBJECTS_DIR}/{entry.name} is not a fan-out directory "
+                "(two lowercase hex digits)"
+            )
+    index = path / INDEX_NAME
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreFormatError(f"{where}: cannot open {index}: {exc}") from exc
+    try:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if schema.MIGRATIONS_TABLE not in tables:
+            raise StoreFormatError(f"{where}: {index} is not a kontextual index (no schema)")
+        schema.pending(conn, str(index))  # refuses a foreign or newer index
+    except sqlite3.DatabaseError as exc:
+        raise StoreFormatError(f"{where}: {index} is not a usable SQLite index: {exc}") from exc
+    finally:
+        conn.close()
+    ObjectStore(path, durability=durability, create=False, adopt=True).close()
+    return SQLiteKnowledgeRepository.open(path, durability)
