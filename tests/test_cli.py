@@ -891,7 +891,10 @@ def test_fsck(filled: Path, tmp_path: Path) -> None:
     assert report["ok"] is True and report["findings"] == [] and report["full"] is True
     stray = tmp_path / "stray.txt"
     stray.write_text("unreferenced")
-    ok("hash-object", "-w", str(stray))
+    digest = ok("hash-object", "-w", str(stray)).stdout.strip()
+    # Written before the index last changed: plain garbage, not a possibly lost write.
+    index_changed = (filled / "index.sqlite").stat().st_mtime
+    os.utime(object_path(filled, digest), (index_changed - 60, index_changed - 60))
     garbage = as_json("fsck")
     assert garbage["ok"] is True
     assert [f["kind"] for f in garbage["findings"]] == ["unreferenced-object"]

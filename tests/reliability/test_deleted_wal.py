@@ -90,3 +90,32 @@ def test_in_process_writes_stop_after_the_wal_is_deleted(tmp_path: Path) -> None
     with SQLiteKnowledgeRepository.open(store, "full") as repo:
         assert [a.name for a in repo.query()] == ["first"]
         repo.create_artifact(repo.get_collection_by_name("c").id, "third", b"3", artifact_type="t")
+
+
+def test_writes_lost_with_the_wal_are_reported_as_possibly_lost(tmp_path: Path) -> None:
+    """Killed right after its -wal is deleted, a writer cannot save anything: fsck
+    then names the bodies of the lost writes as possibly lost, not as plain garbage."""
+    store = tmp_path / "store"
+    with SQLiteKnowledgeRepository.open(store, "full", create=True) as repo:
+        cid = repo.create_collection("c").id
+        repo.create_artifact(cid, "old", b"checkpointed long ago", artifact_type="t")
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store), str(WRITES)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "written"
+    (store / "index.sqlite-wal").unlink()
+    child.kill()
+    child.wait(timeout=60)
+    with SQLiteKnowledgeRepository.open(store, "full") as repo:
+        assert [a.name for a in repo.query()] == ["old"]  # the 30 are gone
+        report = fsck(repo, full=True)
+    lost = [f for f in report.findings if f.kind == "possibly-lost-write"]
+    assert len(lost) == WRITES
+    assert all(
+        f.severity == "warning" and "restore the store from a backup" in f.detail for f in lost
+    )
+    assert [f for f in report.findings if f.kind == "unreferenced-object"] == []

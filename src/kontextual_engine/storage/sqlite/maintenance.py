@@ -18,6 +18,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ...digests import Digest
@@ -191,12 +192,16 @@ def fsck(
     present: set[str] = set()
     young = False
     now = time.time()
+    index_changed = _last_index_write(repo)
     for digest in store.all():
         present.add(digest)
         if referenced is not None and digest not in referenced:
             try:
                 st = os.lstat(store.path(digest))
             except FileNotFoundError:
+                continue
+            if index_changed is not None and st.st_mtime > index_changed:
+                findings.append(_possibly_lost(digest, index_changed, st.st_size))
                 continue
             age = now - st.st_mtime
             if age >= DEFAULT_GRACE_SECONDS:
@@ -217,6 +222,47 @@ def fsck(
     free_with = None if not garbage else GC_NOW_COMMAND if young else GC_COMMAND
     return FsckReport(
         findings, len(present), revisions, full, sum(f.bytes for f in garbage), free_with
+    )
+
+
+def _last_index_write(repo: SQLiteKnowledgeRepository) -> float | None:
+    """When ``index.sqlite`` itself last changed, if no -wal holds newer commits.
+
+    In WAL mode the index file changes only when a checkpoint copies commits
+    into it. While its -wal is not empty the newer commits are there, and every
+    body they reference counts as referenced; when the -wal is empty or gone,
+    nothing the index knows is newer than the file.
+    """
+    index = repo.index_path
+    try:
+        if os.stat(index.with_name(index.name + "-wal")).st_size > 0:
+            return None
+    except FileNotFoundError:
+        pass
+    try:
+        return os.stat(index).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _possibly_lost(digest: str, index_changed: float, size: int) -> Finding:
+    """An unreferenced body written after the index file last changed.
+
+    Either a write that never committed (an interrupted or refused one: garbage)
+    or one that committed and was then lost with the -wal (deleted, or not
+    copied with the index): the store cannot tell which, so it says both.
+    """
+    when = datetime.fromtimestamp(index_changed, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Finding(
+        "warning",
+        "possibly-lost-write",
+        digest,
+        f"no revision references it, and it was written after the index last changed "
+        f"({when}): an interrupted write left it, or a write that was acknowledged was "
+        f"lost with the index's -wal (deleted, or left behind by a copy); if writes are "
+        f"missing, restore the store from a backup, otherwise `{GC_COMMAND}` removes it "
+        "after its grace period",
+        size,
     )
 
 
