@@ -1056,3 +1056,11 @@ def test_human_output_escapes_c1_controls() -> None:
     shown = compact({"k": "a\u009b[2Jb", "tab": "\t"})
     assert "\u009b" not in shown and "\t" not in shown
     assert "\\u009b" in shown and "\\t" in shown
+
+
+def test_store_locations_are_paths_or_file_urls(store: Path, tmp_path: Path) -> None:
+    ok("init")
+    ok("--store", store.as_uri(), "collection", "create", "via-url")
+    assert [c["name"] for c in as_json("collection", "list")] == ["via-url"]
+    fails(2, "--store", "s3://bucket/kb", "ls", says=["'s3' scheme is not supported"])
+    assert not (tmp_path / "s3:").exists()

@@ -20,6 +20,7 @@ import click
 from ..errors import KontextualError, NotFoundError, StoreNotFound
 from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
 from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
+from ..storage.stores import open_store, store_path
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -56,7 +57,7 @@ class App:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
         if not create:
             self.require_store()
-        repo = SQLiteKnowledgeRepository.open(self.store, self.durability, create=create)
+        repo = open_store(self.store, self.durability, create=create)
         return click.get_current_context().with_resource(repo)
 
     def objects(self) -> ObjectStore:
@@ -154,7 +155,7 @@ def quiet_option(function: F) -> F:
 )
 @click.option(
     "--store",
-    type=click.Path(path_type=Path),
+    type=str,
     envvar=STORE_ENV,
     default=DEFAULT_STORE,
     show_default=True,
@@ -172,11 +173,11 @@ def quiet_option(function: F) -> F:
 @click.option("--debug", is_flag=True, help="Show a traceback when a command fails.")
 @click.version_option(package_name="kontextual-engine", prog_name="kontextual")
 @click.pass_context
-def cli(ctx: click.Context, store: Path, durability: str, debug: bool) -> None:
+def cli(ctx: click.Context, store: str, durability: str, debug: bool) -> None:
     """kontextual: a local-first, durable store for knowledge artifacts.
 
     Artifacts are named by id (art_...) or as COLLECTION/NAME; digests may be
     abbreviated to a unique prefix of at least 4 hex digits.
     """
     # --debug is read where errors are reported, in KontextualGroup.invoke.
-    ctx.obj = App(store.expanduser(), Durability(durability))
+    ctx.obj = App(store_path(store), Durability(durability))

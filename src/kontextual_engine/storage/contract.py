@@ -30,16 +30,14 @@ Semantics, for every backend:
 
 from __future__ import annotations
 
-import abc
-import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from .. import digests
 from ..errors import (
@@ -69,7 +67,6 @@ from ..models import (
     Query,
     RelatedTo,
     Relationship,
-    WorkflowStep,
     canonical_json,
     canonical_object,
     check_name,
@@ -77,6 +74,8 @@ from ..models import (
     utc,
 )
 from . import text
+from .backend import IndexBackend
+from .bodies import BodyStore
 from .ids import Clock, IdSource, MonotonicIds, system_clock
 from .runs import RunsContract
 
@@ -84,6 +83,7 @@ DIRECTIONS = ("outgoing", "incoming", "both")
 # put_artifacts validates and looks up names this many items at a time: one
 # name query per chunk instead of one per item, with bounded memory.
 PUT_CHUNK = 500
+_Repository = TypeVar("_Repository", bound="KnowledgeRepository")
 # A page larger than this is a full scan in disguise; callers page instead.
 MAX_QUERY_LIMIT = 100_000
 
@@ -164,9 +164,24 @@ def metadata_value_matches(actual: Any, expected: Any) -> bool:
 
 class KnowledgeRepository(RunsContract):
     """A store of collections, artifacts, revisions, relationships, changes, runs and
-    context references (the last three in :class:`RunsContract`)."""
+    context references (the last three in :class:`RunsContract`).
 
-    def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
+    Composed of an index backend (:class:`~.backend.IndexBackend`: every record
+    but bodies) and a body store (:class:`~.bodies.BodyStore`), as a git
+    repository is an object store plus refs. The repository owns both and
+    closes both.
+    """
+
+    def __init__(
+        self,
+        index: IndexBackend,
+        bodies: BodyStore,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+    ) -> None:
+        self.index = index
+        self.bodies = bodies
         self._clock = clock or system_clock
         self._ids = ids or MonotonicIds()
 
@@ -174,24 +189,38 @@ class KnowledgeRepository(RunsContract):
 
     def close(self) -> None:
         """Release resources. A closed repository must not be used again."""
+        try:
+            self.index.close()
+        finally:
+            self.bodies.close()
 
-    def __enter__(self) -> KnowledgeRepository:
+    def __enter__(self: _Repository) -> _Repository:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @abc.abstractmethod
-    def transaction(self) -> AbstractContextManager[None]:
-        """All-or-nothing group of operations; nestable."""
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing group of operations; nestable.
 
-    def _consistent_read(self) -> AbstractContextManager[None]:
-        """A view in which several reads see one point in time.
-
-        A write transaction gives that everywhere; a backend with read
-        snapshots (and read-only stores) overrides this with a read transaction.
+        The ordering invariant lives here: bodies stored inside the outermost
+        level are made durable together when its block ends (the body store's
+        batch), before the index commits, so the index never references a body
+        that a crash could lose.
         """
-        return self.transaction()
+        with self.index.transaction() as outermost:
+            if not outermost:
+                yield
+                return
+            with self.bodies.batch():
+                yield
+
+    def _store_body(self, content: bytes) -> tuple[str, int]:
+        return self.bodies.add(content), len(content)
+
+    def _load_body(self, digest: str) -> bytes:
+        return self.bodies.get(digest, verify=True)
 
     def _now(self) -> datetime:
         return utc(self._clock())
@@ -205,7 +234,7 @@ class KnowledgeRepository(RunsContract):
         check_text(description, "collection description")
         metadata_json = canonical_object(metadata, "collection metadata")
         with self.transaction():
-            if self._find_collection_by_name(name) is not None:
+            if self.index.find_collection_by_name(name) is not None:
                 raise DuplicateNameError(f"collection {name!r} already exists")
             now = self._now()
             collection = Collection(
@@ -214,9 +243,9 @@ class KnowledgeRepository(RunsContract):
                 description=description,
                 metadata_json=metadata_json,
                 created_at=now,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_collection(collection)
+            self.index.insert_collection(collection)
             self._record(
                 collection.sequence,
                 EntityKind.COLLECTION,
@@ -229,7 +258,7 @@ class KnowledgeRepository(RunsContract):
 
     def get_collection(self, collection_id: str) -> Collection:
         _check_id(collection_id, "collection id")
-        collection = self._find_collection(collection_id)
+        collection = self.index.find_collection(collection_id)
         if collection is None:
             raise CollectionNotFound(collection_id)
         return collection
@@ -237,27 +266,27 @@ class KnowledgeRepository(RunsContract):
     def get_collection_by_name(self, name: str) -> Collection:
         if not isinstance(name, str):
             raise ValidationError(f"collection name must be a string, got {name!r}")
-        collection = self._find_collection_by_name(name)
+        collection = self.index.find_collection_by_name(name)
         if collection is None:
             raise CollectionNotFound(name, f"collection not found: {name!r}")
         return collection
 
     def list_collections(self) -> list[Collection]:
-        return self._list_collections()
+        return self.index.list_collections()
 
     def delete_collection(self, collection_id: str) -> None:
         """Delete an empty collection (one without live artifacts)."""
         with self.transaction():
             collection = self.get_collection(collection_id)
-            live = self._count_live_artifacts(collection_id)
+            live = self.index.count_live_artifacts(collection_id)
             if live:
                 raise CollectionNotEmptyError(
                     f"collection {collection.name!r} ({collection_id}) still has {live} artifact(s)"
                 )
             now = self._now()
-            self._delete_collection(collection_id, now)
+            self.index.delete_collection(collection_id, now)
             self._record(
-                self._next_sequence(),
+                self.index.next_sequence(),
                 EntityKind.COLLECTION,
                 collection_id,
                 ChangeAction.DELETE,
@@ -285,7 +314,7 @@ class KnowledgeRepository(RunsContract):
             self.get_collection(collection_id)
             self._check_producing_run(run_id)
             checked = self._check_new(item, run_id)
-            if self._find_artifact_by_name(collection_id, name) is not None:
+            if self.index.find_artifact_by_name(collection_id, name) is not None:
                 raise DuplicateNameError(
                     f"artifact {name!r} already exists in collection {collection_id}"
                 )
@@ -310,7 +339,7 @@ class KnowledgeRepository(RunsContract):
         is created. All bodies are made durable together before the index commits.
         """
         mode = _check_metadata_mode(metadata)
-        with self.transaction():
+        with self.transaction(), self.index.bulk():
             self.get_collection(collection_id)
             self._check_producing_run(run_id)
             results: list[PutResult] = []
@@ -323,7 +352,7 @@ class KnowledgeRepository(RunsContract):
                             f"artifact name {one.name!r} appears twice in one put_artifacts call"
                         )
                     seen.add(one.name)
-                existing = self._find_artifacts_by_names(
+                existing = self.index.find_artifacts_by_names(
                     collection_id, [one.name for one in checked]
                 )
                 results += [
@@ -367,7 +396,7 @@ class KnowledgeRepository(RunsContract):
 
     def get_artifact(self, artifact_id: str) -> Artifact:
         _check_id(artifact_id, "artifact id")
-        artifact = self._find_artifact(artifact_id)
+        artifact = self.index.find_artifact(artifact_id)
         if artifact is None:
             raise ArtifactNotFound(artifact_id)
         return artifact
@@ -376,7 +405,7 @@ class KnowledgeRepository(RunsContract):
         _check_id(collection_id, "collection id")
         if not isinstance(name, str):
             raise ValidationError(f"artifact name must be a string, got {name!r}")
-        artifact = self._find_artifact_by_name(collection_id, name)
+        artifact = self.index.find_artifact_by_name(collection_id, name)
         if artifact is None:
             raise ArtifactNotFound(
                 f"{collection_id}/{name}",
@@ -427,7 +456,7 @@ class KnowledgeRepository(RunsContract):
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
             self._check_producing_run(run_id)
             if name is not None and name != current.name:
-                clash = self._find_artifact_by_name(current.collection_id, name)
+                clash = self.index.find_artifact_by_name(current.collection_id, name)
                 if clash is not None:
                     raise DuplicateNameError(
                         f"artifact {name!r} already exists in collection {current.collection_id}"
@@ -452,11 +481,11 @@ class KnowledgeRepository(RunsContract):
             if expected_revision is not None and expected_revision != current.revision:
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
             now = self._now()
-            for relationship in self._list_relationships(artifact_id, "both", None):
+            for relationship in self.index.list_relationships(artifact_id, "both", None):
                 self._remove_relationship(relationship, now)
-            self._delete_artifact(artifact_id, now)
+            self.index.delete_artifact(artifact_id, now)
             self._record(
-                self._next_sequence(),
+                self.index.next_sequence(),
                 EntityKind.ARTIFACT,
                 artifact_id,
                 ChangeAction.DELETE,
@@ -470,7 +499,7 @@ class KnowledgeRepository(RunsContract):
         """Every live artifact (of one collection), in creation order."""
         if collection_id is not None:
             self.get_collection(collection_id)
-        return self._query(Query(collection_id=collection_id))
+        return self.index.query(Query(collection_id=collection_id))
 
     def query(self, query: Query | None = None, /, **filters: Any) -> list[Artifact]:
         """Live artifacts matching every given filter, in creation order.
@@ -486,14 +515,14 @@ class KnowledgeRepository(RunsContract):
                 raise ValidationError(f"bad query filter: {exc}") from exc
         elif filters:
             raise ValidationError("pass either a Query or keyword filters, not both")
-        return self._query(normalize_query(query))
+        return self.index.query(normalize_query(query))
 
     # -- revisions ---------------------------------------------------------
 
     def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         """Revision history, oldest first; readable after the artifact is deleted."""
         _check_id(artifact_id, "artifact id")
-        revisions = self._list_revisions(artifact_id)
+        revisions = self.index.list_revisions(artifact_id)
         if not revisions:
             raise ArtifactNotFound(artifact_id)
         return revisions
@@ -501,9 +530,9 @@ class KnowledgeRepository(RunsContract):
     def get_revision(self, artifact_id: str, revision: int) -> ArtifactRevision:
         _check_id(artifact_id, "artifact id")
         _check_revision_number(revision, "revision")
-        found = self._find_revision(artifact_id, revision)
+        found = self.index.find_revision(artifact_id, revision)
         if found is None:
-            if not self._list_revisions(artifact_id):
+            if not self.index.list_revisions(artifact_id):
                 raise ArtifactNotFound(artifact_id)
             raise RevisionNotFound(
                 f"{artifact_id}@{revision}",
@@ -526,11 +555,11 @@ class KnowledgeRepository(RunsContract):
         with self.transaction():
             for role, artifact_id in (("source", source_id), ("target", target_id)):
                 _check_id(artifact_id, f"relationship {role}")
-                if self._find_artifact(artifact_id) is None:
+                if self.index.find_artifact(artifact_id) is None:
                     raise IntegrityError(
                         f"relationship {role} {artifact_id!r} is not a live artifact"
                     )
-            if self._find_relationship_by_key(source_id, target_id, relationship_type):
+            if self.index.find_relationship_by_key(source_id, target_id, relationship_type):
                 raise DuplicateRelationshipError(
                     f"relationship {source_id} -[{relationship_type}]-> {target_id} already exists"
                 )
@@ -542,9 +571,9 @@ class KnowledgeRepository(RunsContract):
                 relationship_type=relationship_type,
                 metadata_json=metadata_json,
                 created_at=now,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_relationship(relationship)
+            self.index.insert_relationship(relationship)
             self._record(
                 relationship.sequence,
                 EntityKind.RELATIONSHIP,
@@ -561,7 +590,7 @@ class KnowledgeRepository(RunsContract):
 
     def get_relationship(self, relationship_id: str) -> Relationship:
         _check_id(relationship_id, "relationship id")
-        relationship = self._find_relationship(relationship_id)
+        relationship = self.index.find_relationship(relationship_id)
         if relationship is None:
             raise RelationshipNotFound(relationship_id)
         return relationship
@@ -578,7 +607,7 @@ class KnowledgeRepository(RunsContract):
             raise ValidationError(f"direction {direction!r} is not one of {DIRECTIONS}")
         if artifact_id is not None:
             _check_id(artifact_id, "artifact id")
-        return self._list_relationships(artifact_id, direction, relationship_type)
+        return self.index.list_relationships(artifact_id, direction, relationship_type)
 
     def delete_relationship(self, relationship_id: str) -> None:
         with self.transaction():
@@ -596,11 +625,11 @@ class KnowledgeRepository(RunsContract):
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise ValidationError(f"limit must be a non-negative integer, got {limit!r}")
-        return self._list_changes(since, entity_id, limit)
+        return self.index.list_changes(since, entity_id, limit)
 
     def last_sequence(self) -> int:
         """The sequence number of the newest change record (0 when there is none)."""
-        return self._last_sequence()
+        return self.index.last_sequence()
 
     # -- shared machinery --------------------------------------------------
 
@@ -628,7 +657,7 @@ class KnowledgeRepository(RunsContract):
             new_digest=new_digest,
             details_json=canonical_json(dict(details or {}), "change details"),
         )
-        self._append_change(change)
+        self.index.append_change(change)
         return change
 
     def _check_new(self, item: NewArtifact, run_id: str | None = None) -> _CheckedArtifact:
@@ -647,7 +676,7 @@ class KnowledgeRepository(RunsContract):
     def _create(self, collection_id: str, item: _CheckedArtifact) -> Artifact:
         digest, size = self._store_body(item.content)
         now = self._now()
-        sequence = self._next_sequence()
+        sequence = self.index.next_sequence()
         artifact = Artifact(
             id=self._ids("artifact"),
             collection_id=collection_id,
@@ -664,7 +693,7 @@ class KnowledgeRepository(RunsContract):
             sequence=sequence,
             run_id=item.run_id,
         )
-        self._insert_artifact(
+        self.index.insert_artifact(
             artifact, _revision_of(artifact, sequence), text.searchable_text(item.content)
         )
         self._record(
@@ -714,7 +743,7 @@ class KnowledgeRepository(RunsContract):
             stored, _ = self._store_body(content)
             assert stored == digest
         now = self._now()
-        sequence = self._next_sequence()
+        sequence = self.index.next_sequence()
         updated = Artifact(
             id=current.id,
             collection_id=current.collection_id,
@@ -729,7 +758,7 @@ class KnowledgeRepository(RunsContract):
         searchable = None
         if digest != current.digest:
             searchable = text.searchable_text(content) if content is not None else None
-        self._replace_artifact(
+        self.index.replace_artifact(
             updated, _revision_of(updated, sequence), digest != current.digest, searchable
         )
         self._record(
@@ -746,9 +775,9 @@ class KnowledgeRepository(RunsContract):
         return updated
 
     def _remove_relationship(self, relationship: Relationship, now: datetime) -> None:
-        self._delete_relationship(relationship.id)
+        self.index.delete_relationship(relationship.id)
         self._record(
-            self._next_sequence(),
+            self.index.next_sequence(),
             EntityKind.RELATIONSHIP,
             relationship.id,
             ChangeAction.DELETE,
@@ -760,127 +789,6 @@ class KnowledgeRepository(RunsContract):
             },
         )
 
-    # -- backend primitives ------------------------------------------------
-    # Called inside transaction(); arguments are already validated.
-
-    @abc.abstractmethod
-    def _next_sequence(self) -> int:
-        """Reserve the next change sequence number (given back on rollback)."""
-
-    @abc.abstractmethod
-    def _last_sequence(self) -> int: ...
-
-    @abc.abstractmethod
-    def _store_body(self, content: bytes) -> tuple[str, int]:
-        """Store a body (durable before the enclosing transaction commits)."""
-
-    @abc.abstractmethod
-    def _load_body(self, digest: str) -> bytes: ...
-
-    @abc.abstractmethod
-    def _insert_collection(self, collection: Collection) -> None: ...
-
-    @abc.abstractmethod
-    def _find_collection(self, collection_id: str) -> Collection | None: ...
-
-    @abc.abstractmethod
-    def _find_collection_by_name(self, name: str) -> Collection | None: ...
-
-    @abc.abstractmethod
-    def _list_collections(self) -> list[Collection]: ...
-
-    @abc.abstractmethod
-    def _count_live_artifacts(self, collection_id: str) -> int: ...
-
-    @abc.abstractmethod
-    def _delete_collection(self, collection_id: str, now: datetime) -> None: ...
-
-    @abc.abstractmethod
-    def _insert_artifact(
-        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
-    ) -> None: ...
-
-    @abc.abstractmethod
-    def _replace_artifact(
-        self,
-        artifact: Artifact,
-        revision: ArtifactRevision,
-        content_changed: bool,
-        searchable: str | None,
-    ) -> None:
-        """Store a new current revision; ``searchable`` matters only if content changed."""
-
-    @abc.abstractmethod
-    def _find_artifact(self, artifact_id: str) -> Artifact | None:
-        """The live artifact, or None (also when deleted)."""
-
-    @abc.abstractmethod
-    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None: ...
-
-    def _find_artifacts_by_names(self, collection_id: str, names: list[str]) -> dict[str, Artifact]:
-        """The live artifacts of these names, by name; backends may do it in one query."""
-        found = {}
-        for name in names:
-            artifact = self._find_artifact_by_name(collection_id, name)
-            if artifact is not None:
-                found[name] = artifact
-        return found
-
-    @abc.abstractmethod
-    def _delete_artifact(self, artifact_id: str, now: datetime) -> None: ...
-
-    @abc.abstractmethod
-    def _query(self, query: Query) -> list[Artifact]: ...
-
-    @abc.abstractmethod
-    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]: ...
-
-    @abc.abstractmethod
-    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None: ...
-
-    @abc.abstractmethod
-    def _insert_relationship(self, relationship: Relationship) -> None: ...
-
-    @abc.abstractmethod
-    def _find_relationship(self, relationship_id: str) -> Relationship | None: ...
-
-    @abc.abstractmethod
-    def _find_relationship_by_key(
-        self, source_id: str, target_id: str, relationship_type: str
-    ) -> Relationship | None: ...
-
-    @abc.abstractmethod
-    def _list_relationships(
-        self, artifact_id: str | None, direction: str, relationship_type: str | None
-    ) -> list[Relationship]: ...
-
-    @abc.abstractmethod
-    def _delete_relationship(self, relationship_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def _append_change(self, change: ChangeRecord) -> None: ...
-
-    @abc.abstractmethod
-    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
-        """Every collection, deleted ones too, with its deletion time."""
-
-    @abc.abstractmethod
-    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
-        """Every artifact (its last revision's state), deleted ones too."""
-
-    @abc.abstractmethod
-    def _all_revisions(self) -> list[ArtifactRevision]:
-        """Every revision, by change sequence."""
-
-    @abc.abstractmethod
-    def _all_steps(self) -> list[WorkflowStep]:
-        """Every step, by sequence."""
-
-    @abc.abstractmethod
-    def _list_changes(
-        self, since: int, entity_id: str | None, limit: int | None
-    ) -> list[ChangeRecord]: ...
-
     # -- whole-repository export and restore (used by snapshots) ------------
 
     def export_records(self) -> dict[str, list[Any]]:
@@ -890,19 +798,19 @@ class KnowledgeRepository(RunsContract):
         since deleted ones are still referenced by history. Read in one
         transaction, so the result is a consistent point in time.
         """
-        with self._consistent_read():
+        with self.index.read_view():
             return {
-                "collections": self._all_collections(),
-                "artifacts": self._all_artifacts(),
-                "revisions": self._all_revisions(),
-                "relationships": self._list_relationships(None, "both", None),
+                "collections": self.index.all_collections(),
+                "artifacts": self.index.all_artifacts(),
+                "revisions": self.index.all_revisions(),
+                "relationships": self.index.list_relationships(None, "both", None),
                 "changes": list(self.iter_changes()),
-                "runs": self._list_runs(None),
-                "steps": self._all_steps(),
-                "bundles": self._list_bundles(None),
-                "manifests": self._list_manifests(),
-                "context_packages": self._list_context_packages(),
-                "external_references": self._list_external_references(),
+                "runs": self.index.list_runs(None),
+                "steps": self.index.all_steps(),
+                "bundles": self.index.list_bundles(None),
+                "manifests": self.index.list_manifests(),
+                "context_packages": self.index.list_context_packages(),
+                "external_references": self.index.list_external_references(),
             }
 
     def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
@@ -914,10 +822,10 @@ class KnowledgeRepository(RunsContract):
         queries need not scan; the reference backend has no index and
         returns 0.
         """
-        return 0
+        return self.index.index_text(progress=progress)
 
     def is_empty(self) -> bool:
-        return self._last_sequence() == 0
+        return self.index.last_sequence() == 0
 
     def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
         """Load records exported by :meth:`export_records` into this empty repository.
@@ -926,7 +834,7 @@ class KnowledgeRepository(RunsContract):
         snapshot importer) has verified the records; this inserts them with
         their ids, sequences and timestamps, all or nothing.
         """
-        with self.transaction():
+        with self.transaction(), self.index.bulk():
             if not self.is_empty():
                 raise ConflictError("restore needs an empty repository; this one has records")
             stored: set[str] = set()
@@ -950,19 +858,19 @@ class KnowledgeRepository(RunsContract):
                 if revision.digest not in stored:  # met by no replayed text change
                     store(revision.digest)
             for change in records["changes"]:
-                self._append_change(change)
+                self.index.append_change(change)
             for run in records["runs"]:
-                self._insert_run(run)
+                self.index.insert_run(run)
             for step in records["steps"]:
-                self._insert_step(step)
+                self.index.insert_step(step)
             for bundle in records["bundles"]:
-                self._insert_bundle(bundle)
+                self.index.insert_bundle(bundle)
             for manifest in records["manifests"]:
-                self._store_manifest(manifest)
+                self.index.store_manifest(manifest)
             for package in records["context_packages"]:
-                self._insert_context_package(package)
+                self.index.insert_context_package(package)
             for reference in records["external_references"]:
-                self._insert_external_reference(reference)
+                self.index.insert_external_reference(reference)
 
     def _replay_events(
         self, records: Mapping[str, list[Any]], searchable: Callable[[str], str | None]
@@ -980,12 +888,12 @@ class KnowledgeRepository(RunsContract):
             if change.action == ChangeAction.DELETE.value
         }
         for collection, deleted_at in records["collections"]:
-            yield collection.sequence, 0, partial(self._insert_collection, collection)
+            yield collection.sequence, 0, partial(self.index.insert_collection, collection)
             if deleted_at is not None:
                 yield (
                     deleted[collection.id],
                     0,
-                    partial(self._delete_collection, collection.id, deleted_at),
+                    partial(self.index.delete_collection, collection.id, deleted_at),
                 )
         artifacts = {artifact.id: artifact for artifact, _ in records["artifacts"]}
         previous: dict[str, ArtifactRevision] = {}
@@ -1016,10 +924,10 @@ class KnowledgeRepository(RunsContract):
                 yield (
                     deleted[artifact.id],
                     1,
-                    partial(self._delete_artifact, artifact.id, deleted_at),
+                    partial(self.index.delete_artifact, artifact.id, deleted_at),
                 )
         for relationship in records["relationships"]:
-            yield relationship.sequence, 0, partial(self._insert_relationship, relationship)
+            yield relationship.sequence, 0, partial(self.index.insert_relationship, relationship)
 
     def _restore_first(
         self,
@@ -1027,7 +935,7 @@ class KnowledgeRepository(RunsContract):
         revision: ArtifactRevision,
         searchable: Callable[[str], str | None],
     ) -> None:
-        self._insert_artifact(artifact, revision, searchable(revision.digest))
+        self.index.insert_artifact(artifact, revision, searchable(revision.digest))
 
     def _restore_next(
         self,
@@ -1036,7 +944,7 @@ class KnowledgeRepository(RunsContract):
         content_changed: bool,
         searchable: Callable[[str], str | None],
     ) -> None:
-        self._replace_artifact(
+        self.index.replace_artifact(
             artifact,
             revision,
             content_changed,
@@ -1048,8 +956,8 @@ class KnowledgeRepository(RunsContract):
         return self._load_body(digests.parse_digest(digest))
 
     def open_object(self, digest: str) -> BinaryIO:
-        """A binary reader of the body under ``digest``; backends may stream."""
-        return io.BytesIO(self.read_object(digest))
+        """A binary reader of the body under ``digest``, verified against it."""
+        return self.bodies.open(digests.parse_digest(digest), verify=True)
 
     def object_path(self, digest: str) -> Path | None:
         """The file holding the body, where the backend keeps bodies in files."""

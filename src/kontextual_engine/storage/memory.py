@@ -1,6 +1,6 @@
 """``InMemoryKnowledgeRepository``: the reference backend.
 
-Everything lives in dictionaries of immutable records. Writes go through
+:class:`MemoryIndex` keeps every record in dictionaries of immutable records. Writes go through
 :meth:`_put` / :meth:`_pop`, which log how to undo them, so ``transaction()``
 rolls back for real (nested levels too) in time proportional to the work
 undone. One re-entrant lock serialises transactions across threads.
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .. import digests
-from ..errors import IntegrityError, ObjectNotFound
+from ..errors import IntegrityError
 from ..models import (
     Artifact,
     ArtifactRevision,
@@ -31,6 +31,8 @@ from ..models import (
     WorkflowStep,
 )
 from . import text
+from .backend import IndexBackend
+from .bodies import MemoryBodyStore
 from .contract import KnowledgeRepository, metadata_value_matches
 from .ids import Clock, IdSource
 
@@ -39,11 +41,18 @@ _Sequenced = TypeVar("_Sequenced")
 
 
 class InMemoryKnowledgeRepository(KnowledgeRepository):
+    """The reference repository: a :class:`MemoryIndex` and a :class:`MemoryBodyStore`."""
+
     def __init__(self, *, clock: Clock | None = None, ids: IdSource | None = None) -> None:
-        super().__init__(clock=clock, ids=ids)
+        super().__init__(MemoryIndex(), MemoryBodyStore(), clock=clock, ids=ids)
+
+
+class MemoryIndex(IndexBackend):
+    """Every record in dictionaries, with an undo log for real rollbacks."""
+
+    def __init__(self) -> None:
         self._lock = threading.RLock()
         self._undo: list[list[Callable[[], None]]] = []
-        self.bodies: dict[str, bytes] = {}
         self.collections: dict[str, Collection] = {}
         self.deleted_at: dict[str, datetime] = {}
         self.collection_names: dict[str, str] = {}
@@ -64,11 +73,11 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
     # -- transactions ------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[bool]:
         with self._lock:
             self._undo.append([])
             try:
-                yield
+                yield len(self._undo) == 1
             except BaseException:
                 for undo in reversed(self._undo.pop()):
                     undo()
@@ -100,54 +109,43 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
 
     # -- primitives --------------------------------------------------------
 
-    def _next_sequence(self) -> int:
-        return self._last_sequence() + 1
+    def next_sequence(self) -> int:
+        return self.last_sequence() + 1
 
-    def _last_sequence(self) -> int:
+    def last_sequence(self) -> int:
         return self.changes[-1].sequence if self.changes else 0
 
-    def _store_body(self, content: bytes) -> tuple[str, int]:
-        digest = digests.digest_bytes(content)
-        self.bodies.setdefault(digest, content)  # unreferenced bodies are garbage, never wrong
-        return digest, len(content)
-
-    def _load_body(self, digest: str) -> bytes:
-        try:
-            return self.bodies[digest]
-        except KeyError:
-            raise ObjectNotFound(digest) from None
-
-    def _insert_collection(self, collection: Collection) -> None:
+    def insert_collection(self, collection: Collection) -> None:
         self._add(self.collections, collection.id, collection)
         self._put(self.collection_names, collection.name, collection.id)
 
-    def _find_collection(self, collection_id: str) -> Collection | None:
+    def find_collection(self, collection_id: str) -> Collection | None:
         with self._lock:
             collection = self.collections.get(collection_id)
             if collection is None or self.collection_names.get(collection.name) != collection_id:
                 return None
             return collection
 
-    def _find_collection_by_name(self, name: str) -> Collection | None:
+    def find_collection_by_name(self, name: str) -> Collection | None:
         with self._lock:
             collection_id = self.collection_names.get(name)
             return None if collection_id is None else self.collections[collection_id]
 
-    def _list_collections(self) -> list[Collection]:
+    def list_collections(self) -> list[Collection]:
         with self._lock:
             return sorted(
                 (self.collections[cid] for cid in self.collection_names.values()),
                 key=lambda c: c.sequence,
             )
 
-    def _count_live_artifacts(self, collection_id: str) -> int:
+    def count_live_artifacts(self, collection_id: str) -> int:
         return sum(1 for cid, _ in self.artifact_names if cid == collection_id)
 
-    def _delete_collection(self, collection_id: str, now: datetime) -> None:
+    def delete_collection(self, collection_id: str, now: datetime) -> None:
         self._pop(self.collection_names, self.collections[collection_id].name)
         self._put(self.deleted_at, collection_id, now)
 
-    def _insert_artifact(
+    def insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
     ) -> None:
         self._add(self.artifacts, artifact.id, artifact)
@@ -155,7 +153,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         self._put(self.searchable, artifact.id, searchable)
         self._put(self.revisions, artifact.id, [revision])
 
-    def _replace_artifact(
+    def replace_artifact(
         self,
         artifact: Artifact,
         revision: ArtifactRevision,
@@ -171,7 +169,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             self._put(self.searchable, artifact.id, searchable)
         self._put(self.revisions, artifact.id, [*self.revisions[artifact.id], revision])
 
-    def _find_artifact(self, artifact_id: str) -> Artifact | None:
+    def find_artifact(self, artifact_id: str) -> Artifact | None:
         with self._lock:
             artifact = self.artifacts.get(artifact_id)
             if artifact is None:
@@ -179,17 +177,17 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             key = (artifact.collection_id, artifact.name)
             return artifact if self.artifact_names.get(key) == artifact_id else None
 
-    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
+    def find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
         with self._lock:
             artifact_id = self.artifact_names.get((collection_id, name))
             return None if artifact_id is None else self.artifacts[artifact_id]
 
-    def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
+    def delete_artifact(self, artifact_id: str, now: datetime) -> None:
         artifact = self.artifacts[artifact_id]
         self._pop(self.artifact_names, (artifact.collection_id, artifact.name))
         self._put(self.deleted_at, artifact_id, now)
 
-    def _query(self, query: Query) -> list[Artifact]:
+    def query(self, query: Query) -> list[Artifact]:
         with self._lock:
             live = [self.artifacts[aid] for aid in self.artifact_names.values()]
             related = self._related_ids(query) if query.related_to is not None else None
@@ -217,7 +215,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
         related = query.related_to
         assert related is not None
         found: set[str] = set()
-        for relationship in self._list_relationships(
+        for relationship in self.list_relationships(
             related.artifact_id, related.direction, related.relationship_type
         ):
             if relationship.source_id == related.artifact_id and related.direction != "incoming":
@@ -226,31 +224,31 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
                 found.add(relationship.source_id)
         return found
 
-    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
+    def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         with self._lock:
             return list(self.revisions.get(artifact_id, []))
 
-    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
+    def find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
         with self._lock:
             history = self.revisions.get(artifact_id, [])
             return history[revision - 1] if revision <= len(history) else None
 
-    def _insert_relationship(self, relationship: Relationship) -> None:
+    def insert_relationship(self, relationship: Relationship) -> None:
         self._add(self.relationships, relationship.id, relationship)
         key = (relationship.source_id, relationship.target_id, relationship.relationship_type)
         self._put(self.relationship_keys, key, relationship.id)
 
-    def _find_relationship(self, relationship_id: str) -> Relationship | None:
+    def find_relationship(self, relationship_id: str) -> Relationship | None:
         with self._lock:
             return self.relationships.get(relationship_id)
 
-    def _find_relationship_by_key(
+    def find_relationship_by_key(
         self, source_id: str, target_id: str, relationship_type: str
     ) -> Relationship | None:
         relationship_id = self.relationship_keys.get((source_id, target_id, relationship_type))
         return None if relationship_id is None else self.relationships[relationship_id]
 
-    def _list_relationships(
+    def list_relationships(
         self, artifact_id: str | None, direction: str, relationship_type: str | None
     ) -> list[Relationship]:
         with self._lock:
@@ -268,7 +266,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             ]
             return sorted(found, key=lambda relationship: relationship.sequence)
 
-    def _delete_relationship(self, relationship_id: str) -> None:
+    def delete_relationship(self, relationship_id: str) -> None:
         relationship = self.relationships[relationship_id]
         self._pop(self.relationships, relationship_id)
         self._pop(
@@ -276,11 +274,11 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             (relationship.source_id, relationship.target_id, relationship.relationship_type),
         )
 
-    def _append_change(self, change: ChangeRecord) -> None:
+    def append_change(self, change: ChangeRecord) -> None:
         self.changes.append(change)
         self._log(lambda: self.changes.__delitem__(-1))
 
-    def _list_changes(
+    def list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]:
         with self._lock:
@@ -292,59 +290,59 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             ]
             return found if limit is None else found[:limit]
 
-    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+    def all_collections(self) -> list[tuple[Collection, datetime | None]]:
         with self._lock:
             return [(c, self.deleted_at.get(c.id)) for c in _by_sequence(self.collections.values())]
 
-    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+    def all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
         with self._lock:
             return [(a, self.deleted_at.get(a.id)) for a in _by_sequence(self.artifacts.values())]
 
-    def _all_revisions(self) -> list[ArtifactRevision]:
+    def all_revisions(self) -> list[ArtifactRevision]:
         with self._lock:
             found = [revision for history in self.revisions.values() for revision in history]
             return sorted(found, key=lambda revision: revision.change_sequence)
 
-    def _all_steps(self) -> list[WorkflowStep]:
+    def all_steps(self) -> list[WorkflowStep]:
         with self._lock:
             return _by_sequence(self.steps.values())
 
     # -- runs and context --------------------------------------------------
 
-    def _insert_run(self, run: OperationRun) -> None:
+    def insert_run(self, run: OperationRun) -> None:
         self._add(self.runs, run.id, run)
 
-    def _replace_run(self, run: OperationRun) -> None:
+    def replace_run(self, run: OperationRun) -> None:
         self._put(self.runs, run.id, run)
 
-    def _find_run(self, run_id: str) -> OperationRun | None:
+    def find_run(self, run_id: str) -> OperationRun | None:
         with self._lock:
             return self.runs.get(run_id)
 
-    def _list_runs(self, status: str | None) -> list[OperationRun]:
+    def list_runs(self, status: str | None) -> list[OperationRun]:
         with self._lock:
             return _by_sequence(
                 run for run in self.runs.values() if status is None or run.status == status
             )
 
-    def _insert_step(self, step: WorkflowStep) -> None:
+    def insert_step(self, step: WorkflowStep) -> None:
         self._add(self.steps, step.id, step)
 
-    def _replace_step(self, step: WorkflowStep) -> None:
+    def replace_step(self, step: WorkflowStep) -> None:
         self._put(self.steps, step.id, step)
 
-    def _find_step(self, step_id: str) -> WorkflowStep | None:
+    def find_step(self, step_id: str) -> WorkflowStep | None:
         with self._lock:
             return self.steps.get(step_id)
 
-    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
+    def list_steps(self, run_id: str) -> list[WorkflowStep]:
         with self._lock:
             return _by_sequence(step for step in self.steps.values() if step.run_id == run_id)
 
-    def _insert_bundle(self, bundle: InputBundle) -> None:
+    def insert_bundle(self, bundle: InputBundle) -> None:
         self._add(self.bundles, bundle.id, bundle)
 
-    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
+    def list_bundles(self, run_id: str | None) -> list[InputBundle]:
         with self._lock:
             return _by_sequence(
                 bundle
@@ -352,7 +350,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
                 if run_id is None or bundle.run_id == run_id
             )
 
-    def _bundles_consuming(
+    def bundles_consuming(
         self, artifact_id: str | None, revision: int | None, digest: str | None
     ) -> list[InputBundle]:
         with self._lock:
@@ -367,7 +365,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
                 )
             )
 
-    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
+    def list_outputs(self, run_id: str) -> list[ArtifactRevision]:
         with self._lock:
             found = [
                 revision
@@ -377,7 +375,7 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             ]
             return sorted(found, key=lambda revision: revision.change_sequence)
 
-    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
+    def revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
         with self._lock:
             found = [
                 revision
@@ -387,36 +385,36 @@ class InMemoryKnowledgeRepository(KnowledgeRepository):
             ]
             return sorted(found, key=lambda revision: revision.change_sequence)
 
-    def _store_manifest(self, manifest: RunManifest) -> None:
+    def store_manifest(self, manifest: RunManifest) -> None:
         self._put(self.manifests, manifest.run_id, manifest)
 
-    def _find_manifest(self, run_id: str) -> RunManifest | None:
+    def find_manifest(self, run_id: str) -> RunManifest | None:
         with self._lock:
             return self.manifests.get(run_id)
 
-    def _list_manifests(self) -> list[RunManifest]:
+    def list_manifests(self) -> list[RunManifest]:
         with self._lock:
             return sorted(self.manifests.values(), key=lambda m: self.runs[m.run_id].sequence)
 
-    def _insert_context_package(self, package: ContextPackage) -> None:
+    def insert_context_package(self, package: ContextPackage) -> None:
         self._add(self.packages, package.id, package)
 
-    def _find_context_package(self, package_id: str) -> ContextPackage | None:
+    def find_context_package(self, package_id: str) -> ContextPackage | None:
         with self._lock:
             return self.packages.get(package_id)
 
-    def _list_context_packages(self) -> list[ContextPackage]:
+    def list_context_packages(self) -> list[ContextPackage]:
         with self._lock:
             return _by_sequence(self.packages.values())
 
-    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None:
+    def insert_external_reference(self, reference: ExternalMemoryReference) -> None:
         self._add(self.external_references, reference.id, reference)
 
-    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
+    def find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
         with self._lock:
             return self.external_references.get(reference_id)
 
-    def _list_external_references(self) -> list[ExternalMemoryReference]:
+    def list_external_references(self) -> list[ExternalMemoryReference]:
         with self._lock:
             return _by_sequence(self.external_references.values())
 

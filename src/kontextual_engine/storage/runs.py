@@ -19,8 +19,7 @@ terminal or abandoned state.
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -40,7 +39,6 @@ from ..errors import (
 from ..models import (
     TERMINAL,
     TRANSITIONS,
-    Artifact,
     ArtifactRef,
     ArtifactRevision,
     ChangeAction,
@@ -54,7 +52,6 @@ from ..models import (
     OperationRun,
     Pin,
     ReferenceKind,
-    Relationship,
     RunManifest,
     RunStatus,
     WorkflowStep,
@@ -64,6 +61,7 @@ from ..models import (
     format_time,
 )
 from . import holders
+from .backend import IndexBackend
 
 # Long enough that a busy worker heartbeating every minute never loses its
 # run, short enough that a crashed one on another host is noticed soon.
@@ -88,7 +86,7 @@ def _lease(value: object) -> float:
     return float(value)
 
 
-class RunsContract(abc.ABC):
+class RunsContract:
     """Runs, steps, input bundles, manifests, context packages, external references."""
 
     # -- runs --------------------------------------------------------------
@@ -120,9 +118,9 @@ class RunsContract(abc.ABC):
                 holder_json="{}",
                 lease_expires_at=None,
                 heartbeat_at=None,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_run(run)
+            self.index.insert_run(run)
             self._record(
                 run.sequence,
                 EntityKind.RUN,
@@ -136,7 +134,7 @@ class RunsContract(abc.ABC):
     def get_run(self, run_id: str) -> OperationRun:
         if not isinstance(run_id, str):
             raise ValidationError(f"run id must be a string, got {run_id!r}")
-        run = self._find_run(run_id)
+        run = self.index.find_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
         return run
@@ -153,7 +151,7 @@ class RunsContract(abc.ABC):
             _status(status, "status")
         return [
             run
-            for run in self._list_runs(status)
+            for run in self.index.list_runs(status)
             if (operation is None or run.operation == operation)
             and (parent_run_id is None or run.parent_run_id == parent_run_id)
         ]
@@ -202,9 +200,9 @@ class RunsContract(abc.ABC):
             renewed = replace(
                 run, heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease)
             )
-            self._replace_run(renewed)
+            self.index.replace_run(renewed)
             self._record(
-                self._next_sequence(),
+                self.index.next_sequence(),
                 EntityKind.RUN,
                 run_id,
                 ChangeAction.UPDATE,
@@ -249,12 +247,12 @@ class RunsContract(abc.ABC):
         with self.transaction():
             now = self._now()
             recovered = []
-            for run in self._list_runs(RunStatus.RUNNING.value):
+            for run in self.index.list_runs(RunStatus.RUNNING.value):
                 expired = run.lease_expires_at is not None and run.lease_expires_at <= now
                 if not expired and not holders.holder_is_gone(run.holder):
                     continue
                 reason = "lease expired" if expired else "holder process is gone"
-                for step in self._list_steps(run.id):
+                for step in self.index.list_steps(run.id):
                     if step.status == RunStatus.RUNNING.value:
                         self._transition_step(step, RunStatus.ABANDONED, now)
                 recovered.append(
@@ -279,9 +277,9 @@ class RunsContract(abc.ABC):
             fields.setdefault("finished_at", None)
             fields.setdefault("error", None)
         changed = replace(run, status=target.value, **fields)
-        self._replace_run(changed)
+        self.index.replace_run(changed)
         self._record(
-            self._next_sequence(),
+            self.index.next_sequence(),
             EntityKind.RUN,
             run.id,
             ChangeAction.TRANSITION,
@@ -289,7 +287,7 @@ class RunsContract(abc.ABC):
             details={"from": current.value, "to": target.value},
         )
         if target in TERMINAL or target is RunStatus.ABANDONED:
-            self._store_manifest(self._assemble_manifest(changed, final=True))
+            self.index.store_manifest(self._assemble_manifest(changed, final=True))
         return changed
 
     # -- steps -------------------------------------------------------------
@@ -308,16 +306,16 @@ class RunsContract(abc.ABC):
             step = WorkflowStep(
                 id=self._ids("step"),
                 run_id=run_id,
-                position=len(self._list_steps(run_id)) + 1,
+                position=len(self.index.list_steps(run_id)) + 1,
                 name=name,
                 status=RunStatus.PENDING.value,
                 created_at=now,
                 started_at=None,
                 finished_at=None,
                 diagnostics_json=diagnostics_json,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_step(step)
+            self.index.insert_step(step)
             self._record(
                 step.sequence,
                 EntityKind.STEP,
@@ -346,14 +344,14 @@ class RunsContract(abc.ABC):
     def get_step(self, step_id: str) -> WorkflowStep:
         if not isinstance(step_id, str):
             raise ValidationError(f"step id must be a string, got {step_id!r}")
-        step = self._find_step(step_id)
+        step = self.index.find_step(step_id)
         if step is None:
             raise StepNotFound(step_id)
         return step
 
     def list_steps(self, run_id: str) -> list[WorkflowStep]:
         self.get_run(run_id)
-        return self._list_steps(run_id)
+        return self.index.list_steps(run_id)
 
     def _transition_step(
         self,
@@ -381,9 +379,9 @@ class RunsContract(abc.ABC):
             diagnostics_json=diagnostics_json or step.diagnostics_json,
             sequence=step.sequence,
         )
-        self._replace_step(changed)
+        self.index.replace_step(changed)
         self._record(
-            self._next_sequence(),
+            self.index.next_sequence(),
             EntityKind.STEP,
             step.id,
             ChangeAction.TRANSITION,
@@ -415,9 +413,9 @@ class RunsContract(abc.ABC):
                 inputs=pinned,
                 parameters_json=parameters_json,
                 created_at=now,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_bundle(bundle)
+            self.index.insert_bundle(bundle)
             self._record(
                 bundle.sequence,
                 EntityKind.BUNDLE,
@@ -430,12 +428,12 @@ class RunsContract(abc.ABC):
 
     def list_bundles(self, run_id: str) -> list[InputBundle]:
         self.get_run(run_id)
-        return self._list_bundles(run_id)
+        return self.index.list_bundles(run_id)
 
     def run_outputs(self, run_id: str) -> list[ArtifactRevision]:
         """Every artifact revision the run produced, in the order it produced them."""
         self.get_run(run_id)
-        return self._list_outputs(run_id)
+        return self.index.list_outputs(run_id)
 
     def producing_run(self, artifact_id: str, revision: int | None = None) -> OperationRun | None:
         """The run that produced this revision (default: the current one), if any."""
@@ -447,22 +445,23 @@ class RunsContract(abc.ABC):
         if revision is not None:
             self._revision_or_current(artifact_id, revision)
         run_ids = dict.fromkeys(
-            bundle.run_id for bundle in self._bundles_consuming(artifact_id, revision, None)
+            bundle.run_id for bundle in self.index.bundles_consuming(artifact_id, revision, None)
         )
-        return sorted(self._find_runs(list(run_ids)), key=lambda r: r.sequence)
+        return sorted(self.index.find_runs(list(run_ids)), key=lambda r: r.sequence)
 
     def get_manifest(self, run_id: str) -> RunManifest:
         """The stored manifest of an ended run, or the live one of a run in progress."""
         run = self.get_run(run_id)
-        stored = self._find_manifest(run_id)
+        stored = self.index.find_manifest(run_id)
         if stored is not None and stored.status == run.status:
             return stored
         return self._assemble_manifest(run, final=False)
 
     def _assemble_manifest(self, run: OperationRun, *, final: bool) -> RunManifest:
-        inputs = tuple(ref for bundle in self._list_bundles(run.id) for ref in bundle.inputs)
+        inputs = tuple(ref for bundle in self.index.list_bundles(run.id) for ref in bundle.inputs)
         outputs = tuple(
-            ArtifactRef(r.artifact_id, r.revision, r.digest) for r in self._list_outputs(run.id)
+            ArtifactRef(r.artifact_id, r.revision, r.digest)
+            for r in self.index.list_outputs(run.id)
         )
         return RunManifest(
             run_id=run.id,
@@ -471,7 +470,7 @@ class RunsContract(abc.ABC):
             parameters_json=run.parameters_json,
             inputs=inputs,
             outputs=outputs,
-            steps=tuple(step.id for step in self._list_steps(run.id)),
+            steps=tuple(step.id for step in self.index.list_steps(run.id)),
             diagnostics_json=run.diagnostics_json,
             error=run.error,
             created_at=run.created_at,
@@ -494,13 +493,13 @@ class RunsContract(abc.ABC):
         if not isinstance(artifact_id, str):
             raise ValidationError(f"artifact id must be a string, got {artifact_id!r}")
         if revision is None:
-            artifact = self._find_artifact(artifact_id)
+            artifact = self.index.find_artifact(artifact_id)
             if artifact is None:
                 raise ArtifactNotFound(artifact_id)
             revision = artifact.revision
         if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
             raise ValidationError(f"revision must be a positive integer, got {revision!r}")
-        found = self._find_revision(artifact_id, revision)
+        found = self.index.find_revision(artifact_id, revision)
         if found is None:
             raise IntegrityError(f"artifact {artifact_id!r} has no revision {revision}")
         return found
@@ -544,18 +543,20 @@ class RunsContract(abc.ABC):
             digest = digests.parse_digest(digest)
             frontier = [
                 (ref.artifact_id, ref.revision)
-                for bundle in self._bundles_consuming(None, None, digest)
+                for bundle in self.index.bundles_consuming(None, None, digest)
                 for ref in bundle.inputs
                 if ref.digest == digest
             ]
-            frontier += [(r.artifact_id, r.revision) for r in self._revisions_with_digest(digest)]
+            frontier += [
+                (r.artifact_id, r.revision) for r in self.index.revisions_with_digest(digest)
+            ]
         else:
             assert artifact_id is not None
             if revision is not None:
                 self._revision_or_current(artifact_id, revision)
                 frontier = [(artifact_id, revision)]
             else:
-                history = self._list_revisions(artifact_id)
+                history = self.index.list_revisions(artifact_id)
                 if not history:
                     raise ArtifactNotFound(artifact_id)
                 frontier = [(artifact_id, r.revision) for r in history]
@@ -590,17 +591,17 @@ class RunsContract(abc.ABC):
     ) -> list[tuple[ArtifactRevision, str, str]]:
         derived: list[tuple[ArtifactRevision, str, str]] = []
         run_ids = dict.fromkeys(
-            b.run_id for b in self._bundles_consuming(artifact_id, revision, None)
+            b.run_id for b in self.index.bundles_consuming(artifact_id, revision, None)
         )
         for run_id in run_ids:
-            derived += [(output, "run", run_id) for output in self._list_outputs(run_id)]
+            derived += [(output, "run", run_id) for output in self.index.list_outputs(run_id)]
         for relationship_type in types:
-            for relationship in self._list_relationships(
+            for relationship in self.index.list_relationships(
                 artifact_id, "incoming", relationship_type
             ):
-                source = self._find_artifact(relationship.source_id)
+                source = self.index.find_artifact(relationship.source_id)
                 if source is not None:
-                    current = self._find_revision(source.id, source.revision)
+                    current = self.index.find_revision(source.id, source.revision)
                     assert current is not None
                     derived.append((current, "relationship", relationship.id))
         return derived
@@ -626,9 +627,9 @@ class RunsContract(abc.ABC):
                 metadata_json=metadata_json,
                 references=checked,
                 created_at=now,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_context_package(package)
+            self.index.insert_context_package(package)
             self._record(
                 package.sequence,
                 EntityKind.CONTEXT_PACKAGE,
@@ -642,13 +643,13 @@ class RunsContract(abc.ABC):
     def get_context_package(self, package_id: str) -> ContextPackage:
         if not isinstance(package_id, str):
             raise ValidationError(f"context package id must be a string, got {package_id!r}")
-        package = self._find_context_package(package_id)
+        package = self.index.find_context_package(package_id)
         if package is None:
             raise ContextPackageNotFound(package_id)
         return package
 
     def list_context_packages(self) -> list[ContextPackage]:
-        return self._list_context_packages()
+        return self.index.list_context_packages()
 
     def _check_reference(self, ref: ContextReference) -> ContextReference:
         if not isinstance(ref, ContextReference):
@@ -675,7 +676,7 @@ class RunsContract(abc.ABC):
             if ref.revision is None:
                 if ref.digest is not None:
                     raise ValidationError("a digest needs a pinned revision")
-                if self._find_artifact(ref.target_id) is None:
+                if self.index.find_artifact(ref.target_id) is None:
                     raise IntegrityError(f"context reference to missing artifact {ref.target_id!r}")
                 return ref
             pinned = self._revision_or_current(ref.target_id, ref.revision)
@@ -689,9 +690,12 @@ class RunsContract(abc.ABC):
             )
         if ref.revision is not None or ref.digest is not None:
             raise ValidationError(f"a {kind.value} reference has no revision or digest")
-        if kind is ReferenceKind.RELATIONSHIP and self._find_relationship(ref.target_id) is None:
+        if (
+            kind is ReferenceKind.RELATIONSHIP
+            and self.index.find_relationship(ref.target_id) is None
+        ):
             raise IntegrityError(f"context reference to missing relationship {ref.target_id!r}")
-        if kind is ReferenceKind.RUN and self._find_run(ref.target_id) is None:
+        if kind is ReferenceKind.RUN and self.index.find_run(ref.target_id) is None:
             raise IntegrityError(f"context reference to missing run {ref.target_id!r}")
         return ref
 
@@ -734,9 +738,9 @@ class RunsContract(abc.ABC):
                 recorded_by=recorded_by,
                 metadata_json=metadata_json,
                 recorded_at=now,
-                sequence=self._next_sequence(),
+                sequence=self.index.next_sequence(),
             )
-            self._insert_external_reference(reference)
+            self.index.insert_external_reference(reference)
             self._record(
                 reference.sequence,
                 EntityKind.EXTERNAL_REFERENCE,
@@ -750,7 +754,7 @@ class RunsContract(abc.ABC):
     def get_external_reference(self, reference_id: str) -> ExternalMemoryReference:
         if not isinstance(reference_id, str):
             raise ValidationError(f"reference id must be a string, got {reference_id!r}")
-        found = self._find_external_reference(reference_id)
+        found = self.index.find_external_reference(reference_id)
         if found is None:
             raise ExternalReferenceNotFound(reference_id)
         return found
@@ -760,135 +764,18 @@ class RunsContract(abc.ABC):
     ) -> list[ExternalMemoryReference]:
         return [
             ref
-            for ref in self._list_external_references()
+            for ref in self.index.list_external_references()
             if (system is None or ref.system == system)
             and (artifact_id is None or ref.artifact_id == artifact_id)
         ]
 
-    # -- what the artifact contract provides -------------------------------
+    # -- provided by KnowledgeRepository, of which this class is a part ------
 
+    index: IndexBackend
     _ids: Any
-
-    @abc.abstractmethod
-    def transaction(self) -> AbstractContextManager[None]: ...
-
-    @abc.abstractmethod
-    def _now(self) -> datetime: ...
-
-    @abc.abstractmethod
-    def _record(
-        self,
-        sequence: int,
-        kind: EntityKind,
-        entity_id: str,
-        action: ChangeAction,
-        timestamp: datetime,
-        *,
-        revision: int | None = None,
-        old_digest: str | None = None,
-        new_digest: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> ChangeRecord: ...
-
-    @abc.abstractmethod
-    def _next_sequence(self) -> int: ...
-
-    @abc.abstractmethod
-    def _find_artifact(self, artifact_id: str) -> Artifact | None: ...
-
-    @abc.abstractmethod
-    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None: ...
-
-    @abc.abstractmethod
-    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]: ...
-
-    @abc.abstractmethod
-    def _find_relationship(self, relationship_id: str) -> Relationship | None: ...
-
-    @abc.abstractmethod
-    def _list_relationships(
-        self, artifact_id: str | None, direction: str, relationship_type: str | None
-    ) -> list[Relationship]: ...
-
-    # -- backend primitives ------------------------------------------------
-
-    @abc.abstractmethod
-    def _insert_run(self, run: OperationRun) -> None: ...
-
-    @abc.abstractmethod
-    def _replace_run(self, run: OperationRun) -> None: ...
-
-    @abc.abstractmethod
-    def _find_run(self, run_id: str) -> OperationRun | None: ...
-
-    def _find_runs(self, run_ids: list[str]) -> list[OperationRun]:
-        """The runs with these ids that exist; a backend may fetch them at once."""
-        return [run for run in map(self._find_run, run_ids) if run is not None]
-
-    @abc.abstractmethod
-    def _list_runs(self, status: str | None) -> list[OperationRun]:
-        """All runs (with that status), in creation order."""
-
-    @abc.abstractmethod
-    def _insert_step(self, step: WorkflowStep) -> None: ...
-
-    @abc.abstractmethod
-    def _replace_step(self, step: WorkflowStep) -> None: ...
-
-    @abc.abstractmethod
-    def _find_step(self, step_id: str) -> WorkflowStep | None: ...
-
-    @abc.abstractmethod
-    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
-        """Steps of a run by position."""
-
-    @abc.abstractmethod
-    def _insert_bundle(self, bundle: InputBundle) -> None: ...
-
-    @abc.abstractmethod
-    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
-        """Bundles of a run (or all), in creation order."""
-
-    @abc.abstractmethod
-    def _bundles_consuming(
-        self, artifact_id: str | None, revision: int | None, digest: str | None
-    ) -> list[InputBundle]:
-        """Bundles with an input matching every given (non-None) field, creation order."""
-
-    @abc.abstractmethod
-    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
-        """Revisions whose producing run is ``run_id``, by change sequence."""
-
-    @abc.abstractmethod
-    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]: ...
-
-    @abc.abstractmethod
-    def _store_manifest(self, manifest: RunManifest) -> None:
-        """Store (or replace) the manifest of a run."""
-
-    @abc.abstractmethod
-    def _find_manifest(self, run_id: str) -> RunManifest | None: ...
-
-    @abc.abstractmethod
-    def _list_manifests(self) -> list[RunManifest]: ...
-
-    @abc.abstractmethod
-    def _insert_context_package(self, package: ContextPackage) -> None: ...
-
-    @abc.abstractmethod
-    def _find_context_package(self, package_id: str) -> ContextPackage | None: ...
-
-    @abc.abstractmethod
-    def _list_context_packages(self) -> list[ContextPackage]: ...
-
-    @abc.abstractmethod
-    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None: ...
-
-    @abc.abstractmethod
-    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None: ...
-
-    @abc.abstractmethod
-    def _list_external_references(self) -> list[ExternalMemoryReference]: ...
+    transaction: Callable[[], AbstractContextManager[None]]
+    _now: Callable[[], datetime]
+    _record: Callable[..., ChangeRecord]
 
 
 def _iso(moment: datetime | None) -> str | None:

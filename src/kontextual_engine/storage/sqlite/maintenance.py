@@ -143,9 +143,11 @@ def fsck(
     try:
         referenced: dict[str, int] | None = {
             digest: size
-            for digest, size in repo._all("SELECT digest, max(size) FROM revisions GROUP BY digest")
+            for digest, size in repo.index._all(
+                "SELECT digest, max(size) FROM revisions GROUP BY digest"
+            )
         }
-        revisions = repo._one("SELECT count(*) FROM revisions")[0]
+        revisions = repo.index._one("SELECT count(*) FROM revisions")[0]
         findings += _check_sequences(repo)
         findings += _check_text(repo)
     except (sqlite3.DatabaseError, KontextualError) as exc:
@@ -279,11 +281,11 @@ def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
     found: list[Finding] = []
     pragma = "integrity_check" if full else "quick_check"
     try:
-        rows = repo._all(f"PRAGMA {pragma}")
+        rows = repo.index._all(f"PRAGMA {pragma}")
         for (message,) in rows:
             if message != "ok":
                 found.append(Finding("error", "index-integrity", INDEX_NAME, message))
-        violations = repo._all("PRAGMA foreign_key_check")
+        violations = repo.index._all("PRAGMA foreign_key_check")
         # One query per broken foreign key names each row by its primary key:
         # WITHOUT ROWID tables have no rowid to name it by.
         for table, fkid in sorted({(row[0], row[3]) for row in violations}):
@@ -306,7 +308,11 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
     """The parent table of foreign key ``fkid`` of ``table``, and the primary keys
     (``col=value, ...``) of the rows whose key points at no parent row."""
     parts = sorted(
-        (row for row in repo._all(f"PRAGMA foreign_key_list({_quote(table)})") if row[0] == fkid),
+        (
+            row
+            for row in repo.index._all(f"PRAGMA foreign_key_list({_quote(table)})")
+            if row[0] == fkid
+        ),
         key=lambda row: row[1],
     )
     parent = parts[0][2]
@@ -315,7 +321,7 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
     key = _primary_key(repo, table) or ["rowid"]
     present = " AND ".join(f"c.{_quote(child)} IS NOT NULL" for child, _ in pairs)
     match = " AND ".join(f"p.{_quote(up)} = c.{_quote(child)}" for child, up in pairs)
-    rows = repo._all(
+    rows = repo.index._all(
         f"SELECT {', '.join(f'c.{_quote(column)}' for column in key)} "
         f"FROM {_quote(table)} AS c WHERE {present} "
         f"AND NOT EXISTS (SELECT 1 FROM {_quote(parent)} AS p WHERE {match})"
@@ -329,7 +335,7 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
 
 def _primary_key(repo: SQLiteKnowledgeRepository, table: str) -> list[str]:
     """The primary key columns of ``table`` in key order (empty for a bare rowid)."""
-    columns = [(row[5], row[1]) for row in repo._all(f"PRAGMA table_info({_quote(table)})")]
+    columns = [(row[5], row[1]) for row in repo.index._all(f"PRAGMA table_info({_quote(table)})")]
     return [name for position, name in sorted(columns) if position > 0]
 
 
@@ -338,7 +344,7 @@ def _quote(name: str) -> str:
 
 
 def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
-    count, low, high = repo._one("SELECT count(*), min(sequence), max(sequence) FROM changes")
+    count, low, high = repo.index._one("SELECT count(*), min(sequence), max(sequence) FROM changes")
     if count and (low != 1 or high != count):
         return [
             Finding(
@@ -361,7 +367,7 @@ def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
             f"sequence {sequence}",
             "text is both indexed and in the backlog; queries would return it twice",
         )
-        for (sequence,) in repo._all(
+        for (sequence,) in repo.index._all(
             "SELECT b.sequence FROM text_backlog b JOIN artifact_text t ON t.rowid = b.sequence"
         )
     ]
@@ -373,7 +379,7 @@ def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
                 f"sequence {sequence}",
                 f"{table} holds text of an artifact that is deleted or missing",
             )
-            for (sequence,) in repo._all(
+            for (sequence,) in repo.index._all(
                 f"SELECT {key} FROM {table} WHERE {key} NOT IN "
                 "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)"
             )
@@ -455,13 +461,15 @@ def gc(
         try:
             # A damaged index can still answer the query below, wrongly (from an
             # intact index b-tree over damaged rows): check the pages first.
-            checked = [row[0] for row in repo._all("PRAGMA quick_check")]
+            checked = [row[0] for row in repo.index._all("PRAGMA quick_check")]
             if checked != ["ok"]:
                 raise StoreFormatError(
                     f"gc refused: the index {repo.index_path} fails SQLite's quick_check "
                     f"({checked[0]}); run fsck"
                 )
-            referenced = {row[0] for row in repo._all("SELECT DISTINCT digest FROM revisions")}
+            referenced = {
+                row[0] for row in repo.index._all("SELECT DISTINCT digest FROM revisions")
+            }
         except (sqlite3.DatabaseError, DamagedStoreError) as exc:
             raise StoreFormatError(
                 f"gc refused: cannot read the index {repo.index_path} ({exc}); run fsck"
@@ -521,9 +529,11 @@ def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
     reasons = [
         f"revision {r.revision} of artifact {r.artifact_id}"
         + (f" (produced by run {r.run_id})" if r.run_id else "")
-        for r in repo._revisions_with_digest(digest)
+        for r in repo.index.revisions_with_digest(digest)
     ]
-    reasons += [f"input of run {b.run_id}" for b in repo._bundles_consuming(None, None, digest)]
+    reasons += [
+        f"input of run {b.run_id}" for b in repo.index.bundles_consuming(None, None, digest)
+    ]
     return reasons
 
 
@@ -564,8 +574,8 @@ def backup(repo: SQLiteKnowledgeRepository, destination: str | os.PathLike[str])
     index = destination / INDEX_NAME
     copy = sqlite3.connect(index, isolation_level=None)
     try:
-        with repo._lock:
-            repo._connection().backup(copy)
+        with repo.index._lock:
+            repo.index._connection().backup(copy)
         copy.execute("PRAGMA journal_mode = WAL")
         wanted = [row[0] for row in copy.execute("SELECT DISTINCT digest FROM revisions")]
         copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -600,9 +610,9 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         ("changes", "SELECT count(*) FROM changes"),
         ("text_backlog", "SELECT count(*) FROM text_backlog"),
     ):
-        counts[name] = int(repo._one(sql)[0])
+        counts[name] = int(repo.index._one(sql)[0])
     for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
-        counts[name] = int(repo._one(f"SELECT count(*) FROM {table}")[0])
+        counts[name] = int(repo.index._one(f"SELECT count(*) FROM {table}")[0])
     stats = repo.objects.stats()
     counts["objects"] = stats.count
     counts["object_bytes"] = stats.bytes

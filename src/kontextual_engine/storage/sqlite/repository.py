@@ -44,11 +44,11 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from ...digests import parse_digest
 from ...errors import (
@@ -72,10 +72,7 @@ from ...models import (
     ContextReference,
     ExternalMemoryReference,
     InputBundle,
-    MetadataMode,
-    NewArtifact,
     OperationRun,
-    PutResult,
     Query,
     Relationship,
     RunManifest,
@@ -84,6 +81,7 @@ from ...models import (
     format_time,
 )
 from .. import text
+from ..backend import IndexBackend
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
 from ..objects import STORE_MARKER, Durability, ObjectStore, storage_full
@@ -550,6 +548,25 @@ def _unwritable_store(root: Path) -> bool:
     return index.is_file() and not (os.access(root, os.W_OK) and os.access(index, os.W_OK))
 
 
+def _check_options(busy_timeout: object, text_backlog_limit: object) -> None:
+    """Refuse an index that cannot work here, before anything is created."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StoreFormatError(
+            f"SQLite {sqlite3.sqlite_version} is too old for the index; "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer is needed"
+        )
+    if not _is_seconds(busy_timeout):
+        raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+    if (
+        not isinstance(text_backlog_limit, int)
+        or isinstance(text_backlog_limit, bool)
+        or text_backlog_limit < 0
+    ):
+        raise ValidationError(
+            f"text_backlog_limit must be an integer >= 0, got {text_backlog_limit!r}"
+        )
+
+
 def _require_store(root: Path) -> None:
     """Refuse a path that holds no store, so that opening never creates one.
 
@@ -659,7 +676,7 @@ class _Mapped:
 
     __slots__ = ("repo", "sql")
 
-    def __init__(self, repo: SQLiteKnowledgeRepository, sql: str | None) -> None:
+    def __init__(self, repo: SQLiteIndex, sql: str | None) -> None:
         self.repo = repo
         self.sql = sql
 
@@ -671,15 +688,13 @@ class _Mapped:
             raise self.repo._typed_error(exc, self.sql) from exc
 
 
-class SQLiteKnowledgeRepository(KnowledgeRepository):
-    """The durable backend: ``<store>/objects`` for bodies, ``<store>/index.sqlite``.
+class SQLiteIndex(IndexBackend):
+    """The index of a store directory: ``<store>/index.sqlite``, one connection.
 
-    Open with :meth:`open` (or the constructor, which takes the same
-    arguments). An existing store is opened (and its index migrated); a path
-    that holds no store raises :class:`StoreNotFound` and nothing is created.
-    Creating is explicit: with ``create=True`` a missing or empty directory
-    becomes a new store. Anything else is refused with
-    :class:`StoreFormatError`. ``read_only`` opens without writing anything.
+    Opened by :class:`SQLiteKnowledgeRepository`, which decides whether the
+    store may be written (``read_only``, and ``read_only_reason`` says why
+    not) and passes ``has_objects`` so that a missing index is not started
+    afresh over existing bodies.
 
     Searchable text is written to a backlog and indexed in batches (ADR
     0004); text queries read the index and the backlog, so they see every
@@ -689,52 +704,25 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
 
     def __init__(
         self,
-        path: str | Path,
-        durability: Durability | str = Durability.FULL,
+        root: Path,
+        durability: Durability,
         *,
-        clock: Clock | None = None,
-        ids: IdSource | None = None,
-        read_only: bool = False,
-        create: bool = False,
+        read_only: bool,
+        read_only_reason: str,
+        has_objects: Callable[[], bool],
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> None:
-        super().__init__(clock=clock, ids=ids)
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise StoreFormatError(
-                f"SQLite {sqlite3.sqlite_version} is too old for the index; "
-                f"{'.'.join(map(str, MIN_SQLITE))} or newer is needed"
-            )
-        if not _is_seconds(busy_timeout):
-            raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
-        if (
-            not isinstance(text_backlog_limit, int)
-            or isinstance(text_backlog_limit, bool)
-            or text_backlog_limit < 0
-        ):
-            raise ValidationError(
-                f"text_backlog_limit must be an integer >= 0, got {text_backlog_limit!r}"
-            )
+        _check_options(busy_timeout, text_backlog_limit)
         self.text_backlog_limit = text_backlog_limit
-        self.root = Path(path)
-        if not create:
-            _require_store(self.root)
-        self.read_only = bool(read_only) or _unwritable_store(self.root)
-        # Why writes are refused: asked for, or the store cannot be written here.
-        self._read_only_reason = (
-            "is open read-only"
-            if read_only
-            else "cannot be written here (a read-only filesystem or no write permission), "
-            "so it was opened read-only"
-        )
+        self.root = root
+        self.durability = durability
+        self.read_only = read_only
+        self._read_only_reason = read_only_reason
+        self._has_objects = has_objects
         self.busy_timeout = float(busy_timeout)
-        self.objects = ObjectStore(
-            self.root, durability=durability, create=not self.read_only, read_only=self.read_only
-        )
-        self.durability = self.objects.durability
         self._lock = threading.RLock()
         self._depth = 0
-        self._batch: AbstractContextManager[ObjectStore] | None = None
         self._last: int | None = None  # newest sequence, valid inside a transaction
         self._bulk = 0
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
@@ -757,42 +745,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._wal_lost: DamagedStoreError | None = None
         if not self.read_only:
             self._wal_identity = self._current_wal()
-            try:
-                self._recover_on_open()
-            except BaseException:
-                self._conn.close()
-                self._conn = None
-                raise
-
-    @classmethod
-    def open(
-        cls,
-        path: str | Path,
-        durability: Durability | str = Durability.FULL,
-        *,
-        clock: Clock | None = None,
-        ids: IdSource | None = None,
-        read_only: bool = False,
-        create: bool = False,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
-    ) -> SQLiteKnowledgeRepository:
-        """Open the store at ``path``; with ``create=True``, make it first if it is
-        missing (a missing or empty directory). Without it, a path that holds no
-        store raises :class:`StoreNotFound` and nothing is created."""
-        return cls(
-            path,
-            durability,
-            clock=clock,
-            ids=ids,
-            read_only=read_only,
-            create=create,
-            busy_timeout=busy_timeout,
-            text_backlog_limit=text_backlog_limit,
-        )
 
     def __repr__(self) -> str:
-        return f"SQLiteKnowledgeRepository({str(self.root)!r}, {self.durability.value!r})"
+        return f"SQLiteIndex({str(self.index_path)!r})"
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -814,7 +769,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         if st is None or st.st_size == 0:
             if self.read_only:
                 raise StoreFormatError(f"store {self.root} has no {INDEX_NAME}")
-            if next(self.objects.all(), None) is not None:
+            if self._has_objects():
                 state = "is empty" if st is not None else "is missing"
                 raise StoreFormatError(
                     f"store {self.root} has objects but its {INDEX_NAME} {state}; refusing "
@@ -889,18 +844,11 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 raise self._full_error(exc) from exc
             raise StoreFormatError(f"{index} is not a usable SQLite index: {exc}") from exc
 
-    def _recover_on_open(self) -> None:
-        """Mark runs left running by dead holders or expired leases as abandoned.
-
-        The read first spares every open the write lock when nothing runs;
-        :meth:`recover_abandoned` re-reads under the lock, so two processes
-        opening at once recover each run once.
-        """
-        if (
-            self._one("SELECT 1 FROM runs WHERE status = ? LIMIT 1", (RunStatus.RUNNING.value,))
-            is not None
-        ):
-            self.recover_abandoned()
+    def has_running_runs(self) -> bool:
+        """Whether any run is marked running: a cheap read that spares every open
+        the write lock of recovering abandoned runs when none runs."""
+        row = self._one("SELECT 1 FROM runs WHERE status = ? LIMIT 1", (RunStatus.RUNNING.value,))
+        return row is not None
 
     def _current_wal(self) -> tuple[int, int] | None:
         """The identity of the -wal now next to the index, or None if there is none."""
@@ -966,12 +914,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                         # ours to checkpoint.
                         if not _is_busy(exc) and "readonly" not in str(exc):
                             raise
-                    self.objects.close()
             finally:
                 conn.close()
-
-    def __enter__(self) -> SQLiteKnowledgeRepository:
-        return self
 
     # -- connection helpers ------------------------------------------------
 
@@ -1145,7 +1089,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     # -- transactions ------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[bool]:
         with self._lock:
             conn = self._connection()
             if self.read_only:
@@ -1162,24 +1106,22 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             self._depth = 1
             self._last = None
             try:
-                yield
+                yield True
                 if self._pending:
                     self._flush_pending(conn)
-                self._end_batch(None)
                 self._check_wal(conn)
                 with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
-            except BaseException as exc:
+            except BaseException:
                 self._discard_pending()
                 _end_quietly(conn, "ROLLBACK")
-                self._end_batch(exc)
                 raise
             finally:
                 self._depth = 0
                 self._last = None
 
     @contextmanager
-    def _consistent_read(self) -> Iterator[None]:
+    def read_view(self) -> Iterator[None]:
         """Several SELECTs that see one state: a deferred read transaction (which a
         read-only store can open too, and which blocks no writer), unless one is open."""
         with self._lock:
@@ -1198,14 +1140,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
 
-    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[bool]:
         if self._pending:
             self._flush_pending(conn)
         name = f"level{self._depth}"
         conn.execute(f"SAVEPOINT {name}")
         self._depth += 1
         try:
-            yield
+            yield False
             if self._pending:
                 self._flush_pending(conn)
         except BaseException:
@@ -1220,52 +1162,25 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         finally:
             self._depth -= 1
 
-    def _end_batch(self, exc: BaseException | None) -> None:
-        """Leave the object store's batch: flush staged bodies (also on failure)."""
-        batch, self._batch = self._batch, None
-        if batch is None:
-            return
-        if exc is None:
-            batch.__exit__(None, None, None)
-        else:
-            batch.__exit__(type(exc), exc, exc.__traceback__)
-
     # -- bulk --------------------------------------------------------------
 
-    def put_artifacts(
-        self,
-        collection_id: str,
-        items: Iterable[NewArtifact],
-        *,
-        run_id: str | None = None,
-        metadata: MetadataMode | str = MetadataMode.REPLACE,
-        keep_types: bool = False,
-    ) -> list[PutResult]:
-        with self.transaction():
-            self._bulk += 1
-            try:
-                return super().put_artifacts(
-                    collection_id, items, run_id=run_id, metadata=metadata, keep_types=keep_types
-                )
-            finally:
-                self._bulk -= 1
-
-    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
-        """The contract's restore, with new artifacts and change records written in
-        bulk (``executemany``) as :meth:`put_artifacts` writes them."""
-        with self.transaction():
-            self._bulk += 1
-            try:
-                super().restore(records, bodies)
-            finally:
-                self._bulk -= 1
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """New artifacts' rows (artifact, first revision, text, change record) are
+        buffered and written with ``executemany``; any other statement writes the
+        buffer first, so every read sees every write."""
+        self._bulk += 1
+        try:
+            yield
+        finally:
+            self._bulk -= 1
 
     # -- primitives --------------------------------------------------------
 
-    def _next_sequence(self) -> int:
-        return self._last_sequence() + 1
+    def next_sequence(self) -> int:
+        return self.last_sequence() + 1
 
-    def _last_sequence(self) -> int:
+    def last_sequence(self) -> int:
         with self._lock:
             if self._last is not None:
                 return self._last
@@ -1274,17 +1189,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 self._last = last
             return last
 
-    def _store_body(self, content: bytes) -> tuple[str, int]:
-        if self._batch is None and self._depth:
-            batch = self.objects.batch()
-            batch.__enter__()
-            self._batch = batch
-        return self.objects.add(content), len(content)
-
-    def _load_body(self, digest: str) -> bytes:
-        return self.objects.get(digest, verify=True)
-
-    def _insert_collection(self, collection: Collection) -> None:
+    def insert_collection(self, collection: Collection) -> None:
         self._run(
             f"INSERT INTO collections ({_COLLECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -1297,40 +1202,40 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ),
         )
 
-    def _find_collection(self, collection_id: str) -> Collection | None:
+    def find_collection(self, collection_id: str) -> Collection | None:
         row = self._one(
             f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE id = ? AND deleted_at IS NULL",
             (collection_id,),
         )
         return None if row is None else _collection(row)
 
-    def _find_collection_by_name(self, name: str) -> Collection | None:
+    def find_collection_by_name(self, name: str) -> Collection | None:
         row = self._one(
             f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE name = ? AND deleted_at IS NULL",
             (name,),
         )
         return None if row is None else _collection(row)
 
-    def _list_collections(self) -> list[Collection]:
+    def list_collections(self) -> list[Collection]:
         rows = self._all(
             f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE deleted_at IS NULL "
             "ORDER BY sequence"
         )
         return [_collection(row) for row in rows]
 
-    def _count_live_artifacts(self, collection_id: str) -> int:
+    def count_live_artifacts(self, collection_id: str) -> int:
         count: int = self._one(
             "SELECT count(*) FROM artifacts WHERE collection_id = ? AND deleted_at IS NULL",
             (collection_id,),
         )[0]
         return count
 
-    def _delete_collection(self, collection_id: str, now: datetime) -> None:
+    def delete_collection(self, collection_id: str, now: datetime) -> None:
         self._run(
             "UPDATE collections SET deleted_at = ? WHERE id = ?", (format_time(now), collection_id)
         )
 
-    def _insert_artifact(
+    def insert_artifact(
         self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
     ) -> None:
         rows: list[tuple[str, tuple[Any, ...]]] = [
@@ -1351,7 +1256,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             self._defer(sql, row)
         self._pending_names[(artifact.collection_id, artifact.name)] = artifact
 
-    def _replace_artifact(
+    def replace_artifact(
         self,
         artifact: Artifact,
         revision: ArtifactRevision,
@@ -1386,14 +1291,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             if searchable is not None:
                 self._run(_INSERT_TEXT, (artifact.sequence, searchable))
 
-    def _find_artifact(self, artifact_id: str) -> Artifact | None:
+    def find_artifact(self, artifact_id: str) -> Artifact | None:
         row = self._one(
             f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.id = ? AND a.deleted_at IS NULL",
             (artifact_id,),
         )
         return None if row is None else _artifact(row)
 
-    def _find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
+    def find_artifact_by_name(self, collection_id: str, name: str) -> Artifact | None:
         sql = (
             f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a "
             "WHERE a.collection_id = ? AND a.name = ? AND a.deleted_at IS NULL"
@@ -1414,7 +1319,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                     return None
             return None if row is None else _artifact(row)
 
-    def _find_artifacts_by_names(self, collection_id: str, names: list[str]) -> dict[str, Artifact]:
+    def find_artifacts_by_names(self, collection_id: str, names: list[str]) -> dict[str, Artifact]:
         found: dict[str, Artifact] = {}
         with self._lock:
             # As in _find_artifact_by_name: buffered creations plus the index are
@@ -1438,7 +1343,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 found.update((artifact.name, artifact) for artifact in map(_artifact, rows))
         return found
 
-    def _delete_artifact(self, artifact_id: str, now: datetime) -> None:
+    def delete_artifact(self, artifact_id: str, now: datetime) -> None:
         row = self._one("SELECT sequence FROM artifacts WHERE id = ?", (artifact_id,))
         if row is None:  # the contract found the artifact a moment ago
             raise self._missing_row(f"the row of artifact {artifact_id}", "artifacts")
@@ -1454,7 +1359,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         self._run("DELETE FROM artifact_text WHERE rowid = ?", (sequence,))
         self._run("DELETE FROM text_backlog WHERE sequence = ?", (sequence,))
 
-    def _query(self, query: Query) -> list[Artifact]:
+    def query(self, query: Query) -> list[Artifact]:
         where = ["a.deleted_at IS NULL"]
         params: list[Any] = []
         if query.ids is not None:
@@ -1494,7 +1399,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         # index_text() in another process moves rows from the backlog into
         # FTS5; one read transaction sees each row in exactly one of the two.
         found = []
-        with self._consistent_read():
+        with self.read_view():
             for backlog in (False, True):
                 source, order, conditions, values = self._text_source(query, terms, backlog=backlog)
                 if backlog:
@@ -1606,21 +1511,21 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             with suppress(ConflictError):
                 self.index_text()
 
-    def _list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
+    def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         rows = self._all(
             f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE artifact_id = ? ORDER BY revision",
             (artifact_id,),
         )
         return [_revision(row) for row in rows]
 
-    def _find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
+    def find_revision(self, artifact_id: str, revision: int) -> ArtifactRevision | None:
         row = self._one(
             f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE artifact_id = ? AND revision = ?",
             (artifact_id, revision),
         )
         return None if row is None else _revision(row)
 
-    def _insert_relationship(self, relationship: Relationship) -> None:
+    def insert_relationship(self, relationship: Relationship) -> None:
         self._run(
             f"INSERT INTO relationships ({_RELATIONSHIP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -1634,13 +1539,13 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ),
         )
 
-    def _find_relationship(self, relationship_id: str) -> Relationship | None:
+    def find_relationship(self, relationship_id: str) -> Relationship | None:
         row = self._one(
             f"SELECT {_RELATIONSHIP_COLUMNS} FROM relationships WHERE id = ?", (relationship_id,)
         )
         return None if row is None else _relationship(row)
 
-    def _find_relationship_by_key(
+    def find_relationship_by_key(
         self, source_id: str, target_id: str, relationship_type: str
     ) -> Relationship | None:
         row = self._one(
@@ -1650,7 +1555,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         )
         return None if row is None else _relationship(row)
 
-    def _list_relationships(
+    def list_relationships(
         self, artifact_id: str | None, direction: str, relationship_type: str | None
     ) -> list[Relationship]:
         where: list[str] = []
@@ -1671,10 +1576,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             sql += f" WHERE {' AND '.join(where)}"
         return [_relationship(row) for row in self._all(sql + " ORDER BY sequence", params)]
 
-    def _delete_relationship(self, relationship_id: str) -> None:
+    def delete_relationship(self, relationship_id: str) -> None:
         self._run("DELETE FROM relationships WHERE id = ?", (relationship_id,))
 
-    def _append_change(self, change: ChangeRecord) -> None:
+    def append_change(self, change: ChangeRecord) -> None:
         if self._bulk:
             self._defer(_INSERT_CHANGE, _change_row(change))
             if self._pending_rows >= BULK_ROWS:
@@ -1683,7 +1588,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             self._run(_INSERT_CHANGE, _change_row(change))
         self._last = change.sequence
 
-    def _list_changes(
+    def list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]:
         sql = f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE sequence > ?"
@@ -1697,60 +1602,47 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             params.append(limit)
         return [_change(row) for row in self._all(sql, params)]
 
-    def _all_collections(self) -> list[tuple[Collection, datetime | None]]:
+    def all_collections(self) -> list[tuple[Collection, datetime | None]]:
         rows = self._all(
             f"SELECT {_COLLECTION_COLUMNS}, deleted_at FROM collections ORDER BY sequence"
         )
         return [(_collection(row), _maybe_time(row[6])) for row in rows]
 
-    def _all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
+    def all_artifacts(self) -> list[tuple[Artifact, datetime | None]]:
         rows = self._all(
             f"SELECT {_ARTIFACT_COLUMNS}, a.deleted_at FROM artifacts a ORDER BY a.sequence"
         )
         return [(_artifact(row), _maybe_time(row[14])) for row in rows]
 
-    def _all_revisions(self) -> list[ArtifactRevision]:
+    def all_revisions(self) -> list[ArtifactRevision]:
         rows = self._all(f"SELECT {_REVISION_COLUMNS} FROM revisions ORDER BY change_sequence")
         return [_revision(row) for row in rows]
 
-    def _all_steps(self) -> list[WorkflowStep]:
+    def all_steps(self) -> list[WorkflowStep]:
         return [
             _step(row) for row in self._all(f"SELECT {_STEP_COLUMNS} FROM steps ORDER BY sequence")
         ]
 
-    # -- objects -----------------------------------------------------------
-
-    def open_object(self, digest: str) -> BinaryIO:
-        """A reader streaming the body from its file; it re-hashes what it reads and
-        raises :class:`CorruptObjectError` at the end if the bytes do not match."""
-        return self.objects.open(parse_digest(digest), verify=True)
-
-    def object_path(self, digest: str) -> Path | None:
-        """The object file of ``digest``, or None if it is not (yet) in place."""
-        parsed = parse_digest(digest)
-        path = self.objects.path(parsed)
-        return path if self.objects.exists(parsed) and path.is_file() else None
-
     # -- runs and context --------------------------------------------------
 
-    def _insert_run(self, run: OperationRun) -> None:
+    def insert_run(self, run: OperationRun) -> None:
         self._run(_INSERT_RUN, (run.id, *_run_values(run)))
 
-    def _replace_run(self, run: OperationRun) -> None:
+    def replace_run(self, run: OperationRun) -> None:
         self._run(_UPDATE_RUN, (*_run_values(run), run.id))
 
-    def _find_run(self, run_id: str) -> OperationRun | None:
+    def find_run(self, run_id: str) -> OperationRun | None:
         row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return None if row is None else _run_record(row)
 
-    def _find_runs(self, run_ids: list[str]) -> list[OperationRun]:
+    def find_runs(self, run_ids: list[str]) -> list[OperationRun]:
         rows = self._all(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(run_ids),),
         )
         return [_run_record(row) for row in rows]
 
-    def _list_runs(self, status: str | None) -> list[OperationRun]:
+    def list_runs(self, status: str | None) -> list[OperationRun]:
         if status is None:
             rows = self._all(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY sequence")
         else:
@@ -1759,23 +1651,23 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         return [_run_record(row) for row in rows]
 
-    def _insert_step(self, step: WorkflowStep) -> None:
+    def insert_step(self, step: WorkflowStep) -> None:
         self._run(_INSERT_STEP, (step.id, *_step_values(step)))
 
-    def _replace_step(self, step: WorkflowStep) -> None:
+    def replace_step(self, step: WorkflowStep) -> None:
         self._run(_UPDATE_STEP, (*_step_values(step), step.id))
 
-    def _find_step(self, step_id: str) -> WorkflowStep | None:
+    def find_step(self, step_id: str) -> WorkflowStep | None:
         row = self._one(f"SELECT {_STEP_COLUMNS} FROM steps WHERE id = ?", (step_id,))
         return None if row is None else _step(row)
 
-    def _list_steps(self, run_id: str) -> list[WorkflowStep]:
+    def list_steps(self, run_id: str) -> list[WorkflowStep]:
         rows = self._all(
             f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY position", (run_id,)
         )
         return [_step(row) for row in rows]
 
-    def _insert_bundle(self, bundle: InputBundle) -> None:
+    def insert_bundle(self, bundle: InputBundle) -> None:
         self._run(
             "INSERT INTO bundles (id, run_id, parameters, created_at, sequence) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -1796,7 +1688,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ],
         )
 
-    def _list_bundles(self, run_id: str | None) -> list[InputBundle]:
+    def list_bundles(self, run_id: str | None) -> list[InputBundle]:
         if run_id is None:
             return _bundles(self._all(f"{_BUNDLE_SELECT} ORDER BY b.sequence, i.position"))
         return _bundles(
@@ -1805,7 +1697,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         )
 
-    def _bundles_consuming(
+    def bundles_consuming(
         self, artifact_id: str | None, revision: int | None, digest: str | None
     ) -> list[InputBundle]:
         where: list[str] = []
@@ -1828,21 +1720,21 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         )
 
-    def _list_outputs(self, run_id: str) -> list[ArtifactRevision]:
+    def list_outputs(self, run_id: str) -> list[ArtifactRevision]:
         rows = self._all(
             f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE run_id = ? ORDER BY change_sequence",
             (run_id,),
         )
         return [_revision(row) for row in rows]
 
-    def _revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
+    def revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
         rows = self._all(
             f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE digest = ? ORDER BY change_sequence",
             (digest,),
         )
         return [_revision(row) for row in rows]
 
-    def _store_manifest(self, manifest: RunManifest) -> None:
+    def store_manifest(self, manifest: RunManifest) -> None:
         self._run("DELETE FROM manifest_refs WHERE run_id = ?", (manifest.run_id,))
         self._run("DELETE FROM manifests WHERE run_id = ?", (manifest.run_id,))
         self._run(
@@ -1881,8 +1773,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ],
         )
 
-    def _find_manifest(self, run_id: str) -> RunManifest | None:
-        with self._consistent_read():
+    def find_manifest(self, run_id: str) -> RunManifest | None:
+        with self.read_view():
             row = self._one(
                 f"SELECT {_MANIFEST_COLUMNS} FROM manifests m WHERE m.run_id = ?", (run_id,)
             )
@@ -1895,8 +1787,8 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             )
         return _manifest(row, refs)
 
-    def _list_manifests(self) -> list[RunManifest]:
-        with self._consistent_read():
+    def list_manifests(self) -> list[RunManifest]:
+        with self.read_view():
             rows = self._all(
                 f"SELECT {_MANIFEST_COLUMNS} FROM manifests m JOIN runs r ON r.id = m.run_id "
                 "ORDER BY r.sequence"
@@ -1909,7 +1801,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 refs.setdefault(ref[0], []).append(ref)
         return [_manifest(row, refs.get(row[0], [])) for row in rows]
 
-    def _insert_context_package(self, package: ContextPackage) -> None:
+    def insert_context_package(self, package: ContextPackage) -> None:
         self._run(
             "INSERT INTO context_packages (id, name, metadata, created_at, sequence) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -1940,16 +1832,16 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ],
         )
 
-    def _find_context_package(self, package_id: str) -> ContextPackage | None:
+    def find_context_package(self, package_id: str) -> ContextPackage | None:
         found = _packages(
             self._all(f"{_PACKAGE_SELECT} WHERE p.id = ? ORDER BY r.position", (package_id,))
         )
         return found[0] if found else None
 
-    def _list_context_packages(self) -> list[ContextPackage]:
+    def list_context_packages(self) -> list[ContextPackage]:
         return _packages(self._all(f"{_PACKAGE_SELECT} ORDER BY p.sequence, r.position"))
 
-    def _insert_external_reference(self, reference: ExternalMemoryReference) -> None:
+    def insert_external_reference(self, reference: ExternalMemoryReference) -> None:
         self._run(
             f"INSERT INTO external_references ({_EXTERNAL_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1968,16 +1860,146 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             ),
         )
 
-    def _find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
+    def find_external_reference(self, reference_id: str) -> ExternalMemoryReference | None:
         row = self._one(
             f"SELECT {_EXTERNAL_COLUMNS} FROM external_references WHERE id = ?", (reference_id,)
         )
         return None if row is None else _external(row)
 
-    def _list_external_references(self) -> list[ExternalMemoryReference]:
+    def list_external_references(self) -> list[ExternalMemoryReference]:
         return [
             _external(row)
             for row in self._all(
                 f"SELECT {_EXTERNAL_COLUMNS} FROM external_references ORDER BY sequence"
             )
         ]
+
+
+class SQLiteKnowledgeRepository(KnowledgeRepository):
+    """The durable repository: ``<store>/objects`` for bodies (:class:`ObjectStore`),
+    ``<store>/index.sqlite`` for everything else (:class:`SQLiteIndex`).
+
+    Open with :meth:`open` (or the constructor, which takes the same
+    arguments). An existing store is opened (and its index migrated); a path
+    that holds no store raises :class:`StoreNotFound` and nothing is created.
+    Creating is explicit: with ``create=True`` a missing or empty directory
+    becomes a new store. Anything else is refused with
+    :class:`StoreFormatError`. ``read_only`` opens without writing anything;
+    a store this process cannot write is opened read-only by itself.
+    """
+
+    index: SQLiteIndex
+    bodies: ObjectStore
+
+    def __init__(
+        self,
+        path: str | Path,
+        durability: Durability | str = Durability.FULL,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        read_only: bool = False,
+        create: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
+    ) -> None:
+        _check_options(busy_timeout, text_backlog_limit)
+        root = Path(path)
+        if not create:
+            _require_store(root)
+        writable = not read_only and not _unwritable_store(root)
+        objects = ObjectStore(root, durability=durability, create=writable, read_only=not writable)
+        try:
+            index = SQLiteIndex(
+                root,
+                objects.durability,
+                read_only=not writable,
+                # Why writes are refused: asked for, or the store cannot be written here.
+                read_only_reason="is open read-only"
+                if read_only
+                else "cannot be written here (a read-only filesystem or no write permission), "
+                "so it was opened read-only",
+                has_objects=lambda: next(objects.all(), None) is not None,
+                busy_timeout=busy_timeout,
+                text_backlog_limit=text_backlog_limit,
+            )
+        except BaseException:
+            objects.close()
+            raise
+        super().__init__(index, objects, clock=clock, ids=ids)
+        if not index.read_only:
+            try:
+                # Runs left running by dead holders or expired leases are
+                # abandoned; recover_abandoned re-reads under the write lock, so
+                # two processes opening at once recover each run once.
+                if index.has_running_runs():
+                    self.recover_abandoned()
+            except BaseException:
+                self.close()
+                raise
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        durability: Durability | str = Durability.FULL,
+        *,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        read_only: bool = False,
+        create: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
+    ) -> SQLiteKnowledgeRepository:
+        """Open the store at ``path``; with ``create=True``, make it first if it is
+        missing (a missing or empty directory). Without it, a path that holds no
+        store raises :class:`StoreNotFound` and nothing is created."""
+        return cls(
+            path,
+            durability,
+            clock=clock,
+            ids=ids,
+            read_only=read_only,
+            create=create,
+            busy_timeout=busy_timeout,
+            text_backlog_limit=text_backlog_limit,
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteKnowledgeRepository({str(self.root)!r}, {self.durability.value!r})"
+
+    @property
+    def root(self) -> Path:
+        return self.index.root
+
+    @property
+    def objects(self) -> ObjectStore:
+        return self.bodies
+
+    @property
+    def index_path(self) -> Path:
+        return self.index.index_path
+
+    @property
+    def durability(self) -> Durability:
+        return self.bodies.durability
+
+    @property
+    def read_only(self) -> bool:
+        return self.index.read_only
+
+    @property
+    def text_backlog_limit(self) -> int:
+        return self.index.text_backlog_limit
+
+    def count_text_backlog(self) -> int:
+        return self.index.count_text_backlog()
+
+    def text_index_behind(self) -> bool:
+        return self.index.text_index_behind()
+
+    def object_path(self, digest: str) -> Path | None:
+        """The object file of ``digest``, or None if it is not (yet) in place."""
+        parsed = parse_digest(digest)
+        path = self.bodies.path(parsed)
+        return path if self.bodies.exists(parsed) and path.is_file() else None
