@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
-from ..digests import (
+from ...digests import (
     ALGORITHM,
     CHUNK_SIZE,
     PREFIX,
@@ -56,7 +56,7 @@ from ..digests import (
     parse_digest,
     parse_prefix,
 )
-from ..errors import (
+from ...errors import (
     AmbiguousPrefixError,
     CorruptObjectError,
     ObjectNotFound,
