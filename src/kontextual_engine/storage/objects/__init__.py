@@ -4,10 +4,10 @@ Layout and protocol are specified in ``docs/store-format.md``; this package is
 the reference implementation of that document and knows nothing of SQL.
 """
 
+from ..durable import FULL_ERRNOS, storage_full, sync_filesystem
 from .store import (
     DIR_MODE,
     FILE_MODE,
-    FULL_ERRNOS,
     MARKER_TEXT,
     MAX_MARKER_BYTES,
     MAX_STAGED,
@@ -26,8 +26,6 @@ from .store import (
     Problem,
     ProblemKind,
     TmpFile,
-    storage_full,
-    sync_filesystem,
 )
 
 __all__ = [

@@ -28,7 +28,6 @@ import contextlib
 import enum
 import errno
 import fcntl
-import functools
 import io
 import itertools
 import json
@@ -36,11 +35,10 @@ import os
 import re
 import secrets
 import stat
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -61,9 +59,22 @@ from ...errors import (
     CorruptObjectError,
     ObjectNotFound,
     ReadOnlyStoreError,
-    StorageFullError,
     StoreFormatError,
     ValidationError,
+)
+from .. import durable
+from ..durable import (
+    FULL_ERRNOS,
+    READ_FLAGS,
+    READ_ONLY_ERRNOS,
+    WRITE_FLAGS,
+    call_syncfs,
+    fsync_dir,
+    fsync_path,
+    link,
+    storage_full,
+    unlink_quietly,
+    write_all,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +96,6 @@ __all__ = [
     "Problem",
     "ProblemKind",
     "TmpFile",
-    "storage_full",
 ]
 
 STORE_MARKER = "kontextual.json"
@@ -132,24 +142,6 @@ _OWNED_TMP = re.compile(r"(\d+\.[0-9a-f]{16})\.(?:\d+\.tmp|lock)")
 _LOCK_SUFFIX = ".lock"
 _NAME = re.compile(r"[0-9a-f]{62}")
 _HEX_START = len(PREFIX)
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-# O_NONBLOCK only so that a FIFO planted at an object path cannot block open(); it
-# has no effect on regular files.
-_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _CLOEXEC
-
-# errno values that mean "this store cannot be written here".
-_READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-# errno values that mean "the filesystem (or the user's quota) is full".
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-# errno values of link(2) that mean "this filesystem has no hard links".
-_NO_HARDLINK_ERRNOS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, getattr(errno, "ENOSYS", errno.ENOTSUP)}
-)
 
 # Unique tmp names per process without a syscall; O_EXCL settles any clash with a
 # leftover of an earlier process that had the same pid.
@@ -311,12 +303,12 @@ class ObjectStore:
                 fd, tmp = self._new_tmp()
                 try:
                     try:
-                        _write_all(fd, view)
+                        write_all(fd, view)
                         self._seal(fd, mode)
                     finally:
                         os.close(fd)
                 except BaseException:
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
                     raise
                 self._place(tmp, digest, size, replace=present is False, mode=mode)
             except OSError as exc:
@@ -339,7 +331,7 @@ class ObjectStore:
                         while chunk := stream.read(CHUNK_SIZE):
                             view = _byte_view(chunk, "what the stream's read() returned")
                             hasher.update(view)
-                            _write_all(fd, view)
+                            write_all(fd, view)
                             size += view.nbytes
                         digest = finish(hasher)
                         hexd = digest[_HEX_START:]
@@ -351,10 +343,10 @@ class ObjectStore:
                     finally:
                         os.close(fd)
                     if present:
-                        _unlink_quietly(tmp)
+                        unlink_quietly(tmp)
                         return digest, size
                 except BaseException:
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
                     raise
                 self._place(tmp, digest, size, replace=present is False, mode=mode)
             except OSError as exc:
@@ -375,7 +367,7 @@ class ObjectStore:
             staged = self._staged.pop(hexd, None)
         removed = False
         if staged is not None:
-            _unlink_quietly(staged[0])
+            unlink_quietly(staged[0])
             removed = True
         if not self._fan(hexd[:2]):
             return removed
@@ -407,25 +399,25 @@ class ObjectStore:
                 items = list(self._staged.items())
             if not items:
                 return
-            syncfs = _syncfs() if len(items) >= SYNCFS_MIN else None
+            whole_fs = durable.syncfs() if len(items) >= SYNCFS_MIN else None
             try:
-                if syncfs is not None:
-                    _call_syncfs(syncfs, self._tmp)
+                if whole_fs is not None:
+                    call_syncfs(whole_fs, self._tmp)
                 else:
                     for _, (tmp, _size, _replace) in items:
-                        _fsync_path(tmp, missing_ok=True)
+                        fsync_path(tmp, missing_ok=True)
                 fans: set[str] = set()
                 created = False
                 for hexd, (tmp, size, replace) in items:
                     created |= self._install(tmp, Digest(PREFIX + hexd), size, replace=replace)
                     fans.add(hexd[:2])
-                if syncfs is not None:
-                    _call_syncfs(syncfs, self._objects)
+                if whole_fs is not None:
+                    call_syncfs(whole_fs, self._objects)
                 else:
                     for fan in sorted(fans):
-                        _fsync_dir(f"{self._objects}/{fan}")
+                        fsync_dir(f"{self._objects}/{fan}")
                     if created:
-                        _fsync_dir(self._objects)
+                        fsync_dir(self._objects)
             except OSError as exc:
                 raise self._map_write_error(exc) from exc
             with self._lock:
@@ -682,7 +674,7 @@ class ObjectStore:
                         garbage = False
                         reason = f"in use by a live writer ({TMP_DIR}/{owner}{_LOCK_SUFFIX})"
                     if garbage and remove:
-                        _unlink_quietly(path)
+                        unlink_quietly(path)
                     found.append(TmpFile(Path(path), st.st_size, garbage, reason))
         found.sort(key=lambda item: item.path)
         return found
@@ -751,7 +743,7 @@ class ObjectStore:
             return
         if rehash:
             try:
-                fd = os.open(item.path, _READ_FLAGS)
+                fd = os.open(item.path, READ_FLAGS)
             except FileNotFoundError:  # deleted since the listing
                 return
             actual, size = _hash_fd(fd)
@@ -781,7 +773,7 @@ class ObjectStore:
             raise ReadOnlyStoreError(f"object store {os.fspath(self.root)} is open read-only")
 
     def _map_write_error(self, exc: OSError) -> Exception:
-        if exc.errno in _READ_ONLY_ERRNOS:
+        if exc.errno in READ_ONLY_ERRNOS:
             where = exc.filename if exc.filename is not None else os.fspath(self.root)
             return ReadOnlyStoreError(
                 f"cannot write to object store {os.fspath(self.root)}: "
@@ -872,7 +864,7 @@ class ObjectStore:
             owner = self._own()
             name = f"{self._tmp}/{owner.prefix}.{next(_tmp_counter)}.tmp"
             try:
-                return os.open(name, _WRITE_FLAGS, self.file_mode), name
+                return os.open(name, WRITE_FLAGS, self.file_mode), name
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -907,12 +899,12 @@ class ObjectStore:
         try:
             created = self._install(tmp, digest, size, replace=replace)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         if mode is Durability.FULL:
-            _fsync_dir(f"{self._objects}/{hexd[:2]}")
+            fsync_dir(f"{self._objects}/{hexd[:2]}")
             if created:
-                _fsync_dir(self._objects)
+                fsync_dir(self._objects)
 
     def _install(self, tmp: str, digest: Digest, size: int, *, replace: bool) -> bool:
         """Link ``tmp`` to the object path (never overwriting a good object) and
@@ -928,7 +920,7 @@ class ObjectStore:
                 if replace:
                     os.replace(tmp, target)
                     return created
-                linked = _link(tmp, target)
+                linked = link(tmp, target)
             except FileNotFoundError:
                 if not os.path.lexists(tmp):
                     # Installed by an earlier, interrupted flush, or taken by gc.
@@ -956,7 +948,7 @@ class ObjectStore:
                     os.replace(tmp, target)
                     return created
                 os.utime(target)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             return created
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -1079,9 +1071,9 @@ class ObjectStore:
             except FileExistsError:
                 _check_marker(root, marker)  # initialised concurrently
             finally:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
             if self.durability is not Durability.NONE:
-                _fsync_dir(root)
+                fsync_dir(root)
         except OSError as exc:
             raise self._map_write_error(exc) from exc
         finally:
@@ -1140,14 +1132,6 @@ class _VerifyingReader(io.RawIOBase):
         super().close()
 
 
-def storage_full(where: str | os.PathLike[str], reason: str) -> StorageFullError:
-    """The error for a write refused because the filesystem holding ``where`` is full."""
-    return StorageFullError(
-        f"no space left on the filesystem holding {os.fspath(where)}: {reason}; "
-        "nothing was written or acknowledged (free some space and retry)"
-    )
-
-
 class _Owner:
     """An exclusive flock on ``tmp/<prefix>.lock``: while it is held, the files
     ``tmp/<prefix>.<n>.tmp`` belong to a live writer."""
@@ -1164,7 +1148,7 @@ class _Owner:
         if self.fd < 0:
             return
         if self.pid == os.getpid():  # a forked child must not end its parent's claim
-            _unlink_quietly(self.path)
+            unlink_quietly(self.path)
         os.close(self.fd)
         self.fd = -1
 
@@ -1197,7 +1181,7 @@ def _take_ownership(tmp: str) -> _Owner:
         prefix = f"{os.getpid()}.{secrets.token_hex(8)}"
         path = f"{tmp}/{prefix}{_LOCK_SUFFIX}"
         try:
-            fd = os.open(path, _WRITE_FLAGS, 0o444)
+            fd = os.open(path, WRITE_FLAGS, 0o444)
         except FileExistsError:
             continue
         except FileNotFoundError:
@@ -1230,7 +1214,7 @@ def _writer_gone(tmp: str, owner: str | None) -> Iterator[bool | None]:
         yield None
         return
     try:
-        fd = os.open(f"{tmp}/{owner}{_LOCK_SUFFIX}", _READ_FLAGS)
+        fd = os.open(f"{tmp}/{owner}{_LOCK_SUFFIX}", READ_FLAGS)
     except FileNotFoundError:
         yield True
         return
@@ -1261,12 +1245,6 @@ def _byte_view(data: object, what: str) -> memoryview:
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
     return view
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    written = os.write(fd, view)
-    while written < view.nbytes:
-        written += os.write(fd, view[written:])
 
 
 def _hex(digest: object) -> str:
@@ -1305,7 +1283,7 @@ def _require_regular(st: os.stat_result, digest: str) -> None:
 
 def _open_regular(path: str, digest: str) -> tuple[int, int]:
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(path, READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise CorruptObjectError(
@@ -1359,7 +1337,7 @@ def _mismatch(actual: Digest, size: int) -> str:
 
 def _check_marker(root: str, marker: str) -> None:
     try:
-        fd = os.open(marker, _READ_FLAGS)
+        fd = os.open(marker, READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreFormatError(f"{marker} is a symbolic link, not a regular file") from None
@@ -1417,99 +1395,10 @@ def _ensure_dir(path: str, *, create: bool, strict: bool = False) -> bool:
         except FileExistsError:
             pass
         except OSError as exc:
-            if exc.errno in _READ_ONLY_ERRNOS and not strict:
+            if exc.errno in READ_ONLY_ERRNOS and not strict:
                 return False  # a store on read-only media; writes will say so
             raise
         st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise StoreFormatError(f"{path} is a {_kind(st.st_mode)}, expected a directory")
     return True
-
-
-def _link(tmp: str, target: str) -> bool:
-    """Hard-link ``tmp`` to ``target``; False if ``target`` already exists."""
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in _NO_HARDLINK_ERRNOS:
-            raise
-        # A filesystem without hard links: a rename is atomic too, and replacing an
-        # object with identical bytes that raced us in is harmless.
-        if os.path.lexists(target):
-            return False
-        os.rename(tmp, target)
-    return True
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: str, *, missing_ok: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    except FileNotFoundError:
-        if missing_ok:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@functools.cache
-def _syncfs() -> Callable[[int], int] | None:
-    """syncfs(2) where the C library has it (Linux), else None.
-
-    On Linux, syncfs gives the same guarantee as fsync on every file of the
-    filesystem (see sync(2)) and reports writeback errors since Linux 5.8.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def sync_filesystem(path: str | os.PathLike[str]) -> None:
-    """Make everything written on the filesystem holding ``path`` durable.
-
-    syncfs(2) of that filesystem alone where there is one, else sync(2) of
-    every filesystem.
-    """
-    function = _syncfs()
-    if function is None:
-        os.sync()
-    else:
-        _call_syncfs(function, os.fspath(path))
-
-
-def _call_syncfs(function: Callable[[int], int], path: str) -> None:
-    import ctypes
-
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        if function(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
