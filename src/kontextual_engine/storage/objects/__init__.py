@@ -5,7 +5,8 @@ the reference implementation of that document and knows nothing of SQL. One
 module per concern:
 
 - :mod:`.layout`: directory names, modes, digest <-> path, the format marker;
-- :mod:`.store`: :class:`ObjectStore`, writing, reading and deleting objects;
+- :mod:`.store`: :class:`ObjectStore`: durability modes, batches, writing, reading, deleting;
+- :mod:`.directory`: the `objects/` directory, fan-out directories, linking files into place;
 - :mod:`.staging`: files in ``tmp/`` and the locks that say who owns them;
 - :mod:`.reader`: verified reads and hashing of open files;
 - :mod:`.scan`: the scan behind fsck and its :class:`Problem` records.

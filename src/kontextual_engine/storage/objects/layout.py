@@ -19,9 +19,10 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 
 from ...digests import ALGORITHM, PREFIX, parse_digest
-from ...errors import CorruptObjectError, StoreFormatError
+from ...errors import CorruptObjectError, StoreFormatError, ValidationError
 from ..durable import READ_FLAGS, READ_ONLY_ERRNOS, fsync_dir, link, unlink_quietly, write_all
 
 STORE_MARKER = "kontextual.json"
@@ -178,3 +179,106 @@ def write_marker(root: str, fd: int, tmp: str, *, mode: int, sync: bool) -> None
         unlink_quietly(tmp)
     if sync:
         fsync_dir(root)
+
+
+def check_file_mode(file_mode: object) -> int:
+    """``file_mode`` if it is a valid mode for object files, else ValidationError."""
+    if (
+        not isinstance(file_mode, int)
+        or isinstance(file_mode, bool)
+        or file_mode & ~0o555
+        or not file_mode & 0o400
+    ):
+        raise ValidationError(
+            f"invalid file_mode {file_mode!r}: objects are immutable, so expected "
+            "read (and execute) bits only, including owner read, such as 0o444"
+        )
+    return file_mode
+
+
+def open_root(
+    root: str,
+    *,
+    create: bool,
+    adopt: bool,
+    write_marker: Callable[[], None],
+    map_error: Callable[[OSError], Exception],
+) -> None:
+    """Check that ``root`` is a store of a format this version reads.
+
+    With ``create``, a missing or empty directory is made a store (the marker
+    written last, by ``write_marker``); with ``adopt``, the marker of a store
+    that lost it is written again (the caller has checked that it is a store).
+    Anything else raises :class:`StoreFormatError`. ``map_error`` turns an
+    OSError of creating the root into the error to raise.
+    """
+    marker = os.path.join(root, STORE_MARKER)
+    objects = os.path.join(root, OBJECTS_DIR)
+    tmp = os.path.join(root, TMP_DIR)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        if not create:
+            raise StoreFormatError(
+                f"no kontextual store at {root}: the directory does not exist"
+            ) from None
+        _make_root(root, map_error)
+        st = os.stat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreFormatError(f"{root} is not a directory, so it cannot be a store")
+    if os.path.lexists(marker):
+        check_marker(root, marker)
+    elif adopt:
+        write_marker()
+    elif not create:
+        hint = ""
+        if os.path.isdir(objects):
+            hint = (
+                f"; if it is a store that lost its {STORE_MARKER}, "
+                "`kontextual init --adopt` checks it and writes the marker again"
+            )
+        raise StoreFormatError(f"{root} is not a kontextual store: {STORE_MARKER} is missing{hint}")
+    elif _initialisable(root, marker, objects):
+        write_marker()
+    has_objects = ensure_dir(objects, create=create)
+    has_tmp = ensure_dir(tmp, create=create)
+    if has_objects and has_tmp and os.lstat(objects).st_dev != os.lstat(tmp).st_dev:
+        raise StoreFormatError(
+            f"{tmp} and {objects} are on different filesystems; atomic writes need them on one"
+        )
+
+
+def _make_root(root: str, map_error: Callable[[OSError], Exception]) -> None:
+    parent = os.path.dirname(os.path.abspath(root))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.mkdir(root, ROOT_MODE)
+    except FileExistsError:
+        pass  # created concurrently
+    except OSError as exc:
+        raise map_error(exc) from exc
+
+
+def _initialisable(root: str, marker: str, objects: str) -> bool:
+    """Whether ``root`` (without a marker) may be turned into a store: True if
+    it is empty, False if another process initialised it meanwhile; anything
+    else is refused."""
+    entries = set(os.listdir(root))
+    if STORE_MARKER in entries:  # another process initialised it meanwhile
+        check_marker(root, marker)
+        return False
+    unexpected = sorted(entries - {OBJECTS_DIR, TMP_DIR})
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (", ..." if len(unexpected) > 5 else "")
+        raise StoreFormatError(
+            f"{root} is not a kontextual store ({STORE_MARKER} is missing) and is "
+            f"not empty ({shown}); refusing to initialise a store there"
+        )
+    if OBJECTS_DIR in entries:
+        st = os.lstat(objects)
+        if not stat.S_ISDIR(st.st_mode) or os.listdir(objects):
+            raise StoreFormatError(
+                f"{root} has {OBJECTS_DIR}/ with content but no {STORE_MARKER}; "
+                "refusing to guess its format"
+            )
+    return True

@@ -27,7 +27,6 @@ import contextlib
 import enum
 import io
 import os
-import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +47,6 @@ from ...errors import (
     CorruptObjectError,
     ObjectNotFound,
     ReadOnlyStoreError,
-    StoreFormatError,
     ValidationError,
 )
 from .. import durable
@@ -58,26 +56,20 @@ from ..durable import (
     call_syncfs,
     fsync_dir,
     fsync_path,
-    link,
     storage_full,
     unlink_quietly,
     write_all,
 )
+from .directory import ObjectDirectory
 from .layout import (
-    DIR_MODE,
-    FAN,
     FILE_MODE,
     HEX_START,
-    NAME,
     OBJECTS_DIR,
-    ROOT_MODE,
-    STORE_MARKER,
     TMP_DIR,
-    check_marker,
+    check_file_mode,
     digest_hex,
     ensure_dir,
-    kind,
-    object_path,
+    open_root,
     require_regular,
     write_marker,
 )
@@ -144,21 +136,11 @@ class ObjectStore:
         self.root = Path(root)
         self.durability = _parse_durability(durability)
         self.read_only = bool(read_only)
-        if (
-            not isinstance(file_mode, int)
-            or isinstance(file_mode, bool)
-            or file_mode & ~0o555
-            or not file_mode & 0o400
-        ):
-            raise ValidationError(
-                f"invalid file_mode {file_mode!r}: objects are immutable, so expected "
-                "read (and execute) bits only, including owner read, such as 0o444"
-            )
-        self.file_mode = file_mode
+        self.file_mode = check_file_mode(file_mode)
         base = os.fspath(self.root)
         self._objects = os.path.join(base, OBJECTS_DIR)
         self._tmp = os.path.join(base, TMP_DIR)
-        self._fans: set[str] = set()  # fan-out dirs seen to be real directories
+        self._dir = ObjectDirectory(self._objects)
         self._lock = threading.Lock()  # guards _staged and _depth
         self._flush_lock = threading.Lock()  # one flush at a time
         self._depth = 0  # nesting of batch() blocks
@@ -182,9 +164,6 @@ class ObjectStore:
         hexd = digest_hex(digest)
         return self.root / OBJECTS_DIR / hexd[:2] / hexd[2:]
 
-    def _target(self, hexd: str) -> str:
-        return object_path(self._objects, hexd)
-
     # -- writing -----------------------------------------------------------------
 
     def add(self, data: bytes) -> Digest:
@@ -204,7 +183,7 @@ class ObjectStore:
                 if mode is Durability.FULL and self._staged:
                     self.flush()
                 # One lstat settles the common dedup case before any file is created.
-                present = self._present(digest, hexd, size)
+                present = self._dir.present(digest, hexd, size)
                 if present:
                     return digest
                 fd, tmp = self._new_tmp()
@@ -244,7 +223,7 @@ class ObjectStore:
                         hexd = digest[HEX_START:]
                         present: bool | None = True
                         if not (mode is Durability.BATCH and hexd in self._staged):
-                            present = self._present(digest, hexd, size)
+                            present = self._dir.present(digest, hexd, size)
                         if not present:
                             self._seal(fd, mode)
                     finally:
@@ -276,10 +255,10 @@ class ObjectStore:
         if staged is not None:
             unlink_quietly(staged[0])
             removed = True
-        if not self._fan(hexd[:2]):
+        if not self._dir.fan(hexd[:2]):
             return removed
         try:
-            os.unlink(self._target(hexd))
+            os.unlink(self._dir.target(hexd))
         except FileNotFoundError:
             return removed
         except IsADirectoryError:
@@ -316,7 +295,7 @@ class ObjectStore:
                 fans: set[str] = set()
                 created = False
                 for hexd, (tmp, size, replace) in items:
-                    created |= self._install(tmp, Digest(PREFIX + hexd), size, replace=replace)
+                    created |= self._dir.install(tmp, Digest(PREFIX + hexd), size, replace=replace)
                     fans.add(hexd[:2])
                 if whole_fs is not None:
                     call_syncfs(whole_fs, self._objects)
@@ -415,10 +394,10 @@ class ObjectStore:
         hexd = digest_hex(digest)
         if hexd in self._staged:
             return True
-        if not self._fan(hexd[:2]):
+        if not self._dir.fan(hexd[:2]):
             return False
         try:
-            st = os.lstat(self._target(hexd))
+            st = os.lstat(self._dir.target(hexd))
         except FileNotFoundError:
             return False
         require_regular(st, PREFIX + hexd)
@@ -432,9 +411,9 @@ class ObjectStore:
         staged = self._staged.get(hexd)
         if staged is not None:
             return staged[1]
-        if self._fan(hexd[:2]):
+        if self._dir.fan(hexd[:2]):
             try:
-                st = os.lstat(self._target(hexd))
+                st = os.lstat(self._dir.target(hexd))
             except FileNotFoundError:
                 pass
             else:
@@ -459,17 +438,7 @@ class ObjectStore:
                 return full
             raise ObjectNotFound(prefix, f"no object matches digest prefix {prefix!r}")
         matches = {hexd for hexd in list(self._staged) if hexd.startswith(hexp)}
-        fan, rest = hexp[:2], hexp[2:]
-        if self._fan(fan):
-            with os.scandir(f"{self._objects}/{fan}") as entries:
-                for entry in entries:
-                    name = entry.name
-                    if (
-                        name.startswith(rest)
-                        and NAME.fullmatch(name)
-                        and entry.is_file(follow_symlinks=False)
-                    ):
-                        matches.add(fan + name)
+        matches |= self._dir.matches(hexp)
         if not matches:
             raise ObjectNotFound(prefix, f"no object matches digest prefix {prefix!r}")
         if len(matches) > 1:
@@ -483,18 +452,14 @@ class ObjectStore:
 
     def all(self) -> Iterator[Digest]:
         """Every object under ``objects/``, in digest order; other files are skipped."""
-        for fan, entries in self._walk():
-            for entry in entries:
-                if NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    yield Digest(PREFIX + fan + entry.name)
+        for fan, entry in self._dir.entries():
+            yield Digest(PREFIX + fan + entry.name)
 
     def stats(self) -> ObjectStats:
         count = total = 0
-        for _, entries in self._walk():
-            for entry in entries:
-                if NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    count += 1
-                    total += entry.stat(follow_symlinks=False).st_size
+        for _, entry in self._dir.entries():
+            count += 1
+            total += entry.stat(follow_symlinks=False).st_size
         return ObjectStats(count=count, bytes=total)
 
     def tmp_files(self) -> list[Path]:
@@ -557,56 +522,6 @@ class ObjectStore:
             return storage_full(self.root, exc.strerror or str(exc))
         return exc
 
-    def _fan(self, fan: str) -> bool:
-        """Whether the fan-out directory exists; raise if something else is there."""
-        if fan in self._fans:
-            return True
-        path = f"{self._objects}/{fan}"
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISDIR(st.st_mode):
-            raise StoreFormatError(
-                f"{path} should be a fan-out directory but is a {kind(st.st_mode)}; "
-                "the store is damaged (run fsck)"
-            )
-        self._fans.add(fan)
-        return True
-
-    def _make_fan(self, fan: str) -> bool:
-        """Create a fan-out directory; return whether this call created it."""
-        path = f"{self._objects}/{fan}"
-        try:
-            os.mkdir(path, DIR_MODE)
-            created = True
-        except FileExistsError:
-            created = False
-        except FileNotFoundError:
-            raise StoreFormatError(
-                f"{self._objects} is missing; the store is damaged or was never initialised"
-            ) from None
-        self._fans.discard(fan)
-        if not self._fan(fan):
-            raise StoreFormatError(f"{path} vanished while it was being created")
-        return created
-
-    def _present(self, digest: Digest, hexd: str, size: int) -> bool | None:
-        """True: a whole-looking object is there (mtime refreshed). None: absent.
-        False: a file of the wrong size is there, to be replaced."""
-        if not self._fan(hexd[:2]):
-            return None
-        target = self._target(hexd)
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            return None
-        require_regular(st, digest)
-        if st.st_size != size:
-            return False
-        os.utime(target)
-        return True
-
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Count a write in progress, so that close() keeps the owner lock meanwhile."""
@@ -647,7 +562,7 @@ class ObjectStore:
                 self.flush()
             return
         try:
-            created = self._install(tmp, digest, size, replace=replace)
+            created = self._dir.install(tmp, digest, size, replace=replace)
         except BaseException:
             unlink_quietly(tmp)
             raise
@@ -656,52 +571,6 @@ class ObjectStore:
             if created:
                 fsync_dir(self._objects)
 
-    def _install(self, tmp: str, digest: Digest, size: int, *, replace: bool) -> bool:
-        """Link ``tmp`` to the object path (never overwriting a good object) and
-        remove ``tmp``. Return whether a fan-out directory was created."""
-        hexd = digest[HEX_START:]
-        fan = hexd[:2]
-        target = self._target(hexd)
-        created = False
-        if not self._fan(fan):
-            created = self._make_fan(fan)
-        for attempt in range(3):
-            try:
-                if replace:
-                    os.replace(tmp, target)
-                    return created
-                linked = link(tmp, target)
-            except FileNotFoundError:
-                if not os.path.lexists(tmp):
-                    # Installed by an earlier, interrupted flush, or taken by gc.
-                    try:
-                        st = os.lstat(target)
-                    except FileNotFoundError:
-                        raise CorruptObjectError(
-                            digest,
-                            f"its staged file {tmp} vanished before it was put in place "
-                            "(was tmp/ cleaned while a write was in progress?)",
-                        ) from None
-                    require_regular(st, digest)
-                    return created
-                if attempt:
-                    raise
-                # The fan-out directory was removed since we last saw it.
-                self._fans.discard(fan)
-                created |= self._make_fan(fan)
-                continue
-            if not linked:
-                # Someone else put it there first: keep theirs unless it is damaged.
-                st = os.lstat(target)
-                require_regular(st, digest)
-                if st.st_size != size:
-                    os.replace(tmp, target)
-                    return created
-                os.utime(target)
-            unlink_quietly(tmp)
-            return created
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _open_object(self, digest: Digest) -> tuple[int, int]:
         """An fd open for reading on a regular object file, and its size."""
         hexd = digest[HEX_START:]
@@ -709,108 +578,34 @@ class ObjectStore:
         if staged is not None:
             with contextlib.suppress(FileNotFoundError):  # flushed meanwhile
                 return open_regular(staged[0], digest)
-        if not self._fan(hexd[:2]):
+        if not self._dir.fan(hexd[:2]):
             raise ObjectNotFound(digest)
         try:
-            return open_regular(self._target(hexd), digest)
+            return open_regular(self._dir.target(hexd), digest)
         except FileNotFoundError:
             raise ObjectNotFound(digest) from None
 
-    def _walk(self) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
-        """(fan, sorted entries) for every real fan-out directory, in order."""
-        try:
-            with os.scandir(self._objects) as it:
-                fans = sorted(
-                    (entry for entry in it if FAN.fullmatch(entry.name)),
-                    key=lambda entry: entry.name,
-                )
-        except FileNotFoundError:
-            return
-        for fan in fans:
-            if not fan.is_dir(follow_symlinks=False):
-                continue
-            with os.scandir(fan.path) as it:
-                entries = sorted(it, key=lambda entry: entry.name)
-            yield fan.name, entries
-
     def _open_root(self, *, create: bool, adopt: bool = False) -> None:
-        root = os.fspath(self.root)
-        marker = os.path.join(root, STORE_MARKER)
-        try:
-            st = os.stat(root)
-        except FileNotFoundError:
-            if not create:
-                raise StoreFormatError(
-                    f"no kontextual store at {root}: the directory does not exist"
-                ) from None
-            self._make_root(root)
-            st = os.stat(root)
-        if not stat.S_ISDIR(st.st_mode):
-            raise StoreFormatError(f"{root} is not a directory, so it cannot be a store")
-        if os.path.lexists(marker):
-            check_marker(root, marker)
-        elif adopt:
-            self._write_marker(root, marker)
-        elif not create:
-            hint = ""
-            if os.path.isdir(self._objects):
-                hint = (
-                    f"; if it is a store that lost its {STORE_MARKER}, "
-                    "`kontextual init --adopt` checks it and writes the marker again"
-                )
-            raise StoreFormatError(
-                f"{root} is not a kontextual store: {STORE_MARKER} is missing{hint}"
-            )
-        else:
-            self._initialise(root, marker)
-        has_objects = ensure_dir(self._objects, create=create)
-        has_tmp = ensure_dir(self._tmp, create=create)
-        if has_objects and has_tmp and os.lstat(self._objects).st_dev != os.lstat(self._tmp).st_dev:
-            raise StoreFormatError(
-                f"{self._tmp} and {self._objects} are on different filesystems; "
-                "atomic writes need them on one"
-            )
+        open_root(
+            os.fspath(self.root),
+            create=create,
+            adopt=adopt,
+            write_marker=self._write_marker,
+            map_error=self._map_write_error,
+        )
 
-    def _make_root(self, root: str) -> None:
-        parent = os.path.dirname(os.path.abspath(root))
-        try:
-            os.makedirs(parent, exist_ok=True)
-            os.mkdir(root, ROOT_MODE)
-        except FileExistsError:
-            pass  # created concurrently
-        except OSError as exc:
-            raise self._map_write_error(exc) from exc
-
-    def _initialise(self, root: str, marker: str) -> None:
-        """Turn an empty directory into a store; the marker is written last."""
-        entries = set(os.listdir(root))
-        if STORE_MARKER in entries:  # another process initialised it meanwhile
-            check_marker(root, marker)
-            return
-        unexpected = sorted(entries - {OBJECTS_DIR, TMP_DIR})
-        if unexpected:
-            shown = ", ".join(unexpected[:5]) + (", ..." if len(unexpected) > 5 else "")
-            raise StoreFormatError(
-                f"{root} is not a kontextual store ({STORE_MARKER} is missing) and is "
-                f"not empty ({shown}); refusing to initialise a store there"
-            )
-        if OBJECTS_DIR in entries:
-            st = os.lstat(self._objects)
-            if not stat.S_ISDIR(st.st_mode) or os.listdir(self._objects):
-                raise StoreFormatError(
-                    f"{root} has {OBJECTS_DIR}/ with content but no {STORE_MARKER}; "
-                    "refusing to guess its format"
-                )
-        self._write_marker(root, marker)
-
-    def _write_marker(self, root: str, marker: str) -> None:
+    def _write_marker(self) -> None:
         """Create objects/ and tmp/ where missing, then the marker, last and atomically."""
         try:
             ensure_dir(self._objects, create=True, strict=True)
             ensure_dir(self._tmp, create=True, strict=True)
             fd, tmp = self._new_tmp()
             write_marker(
-                root, fd, tmp, mode=self.file_mode, sync=self.durability is not Durability.NONE
+                os.fspath(self.root),
+                fd,
+                tmp,
+                mode=self.file_mode,
+                sync=self.durability is not Durability.NONE,
             )
         except OSError as exc:
             raise self._map_write_error(exc) from exc
