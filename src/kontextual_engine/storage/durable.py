@@ -19,16 +19,16 @@ is refused, never followed) and :data:`CLOEXEC`.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import functools
 import io
 import os
-import secrets
 import sys
 from collections.abc import Callable
 
 from ..digests import CHUNK_SIZE
-from ..errors import StorageFullError
+from ..errors import ReadOnlyStoreError, StorageFullError, ValidationError
 
 __all__ = [
     "CLOEXEC",
@@ -39,16 +39,20 @@ __all__ = [
     "READ_FLAGS",
     "READ_ONLY_ERRNOS",
     "WRITE_FLAGS",
+    "Durability",
     "call_syncfs",
     "fsync_dir",
+    "fsync_file",
     "fsync_path",
     "link",
     "link_or_copy",
+    "parse_durability",
     "storage_full",
     "sync_filesystem",
     "syncfs",
     "unlink_quietly",
     "write_all",
+    "write_error",
 ]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -71,6 +75,43 @@ NO_HARDLINK_ERRNOS = frozenset(
 )
 
 
+class Durability(str, enum.Enum):
+    """How hard a write works to survive a crash; see docs/store-format.md.
+
+    ``full``: every object and its directory entry are fsynced before the write
+    returns. ``batch``: objects are staged and become durable and visible
+    together at :meth:`ObjectStore.flush
+    <kontextual_engine.storage.objects.ObjectStore.flush>`. ``none``: no fsync at all.
+    """
+
+    FULL = "full"
+    BATCH = "batch"
+    NONE = "none"
+
+
+def parse_durability(value: Durability | str) -> Durability:
+    try:
+        return Durability(value)
+    except ValueError:
+        choices = ", ".join(repr(mode.value) for mode in Durability)
+        raise ValidationError(f"invalid durability {value!r}: expected one of {choices}") from None
+
+
+def write_error(exc: OSError, root: str | os.PathLike[str], what: str) -> Exception:
+    """The typed error for a write to ``what`` at ``root`` (say, ``object store``)
+    that failed with ``exc``: :class:`ReadOnlyStoreError` where it cannot be
+    written at all, :class:`StorageFullError` where the filesystem is full, else
+    ``exc`` itself."""
+    if exc.errno in READ_ONLY_ERRNOS:
+        where = exc.filename if exc.filename is not None else os.fspath(root)
+        return ReadOnlyStoreError(
+            f"cannot write to {what} {os.fspath(root)}: {exc.strerror or exc} ({where})"
+        )
+    if exc.errno in FULL_ERRNOS:
+        return storage_full(root, exc.strerror or str(exc))
+    return exc
+
+
 def storage_full(where: str | os.PathLike[str], reason: str) -> StorageFullError:
     """The error for a write refused because the filesystem holding ``where`` is full."""
     return StorageFullError(
@@ -90,6 +131,11 @@ def unlink_quietly(path: str) -> None:
     """Remove ``path``; a file that is already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def fsync_file(fd: int) -> None:
+    """Make the bytes of the open file ``fd`` durable."""
+    os.fsync(fd)
 
 
 def fsync_dir(path: str) -> None:
@@ -184,15 +230,17 @@ def link(tmp: str, target: str) -> bool:
     return True
 
 
-def link_or_copy(source: str, target: str, *, staging: str, mode: int) -> int:
+def link_or_copy(
+    source: str, target: str, *, new_file: Callable[[], tuple[int, str]], mode: int
+) -> int:
     """Put the file ``source`` at ``target`` as a hard link, or a copy where
     linking fails (another filesystem, no hard links); return its size.
 
-    A copy is written to a fresh file in the directory ``staging`` (which must
-    be on the filesystem of ``target``), given ``mode``, and then linked into
-    place, so ``target`` never holds a partial copy. ``target`` is never
-    replaced (FileExistsError). Nothing is fsynced: the caller makes the lot
-    durable, typically with one :func:`sync_filesystem`.
+    A copy is written to a fresh file from ``new_file`` (``(fd, path)``, on the
+    filesystem of ``target``), given ``mode``, and then linked into place, so
+    ``target`` never holds a partial copy; the fresh file is removed in every
+    case. ``target`` is never replaced (FileExistsError). Nothing is fsynced:
+    that is the caller's to decide.
     """
     try:
         os.link(source, target, follow_symlinks=False)
@@ -202,20 +250,19 @@ def link_or_copy(source: str, target: str, *, staging: str, mode: int) -> int:
         pass
     else:
         return os.lstat(target).st_size
-    tmp = os.path.join(staging, f"copy.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, WRITE_FLAGS, mode)
-    try:
+    with io.FileIO(os.open(source, READ_FLAGS), "rb") as reader:
+        fd, tmp = new_file()
         try:
-            size = 0
-            with io.FileIO(os.open(source, READ_FLAGS), "rb") as reader:
+            try:
+                size = 0
                 while chunk := reader.read(CHUNK_SIZE):
                     write_all(fd, memoryview(chunk))
                     size += len(chunk)
-            os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open()
+                os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open()
+            finally:
+                os.close(fd)
+            if not link(tmp, target):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
         finally:
-            os.close(fd)
-        if not link(tmp, target):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
-    finally:
-        unlink_quietly(tmp)
+            unlink_quietly(tmp)
     return size

@@ -15,7 +15,7 @@ Durable writes (fsync, syncfs, linking into place) are in
 :mod:`kontextual_engine.storage.durable`.
 """
 
-from ..durable import FULL_ERRNOS, storage_full, sync_filesystem
+from ..durable import FULL_ERRNOS, Durability, storage_full, sync_filesystem
 from .layout import (
     DIR_MODE,
     FILE_MODE,
@@ -31,7 +31,7 @@ from .layout import (
 from .reader import VERIFY_IN_MEMORY
 from .scan import Problem, ProblemKind
 from .staging import TMP_GRACE_SECONDS, TmpFile
-from .store import MAX_STAGED, SYNCFS_MIN, Durability, ObjectStats, ObjectStore
+from .store import MAX_STAGED, SYNCFS_MIN, ObjectStats, ObjectStore
 
 __all__ = [
     "DIR_MODE",

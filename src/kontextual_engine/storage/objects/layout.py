@@ -23,7 +23,15 @@ from collections.abc import Callable
 
 from ...digests import ALGORITHM, PREFIX, parse_digest
 from ...errors import CorruptObjectError, StoreFormatError, ValidationError
-from ..durable import READ_FLAGS, READ_ONLY_ERRNOS, fsync_dir, link, unlink_quietly, write_all
+from ..durable import (
+    READ_FLAGS,
+    READ_ONLY_ERRNOS,
+    fsync_dir,
+    fsync_file,
+    link,
+    unlink_quietly,
+    write_all,
+)
 
 STORE_MARKER = "kontextual.json"
 STORE_FORMAT = "kontextual-store"
@@ -170,7 +178,7 @@ def write_marker(root: str, fd: int, tmp: str, *, mode: int, sync: bool) -> None
             # The umask may have narrowed the mode given to open().
             os.fchmod(fd, mode)
             if sync:
-                os.fsync(fd)
+                fsync_file(fd)
         finally:
             os.close(fd)
         if not link(tmp, marker):

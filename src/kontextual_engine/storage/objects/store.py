@@ -24,7 +24,6 @@ protects it.
 from __future__ import annotations
 
 import contextlib
-import enum
 import io
 import os
 import threading
@@ -51,14 +50,16 @@ from ...errors import (
 )
 from .. import durable
 from ..durable import (
-    FULL_ERRNOS,
-    READ_ONLY_ERRNOS,
+    Durability,
     call_syncfs,
     fsync_dir,
+    fsync_file,
     fsync_path,
-    storage_full,
+    link_or_copy,
+    parse_durability,
     unlink_quietly,
     write_all,
+    write_error,
 )
 from .directory import ObjectDirectory
 from .layout import (
@@ -77,7 +78,7 @@ from .reader import check_bytes, hash_fd, mismatch, open_regular, open_verified
 from .scan import Problem, scan_objects
 from .staging import TMP_GRACE_SECONDS, Staging, TmpFile
 
-__all__ = ["MAX_STAGED", "SYNCFS_MIN", "Durability", "ObjectStats", "ObjectStore"]
+__all__ = ["MAX_STAGED", "SYNCFS_MIN", "ObjectStats", "ObjectStore"]
 
 # A batch flushes early once this many objects are staged: it bounds memory and the
 # size of tmp/, and an early flush never weakens the guarantee.
@@ -86,19 +87,6 @@ MAX_STAGED = 10_000
 # per phase is far cheaper, at the price of also flushing unrelated dirty data of
 # the same filesystem, which is why small batches do not use it.
 SYNCFS_MIN = 16
-
-
-class Durability(str, enum.Enum):
-    """How hard a write works to survive a crash; see docs/store-format.md.
-
-    ``full``: every object and its directory entry are fsynced before the write
-    returns. ``batch``: objects are staged and become durable and visible
-    together at :meth:`ObjectStore.flush`. ``none``: no fsync at all.
-    """
-
-    FULL = "full"
-    BATCH = "batch"
-    NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -134,7 +122,7 @@ class ObjectStore:
         adopt: bool = False,
     ) -> None:
         self.root = Path(root)
-        self.durability = _parse_durability(durability)
+        self.durability = parse_durability(durability)
         self.read_only = bool(read_only)
         self.file_mode = check_file_mode(file_mode)
         base = os.fspath(self.root)
@@ -244,6 +232,41 @@ class ObjectStore:
         self._check_writable()
         with open(path, "rb") as source:
             return self.add_stream(source)
+
+    def add_link(self, source: str | os.PathLike[str], digest: str) -> int:
+        """Put the file ``source``, which holds the object ``digest``, into this
+        store as it is (not re-hashed): a hard link, or a copy where linking
+        fails; return its size. For copying a store (backup).
+
+        A copy is staged in ``tmp/`` and linked into place whole. An object
+        already present is kept. In ``full`` mode the file and its directory
+        entry are fsynced before this returns; otherwise nothing is (and
+        :meth:`flush` does not know of it): the caller makes the lot durable,
+        as backup does with one :func:`~kontextual_engine.storage.durable.sync_filesystem`.
+        """
+        self._check_writable()
+        hexd = digest_hex(digest)
+        fan = hexd[:2]
+        target = self._dir.target(hexd)
+        with self._writing():
+            try:
+                created = False if self._dir.fan(fan) else self._dir.make_fan(fan)
+                try:
+                    size = link_or_copy(
+                        os.fspath(source), target, new_file=self._new_tmp, mode=self.file_mode
+                    )
+                except FileExistsError:
+                    st = os.lstat(target)
+                    require_regular(st, PREFIX + hexd)
+                    return st.st_size
+                if self._mode() is Durability.FULL:
+                    fsync_path(target)
+                    fsync_dir(f"{self._objects}/{fan}")
+                    if created:
+                        fsync_dir(self._objects)
+            except OSError as exc:
+                raise self._map_write_error(exc) from exc
+        return size
 
     def delete(self, digest: str) -> bool:
         """Remove an object; return whether there was one. For gc only."""
@@ -512,15 +535,7 @@ class ObjectStore:
             raise ReadOnlyStoreError(f"object store {os.fspath(self.root)} is open read-only")
 
     def _map_write_error(self, exc: OSError) -> Exception:
-        if exc.errno in READ_ONLY_ERRNOS:
-            where = exc.filename if exc.filename is not None else os.fspath(self.root)
-            return ReadOnlyStoreError(
-                f"cannot write to object store {os.fspath(self.root)}: "
-                f"{exc.strerror or exc} ({where})"
-            )
-        if exc.errno in FULL_ERRNOS:
-            return storage_full(self.root, exc.strerror or str(exc))
-        return exc
+        return write_error(exc, self.root, "object store")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -547,7 +562,7 @@ class ObjectStore:
         # The umask may have narrowed the mode given to open(); objects are file_mode.
         os.fchmod(fd, self.file_mode)
         if mode is Durability.FULL:
-            os.fsync(fd)
+            fsync_file(fd)
 
     def _place(
         self, tmp: str, digest: Digest, size: int, *, replace: bool, mode: Durability
@@ -622,11 +637,3 @@ def _byte_view(data: object, what: str) -> memoryview:
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
     return view
-
-
-def _parse_durability(value: Durability | str) -> Durability:
-    try:
-        return Durability(value)
-    except ValueError:
-        choices = ", ".join(repr(mode.value) for mode in Durability)
-        raise ValidationError(f"invalid durability {value!r}: expected one of {choices}") from None
