@@ -158,7 +158,7 @@ class ObjectStore:
         """Store ``data``; return its digest. Existing objects are not rewritten."""
         self._check_writable()
         with self._writing():
-            view = _byte_view(data, "object data")
+            view = byte_view(data, "object data")
             hasher = new_hasher()
             hasher.update(view)
             digest = finish(hasher)
@@ -203,7 +203,7 @@ class ObjectStore:
                         hasher = new_hasher()
                         size = 0
                         while chunk := stream.read(CHUNK_SIZE):
-                            view = _byte_view(chunk, "what the stream's read() returned")
+                            view = byte_view(chunk, "what the stream's read() returned")
                             hasher.update(view)
                             write_all(fd, view)
                             size += view.nbytes
@@ -628,7 +628,7 @@ class ObjectStore:
             self._release_owner()
 
 
-def _byte_view(data: object, what: str) -> memoryview:
+def byte_view(data: object, what: str) -> memoryview:
     """A flat byte view of a bytes-like object, or ValidationError."""
     try:
         view = memoryview(data)  # type: ignore[arg-type]
