@@ -33,7 +33,7 @@ from kontextual_engine.errors import (
     StoreFormatError,
     ValidationError,
 )
-from kontextual_engine.storage import objects as objects_module
+from kontextual_engine.storage import durable
 from kontextual_engine.storage.objects import (
     MARKER_TEXT,
     SYNCFS_MIN,
@@ -1025,7 +1025,7 @@ def syscalls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
     # Per-file fsyncs unless a test installs its own syncfs.
-    monkeypatch.setattr(objects_module, "_syncfs", lambda: None)
+    monkeypatch.setattr(durable, "syncfs", lambda: None)
     return events
 
 
@@ -1102,7 +1102,7 @@ def test_large_batch_uses_one_filesystem_sync_per_phase(
         os.sync()
         return 0
 
-    monkeypatch.setattr(objects_module, "_syncfs", lambda: fake_syncfs)
+    monkeypatch.setattr(durable, "syncfs", lambda: fake_syncfs)
     store = ObjectStore(root, durability="batch")
     syscalls.clear()
     digests = [store.add(b"many %d" % i) for i in range(SYNCFS_MIN + 4)]
@@ -1115,8 +1115,8 @@ def test_large_batch_uses_one_filesystem_sync_per_phase(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs(2) is Linux-only")
 def test_real_syncfs_is_found_and_works(root: Path) -> None:
-    objects_module._syncfs.cache_clear()
-    assert objects_module._syncfs() is not None
+    durable.syncfs.cache_clear()
+    assert durable.syncfs() is not None
     store = ObjectStore(root, durability="batch")
     digests = [store.add(b"real %d" % i) for i in range(SYNCFS_MIN)]
     store.flush()
@@ -1224,10 +1224,10 @@ def test_sync_filesystem_syncs_only_the_store_filesystem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[str] = []
-    monkeypatch.setattr(objects_module.os, "sync", lambda: synced.append("all"))
-    if objects_module._syncfs() is not None:
-        objects_module.sync_filesystem(tmp_path)  # syncfs(2): no machine-wide sync
+    monkeypatch.setattr(durable.os, "sync", lambda: synced.append("all"))
+    if durable.syncfs() is not None:
+        durable.sync_filesystem(tmp_path)  # syncfs(2): no machine-wide sync
         assert synced == []
-    monkeypatch.setattr(objects_module, "_syncfs", lambda: None)
-    objects_module.sync_filesystem(tmp_path)  # no syncfs: sync(2) is the fallback
+    monkeypatch.setattr(durable, "syncfs", lambda: None)
+    durable.sync_filesystem(tmp_path)  # no syncfs: sync(2) is the fallback
     assert synced == ["all"]

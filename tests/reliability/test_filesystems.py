@@ -11,6 +11,7 @@ reported as damage.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from kontextual_engine.errors import ReadOnlyStoreError, StorageFullError
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
-from kontextual_engine.storage.sqlite.maintenance import fsck
+from kontextual_engine.storage.sqlite.maintenance import backup, fsck
 
 from .harness import tree_state
 from .test_cli_hostile import assert_one_line_error, kontextual
@@ -149,3 +150,43 @@ def test_full_disk_during_writes_acknowledges_nothing(
         assert {a.name for a in repo.query(collection_id=cid)} == written
         assert "big.bin" not in written
         assert fsck(repo, full=True).errors == []
+
+
+def _repo_with(path: Path, bodies: list[bytes]) -> SQLiteKnowledgeRepository:
+    repo = SQLiteKnowledgeRepository.open(path, "none", create=True)
+    collection = repo.create_collection("c").id
+    for number, body in enumerate(bodies):
+        repo.create_artifact(collection, f"n{number}", body, artifact_type="t")
+    return repo
+
+
+def test_backup_to_another_filesystem_copies_whole_read_only_objects(
+    mount: Path, tmp_path: Path
+) -> None:
+    bodies = [b"copied across filesystems %d\n" % i * 50 for i in range(5)]
+    with _repo_with(tmp_path / "store", bodies) as repo:
+        report = backup(repo, mount / "copy")  # another filesystem: no hard links
+    assert report.objects == len(bodies)
+    assert report.bytes == sum(len(body) for body in bodies)
+    objects = [path for path in (mount / "copy" / "objects").rglob("*") if path.is_file()]
+    assert len(objects) == len(bodies)
+    assert all(path.stat().st_nlink == 1 for path in objects)  # copies, not links
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o444 for path in objects)
+    assert list((mount / "copy" / "tmp").iterdir()) == []
+    with SQLiteKnowledgeRepository.open(mount / "copy", "none") as copy:
+        assert fsck(copy, full=True).findings == []
+        assert sorted(copy.read_content(a.id) for a in copy.query()) == sorted(bodies)
+
+
+def test_backup_to_a_full_filesystem_says_so_and_leaves_nothing(
+    mount: Path, tmp_path: Path
+) -> None:
+    big = os.urandom(3 << 20)  # larger than the whole 2 MiB tmpfs
+    with _repo_with(tmp_path / "store", [b"small", big]) as repo:
+        with pytest.raises(StorageFullError, match="no space left"):
+            backup(repo, mount / "copy")
+        assert not (mount / "copy").exists()
+        (mount / "empty").mkdir()
+        with pytest.raises(StorageFullError, match="no space left"):
+            backup(repo, mount / "empty")
+        assert list((mount / "empty").iterdir()) == []

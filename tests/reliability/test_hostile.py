@@ -38,7 +38,7 @@ from kontextual_engine.storage import (
     SequentialIds,
     TickingClock,
 )
-from kontextual_engine.storage import objects as objects_module
+from kontextual_engine.storage.objects import staging as staging_module
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 from kontextual_engine.storage.sqlite.maintenance import fsck, gc
 
@@ -761,7 +761,7 @@ def test_planted_fanout_symlink_is_refused(tmp_path: Path, sentinel: Path) -> No
 def test_planted_tmp_symlinks_are_never_written_through(tmp_path: Path, sentinel: Path) -> None:
     with SQLiteKnowledgeRepository.open(tmp_path / "store", "full", create=True) as repo:
         cid = repo.create_collection("c").id
-        first = next(objects_module._tmp_counter)
+        first = next(staging_module._tmp_counter)
         planted = []
         for number in range(first, first + 400):
             link = repo.root / "tmp" / f"{os.getpid()}.{number}.tmp"

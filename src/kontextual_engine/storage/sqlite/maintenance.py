@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ...digests import Digest
 from ...errors import (
     DamagedStoreError,
     KontextualError,
@@ -29,14 +28,9 @@ from ...errors import (
     StoreFormatError,
     ValidationError,
 )
-from ..objects import (
-    OBJECTS_DIR,
-    STORE_MARKER,
-    TMP_DIR,
-    Durability,
-    ObjectStore,
-    sync_filesystem,
-)
+from ..durable import sync_filesystem, unlink_quietly
+from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStore
+from ..objects.layout import FAN
 from . import schema
 from .repository import INDEX_NAME, SQLiteKnowledgeRepository
 
@@ -563,39 +557,51 @@ def backup(repo: SQLiteKnowledgeRepository, destination: str | os.PathLike[str])
 
     The index is copied with SQLite's online backup API, which gives one
     point in time; then every object that copy's revisions reference is
-    hard-linked (or copied) from the live store. Objects are immutable and a
-    referenced object is never removed, so they are all still there.
+    hard-linked (or copied, whole, through the copy's ``tmp/``) from the live
+    store. Objects are immutable and a referenced object is never removed, so
+    they are all still there. Everything is made durable with one
+    filesystem sync at the end. If the backup fails (a full filesystem:
+    :class:`StorageFullError`), what it wrote is removed again.
     """
     destination = Path(destination)
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+    existed = destination.exists()
+    if existed and (not destination.is_dir() or any(destination.iterdir())):
         raise StoreFormatError(f"backup destination {destination} exists and is not empty")
-    target = ObjectStore(destination, durability="full")
-    target.close()
-    index = destination / INDEX_NAME
-    copy = sqlite3.connect(index, isolation_level=None)
     try:
-        with repo.index._lock:
-            repo.index._connection().backup(copy)
-        copy.execute("PRAGMA journal_mode = WAL")
-        wanted = [row[0] for row in copy.execute("SELECT DISTINCT digest FROM revisions")]
-        copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        copy.close()
-    total = 0
-    for digest in wanted:
-        total += _link_or_copy(repo.objects.path(digest), target.path(Digest(digest)))
-    sync_filesystem(destination)  # one flush for every file and entry written above
+        ObjectStore(destination, durability="full").close()
+        index = destination / INDEX_NAME
+        copy = sqlite3.connect(index, isolation_level=None)
+        try:
+            with repo.index._lock:
+                repo.index._connection().backup(copy)
+            copy.execute("PRAGMA journal_mode = WAL")
+            wanted = [row[0] for row in copy.execute("SELECT DISTINCT digest FROM revisions")]
+            copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            copy.close()
+        total = 0
+        # No fsync per object: one filesystem sync below covers every file and entry.
+        with ObjectStore(destination, durability="none", create=False) as target:
+            for digest in wanted:
+                total += target.add_link(repo.objects.path(digest), digest)
+        sync_filesystem(destination)
+    except BaseException:
+        _discard(destination, existed)
+        raise
     return BackupReport(destination, len(wanted), total)
 
 
-def _link_or_copy(source: Path, target: Path) -> int:
-    target.parent.mkdir(exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-        os.chmod(target, 0o444)
-    return target.stat().st_size
+def _discard(destination: Path, existed: bool) -> None:
+    """Remove what a failed backup wrote to ``destination`` (empty or missing before)."""
+    if not existed:
+        shutil.rmtree(destination, ignore_errors=True)
+        return
+    with os.scandir(destination) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                unlink_quietly(entry.path)
 
 
 def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
@@ -626,7 +632,6 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
 _STORE_ENTRIES = frozenset(
     {OBJECTS_DIR, TMP_DIR, INDEX_NAME, INDEX_NAME + "-wal", INDEX_NAME + "-shm"}
 )
-_FAN_NAME = frozenset(f"{i:02x}" for i in range(256))
 
 
 def lost_marker(root: str | os.PathLike[str]) -> bool:
@@ -681,7 +686,7 @@ def adopt(
             f"and this directory also has {', '.join(unexpected[:5])}"
         )
     for entry in os.scandir(path / OBJECTS_DIR):
-        if entry.name not in _FAN_NAME or not entry.is_dir(follow_symlinks=False):
+        if not FAN.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
             raise StoreFormatError(
                 f"{where}: {OBJECTS_DIR}/{entry.name} is not a fan-out directory "
                 "(two lowercase hex digits)"
