@@ -342,7 +342,7 @@ def test_an_interrupted_restore_leaves_nothing(backend: Backend, where: str) -> 
     target = backend.new()
     empty = target.export_records()
     broken = dict(records)
-    bodies = source.read_object
+    bodies = source.open_object
     if where == "first body":
 
         def bodies(digest: str) -> bytes:
@@ -358,5 +358,5 @@ def test_an_interrupted_restore_leaves_nothing(backend: Backend, where: str) -> 
         assert all(target.object_path(r.digest) is not None for r in records["revisions"])
     target = backend.reopen(target)
     assert target.export_records() == empty
-    target.restore(records, source.read_object)
+    target.restore(records, source.open_object)
     assert target.export_records() == records

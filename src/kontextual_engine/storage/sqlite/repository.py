@@ -962,7 +962,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             finally:
                 self._bulk -= 1
 
-    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
+    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], BinaryIO]) -> None:
         """The contract's restore, with new artifacts and change records written in
         bulk (``executemany``) as :meth:`put_artifacts` writes them."""
         with self.transaction():
@@ -987,11 +987,19 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             return last
 
     def _store_body(self, content: bytes) -> tuple[str, int]:
+        self._join_batch()
+        return self.objects.add(content), len(content)
+
+    def _store_body_stream(self, stream: BinaryIO) -> tuple[str, int]:
+        self._join_batch()
+        return self.objects.add_stream(stream)
+
+    def _join_batch(self) -> None:
+        """Inside a transaction, bodies are staged and flushed together before it commits."""
         if self._batch is None and self._depth:
             batch = self.objects.batch()
             batch.__enter__()
             self._batch = batch
-        return self.objects.add(content), len(content)
 
     def _load_body(self, digest: str) -> bytes:
         return self.objects.get(digest, verify=True)
