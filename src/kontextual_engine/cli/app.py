@@ -20,6 +20,7 @@ import click
 from ..errors import KontextualError, NotFoundError
 from ..storage.objects import STORE_MARKER, Durability, ObjectStore
 from ..storage.sqlite import SQLiteKnowledgeRepository
+from .output import visible
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -78,7 +79,7 @@ def one_line(text: str) -> str:
 
 
 def fail(code: int, message: str) -> NoReturn:
-    click.echo(f"error: {one_line(message)}", err=True)
+    click.echo(f"error: {visible(one_line(message))}", err=True)
     sys.exit(code)
 
 
