@@ -145,4 +145,4 @@ def test_any_reachable_state_restores() -> None:
 
 @pytest.mark.slow
 def test_any_reachable_state_restores_long() -> None:
-    run_state_machine_as_test(RestoreMachine, settings=machine_settings(300, 80))
+    run_state_machine_as_test(RestoreMachine, settings=machine_settings(200, 60))

@@ -6,11 +6,17 @@ Layout, version 1 (see ``docs/snapshot-format.md``)::
     index/<kind>.jsonl     one canonical JSON record a line, in sequence order
     objects/ab/cdef...     every body that any revision references
 
-Export reads through the repository contract (``export_records``), so it
-works from every backend. It is deterministic: the same state gives the same
-bytes, and so does export -> import -> export. Import verifies everything
-(index hashes, every body's digest, every reference, every id) before it
-writes anything, then restores all or nothing into an empty repository.
+A snapshot is a transfer and backup format, not a second way to write
+records: import holds every record to the rules the API applied when it made
+it, through the same functions (:func:`check_records` replays the change
+records against them), and refuses what no sequence of API calls could have
+produced. Export reads through the repository contract (``export_records``),
+so it works from every backend; it is deterministic (the same state gives the
+same bytes, and so does export -> import -> export), and it runs import's
+checks on what it wrote before renaming it into place. Only regular files are
+read, never through a link; a tar is read in place, never extracted; bodies
+are streamed. Import verifies everything before it writes anything, then
+restores all or nothing into an empty repository.
 """
 
 from __future__ import annotations
@@ -326,8 +332,7 @@ def export_snapshot(
             written = staging / "snapshot.tar"
             _write_tar(tree, written)
         try:
-            with _open_source(written) as source:
-                _load(source, None)
+            verify_snapshot(written)
         except SnapshotError as exc:
             raise DamagedStoreError(
                 f"the store's records do not form a snapshot that imports ({exc}); nothing "
