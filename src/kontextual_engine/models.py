@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Union
 
-from .errors import ValidationError
+from .errors import IllegalTransitionError, ValidationError
 
 JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]  # noqa: UP007
 JSONObject = dict[str, JSON]
@@ -128,6 +128,66 @@ def check_text(value: object, what: str) -> str:
     except UnicodeEncodeError:
         raise ValidationError(f"{what} {value!r} contains a lone surrogate") from None
     return value
+
+
+# -- the rules of each field a caller names ---------------------------------
+# One function per rule: the repository contract applies them to what callers
+# pass, and the snapshot importer to every record it reads, so a snapshot can
+# hold nothing that the API would have refused.
+
+
+def check_collection_fields(name: object, description: object) -> None:
+    check_name(name, "collection name")
+    check_text(description, "collection description")
+
+
+def check_artifact_name(value: object) -> str:
+    return check_name(value, "artifact name")
+
+
+def check_artifact_type(value: object) -> str:
+    return check_name(value, "artifact type")
+
+
+def check_media_type(value: object) -> str | None:
+    """A media type, or ``None`` (none given)."""
+    return None if value is None else check_name(value, "media type")
+
+
+def check_relationship_type(value: object) -> str:
+    return check_name(value, "relationship type")
+
+
+def check_operation(value: object) -> str:
+    return check_name(value, "operation")
+
+
+def check_run_error(value: object) -> str | None:
+    return None if value is None else check_text(value, "run error")
+
+
+def check_step_name(value: object) -> str:
+    return check_name(value, "step name")
+
+
+def check_input_role(value: object) -> str | None:
+    return None if value is None else check_name(value, "input role")
+
+
+def check_package_name(value: object) -> str:
+    return check_name(value, "context package name")
+
+
+def check_external_fields(
+    system: object, external_id: object, recorded_by: object, uri: object
+) -> None:
+    """The caller-given fields of an external memory reference."""
+    check_name(system, "external system")
+    check_name(recorded_by, "recorded_by")
+    if not check_text(external_id, "external id"):
+        raise ValidationError("external id must not be empty")
+    if uri is not None:
+        check_text(uri, "uri")
 
 
 def utc(moment: datetime) -> datetime:
@@ -390,6 +450,12 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset(status for status, nexts in TRANSITIONS.items() if not nexts)
+
+
+def check_transition(what: str, current: RunStatus, target: RunStatus) -> None:
+    """Refuse a status change of a run or step (``what``) that the lifecycle forbids."""
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransitionError(f"{what} cannot go from {current.value} to {target.value}")
 
 
 @dataclass(frozen=True, slots=True)

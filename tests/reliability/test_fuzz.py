@@ -280,6 +280,63 @@ def test_mutated_snapshot_imports_all_or_nothing_long(
 
 
 @pytest.fixture(scope="module")
+def one_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A snapshot holding one collection and one artifact, named ``c`` and ``a``."""
+    repo = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
+    repo.create_artifact(repo.create_collection("c").id, "a", b"body", artifact_type="t")
+    root = tmp_path_factory.mktemp("names") / "snap"
+    export_snapshot(repo, root)
+    return root
+
+
+def renamed(pristine: Path, base: Path, name: str) -> Path:
+    """A copy of ``one_artifact`` whose artifact is called ``name``, hashes fixed up."""
+    work = Path(tempfile.mkdtemp(dir=base)) / "snap"
+    shutil.copytree(pristine, work)
+    manifest = json.loads((work / MANIFEST).read_bytes())
+    for kind in ("artifacts", "revisions"):
+        path = work / "index" / f"{kind}.jsonl"
+        record = json.loads(path.read_bytes())
+        record["name"] = name
+        data = (
+            json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+        ).encode("utf-8", "surrogatepass")
+        path.write_bytes(data)
+        manifest["files"][f"index/{kind}.jsonl"] = digest_bytes(data)
+    (work / MANIFEST).write_text(json.dumps(manifest))
+    return work
+
+
+@examples(300)
+@given(
+    name=st.text(max_size=12)
+    | st.text(alphabet=st.characters(max_codepoint=0xA0), max_size=8)
+    | st.sampled_from(["\x1b]0;x\x07", "\x1b[2J", " a", "a ", "x" * 1025, "\u2028", "\ufeff"])
+)
+def test_import_accepts_a_name_exactly_when_the_api_does(
+    one_artifact: Path, copies: Path, name: str
+) -> None:
+    """One rule: an artifact name imports if and only if ``create_artifact`` takes it."""
+    api = InMemoryKnowledgeRepository()
+    try:
+        api.create_artifact(api.create_collection("c").id, name, b"body", artifact_type="t")
+        api_takes_it = True
+    except ValidationError:
+        api_takes_it = False
+    target = InMemoryKnowledgeRepository()
+    snapshot = renamed(one_artifact, copies, name)
+    try:
+        import_snapshot(snapshot, target)
+        imported = True
+    except SnapshotError:
+        imported = False
+        assert target.is_empty()
+    assert imported == api_takes_it, name
+    if imported:
+        assert target.list_artifacts()[0].name == name
+
+
+@pytest.fixture(scope="module")
 def pristine_tar(pristine: Path) -> bytes:
     repo = InMemoryKnowledgeRepository()
     import_snapshot(pristine, repo)

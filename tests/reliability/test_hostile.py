@@ -576,7 +576,7 @@ HOSTILE_TAR_NAMES = {
     "hard link to a relative outside file": "not a regular file",
     "hard link to a member": "not a regular file",
     "symlink to the sentinel": "not a regular file",
-    "declared size of a terabyte": "not a readable tar",
+    "declared size of a terabyte": "runs past the end of the archive",
     "sparse member": "not a regular file",
     "duplicate member": "twice",
     "duplicate manifest with other content": "twice",

@@ -21,6 +21,7 @@ from ..errors import KontextualError, NotFoundError, StoreNotFound
 from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
 from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..storage.stores import open_store, store_path
+from .output import visible
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -72,7 +73,7 @@ def one_line(text: str) -> str:
 
 
 def fail(code: int, message: str) -> NoReturn:
-    click.echo(f"error: {one_line(message)}", err=True)
+    click.echo(f"error: {visible(one_line(message))}", err=True)
     sys.exit(code)
 
 

@@ -1,5 +1,11 @@
 """Printing: JSON documents and lines, aligned tables, short forms of values.
 
+Human output never writes a control character that came from stored data:
+:func:`visible` shows each one as an escape (``\\x1b``), so a name or a
+description cannot move the cursor, retitle the window or forge a line.
+JSON output stays exact: JSON escapes C0 controls itself, and DEL and the C1
+controls are written as ``\\u00XX`` escapes, which decode to the same text.
+
 JSON output uses the record field names; JSON-valued fields (``metadata_json``
 ...) appear decoded under their name without ``_json``
 (:func:`kontextual_engine.snapshot.record_to_json`), times as
@@ -48,15 +54,34 @@ def jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     """One JSON document."""
-    click.echo(json.dumps(jsonable(value), ensure_ascii=False, indent=2))
+    click.echo(_escape_c1(json.dumps(jsonable(value), ensure_ascii=False, indent=2)))
 
 
 def print_json_line(value: Any) -> None:
     """One line of a JSON Lines stream."""
-    click.echo(json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":")))
+    click.echo(_escape_c1(json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))))
 
 
-_C1 = re.compile("[\u0080-\u009f]")
+# Characters a terminal may act on: C0 controls (tab and newline too: a value
+# stays on its line), DEL and the C1 controls (U+0080..U+009F, e.g. the 8-bit CSI).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# What json.dumps leaves unescaped of those: it escapes every C0 control itself.
+_C1 = re.compile("[\x7f-\x9f]")
+
+
+def _escape_c1(text: str) -> str:
+    """JSON text with DEL and C1 controls as ``\\u00XX`` escapes: the same JSON value."""
+    return _C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def visible(value: object) -> str:
+    """``str(value)`` for a terminal: every control character shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
+
+
+def echo(text: object = "", *, err: bool = False) -> None:
+    """One line of human output, with :func:`visible` applied."""
+    click.echo(visible(text), err=err)
 
 
 def write_bytes(source: BinaryIO) -> None:
@@ -71,8 +96,7 @@ def compact(value: Any) -> str:
     json escapes C0 controls; C1 controls (U+0080..U+009F, e.g. the 8-bit CSI)
     are escaped here too, since terminals act on them.
     """
-    text = json.dumps(jsonable(value), ensure_ascii=False, separators=(", ", ": "))
-    return _C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return _escape_c1(json.dumps(jsonable(value), ensure_ascii=False, separators=(", ", ": ")))
 
 
 def short(digest: str | None) -> str:
@@ -88,7 +112,7 @@ def print_table(
     headers: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[int] = ()
 ) -> None:
     """Aligned columns under upper-case headers; nothing at all when there are no rows."""
-    cells = [[str(cell) for cell in row] for row in rows]
+    cells = [[visible(cell) for cell in row] for row in rows]
     if not cells:
         return
     right_aligned = set(right)
@@ -105,7 +129,7 @@ def print_fields(fields: Sequence[tuple[str, object]]) -> None:
     """``label: value`` lines with the values aligned."""
     width = max((len(label) for label, _ in fields), default=0) + 1
     for label, value in fields:
-        click.echo(f"{label + ':':<{width}} {value}".rstrip())
+        click.echo(f"{label + ':':<{width}} {visible(value)}".rstrip())
 
 
 def progress_enabled(quiet: bool) -> bool:

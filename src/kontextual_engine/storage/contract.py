@@ -30,6 +30,7 @@ Semantics, for every backend:
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from .. import digests
 from ..errors import (
@@ -69,8 +70,11 @@ from ..models import (
     Relationship,
     canonical_json,
     canonical_object,
-    check_name,
-    check_text,
+    check_artifact_name,
+    check_artifact_type,
+    check_collection_fields,
+    check_media_type,
+    check_relationship_type,
     utc,
 )
 from . import text
@@ -88,25 +92,19 @@ _Repository = TypeVar("_Repository", bound="KnowledgeRepository")
 MAX_QUERY_LIMIT = 100_000
 
 
-def _check_optional_str(value: object, what: str) -> str | None:
-    if value is None:
-        return None
-    return check_name(value, what)
-
-
 def _check_content(content: object) -> bytes:
     if not isinstance(content, (bytes, bytearray, memoryview)):
         raise ValidationError(f"content must be bytes, got {type(content).__name__}")
     return bytes(content)
 
 
-def _check_id(value: object, what: str) -> str:
+def check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 128:
         raise ValidationError(f"{what} must be an id string, got {value!r}")
     return value
 
 
-def _check_revision_number(value: object, what: str) -> int:
+def check_revision_number(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValidationError(f"{what} must be a positive integer, got {value!r}")
     return value
@@ -120,9 +118,9 @@ def normalize_query(query: Query) -> Query:
         if isinstance(query.ids, str):
             raise ValidationError("Query.ids must be a sequence of ids, not one string")
         for artifact_id in query.ids:
-            _check_id(artifact_id, "Query.ids item")
+            check_id(artifact_id, "Query.ids item")
     if query.collection_id is not None:
-        _check_id(query.collection_id, "Query.collection_id")
+        check_id(query.collection_id, "Query.collection_id")
     for what, field in (("Query.name", query.name), ("Query.artifact_type", query.artifact_type)):
         if field is not None and not isinstance(field, str):
             raise ValidationError(f"{what} must be a string, got {field!r}")
@@ -136,7 +134,7 @@ def normalize_query(query: Query) -> Query:
         related = query.related_to
         if not isinstance(related, RelatedTo):
             raise ValidationError("Query.related_to must be a RelatedTo")
-        _check_id(related.artifact_id, "RelatedTo.artifact_id")
+        check_id(related.artifact_id, "RelatedTo.artifact_id")
         if related.direction not in DIRECTIONS:
             raise ValidationError(
                 f"RelatedTo.direction {related.direction!r} is not one of {DIRECTIONS}"
@@ -219,6 +217,9 @@ class KnowledgeRepository(RunsContract):
     def _store_body(self, content: bytes) -> tuple[str, int]:
         return self.bodies.add(content), len(content)
 
+    def _store_body_stream(self, stream: BinaryIO) -> tuple[str, int]:
+        return self.bodies.add_stream(stream)
+
     def _load_body(self, digest: str) -> bytes:
         return self.bodies.get(digest, verify=True)
 
@@ -230,8 +231,7 @@ class KnowledgeRepository(RunsContract):
     def create_collection(
         self, name: str, *, description: str = "", metadata: Mapping[str, Any] | None = None
     ) -> Collection:
-        check_name(name, "collection name")
-        check_text(description, "collection description")
+        check_collection_fields(name, description)
         metadata_json = canonical_object(metadata, "collection metadata")
         with self.transaction():
             if self.index.find_collection_by_name(name) is not None:
@@ -257,7 +257,7 @@ class KnowledgeRepository(RunsContract):
             return collection
 
     def get_collection(self, collection_id: str) -> Collection:
-        _check_id(collection_id, "collection id")
+        check_id(collection_id, "collection id")
         collection = self.index.find_collection(collection_id)
         if collection is None:
             raise CollectionNotFound(collection_id)
@@ -395,14 +395,14 @@ class KnowledgeRepository(RunsContract):
         )
 
     def get_artifact(self, artifact_id: str) -> Artifact:
-        _check_id(artifact_id, "artifact id")
+        check_id(artifact_id, "artifact id")
         artifact = self.index.find_artifact(artifact_id)
         if artifact is None:
             raise ArtifactNotFound(artifact_id)
         return artifact
 
     def get_artifact_by_name(self, collection_id: str, name: str) -> Artifact:
-        _check_id(collection_id, "collection id")
+        check_id(collection_id, "collection id")
         if not isinstance(name, str):
             raise ValidationError(f"artifact name must be a string, got {name!r}")
         artifact = self.index.find_artifact_by_name(collection_id, name)
@@ -441,15 +441,14 @@ class KnowledgeRepository(RunsContract):
         if content is not None:
             content = _check_content(content)
         if artifact_type is not None:
-            check_name(artifact_type, "artifact type")
-        if media_type is not None:
-            check_name(media_type, "media type")
+            check_artifact_type(artifact_type)
+        check_media_type(media_type)
         if name is not None:
-            check_name(name, "artifact name")
+            check_artifact_name(name)
         metadata_json = None if metadata is None else canonical_object(metadata, "metadata")
         provenance_json = None if provenance is None else canonical_object(provenance, "provenance")
         if expected_revision is not None:
-            _check_revision_number(expected_revision, "expected_revision")
+            check_revision_number(expected_revision, "expected_revision")
         with self.transaction():
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
@@ -475,7 +474,7 @@ class KnowledgeRepository(RunsContract):
 
     def delete_artifact(self, artifact_id: str, *, expected_revision: int | None = None) -> None:
         if expected_revision is not None:
-            _check_revision_number(expected_revision, "expected_revision")
+            check_revision_number(expected_revision, "expected_revision")
         with self.transaction():
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
@@ -521,15 +520,15 @@ class KnowledgeRepository(RunsContract):
 
     def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         """Revision history, oldest first; readable after the artifact is deleted."""
-        _check_id(artifact_id, "artifact id")
+        check_id(artifact_id, "artifact id")
         revisions = self.index.list_revisions(artifact_id)
         if not revisions:
             raise ArtifactNotFound(artifact_id)
         return revisions
 
     def get_revision(self, artifact_id: str, revision: int) -> ArtifactRevision:
-        _check_id(artifact_id, "artifact id")
-        _check_revision_number(revision, "revision")
+        check_id(artifact_id, "artifact id")
+        check_revision_number(revision, "revision")
         found = self.index.find_revision(artifact_id, revision)
         if found is None:
             if not self.index.list_revisions(artifact_id):
@@ -550,11 +549,11 @@ class KnowledgeRepository(RunsContract):
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> Relationship:
-        check_name(relationship_type, "relationship type")
+        check_relationship_type(relationship_type)
         metadata_json = canonical_object(metadata, "relationship metadata")
         with self.transaction():
             for role, artifact_id in (("source", source_id), ("target", target_id)):
-                _check_id(artifact_id, f"relationship {role}")
+                check_id(artifact_id, f"relationship {role}")
                 if self.index.find_artifact(artifact_id) is None:
                     raise IntegrityError(
                         f"relationship {role} {artifact_id!r} is not a live artifact"
@@ -580,16 +579,12 @@ class KnowledgeRepository(RunsContract):
                 relationship.id,
                 ChangeAction.CREATE,
                 now,
-                details={
-                    "source_id": source_id,
-                    "target_id": target_id,
-                    "relationship_type": relationship_type,
-                },
+                details=relationship_details(relationship),
             )
             return relationship
 
     def get_relationship(self, relationship_id: str) -> Relationship:
-        _check_id(relationship_id, "relationship id")
+        check_id(relationship_id, "relationship id")
         relationship = self.index.find_relationship(relationship_id)
         if relationship is None:
             raise RelationshipNotFound(relationship_id)
@@ -606,7 +601,7 @@ class KnowledgeRepository(RunsContract):
         if direction not in DIRECTIONS:
             raise ValidationError(f"direction {direction!r} is not one of {DIRECTIONS}")
         if artifact_id is not None:
-            _check_id(artifact_id, "artifact id")
+            check_id(artifact_id, "artifact id")
         return self.index.list_relationships(artifact_id, direction, relationship_type)
 
     def delete_relationship(self, relationship_id: str) -> None:
@@ -664,10 +659,10 @@ class KnowledgeRepository(RunsContract):
         if not isinstance(item, NewArtifact):
             raise ValidationError(f"expected a NewArtifact, got {type(item).__name__}")
         return _CheckedArtifact(
-            name=check_name(item.name, "artifact name"),
+            name=check_artifact_name(item.name),
             content=_check_content(item.content),
-            artifact_type=check_name(item.artifact_type, "artifact type"),
-            media_type=_check_optional_str(item.media_type, "media type"),
+            artifact_type=check_artifact_type(item.artifact_type),
+            media_type=check_media_type(item.media_type),
             metadata=canonical_object(item.metadata, "metadata"),
             provenance=canonical_object(item.provenance, "provenance"),
             run_id=run_id,
@@ -732,11 +727,7 @@ class KnowledgeRepository(RunsContract):
             "name": name or current.name,
             "metadata_json": current.metadata_json if metadata is None else metadata,
         }
-        changed = sorted(
-            key
-            for key, value in changes.items()
-            if key != "size" and getattr(current, key) != value
-        )
+        changed = changed_fields(current, changes)
         if not changed:
             return current
         if content is not None and digest != current.digest:
@@ -782,11 +773,7 @@ class KnowledgeRepository(RunsContract):
             relationship.id,
             ChangeAction.DELETE,
             now,
-            details={
-                "source_id": relationship.source_id,
-                "target_id": relationship.target_id,
-                "relationship_type": relationship.relationship_type,
-            },
+            details=relationship_details(relationship),
         )
 
     # -- whole-repository export and restore (used by snapshots) ------------
@@ -827,31 +814,39 @@ class KnowledgeRepository(RunsContract):
     def is_empty(self) -> bool:
         return self.index.last_sequence() == 0
 
-    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], bytes]) -> None:
+    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], BinaryIO]) -> None:
         """Load records exported by :meth:`export_records` into this empty repository.
 
-        ``bodies(digest)`` returns the body of a digest. The caller (the
-        snapshot importer) has verified the records; this inserts them with
-        their ids, sequences and timestamps, all or nothing.
+        ``bodies(digest)`` opens a binary reader of the body of a digest. The
+        caller (the snapshot importer) has verified the records; this inserts
+        them with their ids, sequences and timestamps, all or nothing. Bodies
+        are streamed: only the first :data:`text.MAX_TEXT_BYTES` + 1 bytes of
+        one are held at a time (a larger body is not searchable anyway).
         """
         with self.transaction(), self.index.bulk():
             if not self.is_empty():
                 raise ConflictError("restore needs an empty repository; this one has records")
             stored: set[str] = set()
 
-            def store(digest: str) -> bytes:
-                content = bodies(digest)
-                if digest not in stored:
-                    actual, _ = self._store_body(content)
-                    if actual != digest:
-                        raise IntegrityError(f"body for {digest} hashes to {actual}")
-                    stored.add(digest)
-                return content
+            def store(digest: str) -> str | None:
+                """Store the body (the first time) and return its searchable text."""
+                with bodies(digest) as reader:
+                    head = reader.read(text.MAX_TEXT_BYTES + 1)
+                    if digest in stored:
+                        return text.searchable_text(head)
+                    if len(head) <= text.MAX_TEXT_BYTES:
+                        actual, _ = self._store_body(head)
+                    else:
+                        actual, _ = self._store_body_stream(cast(BinaryIO, _Rejoined(head, reader)))
+                if actual != digest:
+                    raise IntegrityError(f"body for {digest} hashes to {actual}")
+                stored.add(digest)
+                return text.searchable_text(head)
 
-            # Each body is read once, stored and made searchable from the same
-            # bytes, as the replay meets it (one transaction: the ordering
-            # invariant holds because bodies are durable before it commits).
-            events = self._replay_events(records, lambda d: text.searchable_text(store(d)))
+            # Each body is stored and made searchable from the same read, as the
+            # replay meets it (one transaction: the ordering invariant holds
+            # because bodies are durable before it commits).
+            events = self._replay_events(records, store)
             for _, _, apply in sorted(events, key=lambda e: e[:2]):
                 apply()
             for revision in records["revisions"]:
@@ -973,6 +968,25 @@ class KnowledgeRepository(RunsContract):
             since = batch[-1].sequence
 
 
+# A relationship's change records carry these fields of it, so the change feed
+# (and a snapshot, which keeps no deleted relationships) says what it joined.
+RELATIONSHIP_KEY = ("source_id", "target_id", "relationship_type")
+
+
+def relationship_details(relationship: Relationship) -> dict[str, str]:
+    return {field: getattr(relationship, field) for field in RELATIONSHIP_KEY}
+
+
+# What makes a new revision: a change to any of these (provenance alone does not).
+REVISION_FIELDS = ("artifact_type", "digest", "media_type", "metadata_json", "name")
+
+
+def changed_fields(current: Artifact | ArtifactRevision, new: Mapping[str, Any]) -> list[str]:
+    """The fields of ``new`` (a mapping, or a record) that differ from ``current`` and make
+    a revision; an update that changes none of them makes nothing."""
+    return [key for key in REVISION_FIELDS if key in new and getattr(current, key) != new[key]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
@@ -992,6 +1006,29 @@ def _check_metadata_mode(value: MetadataMode | str) -> MetadataMode:
     except ValueError:
         choices = ", ".join(mode.value for mode in MetadataMode)
         raise ValidationError(f"metadata mode must be one of {choices}, got {value!r}") from None
+
+
+class _Rejoined(io.RawIOBase):
+    """``head`` (bytes already read from ``rest``) followed by the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        if self._head.nbytes:
+            count = min(target.nbytes, self._head.nbytes)
+            target[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._rest.read(target.nbytes)
+        target[: len(data)] = data
+        return len(data)
 
 
 def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifact]]:

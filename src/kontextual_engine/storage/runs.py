@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,7 +38,6 @@ from ..errors import (
 )
 from ..models import (
     TERMINAL,
-    TRANSITIONS,
     ArtifactRef,
     ArtifactRevision,
     ChangeAction,
@@ -56,8 +55,16 @@ from ..models import (
     RunStatus,
     WorkflowStep,
     canonical_object,
+    check_external_fields,
+    check_input_role,
     check_name,
+    check_operation,
+    check_package_name,
+    check_relationship_type,
+    check_run_error,
+    check_step_name,
     check_text,
+    check_transition,
     format_time,
 )
 from . import holders
@@ -86,6 +93,70 @@ def _lease(value: object) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class ReferenceLookups:
+    """How :func:`check_reference` sees the records a reference may point at.
+
+    ``live_artifact(id)``: is it a live artifact; ``revision(id, n)``: that
+    revision, or raise; ``relationship(id)`` and ``run(id)``: does it exist.
+    The repository answers from its current state; the snapshot importer
+    from the state its replay of the change records has reached.
+    """
+
+    live_artifact: Callable[[str], bool]
+    revision: Callable[[str, int], ArtifactRevision]
+    relationship: Callable[[str], bool]
+    run: Callable[[str], bool]
+
+
+def check_reference(ref: ContextReference, lookups: ReferenceLookups) -> ContextReference:
+    """A context reference as a package stores it (pinned revisions get their digest),
+    or raise: the one rule for what a package may name."""
+    if not isinstance(ref, ContextReference):
+        raise ValidationError(f"expected a ContextReference, got {type(ref).__name__}")
+    try:
+        kind = ReferenceKind(ref.kind)
+    except ValueError:
+        raise ValidationError(
+            f"reference kind {ref.kind!r} is not one of {[k.value for k in ReferenceKind]}"
+        ) from None
+    if not check_text(ref.target_id, "reference target"):
+        raise ValidationError("reference target must not be empty")
+    for what, value in (("note", ref.note), ("uri", ref.uri)):
+        if value is not None:
+            check_text(value, f"reference {what}")
+    if kind is ReferenceKind.EXTERNAL:
+        check_name(ref.system, "external system")
+        if ref.revision is not None or ref.digest is not None:
+            raise ValidationError("an external reference has no revision or digest")
+        return ref
+    if ref.system is not None or ref.uri is not None:
+        raise ValidationError(f"a {kind.value} reference has no system or uri")
+    if kind is ReferenceKind.ARTIFACT:
+        if ref.revision is None:
+            if ref.digest is not None:
+                raise ValidationError("a digest needs a pinned revision")
+            if not lookups.live_artifact(ref.target_id):
+                raise IntegrityError(f"context reference to missing artifact {ref.target_id!r}")
+            return ref
+        pinned = lookups.revision(ref.target_id, ref.revision)
+        if ref.digest is not None and ref.digest != pinned.digest:
+            raise IntegrityError(
+                f"artifact {ref.target_id} revision {ref.revision} has digest "
+                f"{pinned.digest}, not {ref.digest}"
+            )
+        return ContextReference(
+            kind.value, ref.target_id, pinned.revision, pinned.digest, note=ref.note
+        )
+    if ref.revision is not None or ref.digest is not None:
+        raise ValidationError(f"a {kind.value} reference has no revision or digest")
+    if kind is ReferenceKind.RELATIONSHIP and not lookups.relationship(ref.target_id):
+        raise IntegrityError(f"context reference to missing relationship {ref.target_id!r}")
+    if kind is ReferenceKind.RUN and not lookups.run(ref.target_id):
+        raise IntegrityError(f"context reference to missing run {ref.target_id!r}")
+    return ref
+
+
 class RunsContract:
     """Runs, steps, input bundles, manifests, context packages, external references."""
 
@@ -98,7 +169,7 @@ class RunsContract:
         parameters: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
     ) -> OperationRun:
-        check_name(operation, "operation")
+        check_operation(operation)
         parameters_json = canonical_object(parameters, "run parameters")
         with self.transaction():
             if parent_run_id is not None:
@@ -223,8 +294,7 @@ class RunsContract:
         target = _status(status, "status")
         if target not in TERMINAL:
             raise ValidationError(f"finish_run takes a terminal status, not {target.value!r}")
-        if error is not None:
-            check_text(error, "run error")
+        check_run_error(error)
         diagnostics_json = (
             None if diagnostics is None else canonical_object(diagnostics, "run diagnostics")
         )
@@ -266,10 +336,7 @@ class RunsContract:
         self, run: OperationRun, target: RunStatus, now: datetime, **fields: Any
     ) -> OperationRun:
         current = RunStatus(run.status)
-        if target not in TRANSITIONS[current]:
-            raise IllegalTransitionError(
-                f"run {run.id} cannot go from {current.value} to {target.value}"
-            )
+        check_transition(f"run {run.id}", current, target)
         if target in TERMINAL or target is RunStatus.ABANDONED:
             fields.setdefault("finished_at", now)
             fields.setdefault("lease_expires_at", None)
@@ -296,7 +363,7 @@ class RunsContract:
         self, run_id: str, name: str, *, diagnostics: Mapping[str, Any] | None = None
     ) -> WorkflowStep:
         """Append a pending step to a run that has not ended."""
-        check_name(name, "step name")
+        check_step_name(name)
         diagnostics_json = canonical_object(diagnostics, "step diagnostics")
         with self.transaction():
             run = self.get_run(run_id)
@@ -361,10 +428,7 @@ class RunsContract:
         diagnostics_json: str | None = None,
     ) -> WorkflowStep:
         current = RunStatus(step.status)
-        if target not in TRANSITIONS[current]:
-            raise IllegalTransitionError(
-                f"step {step.id} cannot go from {current.value} to {target.value}"
-            )
+        check_transition(f"step {step.id}", current, target)
         started_at = step.started_at or (now if target is RunStatus.RUNNING else None)
         finished_at = now if target in TERMINAL or target is RunStatus.ABANDONED else None
         changed = WorkflowStep(
@@ -484,8 +548,7 @@ class RunsContract:
             item = Pin(item)
         if not isinstance(item, Pin):
             raise ValidationError(f"an input must be a Pin or an artifact id, got {item!r}")
-        if item.role is not None:
-            check_name(item.role, "input role")
+        check_input_role(item.role)
         found = self._revision_or_current(item.artifact_id, item.revision)
         return ArtifactRef(found.artifact_id, found.revision, found.digest, item.role)
 
@@ -538,7 +601,7 @@ class RunsContract:
             raise ValidationError("impact takes either artifact_id or digest")
         types = tuple(relationship_types)
         for relationship_type in types:
-            check_name(relationship_type, "relationship type")
+            check_relationship_type(relationship_type)
         if digest is not None:
             digest = digests.parse_digest(digest)
             frontier = [
@@ -616,7 +679,7 @@ class RunsContract:
         metadata: Mapping[str, Any] | None = None,
     ) -> ContextPackage:
         """An ordered, immutable list of references. Internal targets must exist."""
-        check_name(name, "context package name")
+        check_package_name(name)
         metadata_json = canonical_object(metadata, "context package metadata")
         with self.transaction():
             checked = tuple(self._check_reference(ref) for ref in references)
@@ -652,52 +715,17 @@ class RunsContract:
         return self.index.list_context_packages()
 
     def _check_reference(self, ref: ContextReference) -> ContextReference:
-        if not isinstance(ref, ContextReference):
-            raise ValidationError(f"expected a ContextReference, got {type(ref).__name__}")
-        try:
-            kind = ReferenceKind(ref.kind)
-        except ValueError:
-            raise ValidationError(
-                f"reference kind {ref.kind!r} is not one of {[k.value for k in ReferenceKind]}"
-            ) from None
-        if not check_text(ref.target_id, "reference target"):
-            raise ValidationError("reference target must not be empty")
-        for what, value in (("note", ref.note), ("uri", ref.uri)):
-            if value is not None:
-                check_text(value, f"reference {what}")
-        if kind is ReferenceKind.EXTERNAL:
-            check_name(ref.system, "external system")
-            if ref.revision is not None or ref.digest is not None:
-                raise ValidationError("an external reference has no revision or digest")
-            return ref
-        if ref.system is not None or ref.uri is not None:
-            raise ValidationError(f"a {kind.value} reference has no system or uri")
-        if kind is ReferenceKind.ARTIFACT:
-            if ref.revision is None:
-                if ref.digest is not None:
-                    raise ValidationError("a digest needs a pinned revision")
-                if self.index.find_artifact(ref.target_id) is None:
-                    raise IntegrityError(f"context reference to missing artifact {ref.target_id!r}")
-                return ref
-            pinned = self._revision_or_current(ref.target_id, ref.revision)
-            if ref.digest is not None and ref.digest != pinned.digest:
-                raise IntegrityError(
-                    f"artifact {ref.target_id} revision {ref.revision} has digest "
-                    f"{pinned.digest}, not {ref.digest}"
-                )
-            return ContextReference(
-                kind.value, ref.target_id, pinned.revision, pinned.digest, note=ref.note
-            )
-        if ref.revision is not None or ref.digest is not None:
-            raise ValidationError(f"a {kind.value} reference has no revision or digest")
-        if (
-            kind is ReferenceKind.RELATIONSHIP
-            and self.index.find_relationship(ref.target_id) is None
-        ):
-            raise IntegrityError(f"context reference to missing relationship {ref.target_id!r}")
-        if kind is ReferenceKind.RUN and self.index.find_run(ref.target_id) is None:
-            raise IntegrityError(f"context reference to missing run {ref.target_id!r}")
-        return ref
+        return check_reference(
+            ref,
+            ReferenceLookups(
+                live_artifact=lambda artifact_id: self.index.find_artifact(artifact_id) is not None,
+                revision=self._revision_or_current,
+                relationship=lambda relationship_id: (
+                    self.index.find_relationship(relationship_id) is not None
+                ),
+                run=lambda run_id: self.index.find_run(run_id) is not None,
+            ),
+        )
 
     # -- external memory references ----------------------------------------
 
@@ -713,12 +741,7 @@ class RunsContract:
         metadata: Mapping[str, Any] | None = None,
     ) -> ExternalMemoryReference:
         """Record that ``system``'s record ``external_id`` exists (and what it points at here)."""
-        check_name(system, "external system")
-        check_name(recorded_by, "recorded_by")
-        if not check_text(external_id, "external id"):
-            raise ValidationError("external id must not be empty")
-        if uri is not None:
-            check_text(uri, "uri")
+        check_external_fields(system, external_id, recorded_by, uri)
         metadata_json = canonical_object(metadata, "external reference metadata")
         with self.transaction():
             pinned = None

@@ -21,6 +21,7 @@ from .. import ingest, resolve
 from ..app import App, cli, examples, json_option, quiet_option
 from ..output import (
     compact,
+    echo,
     jsonable,
     print_fields,
     print_json,
@@ -159,8 +160,8 @@ def add(
         )
         return
     if created:
-        click.echo(f"created collection {target.name}")
-    click.echo(
+        echo(f"created collection {target.name}")
+    echo(
         f"added {outcomes['created']}, updated {outcomes['updated']}, "
         f"unchanged {outcomes['unchanged']}, {total_bytes} bytes"
     )
@@ -318,7 +319,7 @@ def show(app: App, ref: str, as_json: bool) -> None:
         ]
     )
     if outgoing or incoming:
-        click.echo("relationships:")
+        echo("relationships:")
         print_table(
             ["dir", "type", "artifact", "id"],
             [
@@ -438,7 +439,9 @@ def diff(app: App, ref: str, old: int, new: int) -> None:
         fromfile=f"a/{names.of(before)}@{old}",
         tofile=f"b/{names.of(after)}@{new}",
     )
-    click.echo("".join(_diff_lines(lines)), nl=False)
+    for line in _diff_lines(lines):
+        for part in line.removesuffix("\n").split("\n"):
+            echo(part)
 
 
 # -- removing and linking ------------------------------------------------------
@@ -456,7 +459,7 @@ def rm(app: App, ref: str) -> None:
     found = resolve.artifact(repo, ref)
     label = resolve.Names(repo).of(found)
     repo.delete_artifact(found.id)
-    click.echo(f"removed {label} ({found.id})")
+    echo(f"removed {label} ({found.id})")
 
 
 @cli.command(epilog=examples("kontextual link outputs/summary.md derived_from papers/a.txt"))
@@ -483,7 +486,7 @@ def link(
     if as_json:
         print_json(created)
     else:
-        click.echo(f"linked {source} -[{relationship_type}]-> {target} ({created.id})")
+        echo(f"linked {source} -[{relationship_type}]-> {target} ({created.id})")
 
 
 @cli.command(
@@ -520,4 +523,4 @@ def unlink(app: App, args: tuple[str, ...]) -> None:
     else:
         raise ValidationError("unlink takes SRC TYPE DST, or one relationship id")
     repo.delete_relationship(relationship.id)
-    click.echo(f"unlinked {relationship.id}")
+    echo(f"unlinked {relationship.id}")

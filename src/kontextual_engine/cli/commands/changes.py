@@ -8,7 +8,7 @@ import click
 
 from ...models import ChangeRecord
 from ..app import App, cli, examples, json_option
-from ..output import compact, print_json_line, short, when
+from ..output import compact, echo, print_json_line, short, when
 
 # How often --follow asks for new changes: quick enough to feel live, rare
 # enough that an idle follower costs nothing.
@@ -72,7 +72,7 @@ def changes(app: App, since: int, limit: int | None, follow: bool, as_json: bool
                 if as_json:
                     print_json_line(change)
                 else:
-                    click.echo(change_line(change))
+                    echo(change_line(change))
                 since = change.sequence
                 printed += 1
             if not follow or (limit is not None and printed >= limit):

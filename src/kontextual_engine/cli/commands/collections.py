@@ -6,7 +6,7 @@ import click
 
 from .. import resolve
 from ..app import App, cli, examples, json_option
-from ..output import compact, print_fields, print_json, print_table, when
+from ..output import compact, echo, print_fields, print_json, print_table, when
 from ..params import parse_pairs
 
 
@@ -39,7 +39,7 @@ def create(app: App, name: str, description: str, meta: tuple[str, ...], as_json
     if as_json:
         print_json(created)
     else:
-        click.echo(f"created collection {created.name} ({created.id})")
+        echo(f"created collection {created.name} ({created.id})")
 
 
 @collection.command("list", epilog=examples("kontextual collection list --json"))
@@ -89,4 +89,4 @@ def rm(app: App, name: str) -> None:
     repo = app.repo()
     found = resolve.collection(repo, name)
     repo.delete_collection(found.id)
-    click.echo(f"removed collection {found.name} ({found.id})")
+    echo(f"removed collection {found.name} ({found.id})")

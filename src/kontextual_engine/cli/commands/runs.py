@@ -9,7 +9,7 @@ import click
 from ...models import ArtifactRef, ContextReference, ReferenceKind, RunStatus
 from .. import resolve
 from ..app import App, cli, examples, json_option
-from ..output import compact, print_fields, print_json, print_table, short, when
+from ..output import compact, echo, print_fields, print_json, print_table, short, when
 
 
 @cli.group(
@@ -88,7 +88,7 @@ def show_run(app: App, run_id: str, as_json: bool) -> None:
         ("inputs", _refs(names, manifest.inputs), ["artifact", "rev", "digest", "role"]),
         ("outputs", _refs(names, manifest.outputs), ["artifact", "rev", "digest", "role"]),
     ):
-        click.echo(f"{title}:" if rows else f"{title}: none")
+        echo(f"{title}:" if rows else f"{title}: none")
         print_table(headers, rows)
 
 

@@ -12,7 +12,7 @@ from ...snapshot import export_snapshot, import_snapshot
 from ...storage.objects import STORE_MARKER
 from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
-from ..output import jsonable, print_fields, print_json, print_table, progress
+from ..output import echo, jsonable, print_fields, print_json, print_table, progress
 from ..params import parse_duration
 
 
@@ -57,9 +57,9 @@ def init(app: App, path: Path | None, adopt: bool) -> None:
     app.repo(create=True)
     where = app.store.resolve()
     if existed:
-        click.echo(f"kontextual store already initialised at {where}")
+        echo(f"kontextual store already initialised at {where}")
     else:
-        click.echo(f"initialised empty kontextual store at {where}")
+        echo(f"initialised empty kontextual store at {where}")
 
 
 @cli.command(epilog=examples("kontextual stats", "kontextual stats --json"))
@@ -107,7 +107,7 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
                 for f in report.findings
             ),
         )
-        click.echo(
+        echo(
             f"checked {report.objects_checked} objects, {report.revisions_checked} revisions"
             f"{' (full)' if report.full else ''}: {len(report.errors)} errors, "
             f"{len(report.garbage)} garbage, "
@@ -141,13 +141,13 @@ def index(app: App, as_json: bool, quiet: bool) -> None:
     if as_json:
         print_json({"indexed": indexed})
     else:
-        click.echo(f"indexed the text of {indexed} documents")
+        echo(f"indexed the text of {indexed} documents")
 
 
 def say_text_backlog(repo: SQLiteKnowledgeRepository) -> None:
     """Tell when so much text waits for indexing that the next text search will index it."""
     if repo.text_index_behind():
-        click.echo(
+        echo(
             f"the text of {repo.count_text_backlog()} documents waits to be indexed: "
             "the next `find --text` indexes it, or run `kontextual index` now"
         )
@@ -196,12 +196,12 @@ def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     for name, size in report.removed:
-        click.echo(f"{verb} {name} ({size} bytes)")
+        echo(f"{verb} {name} ({size} bytes)")
     for digest, reasons in report.kept.items():
         if dry_run:
-            click.echo(f"keep {digest}: {'; '.join(reasons)}")
+            echo(f"keep {digest}: {'; '.join(reasons)}")
     kept = len(report.kept)
-    click.echo(
+    echo(
         f"{verb} {len(report.removed)} files ({report.tmp_removed} from tmp/), "
         f"{report.bytes_freed} bytes; kept {kept} object{'' if kept == 1 else 's'}"
     )
@@ -226,7 +226,7 @@ def backup(app: App, destination: Path, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    click.echo(f"backed up {report.objects} objects, {report.bytes} bytes to {report.path}")
+    echo(f"backed up {report.objects} objects, {report.bytes} bytes to {report.path}")
 
 
 @cli.command(epilog=examples("kontextual export snapshot/", "kontextual export kb.tar --tar"))
@@ -246,7 +246,7 @@ def export(app: App, destination: Path, tar: bool, as_json: bool, quiet: bool) -
         print_json(summary)
         return
     records = sum(summary.counts.values())
-    click.echo(
+    echo(
         f"exported {records} records, {summary.objects} objects, "
         f"{summary.bytes} bytes to {summary.path}"
     )
@@ -299,7 +299,7 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
     if as_json:
         print_json(summary)
         return
-    click.echo(
+    echo(
         f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
         f"into {app.store}"
     )
