@@ -1,8 +1,9 @@
 """Storage: the repository contract and its backends."""
 
-from .contract import KnowledgeRepository, normalize_query
+from .contract import KnowledgeRepository
 from .ids import MonotonicIds, SequentialIds, TickingClock
 from .memory import InMemoryKnowledgeRepository
+from .queries import normalize_query
 from .sqlite import SQLiteKnowledgeRepository
 
 __all__ = [

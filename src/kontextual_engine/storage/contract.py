@@ -30,22 +30,19 @@ Semantics, for every backend:
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 from .. import digests
 from ..errors import (
     ArtifactNotFound,
     CollectionNotEmptyError,
     CollectionNotFound,
-    ConflictError,
     DuplicateNameError,
     DuplicateRelationshipError,
     IntegrityError,
@@ -66,7 +63,6 @@ from ..models import (
     PutOutcome,
     PutResult,
     Query,
-    RelatedTo,
     Relationship,
     canonical_json,
     canonical_object,
@@ -81,15 +77,15 @@ from . import text
 from .backend import IndexBackend
 from .bodies import BodyStore
 from .ids import Clock, IdSource, MonotonicIds, system_clock
+from .queries import DIRECTIONS, normalize_query
+from .queries import check_id as check_id  # also used by the snapshot importer
+from .restore import RestoreRules
 from .runs import RunsContract
 
-DIRECTIONS = ("outgoing", "incoming", "both")
 # put_artifacts validates and looks up names this many items at a time: one
 # name query per chunk instead of one per item, with bounded memory.
 PUT_CHUNK = 500
 _Repository = TypeVar("_Repository", bound="KnowledgeRepository")
-# A page larger than this is a full scan in disguise; callers page instead.
-MAX_QUERY_LIMIT = 100_000
 
 
 def _check_content(content: object) -> bytes:
@@ -98,69 +94,13 @@ def _check_content(content: object) -> bytes:
     return bytes(content)
 
 
-def check_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 128:
-        raise ValidationError(f"{what} must be an id string, got {value!r}")
-    return value
-
-
 def check_revision_number(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValidationError(f"{what} must be a positive integer, got {value!r}")
     return value
 
 
-def normalize_query(query: Query) -> Query:
-    """Validate a query; return it with metadata canonicalised. Shared by backends."""
-    if not isinstance(query, Query):
-        raise ValidationError(f"query must be a Query, got {type(query).__name__}")
-    if query.ids is not None:
-        if isinstance(query.ids, str):
-            raise ValidationError("Query.ids must be a sequence of ids, not one string")
-        for artifact_id in query.ids:
-            check_id(artifact_id, "Query.ids item")
-    if query.collection_id is not None:
-        check_id(query.collection_id, "Query.collection_id")
-    for what, field in (("Query.name", query.name), ("Query.artifact_type", query.artifact_type)):
-        if field is not None and not isinstance(field, str):
-            raise ValidationError(f"{what} must be a string, got {field!r}")
-    if query.digest is not None:
-        digests.parse_digest(query.digest)
-    if query.metadata is not None:
-        canonical_object(query.metadata, "Query.metadata")
-    if query.text is not None:
-        text.parse_terms(query.text)
-    if query.related_to is not None:
-        related = query.related_to
-        if not isinstance(related, RelatedTo):
-            raise ValidationError("Query.related_to must be a RelatedTo")
-        check_id(related.artifact_id, "RelatedTo.artifact_id")
-        if related.direction not in DIRECTIONS:
-            raise ValidationError(
-                f"RelatedTo.direction {related.direction!r} is not one of {DIRECTIONS}"
-            )
-        if related.relationship_type is not None and not isinstance(related.relationship_type, str):
-            raise ValidationError("RelatedTo.relationship_type must be a string")
-    for what, value in (("Query.limit", query.limit), ("Query.after", query.after)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValidationError(f"{what} must be an integer, got {value!r}")
-    if query.limit is not None and not 0 <= query.limit <= MAX_QUERY_LIMIT:
-        raise ValidationError(f"Query.limit {query.limit} is outside 0..{MAX_QUERY_LIMIT}")
-    if query.after is not None and query.after < 0:
-        raise ValidationError(f"Query.after {query.after} is negative")
-    return query
-
-
-def metadata_value_matches(actual: Any, expected: Any) -> bool:
-    """Type-exact JSON equality: ``true``, ``1``, ``1.0`` and ``"1"`` all differ."""
-    if type(actual) is not type(expected):
-        return False
-    if isinstance(expected, (list, dict)):
-        return canonical_json(actual) == canonical_json(expected)
-    return bool(actual == expected)
-
-
-class KnowledgeRepository(RunsContract):
+class KnowledgeRepository(RunsContract, RestoreRules):
     """A store of collections, artifacts, revisions, relationships, changes, runs and
     context references (the last three in :class:`RunsContract`).
 
@@ -776,30 +716,6 @@ class KnowledgeRepository(RunsContract):
             details=relationship_details(relationship),
         )
 
-    # -- whole-repository export and restore (used by snapshots) ------------
-
-    def export_records(self) -> dict[str, list[Any]]:
-        """Every record of the repository, by kind, each list in sequence order.
-
-        ``collections`` and ``artifacts`` hold ``(record, deleted_at)`` pairs,
-        since deleted ones are still referenced by history. Read in one
-        transaction, so the result is a consistent point in time.
-        """
-        with self.index.read_view():
-            return {
-                "collections": self.index.all_collections(),
-                "artifacts": self.index.all_artifacts(),
-                "revisions": self.index.all_revisions(),
-                "relationships": self.index.list_relationships(None, "both", None),
-                "changes": list(self.iter_changes()),
-                "runs": self.index.list_runs(None),
-                "steps": self.index.all_steps(),
-                "bundles": self.index.list_bundles(None),
-                "manifests": self.index.list_manifests(),
-                "context_packages": self.index.list_context_packages(),
-                "external_references": self.index.list_external_references(),
-            }
-
     def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Bring the text index up to date; return how many documents it indexed.
 
@@ -810,141 +726,6 @@ class KnowledgeRepository(RunsContract):
         returns 0.
         """
         return self.index.index_text(progress=progress)
-
-    def is_empty(self) -> bool:
-        return self.index.last_sequence() == 0
-
-    def restore(self, records: Mapping[str, list[Any]], bodies: Callable[[str], BinaryIO]) -> None:
-        """Load records exported by :meth:`export_records` into this empty repository.
-
-        ``bodies(digest)`` opens a binary reader of the body of a digest. The
-        caller (the snapshot importer) has verified the records; this inserts
-        them with their ids, sequences and timestamps, all or nothing. Bodies
-        are streamed: only the first :data:`text.MAX_TEXT_BYTES` + 1 bytes of
-        one are held at a time (a larger body is not searchable anyway).
-        """
-        with self.transaction(), self.index.bulk():
-            if not self.is_empty():
-                raise ConflictError("restore needs an empty repository; this one has records")
-            stored: set[str] = set()
-
-            def store(digest: str) -> str | None:
-                """Store the body (the first time) and return its searchable text."""
-                with bodies(digest) as reader:
-                    head = reader.read(text.MAX_TEXT_BYTES + 1)
-                    if digest in stored:
-                        return text.searchable_text(head)
-                    if len(head) <= text.MAX_TEXT_BYTES:
-                        actual, _ = self._store_body(head)
-                    else:
-                        actual, _ = self._store_body_stream(cast(BinaryIO, _Rejoined(head, reader)))
-                if actual != digest:
-                    raise IntegrityError(f"body for {digest} hashes to {actual}")
-                stored.add(digest)
-                return text.searchable_text(head)
-
-            # Each body is stored and made searchable from the same read, as the
-            # replay meets it (one transaction: the ordering invariant holds
-            # because bodies are durable before it commits).
-            events = self._replay_events(records, store)
-            for _, _, apply in sorted(events, key=lambda e: e[:2]):
-                apply()
-            for revision in records["revisions"]:
-                if revision.digest not in stored:  # met by no replayed text change
-                    store(revision.digest)
-            for change in records["changes"]:
-                self.index.append_change(change)
-            for run in records["runs"]:
-                self.index.insert_run(run)
-            for step in records["steps"]:
-                self.index.insert_step(step)
-            for bundle in records["bundles"]:
-                self.index.insert_bundle(bundle)
-            for manifest in records["manifests"]:
-                self.index.store_manifest(manifest)
-            for package in records["context_packages"]:
-                self.index.insert_context_package(package)
-            for reference in records["external_references"]:
-                self.index.insert_external_reference(reference)
-
-    def _replay_events(
-        self, records: Mapping[str, list[Any]], searchable: Callable[[str], str | None]
-    ) -> Iterator[tuple[int, int, Callable[[], None]]]:
-        """Each creation, revision, relationship and deletion, keyed by its sequence.
-
-        Replaying them in sequence order rebuilds every intermediate state, so
-        a name freed by a delete or rename and taken again later restores as it
-        happened. The second key orders events that share a sequence (an
-        artifact's deletion and the relationships it removed).
-        """
-        deleted = {
-            change.entity_id: change.sequence
-            for change in records["changes"]
-            if change.action == ChangeAction.DELETE.value
-        }
-        for collection, deleted_at in records["collections"]:
-            yield collection.sequence, 0, partial(self.index.insert_collection, collection)
-            if deleted_at is not None:
-                yield (
-                    deleted[collection.id],
-                    0,
-                    partial(self.index.delete_collection, collection.id, deleted_at),
-                )
-        artifacts = {artifact.id: artifact for artifact, _ in records["artifacts"]}
-        previous: dict[str, ArtifactRevision] = {}
-        for revision in records["revisions"]:
-            state = _artifact_at(artifacts[revision.artifact_id], revision)
-            before = previous.get(revision.artifact_id)
-            if before is None:
-                yield (
-                    revision.change_sequence,
-                    0,
-                    partial(self._restore_first, state, revision, searchable),
-                )
-            else:
-                yield (
-                    revision.change_sequence,
-                    0,
-                    partial(
-                        self._restore_next,
-                        state,
-                        revision,
-                        before.digest != revision.digest,
-                        searchable,
-                    ),
-                )
-            previous[revision.artifact_id] = revision
-        for artifact, deleted_at in records["artifacts"]:
-            if deleted_at is not None:
-                yield (
-                    deleted[artifact.id],
-                    1,
-                    partial(self.index.delete_artifact, artifact.id, deleted_at),
-                )
-        for relationship in records["relationships"]:
-            yield relationship.sequence, 0, partial(self.index.insert_relationship, relationship)
-
-    def _restore_first(
-        self,
-        artifact: Artifact,
-        revision: ArtifactRevision,
-        searchable: Callable[[str], str | None],
-    ) -> None:
-        self.index.insert_artifact(artifact, revision, searchable(revision.digest))
-
-    def _restore_next(
-        self,
-        artifact: Artifact,
-        revision: ArtifactRevision,
-        content_changed: bool,
-        searchable: Callable[[str], str | None],
-    ) -> None:
-        self.index.replace_artifact(
-            artifact,
-            revision,
-            content_changed,
-            searchable(revision.digest) if content_changed else None,
-        )
 
     def read_object(self, digest: str) -> bytes:
         """The body stored under ``digest`` (referenced or not)."""
@@ -1008,29 +789,6 @@ def _check_metadata_mode(value: MetadataMode | str) -> MetadataMode:
         raise ValidationError(f"metadata mode must be one of {choices}, got {value!r}") from None
 
 
-class _Rejoined(io.RawIOBase):
-    """``head`` (bytes already read from ``rest``) followed by the rest of ``rest``."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")
-        if self._head.nbytes:
-            count = min(target.nbytes, self._head.nbytes)
-            target[:count] = self._head[:count]
-            self._head = self._head[count:]
-            return count
-        data = self._rest.read(target.nbytes)
-        target[: len(data)] = data
-        return len(data)
-
-
 def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifact]]:
     chunk: list[NewArtifact] = []
     for item in items:
@@ -1040,26 +798,6 @@ def _chunks(items: Iterable[NewArtifact], size: int) -> Iterator[list[NewArtifac
             chunk = []
     if chunk:
         yield chunk
-
-
-def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:
-    """The state of ``artifact`` as of one of its revisions."""
-    return Artifact(
-        id=artifact.id,
-        collection_id=revision.collection_id,
-        name=revision.name,
-        artifact_type=revision.artifact_type,
-        media_type=revision.media_type,
-        digest=revision.digest,
-        size=revision.size,
-        revision=revision.revision,
-        metadata_json=revision.metadata_json,
-        provenance_json=revision.provenance_json,
-        created_at=artifact.created_at,
-        updated_at=revision.created_at,
-        sequence=artifact.sequence,
-        run_id=revision.run_id,
-    )
 
 
 def _revision_of(artifact: Artifact, change_sequence: int) -> ArtifactRevision:

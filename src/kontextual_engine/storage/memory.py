@@ -33,8 +33,9 @@ from ..models import (
 from . import text
 from .backend import IndexBackend
 from .bodies import MemoryBodyStore
-from .contract import KnowledgeRepository, metadata_value_matches
+from .contract import KnowledgeRepository
 from .ids import Clock, IdSource
+from .queries import metadata_value_matches
 
 _MISSING = object()
 _Sequenced = TypeVar("_Sequenced")

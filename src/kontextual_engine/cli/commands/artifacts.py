@@ -16,7 +16,8 @@ from ...errors import (
     ValidationError,
 )
 from ...models import Artifact, ArtifactRevision, MetadataMode, NewArtifact, Query, RelatedTo
-from ...storage.contract import DIRECTIONS, MAX_QUERY_LIMIT, KnowledgeRepository
+from ...storage.contract import KnowledgeRepository
+from ...storage.queries import DIRECTIONS, MAX_QUERY_LIMIT
 from .. import ingest, resolve
 from ..app import App, cli, examples, json_option, quiet_option
 from ..output import (

@@ -1,0 +1,75 @@
+"""What a query may ask, checked once for every backend, and the equality it uses.
+
+:func:`normalize_query` validates a :class:`~..models.Query` before any backend
+sees it; :func:`metadata_value_matches` is the type-exact equality of metadata
+filters that the reference backend applies and the SQL of the others mirrors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import digests
+from ..errors import ValidationError
+from ..models import Query, RelatedTo, canonical_json, canonical_object
+from . import text
+
+DIRECTIONS = ("outgoing", "incoming", "both")
+# A page larger than this is a full scan in disguise; callers page instead.
+MAX_QUERY_LIMIT = 100_000
+
+
+def check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise ValidationError(f"{what} must be an id string, got {value!r}")
+    return value
+
+
+def normalize_query(query: Query) -> Query:
+    """Validate a query; return it with metadata canonicalised. Shared by backends."""
+    if not isinstance(query, Query):
+        raise ValidationError(f"query must be a Query, got {type(query).__name__}")
+    if query.ids is not None:
+        if isinstance(query.ids, str):
+            raise ValidationError("Query.ids must be a sequence of ids, not one string")
+        for artifact_id in query.ids:
+            check_id(artifact_id, "Query.ids item")
+    if query.collection_id is not None:
+        check_id(query.collection_id, "Query.collection_id")
+    for what, field in (("Query.name", query.name), ("Query.artifact_type", query.artifact_type)):
+        if field is not None and not isinstance(field, str):
+            raise ValidationError(f"{what} must be a string, got {field!r}")
+    if query.digest is not None:
+        digests.parse_digest(query.digest)
+    if query.metadata is not None:
+        canonical_object(query.metadata, "Query.metadata")
+    if query.text is not None:
+        text.parse_terms(query.text)
+    if query.related_to is not None:
+        related = query.related_to
+        if not isinstance(related, RelatedTo):
+            raise ValidationError("Query.related_to must be a RelatedTo")
+        check_id(related.artifact_id, "RelatedTo.artifact_id")
+        if related.direction not in DIRECTIONS:
+            raise ValidationError(
+                f"RelatedTo.direction {related.direction!r} is not one of {DIRECTIONS}"
+            )
+        if related.relationship_type is not None and not isinstance(related.relationship_type, str):
+            raise ValidationError("RelatedTo.relationship_type must be a string")
+    for what, value in (("Query.limit", query.limit), ("Query.after", query.after)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValidationError(f"{what} must be an integer, got {value!r}")
+    if query.limit is not None and not 0 <= query.limit <= MAX_QUERY_LIMIT:
+        raise ValidationError(f"Query.limit {query.limit} is outside 0..{MAX_QUERY_LIMIT}")
+    if query.after is not None and query.after < 0:
+        raise ValidationError(f"Query.after {query.after} is negative")
+    return query
+
+
+def metadata_value_matches(actual: Any, expected: Any) -> bool:
+    """Type-exact JSON equality: ``true``, ``1``, ``1.0`` and ``"1"`` all differ."""
+    if type(actual) is not type(expected):
+        return False
+    if isinstance(expected, (list, dict)):
+        return canonical_json(actual) == canonical_json(expected)
+    return bool(actual == expected)
