@@ -90,6 +90,7 @@ from .models import (
     format_time,
     parse_time,
 )
+from .storage.context import ReferenceLookups, check_reference
 from .storage.contract import (
     RELATIONSHIP_KEY,
     KnowledgeRepository,
@@ -97,7 +98,6 @@ from .storage.contract import (
     check_id,
     check_revision_number,
 )
-from .storage.runs import ReferenceLookups, check_reference
 
 FORMAT = "kontextual-snapshot"
 VERSION = 1

@@ -76,6 +76,7 @@ from ..models import (
 from . import text
 from .backend import IndexBackend
 from .bodies import BodyStore
+from .context import ContextRules
 from .ids import Clock, IdSource, MonotonicIds, system_clock
 from .queries import DIRECTIONS, normalize_query
 from .queries import check_id as check_id  # also used by the snapshot importer
@@ -100,7 +101,7 @@ def check_revision_number(value: object, what: str) -> int:
     return value
 
 
-class KnowledgeRepository(RunsContract, RestoreRules):
+class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
     """A store of collections, artifacts, revisions, relationships, changes, runs and
     context references (the last three in :class:`RunsContract`).
 
