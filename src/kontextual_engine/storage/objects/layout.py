@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import Callable
 
-from ...digests import ALGORITHM, PREFIX, parse_digest
+from ...digests import ALGORITHM, PREFIX, Digest, parse_digest
 from ...errors import CorruptObjectError, StoreFormatError, ValidationError
 from ..durable import (
     READ_FLAGS,
@@ -68,7 +68,15 @@ def digest_hex(digest: object) -> str:
     return parse_digest(digest)[HEX_START:]
 
 
+def digest_at(fan: str, name: str) -> Digest:
+    """The digest of the object file ``name`` in the fan-out directory ``fan``
+    (both already matched by :data:`FAN` and :data:`NAME`): the inverse of
+    :func:`object_path`."""
+    return Digest(PREFIX + fan + name)
+
+
 def kind(mode: int) -> str:
+    """What a file of ``mode`` is, for messages: ``regular file``, ``FIFO``..."""
     if stat.S_ISREG(mode):
         return "regular file"
     if stat.S_ISDIR(mode):
@@ -79,7 +87,11 @@ def kind(mode: int) -> str:
         return "FIFO"
     if stat.S_ISSOCK(mode):
         return "socket"
-    return "device or special file"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
 
 
 def require_regular(st: os.stat_result, digest: str) -> None:
