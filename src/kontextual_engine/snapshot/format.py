@@ -20,24 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .. import models
 from ..codec import field_converter, record_from_json, record_to_json
 from ..digests import Digest
 from ..errors import KontextualError, SnapshotError
-from ..models import (
-    Artifact,
-    ArtifactRevision,
-    ChangeRecord,
-    Collection,
-    ContextPackage,
-    ExternalMemoryReference,
-    InputBundle,
-    OperationRun,
-    Relationship,
-    RunManifest,
-    WorkflowStep,
-    canonical_dumps,
-    format_time,
-)
+from ..models import canonical_dumps, format_time
 from ..storage.objects.layout import FAN, NAME, OBJECTS_DIR, digest_at, digest_hex, object_path
 
 FORMAT = "kontextual-snapshot"
@@ -48,17 +35,17 @@ INDEX_DIR = "index"
 # Every kind, in the order files are written and checked. Collections and
 # artifacts carry a ``deleted_at`` beside their fields.
 KINDS: dict[str, type] = {
-    "collections": Collection,
-    "artifacts": Artifact,
-    "revisions": ArtifactRevision,
-    "relationships": Relationship,
-    "changes": ChangeRecord,
-    "runs": OperationRun,
-    "steps": WorkflowStep,
-    "bundles": InputBundle,
-    "manifests": RunManifest,
-    "context_packages": ContextPackage,
-    "external_references": ExternalMemoryReference,
+    "collections": models.Collection,
+    "artifacts": models.Artifact,
+    "revisions": models.ArtifactRevision,
+    "relationships": models.Relationship,
+    "changes": models.ChangeRecord,
+    "runs": models.OperationRun,
+    "steps": models.WorkflowStep,
+    "bundles": models.InputBundle,
+    "manifests": models.RunManifest,
+    "context_packages": models.ContextPackage,
+    "external_references": models.ExternalMemoryReference,
 }
 WITH_DELETION = ("collections", "artifacts")
 

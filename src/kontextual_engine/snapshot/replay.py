@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import typing
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import digests
@@ -31,8 +31,14 @@ from ..models import (
     ArtifactRevision,
     ChangeAction,
     ChangeRecord,
+    ContextPackage,
     EntityKind,
+    ExternalMemoryReference,
+    InputBundle,
+    OperationRun,
+    Relationship,
     RunStatus,
+    WorkflowStep,
     check_artifact_name,
     check_artifact_type,
     check_collection_fields,
@@ -174,10 +180,7 @@ class _Replay:
                 if revision.size < 0:
                     _refuse(f"size {revision.size} is negative")
             self.own(revision.change_sequence, "revision", revision)
-        for relationship in r["relationships"]:
-            with _about(f"relationship {relationship.id!r}"):
-                check_relationship_type(relationship.relationship_type)
-            self.own(relationship.sequence, "relationship", relationship)
+        self.each("relationships", "relationship", self.relationship_fields)
         for change in r["changes"]:
             with _about(f"change record {change.sequence}"):
                 check_id(change.entity_id, "entity id")
@@ -188,40 +191,54 @@ class _Replay:
                         digests.parse_digest(digest)
                 if change.revision is not None:
                     check_revision_number(change.revision, "revision")
-        for run in r["runs"]:
-            with _about(f"run {run.id!r}"):
-                check_operation(run.operation)
-                check_run_error(run.error)
-                self.status(run.status)
-            self.own(run.sequence, "run", run)
-        for step in r["steps"]:
-            with _about(f"step {step.id!r}"):
-                check_step_name(step.name)
-                self.status(step.status)
-            self.own(step.sequence, "step", step)
-        for bundle in r["bundles"]:
-            with _about(f"bundle {bundle.id!r}"):
-                for ref in bundle.inputs:
-                    check_input_role(ref.role)
-            self.own(bundle.sequence, "bundle", bundle)
+        self.each("runs", "run", self.run_fields)
+        self.each("steps", "step", self.step_fields)
+        self.each("bundles", "bundle", self.bundle_fields)
         for manifest in r["manifests"]:
             with _about(f"manifest of run {manifest.run_id!r}"):
                 self.status(manifest.status)
                 check_operation(manifest.operation)
                 check_run_error(manifest.error)
-        for package in r["context_packages"]:
-            with _about(f"context package {package.id!r}"):
-                check_package_name(package.name)
-            self.own(package.sequence, "context_package", package)
-        for external in r["external_references"]:
-            with _about(f"external reference {external.id!r}"):
-                check_external_fields(
-                    external.system, external.external_id, external.recorded_by, external.uri
-                )
-            self.own(external.sequence, "external_reference", external)
+        self.each("context_packages", "context_package", self.package_fields)
+        self.each("external_references", "external_reference", self.external_fields)
         sequences = [change.sequence for change in r["changes"]]
         if sequences != list(range(1, len(sequences) + 1)):
             _refuse("change records are not numbered 1..n without gaps")
+
+    def each(self, kind: str, what: str, check: Callable[[Any], None]) -> None:
+        """``check`` every record of ``kind`` (a ``what``), then claim its sequence."""
+        for record in self.records[kind]:
+            with _about(f"{what.replace('_', ' ')} {record.id!r}"):
+                check(record)
+            self.own(record.sequence, what, record)
+
+    @staticmethod
+    def relationship_fields(relationship: Relationship) -> None:
+        check_relationship_type(relationship.relationship_type)
+
+    def run_fields(self, run: OperationRun) -> None:
+        check_operation(run.operation)
+        check_run_error(run.error)
+        self.status(run.status)
+
+    def step_fields(self, step: WorkflowStep) -> None:
+        check_step_name(step.name)
+        self.status(step.status)
+
+    @staticmethod
+    def bundle_fields(bundle: InputBundle) -> None:
+        for ref in bundle.inputs:
+            check_input_role(ref.role)
+
+    @staticmethod
+    def package_fields(package: ContextPackage) -> None:
+        check_package_name(package.name)
+
+    @staticmethod
+    def external_fields(external: ExternalMemoryReference) -> None:
+        check_external_fields(
+            external.system, external.external_id, external.recorded_by, external.uri
+        )
 
     @staticmethod
     def unique(kind: str, ids: list[str]) -> None:

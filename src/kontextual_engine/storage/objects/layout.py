@@ -75,23 +75,21 @@ def digest_at(fan: str, name: str) -> Digest:
     return Digest(PREFIX + fan + name)
 
 
+# What a file is, for messages, by the first test its mode passes.
+_KINDS = (
+    (stat.S_ISREG, "regular file"),
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISLNK, "symbolic link"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
 def kind(mode: int) -> str:
     """What a file of ``mode`` is, for messages: ``regular file``, ``FIFO``..."""
-    if stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    return "special file"
+    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def require_regular(st: os.stat_result, digest: str) -> None:
