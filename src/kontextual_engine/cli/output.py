@@ -8,7 +8,7 @@ controls are written as ``\\u00XX`` escapes, which decode to the same text.
 
 JSON output uses the record field names; JSON-valued fields (``metadata_json``
 ...) appear decoded under their name without ``_json``
-(:func:`kontextual_engine.snapshot.record_to_json`), times as
+(:func:`kontextual_engine.codec.record_to_json`), times as
 ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
 """
 
@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 
 import click
 
+from ..codec import record_to_json
 from ..digests import CHUNK_SIZE, hex_of, parse_digest
 from ..models import format_time, utc
-from ..snapshot import record_to_json
 
 # Enough hex digits to be unique in any store a person browses, as git's default.
 SHORT_DIGEST = 12

@@ -78,8 +78,7 @@ from .backend import IndexBackend
 from .bodies import BodyStore
 from .context import ContextRules
 from .ids import Clock, IdSource, MonotonicIds, system_clock
-from .queries import DIRECTIONS, normalize_query
-from .queries import check_id as check_id  # also used by the snapshot importer
+from .queries import DIRECTIONS, check_id, normalize_query
 from .restore import RestoreRules
 from .runs import RunsContract
 

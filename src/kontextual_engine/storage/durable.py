@@ -33,6 +33,7 @@ from ..errors import ReadOnlyStoreError, StorageFullError, ValidationError
 __all__ = [
     "CLOEXEC",
     "DIR_FLAGS",
+    "FOLLOW_READ_FLAGS",
     "FULL_ERRNOS",
     "NOFOLLOW",
     "NO_HARDLINK_ERRNOS",
@@ -44,8 +45,10 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "fsync_path",
+    "hard_link",
     "link",
     "link_or_copy",
+    "open_beneath",
     "parse_durability",
     "storage_full",
     "sync_filesystem",
@@ -61,6 +64,9 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # O_NONBLOCK only so that a FIFO planted at a path cannot block open(); it has no
 # effect on regular files.
 READ_FLAGS = os.O_RDONLY | NOFOLLOW | CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+# As READ_FLAGS, but following a symbolic link: only for a path a person named
+# (a snapshot to import), never for a path inside a store or a snapshot.
+FOLLOW_READ_FLAGS = READ_FLAGS & ~NOFOLLOW
 # A new file, never one that is there already (nor a symbolic link planted there).
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
 DIR_FLAGS = os.O_RDONLY | _DIRECTORY | CLOEXEC
@@ -230,6 +236,42 @@ def link(tmp: str, target: str) -> bool:
     return True
 
 
+def hard_link(source: str, target: str) -> bool:
+    """Hard-link the file ``source`` (a symbolic link itself, never what it points
+    to) at ``target``; False where that cannot be done (another filesystem, no
+    hard links, not permitted). ``target`` is never replaced (FileExistsError).
+    Nothing is fsynced: that is the caller's to decide.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    return True
+
+
+def open_beneath(directory: int, relative: str) -> int:
+    """Open the file at ``relative`` (``a/b/c``) under the open directory
+    ``directory`` for reading, following no symbolic link in any component.
+
+    Each component is opened with :data:`NOFOLLOW`, so a link anywhere on the
+    way raises OSError (ELOOP), as a missing one raises FileNotFoundError. The
+    file is opened with :data:`READ_FLAGS`: check its type with ``fstat``.
+    """
+    parts = relative.split("/")
+    opened: list[int] = []
+    try:
+        parent = directory
+        for part in parts[:-1]:
+            parent = os.open(part, DIR_FLAGS | NOFOLLOW, dir_fd=parent)
+            opened.append(parent)
+        return os.open(parts[-1], READ_FLAGS, dir_fd=parent)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 def link_or_copy(
     source: str, target: str, *, new_file: Callable[[], tuple[int, str]], mode: int
 ) -> int:
@@ -242,13 +284,7 @@ def link_or_copy(
     case. ``target`` is never replaced (FileExistsError). Nothing is fsynced:
     that is the caller's to decide.
     """
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError:
-        pass
-    else:
+    if hard_link(source, target):
         return os.lstat(target).st_size
     with io.FileIO(os.open(source, READ_FLAGS), "rb") as reader:
         fd, tmp = new_file()

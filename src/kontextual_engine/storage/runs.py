@@ -12,8 +12,9 @@ Run lifecycle (``models.TRANSITIONS``; steps follow the same table)::
 
 ``abandoned`` is set only by :meth:`RunsContract.recover_abandoned`: a running
 run whose lease expired, or whose holder process on this host is gone. Every
-transition, heartbeat, step and input bundle is a change record. A run's manifest is stored when it leaves ``running`` for a
-terminal or abandoned state.
+transition, heartbeat, step and input bundle is a change record. A run's
+manifest is stored when it leaves ``running`` for a terminal or abandoned
+state.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ...errors import ConflictError, KontextualError
-from ...snapshot import export_snapshot, import_snapshot
 from ...storage.objects import STORE_MARKER
 from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
@@ -240,6 +239,8 @@ def export(app: App, destination: Path, tar: bool, as_json: bool, quiet: bool) -
 
     A directory, or with --tar one deterministic .tar file.
     """
+    from ...snapshot import export_snapshot  # only this command and import need snapshots
+
     with progress("exporting objects", quiet=quiet or as_json) as bar:
         summary = export_snapshot(app.repo(), destination, tar=tar, progress=bar)
     if as_json:
@@ -275,6 +276,8 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
     Everything is verified first.
     All or nothing: if the snapshot is damaged, no store is left behind.
     """
+    from ...snapshot import import_snapshot  # only this command and export need snapshots
+
     if target is not None:
         app.store = target.expanduser()
     if not source.exists():

@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import Callable
 
-from ...digests import ALGORITHM, PREFIX, parse_digest
+from ...digests import ALGORITHM, PREFIX, Digest, parse_digest
 from ...errors import CorruptObjectError, StoreFormatError, ValidationError
 from ..durable import (
     READ_FLAGS,
@@ -68,18 +68,28 @@ def digest_hex(digest: object) -> str:
     return parse_digest(digest)[HEX_START:]
 
 
+def digest_at(fan: str, name: str) -> Digest:
+    """The digest of the object file ``name`` in the fan-out directory ``fan``
+    (both already matched by :data:`FAN` and :data:`NAME`): the inverse of
+    :func:`object_path`."""
+    return Digest(PREFIX + fan + name)
+
+
+# What a file is, for messages, by the first test its mode passes.
+_KINDS = (
+    (stat.S_ISREG, "regular file"),
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISLNK, "symbolic link"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
 def kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "device or special file"
+    """What a file of ``mode`` is, for messages: ``regular file``, ``FIFO``..."""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def require_regular(st: os.stat_result, digest: str) -> None:

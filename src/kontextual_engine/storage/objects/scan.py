@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ...digests import PREFIX, Digest
+from ...digests import Digest
 from ..durable import READ_FLAGS
-from .layout import FAN, NAME, OBJECTS_DIR, kind
+from .layout import FAN, NAME, OBJECTS_DIR, digest_at, kind
 from .reader import hash_fd, mismatch
 
 ProblemKind = Literal["corrupt", "not-a-file", "writable", "stray", "bad-fanout", "stale-tmp"]
@@ -94,7 +94,7 @@ def _check_item(
             f"{item.name!r} is not an object name",
         )
         return
-    digest = Digest(PREFIX + fan + item.name)
+    digest = digest_at(fan, item.name)
     if not stat.S_ISREG(st.st_mode):
         yield Problem("not-a-file", path, digest, f"object path is a {kind(st.st_mode)}")
         return

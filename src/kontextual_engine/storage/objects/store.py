@@ -68,6 +68,7 @@ from .layout import (
     OBJECTS_DIR,
     TMP_DIR,
     check_file_mode,
+    digest_at,
     digest_hex,
     ensure_dir,
     open_root,
@@ -476,7 +477,7 @@ class ObjectStore:
     def all(self) -> Iterator[Digest]:
         """Every object under ``objects/``, in digest order; other files are skipped."""
         for fan, entry in self._dir.entries():
-            yield Digest(PREFIX + fan + entry.name)
+            yield digest_at(fan, entry.name)
 
     def stats(self) -> ObjectStats:
         count = total = 0
