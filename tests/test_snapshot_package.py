@@ -11,7 +11,7 @@ import re
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def test_the_codec_reads_nested_records_and_names_a_bad_one() -> None:
         name="brief",
         metadata_json="{}",
         references=(ContextReference(kind="artifact", target_id="art_1", revision=2),),
-        created_at=datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        created_at=datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
         sequence=9,
     )
     data = codec.record_to_json(package)
@@ -304,3 +304,30 @@ def test_hard_link_links_never_replaces_and_says_when_it_cannot(
     monkeypatch.setattr(os, "link", cross_device)
     assert durable.hard_link(str(source), str(tmp_path / "elsewhere")) is False
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_export_makes_the_snapshot_durable_before_it_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kontextual_engine.snapshot import export as export_module
+
+    repo = InMemoryKnowledgeRepository()
+    cid = repo.create_collection("c").id
+    repo.create_artifact(cid, "a", b"body", artifact_type="note")
+    events: list[str] = []
+    sync, replace, fsync_dir = (
+        export_module.sync_filesystem,
+        export_module.os.replace,
+        export_module.fsync_dir,
+    )
+    monkeypatch.setattr(
+        export_module, "sync_filesystem", lambda p: (events.append("sync"), sync(p))[1]
+    )
+    monkeypatch.setattr(
+        export_module.os, "replace", lambda a, b: (events.append("rename"), replace(a, b))[1]
+    )
+    monkeypatch.setattr(
+        export_module, "fsync_dir", lambda p: (events.append("fsync-parent"), fsync_dir(p))[1]
+    )
+    export_module.export_snapshot(repo, tmp_path / "snap")
+    assert events == ["sync", "rename", "fsync-parent"]

@@ -23,7 +23,7 @@ from .. import digests
 from ..errors import CorruptObjectError, DamagedStoreError, KontextualError, SnapshotError
 from ..models import canonical_json
 from ..storage.contract import KnowledgeRepository
-from ..storage.durable import READ_FLAGS, hard_link
+from ..storage.durable import READ_FLAGS, fsync_dir, hard_link, sync_filesystem
 from .format import (
     FORMAT,
     INDEX_DIR,
@@ -77,7 +77,11 @@ def export_snapshot(
                 f"the store's records do not form a snapshot that imports ({exc}); nothing "
                 "was exported: run `kontextual fsck` to find the damage"
             ) from exc
+        # Durable before it is in place, and its name durable after: a snapshot
+        # that export reported is never lost or half-written by a crash.
+        sync_filesystem(staging)
         os.replace(written, destination)  # a directory replaces only an empty one
+        fsync_dir(os.fspath(destination.parent))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dataclasses.replace(summary, path=destination)
