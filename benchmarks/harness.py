@@ -42,7 +42,7 @@ class Measurement:
 
 @dataclass
 class Target:
-    """One target of issue 8, checked against this run's numbers."""
+    """One performance target, checked against this run's numbers."""
 
     workload: str
     name: str

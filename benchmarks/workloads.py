@@ -1,4 +1,4 @@
-"""The workloads of issue 8, each against its baselines, with its targets."""
+"""The benchmark workloads, each against its baselines, with its targets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The content-addressed object store (issue 3, docs/store-format.md)."""
+"""The content-addressed object store (docs/store-format.md)."""
 
 from __future__ import annotations
 
