@@ -43,7 +43,7 @@ def plan_of(
 ) -> str:
     """The query plan of the last SELECT that ``call`` ran (of those that contain
     ``containing``), one step per line."""
-    conn: sqlite3.Connection = repo.index._conn  # type: ignore[assignment]
+    conn: sqlite3.Connection = repo.index.connection.sqlite
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
     try:

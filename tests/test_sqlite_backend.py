@@ -762,16 +762,14 @@ def traced(tmp_path: Path) -> Iterator[tuple[SQLiteKnowledgeRepository, list[str
     with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as repo:
         populate(repo)
         statements: list[str] = []
-        conn = repo.index._conn
-        assert conn is not None
+        conn = repo.index.connection.sqlite
         conn.set_trace_callback(statements.append)
         yield repo, statements
         conn.set_trace_callback(None)
 
 
 def plan(repo: SQLiteKnowledgeRepository, statement: str) -> list[str]:
-    conn = repo.index._conn
-    assert conn is not None
+    conn = repo.index.connection.sqlite
     conn.set_trace_callback(None)
     return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
 
@@ -888,8 +886,7 @@ def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: P
                 repo.create_context_package("p", [ContextReference("run", run.id)] * 2)
                 repo.record_external_reference("s", run.id, recorded_by="me")
             statements: list[str] = []
-            conn = repo.index._conn
-            assert conn is not None
+            conn = repo.index.connection.sqlite
             conn.set_trace_callback(statements.append)
             repo.export_records()
             repo.list_bundles(run.id)
@@ -1025,9 +1022,8 @@ def test_consuming_runs_reads_the_runs_in_one_query(tmp_path: Path) -> None:
         for run in runs:
             repo.add_inputs(run.id, [doc.id])
         statements: list[str] = []
-        assert repo.index._conn is not None
-        repo.index._conn.set_trace_callback(statements.append)
+        repo.index.connection.sqlite.set_trace_callback(statements.append)
         found = repo.consuming_runs(doc.id)
-        repo.index._conn.set_trace_callback(None)
+        repo.index.connection.sqlite.set_trace_callback(None)
         assert [run.id for run in found] == [run.id for run in runs]
         assert len([s for s in statements if "FROM runs" in s]) == 1, statements

@@ -1,5 +1,15 @@
-"""The SQLite backend: the object store for bodies, ``index.sqlite`` for the rest."""
+"""The SQLite backend: the object store for bodies, ``index.sqlite`` for the rest.
 
-from .repository import DEFAULT_BUSY_TIMEOUT, INDEX_NAME, SQLiteKnowledgeRepository
+``connection`` owns the ``sqlite3`` connection (opening, retries, typed
+errors, transactions, the bulk buffer); ``rows`` maps records to rows by
+column name; ``text_index`` is text search (FTS5 and its backlog); ``index``
+is :class:`SQLiteIndex`, the primitives; ``repository`` composes it with the
+object store; ``schema`` holds the migrations, ``maintenance`` fsck, gc,
+backup and adopt.
+"""
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteKnowledgeRepository"]
+from .connection import DEFAULT_BUSY_TIMEOUT, INDEX_NAME
+from .index import SQLiteIndex
+from .repository import SQLiteKnowledgeRepository
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteIndex", "SQLiteKnowledgeRepository"]

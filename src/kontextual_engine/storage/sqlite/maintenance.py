@@ -32,7 +32,8 @@ from ..durable import sync_filesystem, unlink_quietly
 from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStore
 from ..objects.layout import FAN
 from . import schema
-from .repository import INDEX_NAME, SQLiteKnowledgeRepository
+from .connection import INDEX_NAME
+from .repository import SQLiteKnowledgeRepository
 
 # git's default (gc.pruneExpire) for the same reason: a writer may have put an
 # object it has not referenced yet. Writers here reference objects inside the
@@ -137,11 +138,11 @@ def fsck(
     try:
         referenced: dict[str, int] | None = {
             digest: size
-            for digest, size in repo.index._all(
+            for digest, size in repo.index.connection.rows(
                 "SELECT digest, max(size) FROM revisions GROUP BY digest"
             )
         }
-        revisions = repo.index._one("SELECT count(*) FROM revisions")[0]
+        revisions = repo.index.connection.row("SELECT count(*) FROM revisions")[0]
         findings += _check_sequences(repo)
         findings += _check_text(repo)
     except (sqlite3.DatabaseError, KontextualError) as exc:
@@ -275,11 +276,11 @@ def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
     found: list[Finding] = []
     pragma = "integrity_check" if full else "quick_check"
     try:
-        rows = repo.index._all(f"PRAGMA {pragma}")
+        rows = repo.index.connection.rows(f"PRAGMA {pragma}")
         for (message,) in rows:
             if message != "ok":
                 found.append(Finding("error", "index-integrity", INDEX_NAME, message))
-        violations = repo.index._all("PRAGMA foreign_key_check")
+        violations = repo.index.connection.rows("PRAGMA foreign_key_check")
         # One query per broken foreign key names each row by its primary key:
         # WITHOUT ROWID tables have no rowid to name it by.
         for table, fkid in sorted({(row[0], row[3]) for row in violations}):
@@ -304,7 +305,7 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
     parts = sorted(
         (
             row
-            for row in repo.index._all(f"PRAGMA foreign_key_list({_quote(table)})")
+            for row in repo.index.connection.rows(f"PRAGMA foreign_key_list({_quote(table)})")
             if row[0] == fkid
         ),
         key=lambda row: row[1],
@@ -315,7 +316,7 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
     key = _primary_key(repo, table) or ["rowid"]
     present = " AND ".join(f"c.{_quote(child)} IS NOT NULL" for child, _ in pairs)
     match = " AND ".join(f"p.{_quote(up)} = c.{_quote(child)}" for child, up in pairs)
-    rows = repo.index._all(
+    rows = repo.index.connection.rows(
         f"SELECT {', '.join(f'c.{_quote(column)}' for column in key)} "
         f"FROM {_quote(table)} AS c WHERE {present} "
         f"AND NOT EXISTS (SELECT 1 FROM {_quote(parent)} AS p WHERE {match})"
@@ -329,7 +330,10 @@ def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tu
 
 def _primary_key(repo: SQLiteKnowledgeRepository, table: str) -> list[str]:
     """The primary key columns of ``table`` in key order (empty for a bare rowid)."""
-    columns = [(row[5], row[1]) for row in repo.index._all(f"PRAGMA table_info({_quote(table)})")]
+    columns = [
+        (row[5], row[1])
+        for row in repo.index.connection.rows(f"PRAGMA table_info({_quote(table)})")
+    ]
     return [name for position, name in sorted(columns) if position > 0]
 
 
@@ -338,7 +342,9 @@ def _quote(name: str) -> str:
 
 
 def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
-    count, low, high = repo.index._one("SELECT count(*), min(sequence), max(sequence) FROM changes")
+    count, low, high = repo.index.connection.row(
+        "SELECT count(*), min(sequence), max(sequence) FROM changes"
+    )
     if count and (low != 1 or high != count):
         return [
             Finding(
@@ -354,31 +360,10 @@ def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
 def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
     """Each live artifact's text is in the FTS5 index or the backlog, never both
     (ADR 0004), and no text is kept for an artifact that is gone."""
-    found = [
-        Finding(
-            "error",
-            "text-duplicate",
-            f"sequence {sequence}",
-            "text is both indexed and in the backlog; queries would return it twice",
-        )
-        for (sequence,) in repo.index._all(
-            "SELECT b.sequence FROM text_backlog b JOIN artifact_text t ON t.rowid = b.sequence"
-        )
+    return [
+        Finding("error", kind, f"sequence {sequence}", message)
+        for kind, sequence, message in repo.index.text.check()
     ]
-    for table, key in (("artifact_text", "rowid"), ("text_backlog", "sequence")):
-        found += [
-            Finding(
-                "error",
-                "stale-text",
-                f"sequence {sequence}",
-                f"{table} holds text of an artifact that is deleted or missing",
-            )
-            for (sequence,) in repo.index._all(
-                f"SELECT {key} FROM {table} WHERE {key} NOT IN "
-                "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)"
-            )
-        ]
-    return found
 
 
 @dataclass(frozen=True)
@@ -455,14 +440,15 @@ def gc(
         try:
             # A damaged index can still answer the query below, wrongly (from an
             # intact index b-tree over damaged rows): check the pages first.
-            checked = [row[0] for row in repo.index._all("PRAGMA quick_check")]
+            checked = [row[0] for row in repo.index.connection.rows("PRAGMA quick_check")]
             if checked != ["ok"]:
                 raise StoreFormatError(
                     f"gc refused: the index {repo.index_path} fails SQLite's quick_check "
                     f"({checked[0]}); run fsck"
                 )
             referenced = {
-                row[0] for row in repo.index._all("SELECT DISTINCT digest FROM revisions")
+                row[0]
+                for row in repo.index.connection.rows("SELECT DISTINCT digest FROM revisions")
             }
         except (sqlite3.DatabaseError, DamagedStoreError) as exc:
             raise StoreFormatError(
@@ -572,8 +558,7 @@ def backup(repo: SQLiteKnowledgeRepository, destination: str | os.PathLike[str])
         index = destination / INDEX_NAME
         copy = sqlite3.connect(index, isolation_level=None)
         try:
-            with repo.index._lock:
-                repo.index._connection().backup(copy)
+            repo.index.connection.backup_to(copy)
             copy.execute("PRAGMA journal_mode = WAL")
             wanted = [row[0] for row in copy.execute("SELECT DISTINCT digest FROM revisions")]
             copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -614,11 +599,11 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         ("revisions", "SELECT count(*) FROM revisions"),
         ("relationships", "SELECT count(*) FROM relationships"),
         ("changes", "SELECT count(*) FROM changes"),
-        ("text_backlog", "SELECT count(*) FROM text_backlog"),
     ):
-        counts[name] = int(repo.index._one(sql)[0])
+        counts[name] = int(repo.index.connection.row(sql)[0])
+    counts["text_backlog"] = repo.index.text.count_backlog()
     for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
-        counts[name] = int(repo.index._one(f"SELECT count(*) FROM {table}")[0])
+        counts[name] = int(repo.index.connection.row(f"SELECT count(*) FROM {table}")[0])
     stats = repo.objects.stats()
     counts["objects"] = stats.count
     counts["object_bytes"] = stats.bytes
