@@ -1,12 +1,8 @@
-"""fsck, garbage collection, online backup and statistics of a SQLite store.
+"""Garbage collection, online backup, statistics and adoption of a SQLite store.
 
-These read the index directly: they check the store itself (files, pages,
-foreign keys), which the backend-neutral contract cannot see.
-
-Severity in fsck: ``error`` is damage (the store may return wrong or missing
-data), ``garbage`` is harmless leftovers that gc removes (unreferenced
-objects, stale tmp files), ``warning`` is worth a look but loses nothing
-(a writable object file).
+These read the index directly, as :mod:`.fsck` does: they work on the store
+itself, which the backend-neutral contract cannot see. :func:`fsck` and its
+report live in :mod:`.fsck` and are importable from here too.
 """
 
 from __future__ import annotations
@@ -16,15 +12,11 @@ import shutil
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ...errors import (
     DamagedStoreError,
-    KontextualError,
-    ObjectNotFound,
     StoreFormatError,
     ValidationError,
 )
@@ -33,337 +25,39 @@ from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStor
 from ..objects.layout import FAN
 from . import schema
 from .connection import INDEX_NAME
+from .fsck import (
+    DEFAULT_GRACE_SECONDS,
+    GC_COMMAND,
+    GC_NOW_COMMAND,
+    INDEX_DAMAGE,
+    MIN_TMP_GRACE_SECONDS,
+    OBJECT_DAMAGE,
+    Finding,
+    FsckReport,
+    _duration,
+    fsck,
+)
 from .repository import SQLiteKnowledgeRepository
 
-# git's default (gc.pruneExpire) for the same reason: a writer may have put an
-# object it has not referenced yet. Writers here reference objects inside the
-# write lock that gc also takes, so the grace period is a second line of defence
-# (and protects objects written with `hash-object -w` for later use).
-DEFAULT_GRACE_SECONDS = 14 * 24 * 3600.0
-# A file in tmp/ that is not named after a writer (see ObjectStore.collect_tmp) and
-# is younger than this may belong to a write in progress in another process,
-# whatever grace the caller asked for. Files named after a writer are removed as
-# soon as their writer's process is gone, and never while it lives.
-MIN_TMP_GRACE_SECONDS = 3600.0
-# What frees garbage: plain gc, or gc without grace when some is younger than that.
-GC_COMMAND = "kontextual gc"
-GC_NOW_COMMAND = "kontextual gc --grace 0"
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing fsck found. ``bytes`` is the space a garbage finding takes, else 0."""
-
-    severity: str
-    kind: str
-    subject: str
-    detail: str
-    bytes: int = 0
-
-
-@dataclass(frozen=True)
-class FsckReport:
-    """``garbage_bytes`` is what the garbage findings take; ``free_with`` the
-    command that removes all of it (None when there is no garbage)."""
-
-    findings: list[Finding]
-    objects_checked: int
-    revisions_checked: int
-    full: bool
-    garbage_bytes: int = 0
-    free_with: str | None = None
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def garbage(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "garbage"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def advice(self) -> list[str]:
-        """What to do about the errors found, one sentence per kind of damage."""
-        kinds = {finding.kind for finding in self.errors}
-        said = []
-        if kinds & INDEX_DAMAGE:
-            said.append(
-                f"the index ({INDEX_NAME}) is damaged: restore the store from a backup "
-                "(`kontextual backup` makes one, consistent even while the store is open) "
-                "or from a snapshot (`kontextual import`); a store copied with `cp -a` or "
-                "`rsync` while it was open can be torn like this"
-            )
-        if kinds & OBJECT_DAMAGE:
-            said.append(
-                "objects are damaged or missing: a backup or snapshot holds the same bytes "
-                "under the same name (objects/ab/cdef...), so copy those files back, or "
-                "add the same content again"
-            )
-        return said
-
-
-# Error kinds that mean the index itself is damaged, and those that mean objects are.
-INDEX_DAMAGE = frozenset(
-    {"index-integrity", "foreign-key", "sequence-gap", "text-duplicate", "stale-text"}
-)
-OBJECT_DAMAGE = frozenset(
-    {"missing-object", "bad-object", "size-mismatch", "corrupt", "not-a-file", "bad-fanout"}
-)
-
-_SCAN_SEVERITY = {
-    "corrupt": "error",
-    "not-a-file": "error",
-    "bad-fanout": "error",
-    "stray": "warning",
-    "writable": "warning",
-    "stale-tmp": "garbage",
-}
-
-
-def fsck(
-    repo: SQLiteKnowledgeRepository, *, full: bool = False, progress: Progress | None = None
-) -> FsckReport:
-    """Check the index and every object. ``full`` re-hashes every object.
-
-    Without ``full``, referenced objects are checked for presence and size
-    only; with it, every file under ``objects/`` is hashed.
-    """
-    findings: list[Finding] = []
-    findings += _check_index(repo, full)
-    try:
-        referenced: dict[str, int] | None = {
-            digest: size
-            for digest, size in repo.index.connection.rows(
-                "SELECT digest, max(size) FROM revisions GROUP BY digest"
-            )
-        }
-        revisions = repo.index.connection.row("SELECT count(*) FROM revisions")[0]
-        findings += _check_sequences(repo)
-        findings += _check_text(repo)
-    except (sqlite3.DatabaseError, KontextualError) as exc:
-        # A damaged index is a finding, not a crash; without the revisions no
-        # object can be called garbage, so only the objects themselves are checked.
-        findings.append(
-            Finding(
-                "error",
-                "index-integrity",
-                INDEX_NAME,
-                f"cannot read the revisions and change records: {exc}",
-            )
-        )
-        referenced, revisions = None, 0
-    store = repo.objects
-    total = len(referenced or {})
-    for done, (digest, size) in enumerate(sorted((referenced or {}).items()), 1):
-        try:
-            actual = store.size(digest)
-        except ObjectNotFound:
-            findings.append(
-                Finding(
-                    "error",
-                    "missing-object",
-                    digest,
-                    "referenced by a revision but not in objects/",
-                )
-            )
-            actual = None
-        except KontextualError as exc:
-            findings.append(Finding("error", "bad-object", digest, str(exc)))
-            actual = None
-        if actual is not None and actual != size:
-            findings.append(
-                Finding(
-                    "error",
-                    "size-mismatch",
-                    digest,
-                    f"index records {size} bytes, the file has {actual}",
-                )
-            )
-        if progress is not None:
-            progress(done, total)
-    present: set[str] = set()
-    young = False
-    now = time.time()
-    index_changed = _last_index_write(repo)
-    for digest in store.all():
-        present.add(digest)
-        if referenced is not None and digest not in referenced:
-            try:
-                st = os.lstat(store.path(digest))
-            except FileNotFoundError:
-                continue
-            if index_changed is not None and st.st_mtime > index_changed:
-                findings.append(_possibly_lost(digest, index_changed, st.st_size))
-                continue
-            age = now - st.st_mtime
-            if age >= DEFAULT_GRACE_SECONDS:
-                detail = f"no revision references it; `{GC_COMMAND}` removes it"
-            else:
-                young = True
-                detail = (
-                    f"no revision references it; written {_duration(age)} ago, so "
-                    f"`{GC_COMMAND}` keeps it for its {_duration(DEFAULT_GRACE_SECONDS)} "
-                    f"grace period (`{GC_NOW_COMMAND}` removes it now)"
-                )
-            findings.append(Finding("garbage", "unreferenced-object", digest, detail, st.st_size))
-    for problem in store.scan(rehash=full):
-        subject = problem.digest or str(problem.path)
-        severity = _SCAN_SEVERITY.get(problem.kind, "error")
-        findings.append(Finding(severity, problem.kind, subject, problem.detail, problem.size))
-    garbage = [f for f in findings if f.severity == "garbage"]
-    free_with = None if not garbage else GC_NOW_COMMAND if young else GC_COMMAND
-    return FsckReport(
-        findings, len(present), revisions, full, sum(f.bytes for f in garbage), free_with
-    )
-
-
-def _last_index_write(repo: SQLiteKnowledgeRepository) -> float | None:
-    """When ``index.sqlite`` itself last changed, if no -wal holds newer commits.
-
-    In WAL mode the index file changes only when a checkpoint copies commits
-    into it. While its -wal is not empty the newer commits are there, and every
-    body they reference counts as referenced; when the -wal is empty or gone,
-    nothing the index knows is newer than the file.
-    """
-    index = repo.index_path
-    try:
-        if os.stat(index.with_name(index.name + "-wal")).st_size > 0:
-            return None
-    except FileNotFoundError:
-        pass
-    try:
-        return os.stat(index).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def _possibly_lost(digest: str, index_changed: float, size: int) -> Finding:
-    """An unreferenced body written after the index file last changed.
-
-    Either a write that never committed (an interrupted or refused one: garbage)
-    or one that committed and was then lost with the -wal (deleted, or not
-    copied with the index): the store cannot tell which, so it says both.
-    """
-    when = datetime.fromtimestamp(index_changed, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return Finding(
-        "warning",
-        "possibly-lost-write",
-        digest,
-        f"no revision references it, and it was written after the index last changed "
-        f"({when}): an interrupted write left it, or a write that was acknowledged was "
-        f"lost with the index's -wal (deleted, or left behind by a copy); if writes are "
-        f"missing, restore the store from a backup, otherwise `{GC_COMMAND}` removes it "
-        "after its grace period",
-        size,
-    )
-
-
-def _duration(seconds: float) -> str:
-    """A short, rounded-down duration for people: 45 s, 12 min, 5 h, 14 days."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            count = int(seconds // size)
-            return f"{count} {'day' if unit == 'days' and count == 1 else unit}"
-    return f"{max(seconds, 0):.0f} s"
-
-
-def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:
-    found: list[Finding] = []
-    pragma = "integrity_check" if full else "quick_check"
-    try:
-        rows = repo.index.connection.rows(f"PRAGMA {pragma}")
-        for (message,) in rows:
-            if message != "ok":
-                found.append(Finding("error", "index-integrity", INDEX_NAME, message))
-        violations = repo.index.connection.rows("PRAGMA foreign_key_check")
-        # One query per broken foreign key names each row by its primary key:
-        # WITHOUT ROWID tables have no rowid to name it by.
-        for table, fkid in sorted({(row[0], row[3]) for row in violations}):
-            parent, keys = _dangling_rows(repo, table, fkid)
-            found += [
-                Finding(
-                    "error",
-                    "foreign-key",
-                    f"{table}({key})",
-                    f"row references a missing {parent} row",
-                )
-                for key in keys
-            ]
-    except (sqlite3.DatabaseError, KontextualError) as exc:
-        found.append(Finding("error", "index-integrity", INDEX_NAME, str(exc)))
-    return found
-
-
-def _dangling_rows(repo: SQLiteKnowledgeRepository, table: str, fkid: int) -> tuple[str, list[str]]:
-    """The parent table of foreign key ``fkid`` of ``table``, and the primary keys
-    (``col=value, ...``) of the rows whose key points at no parent row."""
-    parts = sorted(
-        (
-            row
-            for row in repo.index.connection.rows(f"PRAGMA foreign_key_list({_quote(table)})")
-            if row[0] == fkid
-        ),
-        key=lambda row: row[1],
-    )
-    parent = parts[0][2]
-    parent_key = _primary_key(repo, parent)
-    pairs = [(row[3], row[4] or parent_key[row[1]]) for row in parts]
-    key = _primary_key(repo, table) or ["rowid"]
-    present = " AND ".join(f"c.{_quote(child)} IS NOT NULL" for child, _ in pairs)
-    match = " AND ".join(f"p.{_quote(up)} = c.{_quote(child)}" for child, up in pairs)
-    rows = repo.index.connection.rows(
-        f"SELECT {', '.join(f'c.{_quote(column)}' for column in key)} "
-        f"FROM {_quote(table)} AS c WHERE {present} "
-        f"AND NOT EXISTS (SELECT 1 FROM {_quote(parent)} AS p WHERE {match})"
-    )
-    labels = [
-        ", ".join(f"{column}={value!r}" for column, value in zip(key, row, strict=True))
-        for row in rows
-    ]
-    return parent, labels
-
-
-def _primary_key(repo: SQLiteKnowledgeRepository, table: str) -> list[str]:
-    """The primary key columns of ``table`` in key order (empty for a bare rowid)."""
-    columns = [
-        (row[5], row[1])
-        for row in repo.index.connection.rows(f"PRAGMA table_info({_quote(table)})")
-    ]
-    return [name for position, name in sorted(columns) if position > 0]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
-    count, low, high = repo.index.connection.row(
-        "SELECT count(*), min(sequence), max(sequence) FROM changes"
-    )
-    if count and (low != 1 or high != count):
-        return [
-            Finding(
-                "error",
-                "sequence-gap",
-                "changes",
-                f"{count} change records numbered {low}..{high}; expected 1..{count}",
-            )
-        ]
-    return []
-
-
-def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
-    """Each live artifact's text is in the FTS5 index or the backlog, never both
-    (ADR 0004), and no text is kept for an artifact that is gone."""
-    return [
-        Finding("error", kind, f"sequence {sequence}", message)
-        for kind, sequence, message in repo.index.text.check()
-    ]
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "GC_COMMAND",
+    "GC_NOW_COMMAND",
+    "INDEX_DAMAGE",
+    "MIN_TMP_GRACE_SECONDS",
+    "OBJECT_DAMAGE",
+    "BackupReport",
+    "Finding",
+    "FsckReport",
+    "GcReport",
+    "adopt",
+    "backup",
+    "fsck",
+    "gc",
+    "lost_marker",
+    "lost_marker_error",
+    "store_stats",
+]
 
 
 @dataclass(frozen=True)
