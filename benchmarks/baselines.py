@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import os
 import shutil
@@ -14,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import blake3
+
+from kontextual_engine.storage.durable import fsync_dir, sync_filesystem
 
 GIT = shutil.which("git") or "/usr/bin/git"
 # .ci/run installs the sqlite3 command; without it the dump baseline falls back
@@ -58,41 +58,6 @@ def git_grep(source: Path, git_dir: Path, terms: Sequence[str]) -> int:
     if result.returncode not in (0, 1):
         raise RuntimeError(result.stderr.decode(errors="replace"))
     return len(result.stdout.splitlines())
-
-
-@functools.cache
-def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def syncfs(path: Path) -> None:
-    """syncfs(2) on the filesystem of ``path``; os.sync() where there is none."""
-    function = _libc_syncfs()
-    if function is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if function(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _CEILING_SCHEMA = (
@@ -153,7 +118,7 @@ def raw_ceiling(
             texts.append((number + 1, data.decode("utf-8").casefold()))
     if files_only:
         return time.perf_counter() - start
-    syncfs(target)
+    sync_filesystem(target)
     conn = sqlite3.connect(target / "index.sqlite", isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -246,7 +211,7 @@ def copy_and_load(snapshot: Path, store: Path) -> float:
         conn = sqlite3.connect(store / "index.sqlite")
         conn.executescript((snapshot / "dump.sql").read_text(encoding="utf-8"))
         conn.close()
-    syncfs(store)
+    sync_filesystem(store)
     return time.perf_counter() - start
 
 
