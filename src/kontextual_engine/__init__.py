@@ -26,6 +26,8 @@ from .models import (
     Relationship,
     RunManifest,
     RunStatus,
+    SearchHit,
+    Snippet,
     WorkflowStep,
 )
 from .storage import InMemoryKnowledgeRepository, KnowledgeRepository, SQLiteKnowledgeRepository
@@ -61,6 +63,8 @@ __all__ = [
     "RunManifest",
     "RunStatus",
     "SQLiteKnowledgeRepository",
+    "SearchHit",
+    "Snippet",
     "WorkflowStep",
     "__version__",
 ]

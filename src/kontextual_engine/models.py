@@ -393,13 +393,20 @@ class RelatedTo:
     direction: str = "both"
 
 
+QUERY_ORDERS = ("relevance", "sequence")
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """Filters combined with AND. ``None`` means "no filter on this field".
 
-    Results come in creation order (ascending ``Artifact.sequence``).
-    ``after`` is a cursor: only artifacts whose sequence is greater are
+    ``text`` is a word query (see ``docs/contract.md``): its results come by
+    BM25 relevance, best first, unless ``order="sequence"``. Every other query
+    comes in creation order (ascending ``Artifact.sequence``). ``after`` is a
+    cursor for creation order: only artifacts whose sequence is greater are
     returned, so passing the last result's ``sequence`` gives the next page.
+    With ``substring=True``, ``text`` is instead an AND of case-folded
+    substrings, checked by reading every candidate body (linear in the store).
     """
 
     ids: tuple[str, ...] | None = None
@@ -412,6 +419,31 @@ class Query:
     related_to: RelatedTo | None = None
     limit: int | None = None
     after: int | None = None
+    order: str | None = None
+    substring: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """A short passage of a body, on one line, with the ``[start, end)`` offsets
+    of the words that matched the query."""
+
+    text: str
+    highlights: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One result of :meth:`~.storage.contract.KnowledgeRepository.search`.
+
+    ``score`` is the BM25 relevance (higher is better) when results are
+    ranked, else ``None``; ``snippet`` is ``None`` when not asked for or when
+    the body is not searchable text.
+    """
+
+    artifact: Artifact
+    score: float | None
+    snippet: Snippet | None
 
 
 # -- workflow runs ---------------------------------------------------------

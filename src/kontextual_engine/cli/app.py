@@ -21,7 +21,7 @@ from ..errors import KontextualError, NotFoundError, StoreNotFound
 from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
 from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..storage.stores import open_store, store_path
-from .output import visible
+from .output import progress, visible
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -58,7 +58,9 @@ class App:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
         if not create:
             self.require_store()
-        repo = open_store(self.store, self.durability, create=create)
+        # An upgraded store derives its words from the bodies once, at open.
+        with progress("upgrading the text index", quiet=False) as bar:
+            repo = open_store(self.store, self.durability, create=create, rebuild_progress=bar)
         return click.get_current_context().with_resource(repo)
 
     def objects(self) -> ObjectStore:

@@ -84,6 +84,18 @@ def echo(text: object = "", *, err: bool = False) -> None:
     click.echo(visible(text), err=err)
 
 
+def echo_highlighted(text: str, spans: Sequence[tuple[int, int]], *, indent: str = "") -> None:
+    """One line with the ``[start, end)`` spans of ``text`` in bold on a terminal
+    (click drops the styling when stdout is not one); controls escaped."""
+    pieces, previous = [indent], 0
+    for start, end in spans:
+        pieces.append(visible(text[previous:start]))
+        pieces.append(click.style(visible(text[start:end]), bold=True, fg="yellow"))
+        previous = end
+    pieces.append(visible(text[previous:]))
+    click.echo("".join(pieces))
+
+
 def write_bytes(source: BinaryIO) -> None:
     """Copy a binary stream to stdout unchanged, a chunk at a time."""
     while chunk := source.read(CHUNK_SIZE):

@@ -14,7 +14,7 @@ and come out as the immutable values of :mod:`..models`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from ..models import (
     RunManifest,
     WorkflowStep,
 )
+from .text import NotSearchable
 
 
 class IndexBackend(abc.ABC):
@@ -67,10 +68,6 @@ class IndexBackend(abc.ABC):
         """Inside a transaction: many creations follow, which may be buffered and
         written together (every read still sees every write)."""
         return nullcontext()
-
-    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
-        """Bring a batched text index up to date; how many documents it indexed."""
-        return 0
 
     # -- change sequence ------------------------------------------------------
 
@@ -117,8 +114,9 @@ class IndexBackend(abc.ABC):
 
     @abc.abstractmethod
     def insert_artifact(
-        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
-    ) -> None: ...
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | NotSearchable
+    ) -> None:
+        """Store a new artifact, with the text of its body (or why it has none)."""
 
     @abc.abstractmethod
     def replace_artifact(
@@ -126,9 +124,9 @@ class IndexBackend(abc.ABC):
         artifact: Artifact,
         revision: ArtifactRevision,
         content_changed: bool,
-        searchable: str | None,
+        searchable: str | NotSearchable | None,
     ) -> None:
-        """Store a new current revision; ``searchable`` matters only if content changed."""
+        """Store a new current revision; ``searchable`` is given when content changed."""
 
     @abc.abstractmethod
     def find_artifact(self, artifact_id: str) -> Artifact | None:
@@ -150,7 +148,38 @@ class IndexBackend(abc.ABC):
     def delete_artifact(self, artifact_id: str, now: datetime) -> None: ...
 
     @abc.abstractmethod
-    def query(self, query: Query) -> list[Artifact]: ...
+    def query(self, query: Query) -> list[Artifact]:
+        """Live artifacts matching every filter, by sequence. ``query.text`` is a word
+        query (:mod:`.text`); substring queries never reach a backend."""
+
+    @abc.abstractmethod
+    def rank(self, query: Query) -> list[tuple[Artifact, float]]:
+        """Live artifacts matching a word query and every filter, with their BM25
+        score (:func:`.text.bm25_scores`), best first, ties by sequence."""
+
+    # -- text state -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def text_status(self, artifact_id: str) -> NotSearchable | None:
+        """Why a live artifact's body is not searchable, or None."""
+
+    @abc.abstractmethod
+    def text_counts(self) -> dict[str, int]:
+        """Live artifacts by text state: ``searchable``, ``pending`` and a count per
+        :class:`.text.NotSearchable` value."""
+
+    @abc.abstractmethod
+    def pending_text(self, limit: int) -> list[Artifact]:
+        """Live artifacts whose words must be derived from their bodies again, by
+        sequence; text queries refuse to run while any wait."""
+
+    @abc.abstractmethod
+    def set_text(self, artifact: Artifact, searchable: str | NotSearchable) -> None:
+        """Store the text of a live artifact's current body, replacing what was known."""
+
+    @abc.abstractmethod
+    def request_text_rebuild(self) -> int:
+        """Forget every artifact's words and mark every live artifact pending."""
 
     @abc.abstractmethod
     def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]: ...

@@ -30,6 +30,7 @@ Semantics, for every backend:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ from ..models import (
     PutResult,
     Query,
     Relationship,
+    SearchHit,
+    Snippet,
     canonical_json,
     canonical_object,
     check_artifact_name,
@@ -78,10 +81,16 @@ from .backend import IndexBackend
 from .bodies import BodyStore
 from .context import ContextRules
 from .ids import Clock, IdSource, MonotonicIds, system_clock
-from .queries import DIRECTIONS, check_id, normalize_query
+from .queries import DIRECTIONS, check_id, normalize_query, ranked
 from .restore import RestoreRules
 from .runs import RunsContract
 
+# Candidates read per index query by a substring search, which pages through
+# them in sequence order instead of holding every artifact at once.
+SUBSTRING_PAGE = 1000
+# Artifacts whose words rebuild_text() derives per transaction: each batch
+# commits, so progress survives an interruption.
+REBUILD_BATCH = 500
 # put_artifacts validates and looks up names this many items at a time: one
 # name query per chunk instead of one per item, with bounded memory.
 PUT_CHUNK = 500
@@ -92,6 +101,19 @@ def _check_content(content: object) -> bytes:
     if not isinstance(content, (bytes, bytearray, memoryview)):
         raise ValidationError(f"content must be bytes, got {type(content).__name__}")
     return bytes(content)
+
+
+def _query_of(query: Query | None, filters: dict[str, Any]) -> Query:
+    if query is None:
+        if isinstance(filters.get("ids"), (list, set, frozenset)):
+            filters["ids"] = tuple(filters["ids"])
+        try:
+            query = Query(**filters)
+        except TypeError as exc:
+            raise ValidationError(f"bad query filter: {exc}") from exc
+    elif filters:
+        raise ValidationError("pass either a Query or keyword filters, not both")
+    return normalize_query(query)
 
 
 def check_revision_number(value: object, what: str) -> int:
@@ -441,20 +463,114 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         return self.index.query(Query(collection_id=collection_id))
 
     def query(self, query: Query | None = None, /, **filters: Any) -> list[Artifact]:
-        """Live artifacts matching every given filter, in creation order.
+        """Live artifacts matching every given filter.
 
-        Pass a :class:`Query` or its fields as keyword arguments.
+        Pass a :class:`Query` or its fields as keyword arguments. A ``text``
+        query ranks by BM25 relevance unless ``order="sequence"``; everything
+        else comes in creation order. :meth:`search` gives scores and snippets.
         """
-        if query is None:
-            if isinstance(filters.get("ids"), (list, set, frozenset)):
-                filters["ids"] = tuple(filters["ids"])
-            try:
-                query = Query(**filters)
-            except TypeError as exc:
-                raise ValidationError(f"bad query filter: {exc}") from exc
-        elif filters:
-            raise ValidationError("pass either a Query or keyword filters, not both")
-        return self.index.query(normalize_query(query))
+        checked = _query_of(query, filters)
+        if checked.text is not None and checked.substring:
+            return self._substring_search(checked)
+        if ranked(checked):
+            return [artifact for artifact, _ in self.index.rank(checked)]
+        return self.index.query(checked)
+
+    def search(
+        self, query: Query | str | None = None, /, *, snippets: bool = True, **filters: Any
+    ) -> list[SearchHit]:
+        """:meth:`query` with each hit's BM25 score and a snippet of its body.
+
+        ``search("retrieval augmented", limit=10)`` is the ten best hits. A
+        snippet is read from the body of each hit returned (only the page), and
+        is ``None`` for a body that is not searchable text or with ``snippets=False``.
+        """
+        if isinstance(query, str):
+            query, filters = None, {**filters, "text": query}
+        checked = _query_of(query, filters)
+        if checked.text is None:
+            raise ValidationError("search needs a text query; use query() for other filters")
+        scored: list[tuple[Artifact, float | None]]
+        if checked.substring:
+            scored = [(artifact, None) for artifact in self._substring_search(checked)]
+        elif ranked(checked):
+            scored = list(self.index.rank(checked))
+        else:
+            scored = [(artifact, None) for artifact in self.index.query(checked)]
+        parsed = None if checked.substring or not snippets else text.parse_query(checked.text)
+        return [
+            SearchHit(artifact, score, None if parsed is None else self._snippet(parsed, artifact))
+            for artifact, score in scored
+        ]
+
+    def _snippet(self, query: text.TextQuery, artifact: Artifact) -> Snippet | None:
+        if artifact.size > text.MAX_TEXT_BYTES:
+            return None
+        body = text.text_of(self._load_body(artifact.digest))
+        return None if isinstance(body, text.NotSearchable) else text.snippet(query, body)
+
+    def _substring_search(self, query: Query) -> list[Artifact]:
+        """Every candidate's body read and checked: linear in the store's size."""
+        assert query.text is not None
+        terms = text.parse_substrings(query.text)
+        page = dataclasses.replace(
+            query, text=None, substring=False, order=None, limit=SUBSTRING_PAGE
+        )
+        found: list[Artifact] = []
+        while True:
+            candidates = self.index.query(page)
+            for artifact in candidates:
+                if artifact.size <= text.MAX_TEXT_BYTES and text.substrings_match(
+                    terms, self._load_body(artifact.digest)
+                ):
+                    found.append(artifact)
+                    if len(found) == query.limit:
+                        return found
+            if len(candidates) < SUBSTRING_PAGE:
+                return found
+            page = dataclasses.replace(page, after=candidates[-1].sequence)
+
+    def text_status(self, artifact_id: str) -> text.NotSearchable | None:
+        """Why a live artifact's body is not searchable (too large, not UTF-8,
+        binary), or None when a text query can find it."""
+        self.get_artifact(artifact_id)
+        return self.index.text_status(artifact_id)
+
+    def text_counts(self) -> dict[str, int]:
+        """Live artifacts by text state: ``searchable``, ``pending`` (waiting for
+        :meth:`rebuild_text`), ``too-large``, ``not-utf8`` and ``binary``."""
+        return self.index.text_counts()
+
+    def rebuild_text(
+        self, *, everything: bool = False, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Derive the words of pending artifacts from their bodies; return how many.
+
+        An upgraded store has every artifact pending; ``everything=True`` makes
+        every live artifact pending first (after a change of the tokenizer's
+        Unicode tables, say). Works in transactions of :data:`REBUILD_BATCH`
+        artifacts, calling ``progress(count)`` after each, so an interrupted
+        rebuild resumes where it stopped.
+        """
+        if everything:
+            with self.transaction():
+                self.index.request_text_rebuild()
+        done = 0
+        while True:
+            with self.transaction():
+                batch = self.index.pending_text(REBUILD_BATCH)
+                for artifact in batch:
+                    body = (
+                        text.NotSearchable.TOO_LARGE
+                        if artifact.size > text.MAX_TEXT_BYTES
+                        else text.text_of(self._load_body(artifact.digest))
+                    )
+                    self.index.set_text(artifact, body)
+            if not batch:
+                return done
+            done += len(batch)
+            if progress is not None:
+                progress(len(batch))
 
     # -- revisions ---------------------------------------------------------
 
@@ -629,7 +745,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
             run_id=item.run_id,
         )
         self.index.insert_artifact(
-            artifact, _revision_of(artifact, sequence), text.searchable_text(item.content)
+            artifact, _revision_of(artifact, sequence), text.text_of(item.content)
         )
         self._record(
             sequence,
@@ -688,7 +804,8 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         )
         searchable = None
         if digest != current.digest:
-            searchable = text.searchable_text(content) if content is not None else None
+            assert content is not None
+            searchable = text.text_of(content)
         self.index.replace_artifact(
             updated, _revision_of(updated, sequence), digest != current.digest, searchable
         )
@@ -715,17 +832,6 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
             now,
             details=relationship_details(relationship),
         )
-
-    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
-        """Bring the text index up to date; return how many documents it indexed.
-
-        Text queries see every committed write whether or not this runs. A
-        backend that indexes text in batches (ADR 0004) does the outstanding
-        work here, calling ``progress(documents)`` as it goes, so that later
-        queries need not scan; the reference backend has no index and
-        returns 0.
-        """
-        return self.index.index_text(progress=progress)
 
     def read_object(self, digest: str) -> bytes:
         """The body stored under ``digest`` (referenced or not)."""

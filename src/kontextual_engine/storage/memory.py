@@ -8,6 +8,7 @@ undone. One re-entrant lock serialises transactions across threads.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .. import digests
-from ..errors import IntegrityError
+from ..errors import IntegrityError, StoreFormatError
 from ..models import (
     Artifact,
     ArtifactRevision,
@@ -59,7 +60,9 @@ class MemoryIndex(IndexBackend):
         self.collection_names: dict[str, str] = {}
         self.artifacts: dict[str, Artifact] = {}
         self.artifact_names: dict[tuple[str, str], str] = {}
-        self.searchable: dict[str, str | None] = {}
+        # The words of each live artifact's body, or why it has none (text.py).
+        self.words: dict[str, list[str] | text.NotSearchable] = {}
+        self.text_waiting: dict[str, None] = {}
         self.revisions: dict[str, list[ArtifactRevision]] = {}
         self.relationships: dict[str, Relationship] = {}
         self.relationship_keys: dict[tuple[str, str, str], str] = {}
@@ -147,11 +150,11 @@ class MemoryIndex(IndexBackend):
         self._put(self.deleted_at, collection_id, now)
 
     def insert_artifact(
-        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | text.NotSearchable
     ) -> None:
         self._add(self.artifacts, artifact.id, artifact)
         self._put(self.artifact_names, (artifact.collection_id, artifact.name), artifact.id)
-        self._put(self.searchable, artifact.id, searchable)
+        self._put(self.words, artifact.id, _words_of(searchable))
         self._put(self.revisions, artifact.id, [revision])
 
     def replace_artifact(
@@ -159,7 +162,7 @@ class MemoryIndex(IndexBackend):
         artifact: Artifact,
         revision: ArtifactRevision,
         content_changed: bool,
-        searchable: str | None,
+        searchable: str | text.NotSearchable | None,
     ) -> None:
         previous = self.artifacts[artifact.id]
         if previous.name != artifact.name:
@@ -167,7 +170,8 @@ class MemoryIndex(IndexBackend):
             self._put(self.artifact_names, (artifact.collection_id, artifact.name), artifact.id)
         self._put(self.artifacts, artifact.id, artifact)
         if content_changed:
-            self._put(self.searchable, artifact.id, searchable)
+            assert searchable is not None
+            self.set_text(artifact, searchable)
         self._put(self.revisions, artifact.id, [*self.revisions[artifact.id], revision])
 
     def find_artifact(self, artifact_id: str) -> Artifact | None:
@@ -187,12 +191,18 @@ class MemoryIndex(IndexBackend):
         artifact = self.artifacts[artifact_id]
         self._pop(self.artifact_names, (artifact.collection_id, artifact.name))
         self._put(self.deleted_at, artifact_id, now)
+        self._pop(self.words, artifact_id)
+        if artifact_id in self.text_waiting:
+            self._pop(self.text_waiting, artifact_id)
 
     def query(self, query: Query) -> list[Artifact]:
         with self._lock:
             live = [self.artifacts[aid] for aid in self.artifact_names.values()]
             related = self._related_ids(query) if query.related_to is not None else None
-            terms = text.parse_terms(query.text) if query.text is not None else None
+            words = None
+            if query.text is not None:
+                self._refuse_while_waiting()
+                words = text.parse_query(query.text)
             ids = set(query.ids) if query.ids is not None else None
             digest = None if query.digest is None else digests.parse_digest(query.digest)
             found = [
@@ -205,12 +215,74 @@ class MemoryIndex(IndexBackend):
                 and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
                 and (related is None or artifact.id in related)
                 and (query.metadata is None or _metadata_matches(artifact, query.metadata))
-                and (terms is None or text.matches(terms, self.searchable[artifact.id]))
+                and (words is None or _text_matches(words, self.words[artifact.id]))
             ]
             found.sort(key=lambda artifact: artifact.sequence)
             if query.after is not None:
                 found = [artifact for artifact in found if artifact.sequence > query.after]
             return found if query.limit is None else found[: query.limit]
+
+    def rank(self, query: Query) -> list[tuple[Artifact, float]]:
+        with self._lock:
+            assert query.text is not None
+            found = self.query(dataclasses.replace(query, limit=None))
+            documents = {
+                self.artifacts[artifact_id].sequence: words
+                for artifact_id, words in self.words.items()
+                if isinstance(words, list)
+            }
+            scores = text.bm25_scores(
+                text.parse_query(query.text), documents, (a.sequence for a in found)
+            )
+            ranked = sorted(found, key=lambda a: (-scores[a.sequence], a.sequence))
+            if query.limit is not None:
+                ranked = ranked[: query.limit]
+            return [(artifact, scores[artifact.sequence]) for artifact in ranked]
+
+    def _refuse_while_waiting(self) -> None:
+        if self.text_waiting:
+            raise StoreFormatError(
+                "the text index is being rebuilt and would miss documents; "
+                "finish it with rebuild_text() and search again"
+            )
+
+    # -- text state --------------------------------------------------------
+
+    def text_status(self, artifact_id: str) -> text.NotSearchable | None:
+        with self._lock:
+            words = self.words.get(artifact_id)
+            return words if isinstance(words, text.NotSearchable) else None
+
+    def text_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts = {reason.value: 0 for reason in text.NotSearchable}
+            counts["searchable"] = 0
+            for artifact_id, words in self.words.items():
+                if artifact_id in self.text_waiting:
+                    continue
+                key = words.value if isinstance(words, text.NotSearchable) else "searchable"
+                counts[key] += 1
+            counts["pending"] = len(self.text_waiting)
+            return counts
+
+    def pending_text(self, limit: int) -> list[Artifact]:
+        with self._lock:
+            waiting = sorted(
+                (self.artifacts[artifact_id] for artifact_id in self.text_waiting),
+                key=lambda artifact: artifact.sequence,
+            )
+            return waiting[:limit]
+
+    def set_text(self, artifact: Artifact, searchable: str | text.NotSearchable) -> None:
+        self._put(self.words, artifact.id, _words_of(searchable))
+        if artifact.id in self.text_waiting:
+            self._pop(self.text_waiting, artifact.id)
+
+    def request_text_rebuild(self) -> int:
+        for artifact_id in self.artifact_names.values():
+            self._put(self.words, artifact_id, [])
+            self._put(self.text_waiting, artifact_id, None)
+        return len(self.text_waiting)
 
     def _related_ids(self, query: Query) -> set[str]:
         related = query.related_to
@@ -422,6 +494,14 @@ class MemoryIndex(IndexBackend):
 
 def _by_sequence(records: Iterable[_Sequenced]) -> list[_Sequenced]:
     return sorted(records, key=lambda record: record.sequence)  # type: ignore[attr-defined]
+
+
+def _words_of(searchable: str | text.NotSearchable) -> list[str] | text.NotSearchable:
+    return searchable if isinstance(searchable, text.NotSearchable) else text.words(searchable)
+
+
+def _text_matches(query: text.TextQuery, words: list[str] | text.NotSearchable) -> bool:
+    return isinstance(words, list) and query.matches(words)
 
 
 def _metadata_matches(artifact: Artifact, expected: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import digests
 from ..errors import ValidationError
-from ..models import Query, RelatedTo, canonical_json, canonical_object
+from ..models import QUERY_ORDERS, Query, RelatedTo, canonical_json, canonical_object
 from . import text
 
 DIRECTIONS = ("outgoing", "incoming", "both")
@@ -43,8 +43,26 @@ def normalize_query(query: Query) -> Query:
         digests.parse_digest(query.digest)
     if query.metadata is not None:
         canonical_object(query.metadata, "Query.metadata")
-    if query.text is not None:
-        text.parse_terms(query.text)
+    if not isinstance(query.substring, bool):
+        raise ValidationError(f"Query.substring must be True or False, got {query.substring!r}")
+    if query.order is not None and query.order not in QUERY_ORDERS:
+        raise ValidationError(f"Query.order {query.order!r} is not one of {QUERY_ORDERS}")
+    if query.text is None:
+        if query.substring:
+            raise ValidationError("Query.substring needs a text query")
+        if query.order == "relevance":
+            raise ValidationError("order='relevance' needs a text query to rank by")
+    elif query.substring:
+        text.parse_substrings(query.text)
+        if query.order == "relevance":
+            raise ValidationError("a substring query cannot be ranked; it comes by sequence")
+    else:
+        text.parse_query(query.text)
+        if query.after is not None and query.order != "sequence":
+            raise ValidationError(
+                "Query.after pages in creation order; a ranked text query needs "
+                "order='sequence' to page with it"
+            )
     if query.related_to is not None:
         related = query.related_to
         if not isinstance(related, RelatedTo):
@@ -64,6 +82,11 @@ def normalize_query(query: Query) -> Query:
     if query.after is not None and query.after < 0:
         raise ValidationError(f"Query.after {query.after} is negative")
     return query
+
+
+def ranked(query: Query) -> bool:
+    """Whether a (normalized) query's results come by relevance."""
+    return query.text is not None and not query.substring and query.order != "sequence"
 
 
 def metadata_value_matches(actual: Any, expected: Any) -> bool:

@@ -72,12 +72,12 @@ class RestoreRules:
                 raise ConflictError("restore needs an empty repository; this one has records")
             stored: set[str] = set()
 
-            def store(digest: str) -> str | None:
-                """Store the body (the first time) and return its searchable text."""
+            def store(digest: str) -> str | text.NotSearchable:
+                """Store the body (the first time) and return its text (or why it has none)."""
                 with bodies(digest) as reader:
                     head = reader.read(text.MAX_TEXT_BYTES + 1)
                     if digest in stored:
-                        return text.searchable_text(head)
+                        return text.text_of(head)
                     if len(head) <= text.MAX_TEXT_BYTES:
                         actual, _ = self._store_body(head)
                     else:
@@ -85,7 +85,7 @@ class RestoreRules:
                 if actual != digest:
                     raise IntegrityError(f"body for {digest} hashes to {actual}")
                 stored.add(digest)
-                return text.searchable_text(head)
+                return text.text_of(head)
 
             # Each body is stored and made searchable from the same read, as the
             # replay meets it (one transaction: the ordering invariant holds
@@ -112,7 +112,9 @@ class RestoreRules:
                 self.index.insert_external_reference(reference)
 
     def _replay_events(
-        self, records: Mapping[str, list[Any]], searchable: Callable[[str], str | None]
+        self,
+        records: Mapping[str, list[Any]],
+        searchable: Callable[[str], str | text.NotSearchable],
     ) -> Iterator[tuple[int, int, Callable[[], None]]]:
         """Each creation, revision, relationship and deletion, keyed by its sequence.
 
@@ -172,7 +174,7 @@ class RestoreRules:
         self,
         artifact: Artifact,
         revision: ArtifactRevision,
-        searchable: Callable[[str], str | None],
+        searchable: Callable[[str], str | text.NotSearchable],
     ) -> None:
         self.index.insert_artifact(artifact, revision, searchable(revision.digest))
 
@@ -181,7 +183,7 @@ class RestoreRules:
         artifact: Artifact,
         revision: ArtifactRevision,
         content_changed: bool,
-        searchable: Callable[[str], str | None],
+        searchable: Callable[[str], str | text.NotSearchable],
     ) -> None:
         self.index.replace_artifact(
             artifact,

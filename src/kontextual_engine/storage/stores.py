@@ -10,6 +10,7 @@ for a kind of store this version does not have never opens a directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -41,8 +42,14 @@ def open_store(
     *,
     create: bool = False,
     read_only: bool = False,
+    rebuild_progress: Callable[[int, int], None] | None = None,
 ) -> SQLiteKnowledgeRepository:
-    """The repository at ``location``; ``create`` makes a new store there if none is."""
+    """The repository at ``location``; ``create`` makes a new store there if none is.
+    ``rebuild_progress`` is :meth:`SQLiteKnowledgeRepository.open`'s."""
     return SQLiteKnowledgeRepository.open(
-        store_path(location), durability, create=create, read_only=read_only
+        store_path(location),
+        durability,
+        create=create,
+        read_only=read_only,
+        rebuild_progress=rebuild_progress,
     )

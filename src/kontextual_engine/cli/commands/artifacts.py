@@ -15,7 +15,16 @@ from ...errors import (
     RelationshipNotFound,
     ValidationError,
 )
-from ...models import Artifact, ArtifactRevision, MetadataMode, NewArtifact, Query, RelatedTo
+from ...models import (
+    QUERY_ORDERS,
+    Artifact,
+    ArtifactRevision,
+    MetadataMode,
+    NewArtifact,
+    Query,
+    RelatedTo,
+    SearchHit,
+)
 from ...storage.contract import KnowledgeRepository
 from ...storage.queries import DIRECTIONS, MAX_QUERY_LIMIT
 from .. import ingest, resolve
@@ -23,6 +32,7 @@ from ..app import App, cli, examples, json_option, quiet_option
 from ..output import (
     compact,
     echo,
+    echo_highlighted,
     jsonable,
     print_fields,
     print_json,
@@ -33,7 +43,6 @@ from ..output import (
     write_bytes,
 )
 from ..params import parse_pairs
-from .store import index_text, say_text_backlog
 
 META_HELP = "VALUE is JSON if it parses (n=1, ok=true, s='\"1\"'), else a string. Repeatable."
 
@@ -166,7 +175,6 @@ def add(
         f"added {outcomes['created']}, updated {outcomes['updated']}, "
         f"unchanged {outcomes['unchanged']}, {total_bytes} bytes"
     )
-    say_text_backlog(repo)
 
 
 def _new_artifact(
@@ -223,7 +231,22 @@ def ls(app: App, collection_name: str | None, as_json: bool) -> None:
     help="Top-level metadata KEY equals VALUE, type-exact (1, 1.0, true and "
     "'\"1\"' all differ). Repeatable.",
 )
-@click.option("--text", help="Content contains every word (case-insensitive substrings).")
+@click.option(
+    "--text",
+    help='Words to search for, best matches first: words (all required), "a phrase", '
+    "prefix*, -excluded.",
+)
+@click.option(
+    "--substring",
+    is_flag=True,
+    help="--text is case-insensitive substrings instead, found by reading every "
+    "candidate body (slow on a large store), oldest first.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(QUERY_ORDERS),
+    help="relevance (the default with --text) or sequence (oldest first).",
+)
 @click.option("--digest", help="Current body has this digest (a unique prefix is enough).")
 @click.option("--related-to", metavar="ARTIFACT", help="At the other end of a relationship.")
 @click.option("--rel-type", help="Only relationships of this type (with --related-to).")
@@ -244,6 +267,8 @@ def find(
     name: str | None,
     meta: tuple[str, ...],
     text: str | None,
+    substring: bool,
+    order: str | None,
     digest: str | None,
     related_to: str | None,
     rel_type: str | None,
@@ -251,13 +276,15 @@ def find(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Find artifacts matching every filter given, oldest first."""
+    """Find artifacts matching every filter given.
+
+    With --text, the best matches come first (BM25), each with a snippet of
+    its body; otherwise, and with --order sequence, oldest first.
+    """
     metadata = parse_pairs(meta, "--meta")
     if related_to is None and (rel_type is not None or direction != "both"):
         raise ValidationError("--rel-type and --direction need --related-to")
     repo = app.repo()
-    if text is not None and not repo.read_only and repo.text_index_behind():
-        index_text(repo, quiet=as_json)  # what the query would do, with a progress bar
     query = Query(
         collection_id=(
             None if collection_name is None else resolve.collection(repo, collection_name).id
@@ -273,8 +300,36 @@ def find(
             else RelatedTo(resolve.artifact(repo, related_to).id, rel_type, direction)
         ),
         limit=limit,
+        order=order,
+        substring=substring,
     )
-    print_artifacts(repo, repo.query(query), as_json)
+    if text is None:
+        print_artifacts(repo, repo.query(query), as_json)
+    else:
+        print_hits(repo, repo.search(query), as_json)
+
+
+def print_hits(repo: KnowledgeRepository, hits: Sequence[SearchHit], as_json: bool) -> None:
+    """Text search results: one line per artifact, then its snippet, indented."""
+    if as_json:
+        print_json(
+            [
+                {
+                    "artifact": hit.artifact,
+                    "score": hit.score,
+                    "snippet": None if hit.snippet is None else hit.snippet.text,
+                    "highlights": None if hit.snippet is None else hit.snippet.highlights,
+                }
+                for hit in hits
+            ]
+        )
+        return
+    names = resolve.Names(repo)
+    for hit in hits:
+        score = "" if hit.score is None else f"{hit.score:7.3f}  "
+        echo(f"{score}{names.of(hit.artifact)}  {short(hit.artifact.digest)}")
+        if hit.snippet is not None:
+            echo_highlighted(hit.snippet.text, hit.snippet.highlights, indent="    ")
 
 
 # -- one artifact ------------------------------------------------------------
@@ -291,6 +346,7 @@ def show(app: App, ref: str, as_json: bool) -> None:
     outgoing = repo.list_relationships(found.id, direction="outgoing")
     incoming = repo.list_relationships(found.id, direction="incoming")
     run = repo.producing_run(found.id)
+    unsearchable = repo.text_status(found.id)
     names = resolve.Names(repo)
     if as_json:
         print_json(
@@ -300,6 +356,7 @@ def show(app: App, ref: str, as_json: bool) -> None:
                 "outgoing": outgoing,
                 "incoming": incoming,
                 "run": run,
+                "not_searchable": None if unsearchable is None else unsearchable.value,
             }
         )
         return
@@ -312,6 +369,12 @@ def show(app: App, ref: str, as_json: bool) -> None:
             ("revision", found.revision),
             ("digest", found.digest),
             ("size", f"{found.size} bytes"),
+            (
+                "text",
+                "searchable"
+                if unsearchable is None
+                else f"not searchable: {unsearchable.describe()}",
+            ),
             ("created", when(found.created_at)),
             ("updated", when(found.updated_at)),
             ("run", "-" if run is None else f"{run.id} ({run.operation}, {run.status})"),

@@ -9,7 +9,7 @@ import click
 
 from ...errors import ConflictError, KontextualError
 from ...storage.objects import STORE_MARKER
-from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
+from ...storage.sqlite import maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
 from ..output import echo, jsonable, print_fields, print_json, print_table, progress
 from ..params import parse_duration
@@ -125,45 +125,35 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
         )
 
 
-@cli.command("index", epilog=examples("kontextual index", "kontextual index --json"))
+@cli.command("index", epilog=examples("kontextual index", "kontextual index --rebuild --json"))
+@click.option("--rebuild", is_flag=True, help="Derive every artifact's words from its body again.")
 @json_option
 @quiet_option
 @click.pass_obj
-def index(app: App, as_json: bool, quiet: bool) -> None:
-    """Index the text that waits in the backlog.
+def index(app: App, rebuild: bool, as_json: bool, quiet: bool) -> None:
+    """Derive the words of artifacts that wait for them, with a progress bar.
 
-    add and import leave new text in a backlog that text queries scan (ADR
-    0004); `find --text` indexes a large backlog itself before it searches.
-    This does it now, with a progress bar.
+    Words are indexed as artifacts are written, and an upgraded store derives
+    them when it is first opened for writing; this finishes an upgrade that
+    was interrupted. --rebuild derives every artifact's words again, after a
+    Python upgrade changed the Unicode tables of the tokenizer, say.
     """
-    indexed = index_text(app.repo(), quiet=quiet or as_json)
-    if as_json:
-        print_json({"indexed": indexed})
-    else:
-        echo(f"indexed the text of {indexed} documents")
-
-
-def say_text_backlog(repo: SQLiteKnowledgeRepository) -> None:
-    """Tell when so much text waits for indexing that the next text search will index it."""
-    if repo.text_index_behind():
-        echo(
-            f"the text of {repo.count_text_backlog()} documents waits to be indexed: "
-            "the next `find --text` indexes it, or run `kontextual index` now"
-        )
-
-
-def index_text(repo: SQLiteKnowledgeRepository, *, quiet: bool) -> int:
-    """:meth:`~SQLiteKnowledgeRepository.index_text` with a progress bar on stderr."""
-    waiting = repo.count_text_backlog()
+    repo = app.repo()
+    counts = repo.text_counts()  # every live artifact is in exactly one state
+    total = sum(counts.values()) if rebuild else counts["pending"]
     done = 0
-    with progress("indexing text", quiet=quiet) as bar:
+    with progress("indexing words", quiet=quiet or as_json) as bar:
 
         def advance(count: int) -> None:
             nonlocal done
             done += count
-            bar(done, waiting)
+            bar(done, total)
 
-        return repo.index_text(progress=advance)
+        indexed = repo.rebuild_text(everything=rebuild, progress=advance)
+    if as_json:
+        print_json({"indexed": indexed})
+    else:
+        echo(f"derived the words of {indexed} artifacts")
 
 
 @cli.command(epilog=examples("kontextual gc --dry-run", "kontextual gc --grace 0"))
@@ -306,7 +296,6 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
         f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
         f"into {app.store}"
     )
-    say_text_backlog(repo)
 
 
 def _remove_new_store(path: Path, *, keep_directory: bool) -> None:

@@ -64,6 +64,9 @@ BULK_ROWS = 1000
 # 64 MiB page cache (negative = KiB): bulk ingest and FTS merges touch far more
 # than the 2 MiB default, and the cache is only allocated as pages are used.
 CACHE_SIZE_KIB = 64 * 1024
+# Free pages a commit leaves before it vacuums them away (PRAGMA
+# incremental_vacuum): 1 MiB of 4 KiB pages, so small commits never pay for it.
+RECLAIM_FREE_PAGES = 256
 # FTS5 trigram queries need SQLite 3.34; JSON functions are built in from 3.38
 # but present as an extension in most earlier builds.
 MIN_SQLITE = (3, 34, 0)
@@ -249,7 +252,12 @@ class Connection:
         index = self.index_path
         try:
             conn.execute("PRAGMA foreign_keys = ON")
-            self._retry(lambda: conn.execute("SELECT count(*) FROM sqlite_master").fetchone())
+            objects = self._retry(
+                lambda: conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            )
+            if not self.read_only and not objects:
+                # Only an empty database can take this without a VACUUM.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if not self.read_only:
                 mode = self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
                 if str(mode).lower() != "wal":
@@ -539,6 +547,7 @@ class Connection:
                 yield True
                 if self._pending:
                     self._flush_pending(conn)
+                self._reclaim_free_pages(conn)
                 self._check_wal(conn)
                 with _Mapped(self, "COMMIT"):
                     conn.execute("COMMIT")
@@ -548,6 +557,24 @@ class Connection:
                 raise
             finally:
                 self._depth = 0
+
+    def _reclaim_free_pages(self, conn: sqlite3.Connection) -> None:
+        """Give pages the transaction freed (FTS5 merges, deletes) back to the file
+        system in the same commit, once there are enough to matter."""
+        with _Mapped(self, "PRAGMA incremental_vacuum"):
+            if conn.execute("PRAGMA freelist_count").fetchone()[0] >= RECLAIM_FREE_PAGES:
+                conn.execute("PRAGMA incremental_vacuum").fetchall()
+
+    def enable_incremental_vacuum(self) -> None:
+        """Make an index created before incremental vacuum compact and vacuum
+        incrementally from now on: one ``VACUUM``, which rewrites the file."""
+        with self.lock:
+            conn = self.sqlite
+            if self.read_only or conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                return
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            with _Mapped(self, "VACUUM"):
+                self._retry(lambda: conn.execute("VACUUM"))
 
     def _savepoint(self, conn: sqlite3.Connection) -> Iterator[bool]:
         if self._pending:

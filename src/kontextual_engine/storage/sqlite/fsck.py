@@ -348,9 +348,25 @@ def _check_sequences(repo: SQLiteKnowledgeRepository) -> list[Finding]:
 
 
 def _check_text(repo: SQLiteKnowledgeRepository) -> list[Finding]:
-    """Each live artifact's text is in the FTS5 index or the backlog, never both
-    (ADR 0004), and no text is kept for an artifact that is gone."""
-    return [
+    """Every live artifact has words, a reason it has none, or waits for them
+    (ADR 0006); nothing is kept for an artifact that is gone; FTS5's own
+    integrity check passes."""
+    findings = [
         Finding("error", kind, f"sequence {sequence}", message)
         for kind, sequence, message in repo.index.text.check()
     ]
+    pending = repo.index.text.count_pending()
+    if pending:
+        findings.append(
+            Finding(
+                "warning",
+                "text-pending",
+                "text_pending",
+                f"{pending} artifacts wait for their words; text queries are refused until "
+                "`kontextual index` (or any writable open) derives them",
+            )
+        )
+    problem = repo.index.text.integrity_problem()
+    if problem is not None:
+        findings.append(Finding("error", "text-index-damaged", "artifact_words", problem))
+    return findings

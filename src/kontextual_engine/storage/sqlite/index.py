@@ -44,6 +44,7 @@ from ...models import (
 )
 from ..backend import IndexBackend
 from ..objects import Durability
+from ..text import NotSearchable
 from . import schema
 from .connection import DEFAULT_BUSY_TIMEOUT, Connection
 from .filters import conditions
@@ -74,7 +75,7 @@ from .rows import (
     read_manifest,
     read_packages,
 )
-from .text_index import DEFAULT_TEXT_BACKLOG_LIMIT, TextIndex, check_backlog_limit
+from .text_index import TextIndex
 
 # Names bound in one IN (...) lookup: well under SQLite's 32766 variables,
 # large enough that a put_artifacts chunk is one query.
@@ -92,11 +93,8 @@ class SQLiteIndex(IndexBackend):
     says why not) and passes ``has_objects`` so that a missing index is not
     started afresh over existing bodies.
 
-    Searchable text is written to a backlog and indexed in batches (ADR
-    0004, :class:`TextIndex`); text queries read the index and the backlog,
-    so they see every write. ``text_backlog_limit`` is how many backlog rows a
-    text query scans before it indexes them first; :meth:`index_text` indexes
-    them on demand.
+    Words of searchable bodies are indexed in the write transaction
+    (:class:`TextIndex`, ADR 0006).
     """
 
     def __init__(
@@ -108,9 +106,7 @@ class SQLiteIndex(IndexBackend):
         read_only_reason: str,
         has_objects: Callable[[], bool],
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
     ) -> None:
-        check_backlog_limit(text_backlog_limit)  # before anything is opened or created
         self.connection = Connection(
             root,
             durability,
@@ -119,7 +115,7 @@ class SQLiteIndex(IndexBackend):
             has_objects=has_objects,
             busy_timeout=busy_timeout,
         )
-        self.text = TextIndex(self.connection, text_backlog_limit)
+        self.text = TextIndex(self.connection)
         self._last: int | None = None  # newest sequence, valid inside a transaction
 
     def __repr__(self) -> str:
@@ -139,10 +135,6 @@ class SQLiteIndex(IndexBackend):
     def read_only(self) -> bool:
         """Whether writes are refused: asked for, not possible here, or a full disk."""
         return self.connection.read_only
-
-    @property
-    def text_backlog_limit(self) -> int:
-        return self.text.backlog_limit
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Closing twice is fine."""
@@ -184,10 +176,6 @@ class SQLiteIndex(IndexBackend):
         record) are buffered and written with ``executemany``; any other
         statement writes the buffer first, so every read sees every write."""
         return self.connection.buffering()
-
-    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
-        """Move the text backlog into the FTS5 index (:meth:`TextIndex.index_text`)."""
-        return self.text.index_text(progress=progress)
 
     # -- primitives --------------------------------------------------------
 
@@ -249,14 +237,13 @@ class SQLiteIndex(IndexBackend):
         )
 
     def insert_artifact(
-        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | None
+        self, artifact: Artifact, revision: ArtifactRevision, searchable: str | NotSearchable
     ) -> None:
         rows: list[tuple[str, tuple[Any, ...]]] = [
             (ARTIFACTS.insert, ARTIFACTS.values(artifact)),
             (REVISIONS.insert, REVISIONS.values(revision)),
+            *self.text.statements(artifact.sequence, searchable),
         ]
-        if searchable is not None:
-            rows += self.text.statements(artifact.sequence, searchable)
         rows += [
             (_INSERT_METADATA, row)
             for row in schema.metadata_rows(artifact.sequence, artifact.metadata_json)
@@ -275,7 +262,7 @@ class SQLiteIndex(IndexBackend):
         artifact: Artifact,
         revision: ArtifactRevision,
         content_changed: bool,
-        searchable: str | None,
+        searchable: str | NotSearchable | None,
     ) -> None:
         conn = self.connection
         conn.execute(ARTIFACT_UPDATE.sql, ARTIFACT_UPDATE.values(artifact))
@@ -287,9 +274,8 @@ class SQLiteIndex(IndexBackend):
             _INSERT_METADATA, schema.metadata_rows(artifact.sequence, artifact.metadata_json)
         )
         if content_changed:
-            self.text.forget(artifact.sequence)
-            if searchable is not None:
-                self.text.add(artifact.sequence, searchable)
+            assert searchable is not None
+            self.text.replace(artifact.sequence, searchable)
 
     def find_artifact(self, artifact_id: str) -> Artifact | None:
         return self._find(ARTIFACTS, "a.id = ? AND a.deleted_at IS NULL", artifact_id)
@@ -346,13 +332,10 @@ class SQLiteIndex(IndexBackend):
 
     def query(self, query: Query) -> list[Artifact]:
         where, params = conditions(query)
-        if query.text is None:
-            return self._select(query, "artifacts a", "a.sequence", where, params)
-        return self.text.query(query, where, params, self._select)
-
-    def _select(
-        self, query: Query, source: str, order: str, where: list[str], params: list[Any]
-    ) -> list[Artifact]:
+        source, order = "artifacts a", "a.sequence"
+        if query.text is not None:
+            source, order, matches, values = self.text.source(query)
+            where, params = [*where, *matches], [*params, *values]
         if query.after is not None:
             where, params = [*where, f"{order} > ?"], [*params, query.after]
         sql = (
@@ -361,6 +344,43 @@ class SQLiteIndex(IndexBackend):
         if query.limit is not None:
             sql, params = sql + " LIMIT ?", [*params, query.limit]
         return [ARTIFACTS.read(row) for row in self.connection.rows(sql, params)]
+
+    def rank(self, query: Query) -> list[tuple[Artifact, float]]:
+        where, params = conditions(query)
+        source, _, matches, values = self.text.source(query)
+        # bm25() is negative, best first; negating a double is exact, so the
+        # score is the one the reference computes.
+        sql = (
+            f"SELECT {ARTIFACTS.select}, -bm25(t.artifact_words) AS score FROM {source} "
+            f"WHERE {' AND '.join([*where, *matches])} ORDER BY score DESC, a.sequence"
+        )
+        params = [*params, *values]
+        if query.limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, query.limit]
+        return [(ARTIFACTS.read(row[:-1]), row[-1]) for row in self.connection.rows(sql, params)]
+
+    # -- text state --------------------------------------------------------
+
+    def text_status(self, artifact_id: str) -> NotSearchable | None:
+        artifact = self.find_artifact(artifact_id)
+        return None if artifact is None else self.text.status(artifact.sequence)
+
+    def text_counts(self) -> dict[str, int]:
+        return self.text.counts()
+
+    def pending_text(self, limit: int) -> list[Artifact]:
+        return self._list(
+            ARTIFACTS,
+            "WHERE a.sequence IN (SELECT sequence FROM text_pending ORDER BY sequence LIMIT ?) "
+            "AND a.deleted_at IS NULL ORDER BY a.sequence",
+            limit,
+        )
+
+    def set_text(self, artifact: Artifact, searchable: str | NotSearchable) -> None:
+        self.text.replace(artifact.sequence, searchable)
+
+    def request_text_rebuild(self) -> int:
+        return self.text.request_rebuild()
 
     def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         return self._list(REVISIONS, "WHERE artifact_id = ? ORDER BY revision", artifact_id)

@@ -295,7 +295,8 @@ def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
         ("changes", "SELECT count(*) FROM changes"),
     ):
         counts[name] = int(repo.index.connection.row(sql)[0])
-    counts["text_backlog"] = repo.index.text.count_backlog()
+    for state, count in repo.text_counts().items():
+        counts[f"text_{state.replace('-', '_')}"] = count
     for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
         counts[name] = int(repo.index.connection.row(f"SELECT count(*) FROM {table}")[0])
     stats = repo.objects.stats()

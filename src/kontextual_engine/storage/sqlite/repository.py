@@ -17,6 +17,7 @@ Runs: opening a store for writing recovers abandoned runs (the contract's
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ...digests import parse_digest
@@ -26,7 +27,6 @@ from ..ids import Clock, IdSource
 from ..objects import STORE_MARKER, Durability, ObjectStore
 from .connection import DEFAULT_BUSY_TIMEOUT, INDEX_NAME, check_busy_timeout
 from .index import SQLiteIndex
-from .text_index import DEFAULT_TEXT_BACKLOG_LIMIT, check_backlog_limit
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteIndex", "SQLiteKnowledgeRepository"]
 
@@ -63,6 +63,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     becomes a new store. Anything else is refused with
     :class:`StoreFormatError`. ``read_only`` opens without writing anything;
     a store this process cannot write is opened read-only by itself.
+
+    Opening a store written before word search (schema ``0005_words``) for
+    writing derives every artifact's words from its body and compacts the
+    index once; ``rebuild_progress(done, total)`` is called as that goes.
     """
 
     index: SQLiteIndex
@@ -78,10 +82,9 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         read_only: bool = False,
         create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
+        rebuild_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         check_busy_timeout(busy_timeout)
-        check_backlog_limit(text_backlog_limit)
         root = Path(path)
         if not create:
             _require_store(root)
@@ -99,7 +102,6 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 "so it was opened read-only",
                 has_objects=lambda: next(objects.all(), None) is not None,
                 busy_timeout=busy_timeout,
-                text_backlog_limit=text_backlog_limit,
             )
         except BaseException:
             objects.close()
@@ -112,6 +114,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 # two processes opening at once recover each run once.
                 if index.has_running_runs():
                     self.recover_abandoned()
+                self._finish_text_rebuild(rebuild_progress)
             except BaseException:
                 self.close()
                 raise
@@ -127,7 +130,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         read_only: bool = False,
         create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        text_backlog_limit: int = DEFAULT_TEXT_BACKLOG_LIMIT,
+        rebuild_progress: Callable[[int, int], None] | None = None,
     ) -> SQLiteKnowledgeRepository:
         """Open the store at ``path``; with ``create=True``, make it first if it is
         missing (a missing or empty directory). Without it, a path that holds no
@@ -140,7 +143,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             read_only=read_only,
             create=create,
             busy_timeout=busy_timeout,
-            text_backlog_limit=text_backlog_limit,
+            rebuild_progress=rebuild_progress,
         )
 
     def __repr__(self) -> str:
@@ -166,18 +169,22 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
     def read_only(self) -> bool:
         return self.index.read_only
 
-    @property
-    def text_backlog_limit(self) -> int:
-        return self.index.text_backlog_limit
+    def _finish_text_rebuild(self, progress: Callable[[int, int], None] | None) -> None:
+        """Derive the words of artifacts left pending by an upgrade (or a rebuild
+        that was interrupted), then compact the index once if it does not yet
+        vacuum incrementally (stores made before ``0005_words``)."""
+        total = self.index.text.count_pending()
+        if total:
+            done = 0
 
-    def count_text_backlog(self) -> int:
-        """Documents whose text waits in the backlog for :meth:`index_text`."""
-        return self.index.text.count_backlog()
+            def advance(count: int) -> None:
+                nonlocal done
+                done += count
+                if progress is not None:
+                    progress(done, total)
 
-    def text_index_behind(self) -> bool:
-        """True when more than ``text_backlog_limit`` documents wait in the backlog:
-        a text query on a writable store then indexes them before it runs."""
-        return self.index.text.behind()
+            self.rebuild_text(progress=advance)
+        self.index.connection.enable_incremental_vacuum()
 
     def object_path(self, digest: str) -> Path | None:
         """The object file of ``digest``, or None if it is not (yet) in place."""

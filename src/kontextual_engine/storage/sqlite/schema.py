@@ -15,13 +15,14 @@ Layout decisions:
 * Deleted collections and artifacts stay as rows with ``deleted_at`` set:
   revisions and change records still point at them. Uniqueness of names
   holds among live rows through partial unique indexes.
-* ``artifact_text`` is an FTS5 table with the ``trigram`` tokenizer over the
-  already case-folded text (``case_sensitive 1``: no second folding by
-  SQLite). Its rowid is the artifact's sequence; only live artifacts with a
-  searchable current body have a row. The text is stored, not contentless,
-  because terms shorter than a trigram are matched with ``instr()`` on it.
-  Since ``0004_text_backlog`` writes go to ``text_backlog`` first and reach
-  ``artifact_text`` in batches (ADR 0004).
+* Text search: ``0001_core`` made ``artifact_text``, an FTS5 trigram table,
+  and ``0004_text_backlog`` a backlog in front of it (ADR 0004). Since
+  ``0005_words`` both are gone: ``artifact_words`` is an FTS5 table of words
+  (:mod:`.text_index`, ADR 0006), written in the write transaction, with
+  ``unsearchable`` (why a live artifact has no words) and ``text_pending``
+  (artifacts whose words must be derived from their bodies again). Its text
+  is stored rather than contentless because SQLite before 3.43 cannot delete
+  from a contentless table without the original text.
 * JSON columns hold canonical JSON and are checked with ``json_valid``.
 
 ``0002_runs_context`` adds runs, steps, input bundles, manifests, context
@@ -364,6 +365,37 @@ _TEXT_BACKLOG = (
 @_migration("0004_text_backlog")
 def _text_backlog(db: Database) -> None:
     for statement in _TEXT_BACKLOG:
+        db.conn.execute(statement)
+
+
+# Word search (ADR 0006) replaces the trigram table and its backlog. Every
+# live artifact starts pending: the repository derives its words from its
+# body once the index is open (the old table held folded text, from which
+# NFKC words cannot always be recovered exactly).
+_WORDS = (
+    "DROP TABLE text_backlog",
+    "DROP TABLE artifact_text",
+    """
+    CREATE VIRTUAL TABLE artifact_words USING fts5 (words, tokenize = "ascii tokenchars '_'")
+    """,
+    """
+    CREATE TABLE unsearchable (
+        sequence INTEGER PRIMARY KEY REFERENCES artifacts (sequence),
+        reason TEXT NOT NULL CHECK (reason IN ('too-large', 'not-utf8', 'binary'))
+    )
+    """,
+    """
+    CREATE TABLE text_pending (
+        sequence INTEGER PRIMARY KEY REFERENCES artifacts (sequence)
+    )
+    """,
+    "INSERT INTO text_pending SELECT sequence FROM artifacts WHERE deleted_at IS NULL",
+)
+
+
+@_migration("0005_words")
+def _words(db: Database) -> None:
+    for statement in _WORDS:
         db.conn.execute(statement)
 
 

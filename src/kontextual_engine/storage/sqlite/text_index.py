@@ -1,153 +1,112 @@
-"""Text search in the SQLite index (ADR 0004).
+"""Word search in the SQLite index (ADR 0006).
 
-Searchable text (folded by :mod:`..text`) is written to the backlog table
-``text_backlog`` and moved in batches into the FTS5 trigram table
-``artifact_text`` by :meth:`TextIndex.index_text`. A text query reads both
-halves in one read transaction, so it sees every write: the FTS5 half with
-``MATCH`` (terms of three characters or more) and ``instr``, the backlog half
-by scanning it. A query on a writable store whose backlog holds more than
-``backlog_limit`` rows indexes the backlog first.
+``artifact_words`` is an FTS5 table whose ``ascii`` tokenizer (``tokenchars
+'_'``) splits :func:`..text.indexed_form` into exactly the words of
+:func:`..text.words`, so FTS5 sees the tokens the in-memory reference sees and
+its ``bm25()`` is the score :func:`..text.bm25_scores` mirrors. Its rowid is
+the artifact's sequence; only live artifacts with searchable text have a row,
+written in the same transaction as the artifact. ``unsearchable`` says why a
+live artifact has none, and ``text_pending`` lists artifacts whose words must
+be derived from their bodies again (after an upgrade, or a rebuild asked for):
+the repository does that work (:meth:`..contract.KnowledgeRepository.rebuild_text`).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Sequence
-from contextlib import suppress
 from typing import Any
 
-from ...errors import ConflictError, ValidationError
-from ...models import Artifact, Query
+from ...errors import DamagedStoreError, StoreFormatError
+from ...models import Query
 from .. import text
 from .connection import Connection
-from .filters import METADATA_FILTER
 
-# A term shorter than this cannot go through a trigram MATCH.
-_TRIGRAM = 3
-# Backlog rows a text query reads without an index (ADR 0004): an instr()
-# scan of 1,000 documents of 1 KiB takes about a millisecond. Past this, a
-# text query on a writable store indexes the backlog before it runs.
-DEFAULT_TEXT_BACKLOG_LIMIT = 1000
-# Backlog rows moved into FTS5 per transaction by index_text(): large batches
-# make few FTS5 segments to merge; each batch commits, so progress survives an
-# interruption and other writers get the lock in between.
-INDEX_TEXT_BATCH = 5000
-_INSERT_TEXT = "INSERT INTO text_backlog (sequence, folded) VALUES (?, ?)"
+_INSERT_WORDS = "INSERT INTO artifact_words (rowid, words) VALUES (?, ?)"
+_INSERT_UNSEARCHABLE = "INSERT INTO unsearchable (sequence, reason) VALUES (?, ?)"
 
-# (query, FROM, ORDER BY, conditions, values) -> the artifacts that match, in order.
-Select = Callable[[Query, str, str, list[str], list[Any]], list[Artifact]]
-
-
-def check_backlog_limit(limit: object) -> None:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise ValidationError(f"text_backlog_limit must be an integer >= 0, got {limit!r}")
-
-
-def _match_phrase(term: str) -> str:
-    """An FTS5 string: every character literal, so no input is query syntax."""
-    return '"' + term.replace('"', '""') + '"'
+Statements = list[tuple[str, tuple[Any, ...]]]
 
 
 class TextIndex:
-    """The searchable text of the artifacts of one index, over its connection."""
+    """The words of the artifacts of one index, over its connection."""
 
-    def __init__(self, connection: Connection, backlog_limit: int) -> None:
-        check_backlog_limit(backlog_limit)
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.backlog_limit = backlog_limit
 
     # -- writing -----------------------------------------------------------
 
     @staticmethod
-    def statements(sequence: int, folded: str) -> list[tuple[str, tuple[Any, ...]]]:
-        """The statements that store the text of the artifact ``sequence`` (which a
-        bulk write may buffer with the artifact's other rows)."""
-        return [(_INSERT_TEXT, (sequence, folded))]
+    def statements(sequence: int, searchable: str | text.NotSearchable) -> Statements:
+        """The statements that store the text of artifact ``sequence`` (which a bulk
+        write may buffer with the artifact's other rows)."""
+        if isinstance(searchable, text.NotSearchable):
+            return [(_INSERT_UNSEARCHABLE, (sequence, searchable.value))]
+        return [(_INSERT_WORDS, (sequence, text.indexed_form(searchable)))]
 
-    def add(self, sequence: int, folded: str) -> None:
-        for sql, row in self.statements(sequence, folded):
+    def add(self, sequence: int, searchable: str | text.NotSearchable) -> None:
+        for sql, row in self.statements(sequence, searchable):
             self.connection.execute(sql, row)
 
     def forget(self, sequence: int) -> None:
-        """Drop an artifact's searchable text, indexed or still in the backlog."""
-        self.connection.execute("DELETE FROM artifact_text WHERE rowid = ?", (sequence,))
-        self.connection.execute("DELETE FROM text_backlog WHERE sequence = ?", (sequence,))
-
-    # -- the backlog -------------------------------------------------------
-
-    def index_text(self, *, progress: Callable[[int], None] | None = None) -> int:
-        """Move every backlog row into the FTS5 index; return how many moved.
-
-        Runs in transactions of :data:`INDEX_TEXT_BATCH` rows and calls
-        ``progress(rows)`` after each. Queries return the same results before
-        and after; afterwards they read the index instead of scanning.
-        """
+        """Drop whatever is known of an artifact's text."""
         conn = self.connection
-        moved = 0
-        while True:
-            with conn.transaction():
-                last, count = conn.row(
-                    "SELECT max(sequence), count(*) FROM "
-                    "(SELECT sequence FROM text_backlog ORDER BY sequence LIMIT ?)",
-                    (INDEX_TEXT_BATCH,),
-                )
-                if count:
-                    conn.execute(
-                        "INSERT INTO artifact_text (rowid, folded) SELECT sequence, "
-                        "folded FROM text_backlog WHERE sequence <= ? ORDER BY sequence",
-                        (last,),
-                    )
-                    conn.execute("DELETE FROM text_backlog WHERE sequence <= ?", (last,))
-            if not count:
-                return moved
-            moved += count
-            if progress is not None:
-                progress(count)
+        conn.execute("DELETE FROM artifact_words WHERE rowid = ?", (sequence,))
+        conn.execute("DELETE FROM unsearchable WHERE sequence = ?", (sequence,))
+        conn.execute("DELETE FROM text_pending WHERE sequence = ?", (sequence,))
 
-    def count_backlog(self) -> int:
-        """Documents whose text waits in the backlog for :meth:`index_text`."""
-        count: int = self.connection.row("SELECT count(*) FROM text_backlog")[0]
+    def replace(self, sequence: int, searchable: str | text.NotSearchable) -> None:
+        self.forget(sequence)
+        self.add(sequence, searchable)
+
+    # -- what is known -----------------------------------------------------
+
+    def status(self, sequence: int) -> text.NotSearchable | None:
+        """Why this artifact's body is not searchable, or None if it is (or waits)."""
+        row = self.connection.row("SELECT reason FROM unsearchable WHERE sequence = ?", (sequence,))
+        return None if row is None else text.NotSearchable(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """Live artifacts by text state: ``searchable``, ``pending`` and one count
+        per :class:`..text.NotSearchable` reason."""
+        conn = self.connection
+        found = {reason.value: 0 for reason in text.NotSearchable}
+        found.update(conn.rows("SELECT reason, count(*) FROM unsearchable GROUP BY reason"))
+        found["searchable"] = conn.row("SELECT count(*) FROM artifact_words_docsize")[0]
+        found["pending"] = self.count_pending()
+        return found
+
+    def count_pending(self) -> int:
+        count: int = self.connection.row("SELECT count(*) FROM text_pending")[0]
         return count
 
-    def behind(self) -> bool:
-        """True when more than ``backlog_limit`` documents wait in the backlog: a
-        text query on a writable store then indexes them before it runs."""
-        return (
-            self.connection.row(
-                "SELECT 1 FROM text_backlog LIMIT 1 OFFSET ?", (self.backlog_limit,)
-            )
-            is not None
+    def pending(self, limit: int) -> list[int]:
+        """Sequences of artifacts whose words wait to be derived from their bodies."""
+        rows = self.connection.rows(
+            "SELECT sequence FROM text_pending ORDER BY sequence LIMIT ?", (limit,)
         )
+        return [sequence for (sequence,) in rows]
 
-    def _index_if_behind(self) -> None:
-        """Index the backlog before a text query when it holds more than the limit."""
+    def request_rebuild(self) -> int:
+        """Forget every artifact's words and mark every live artifact pending."""
         conn = self.connection
-        with conn.lock:
-            if conn.read_only or conn.depth or conn.in_transaction:
-                return
-            behind = self.behind()
-        if behind:
-            # Another writer kept the lock past the busy timeout: scanning the
-            # backlog still gives the right answer, only slower.
-            with suppress(ConflictError):
-                self.index_text()
+        conn.execute("DELETE FROM artifact_words")
+        conn.execute("DELETE FROM unsearchable")
+        conn.execute(
+            "INSERT OR IGNORE INTO text_pending (sequence) "
+            "SELECT sequence FROM artifacts WHERE deleted_at IS NULL"
+        )
+        return self.count_pending()
 
     def check(self) -> list[tuple[str, int, str]]:
         """What is wrong with the stored text, as ``(kind, sequence, message)``:
-        text both indexed and in the backlog (``text-duplicate``), and text kept
-        for an artifact that is deleted or missing (``stale-text``)."""
+        words kept for an artifact that is deleted or missing (``stale-text``),
+        and a live artifact whose text state is unknown (``missing-text``)."""
         conn = self.connection
-        found = [
-            (
-                "text-duplicate",
-                sequence,
-                "text is both indexed and in the backlog; queries would return it twice",
-            )
-            for (sequence,) in conn.rows(
-                "SELECT b.sequence FROM text_backlog b JOIN artifact_text t ON t.rowid = b.sequence"
-            )
-        ]
-        for table, key in (("artifact_text", "rowid"), ("text_backlog", "sequence")):
+        found = []
+        for table, key in (
+            ("artifact_words", "rowid"),
+            ("unsearchable", "sequence"),
+            ("text_pending", "sequence"),
+        ):
             found += [
                 (
                     "stale-text",
@@ -159,60 +118,63 @@ class TextIndex:
                     "(SELECT sequence FROM artifacts WHERE deleted_at IS NULL)"
                 )
             ]
+        found += [
+            (
+                "missing-text",
+                sequence,
+                "live artifact has no words, no reason it is unsearchable and is not pending; "
+                "run `kontextual index --rebuild`",
+            )
+            for (sequence,) in conn.rows(
+                "SELECT sequence FROM artifacts WHERE deleted_at IS NULL "
+                "AND sequence NOT IN (SELECT rowid FROM artifact_words) "
+                "AND sequence NOT IN (SELECT sequence FROM unsearchable) "
+                "AND sequence NOT IN (SELECT sequence FROM text_pending)"
+            )
+        ]
         return found
+
+    def integrity_problem(self) -> str | None:
+        """FTS5's ``integrity-check`` of the words table: None, or what it says
+        (None on a read-only store, where the check, an INSERT, cannot run)."""
+        if self.connection.read_only:
+            return None
+        try:
+            self.connection.execute(
+                "INSERT INTO artifact_words (artifact_words, rank) VALUES ('integrity-check', 1)"
+            )
+        except DamagedStoreError as exc:
+            return f"FTS5 integrity check failed ({exc}); run `kontextual index --rebuild`"
+        return None
 
     # -- queries -----------------------------------------------------------
 
-    def query(
-        self, query: Query, where: list[str], params: list[Any], select: Select
-    ) -> list[Artifact]:
-        """The artifacts that match ``query.text`` and the index's other conditions
-        (``where``, ``params``), in sequence order, at most ``query.limit``."""
+    def source(self, query: Query) -> tuple[str, str, list[str], list[Any]]:
+        """FROM, ORDER BY (sequence), conditions and values that match ``query.text``."""
         assert query.text is not None
-        self._index_if_behind()
-        terms = text.parse_terms(query.text)
-        # index_text() in another process moves rows from the backlog into
-        # FTS5; one read transaction sees each row in exactly one of the two.
-        found = []
-        with self.connection.read_view():
-            for backlog in (False, True):
-                source, order, conditions, values = self._source(query, terms, backlog=backlog)
-                if backlog:
-                    # "+" keeps SQLite from driving the backlog half by the
-                    # metadata matches (thousands of probes into a small
-                    # table); the backlog is scanned and each row checked.
-                    where = ["+" + c if c.startswith(METADATA_FILTER) else c for c in where]
-                found.append(select(query, source, order, where + conditions, params + values))
-        merged = list(heapq.merge(*found, key=lambda artifact: artifact.sequence))
-        return merged if query.limit is None else merged[: query.limit]
-
-    def _source(
-        self, query: Query, terms: Sequence[str], *, backlog: bool
-    ) -> tuple[str, str, list[str], list[Any]]:
-        """FROM, ORDER BY and conditions that match ``terms`` in FTS5 or in the backlog."""
-        table, key = ("text_backlog", "t.sequence") if backlog else ("artifact_text", "t.rowid")
+        if self.connection.row("SELECT 1 FROM text_pending LIMIT 1") is not None:
+            raise StoreFormatError(
+                "the text index is being rebuilt and would miss documents; open the store "
+                "writable (or run `kontextual index`) to finish it, then search again"
+            )
         if (
             query.ids is not None
             or query.name is not None
             or query.digest is not None
             or query.related_to is not None
         ):
-            # A few candidates from an index of artifacts, each checked
-            # against its own text row (CROSS JOIN fixes the loop order).
-            source, order = f"artifacts a CROSS JOIN {table} t ON {key} = a.sequence", "a.sequence"
+            # A few candidates from an index of artifacts, each checked against
+            # the words (CROSS JOIN fixes the loop order).
+            source, order = (
+                "artifacts a CROSS JOIN artifact_words t ON t.rowid = a.sequence",
+                ("a.sequence"),
+            )
         else:
-            # The text table drives and yields rows in sequence order, so a
-            # LIMIT stops the scan early instead of sorting every match
-            # (CROSS JOIN: the planner would rather scan artifacts otherwise).
-            source, order = f"{table} t CROSS JOIN artifacts a ON a.sequence = {key}", key
-        conditions: list[str] = []
-        values: list[Any] = []
-        indexed = [] if backlog else [term for term in terms if len(term) >= _TRIGRAM]
-        if indexed:
-            conditions.append("t.artifact_text MATCH ?")
-            values.append(" AND ".join(_match_phrase(term) for term in indexed))
-        for term in terms:
-            if term not in indexed:
-                conditions.append("instr(t.folded, ?) > 0")
-                values.append(term)
-        return source, order, conditions, values
+            # The words table drives and yields rows in sequence order, so a
+            # LIMIT stops the scan early instead of sorting every match.
+            source, order = (
+                "artifact_words t CROSS JOIN artifacts a ON a.sequence = t.rowid",
+                ("t.rowid"),
+            )
+        match = text.parse_query(query.text).fts5()
+        return source, order, ["t.artifact_words MATCH ?"], [match]
