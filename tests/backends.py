@@ -15,11 +15,8 @@ from kontextual_engine.storage import (
     TickingClock,
 )
 
-# "sqlite" keeps the defaults, so text queries mostly scan the text backlog;
-# "sqlite-indexed" indexes the backlog before every text query, so they go
-# through FTS5 (ADR 0004). Both paths must keep every rule.
-BACKENDS = ["memory", "sqlite", "sqlite-indexed"]
-SQLITE_KINDS = {"sqlite": {}, "sqlite-indexed": {"text_backlog_limit": 0}}
+BACKENDS = ["memory", "sqlite"]
+SQLITE_KINDS: dict[str, dict[str, object]] = {"sqlite": {}}
 
 
 class Backend:
