@@ -8,12 +8,20 @@ error and every read agrees, record by record.
 Text alphabet. Bodies and text queries are drawn from :data:`ALPHABET`:
 ``a``/``A`` and ``s``/``S`` (plain case folding), ``ß`` and ``ẞ`` (fold to
 ``ss``, so one character matches two), ``İ`` (folds to ``i`` plus U+0307
-COMBINING DOT ABOVE), ``i``, U+0131 (dotless i: no fold), U+0307 itself, ``é``
-(precomposed) and a space (the term separator). With so few characters,
-random bodies and queries hit each other often, terms of every length from 1
-(``instr()`` path) to several trigrams (FTS5 ``MATCH`` path) occur, and the
-folds that change a string's length are exercised. Bodies that are not
-searchable (invalid UTF-8, a NUL byte) are drawn too.
+COMBINING DOT ABOVE, which is not a word character and so splits a word),
+``i``, U+0131 (dotless i: no fold), U+0307 itself, ``é`` (precomposed), the
+``ﬁ`` ligature (NFKC: ``fi``), ``-`` and a space (word separators). Queries
+add the syntax characters ``"``, ``*`` and ``-``, so phrases, prefixes,
+exclusions and malformed queries all occur. With so few characters random
+bodies and queries hit each other often. Bodies that are not searchable
+(invalid UTF-8, a NUL byte) are drawn too.
+
+Ranking. Ranked results are compared by :func:`same_ranking`: the same hits
+with scores equal to a relative tolerance of 1e-9, in the same order except
+among hits whose scores are within that tolerance of each other (a float tie
+that the two backends could break differently). In practice the scores have
+been bit-identical, since both compute FTS5's formula with the same
+operations.
 
 Runs. Runs are created, started (some with a lease so short that it has
 expired by the next tick of the test clock), renewed, finished with legal and
@@ -26,6 +34,7 @@ backends' ``export_records()`` must be equal.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -48,6 +57,7 @@ from kontextual_engine import (
     NewArtifact,
     Query,
     RelatedTo,
+    SearchHit,
     SQLiteKnowledgeRepository,
 )
 from kontextual_engine.digests import digest_bytes
@@ -56,7 +66,7 @@ from kontextual_engine.models import ContextReference, RunStatus
 from kontextual_engine.storage import SequentialIds, TickingClock
 from kontextual_engine.storage.runs import Pin
 
-ALPHABET = "aAsSßẞİi\u0131\u0307é "
+ALPHABET = "aAsSßẞİi\u0131\u0307éﬁ- "
 MISSING = "art_ffffffffffffffffffffffffffffffff"
 
 texts = st.text(alphabet=ALPHABET, max_size=30)
@@ -64,7 +74,9 @@ bodies = st.one_of(
     texts.map(str.encode),
     st.sampled_from([b"", b"\xff\xfeas", b"as\x00ss", "ẞ".encode() * 3]),
 )
-queries = st.text(alphabet=ALPHABET, min_size=1, max_size=5).filter(str.strip)
+queries = st.text(alphabet=ALPHABET + '"*-', min_size=1, max_size=6).filter(str.strip)
+# Scores closer than this (relative) are a tie for comparing rankings.
+SCORE_TOLERANCE = 1e-9
 collection_names = st.sampled_from(["c1", "c2", "c3"])
 artifact_names = st.sampled_from(["a", "b", "c", "d", "A", "ß"])
 artifact_types = st.sampled_from(["note", "doc"])
@@ -122,6 +134,34 @@ class Boom(Exception):
 Outcome = tuple[str, Any]
 
 
+def same_ranking(memory: list[SearchHit], sqlite: list[SearchHit]) -> None:
+    """The same hits and snippets, scores equal within :data:`SCORE_TOLERANCE`, in
+    the same order but for hits whose scores tie within it."""
+    assert len(memory) == len(sqlite), (memory, sqlite)
+    if all(hit.score is None for hit in memory + sqlite):
+        assert memory == sqlite  # not ranked: by sequence, exactly
+        return
+
+    def tied(a: float | None, b: float | None) -> bool:
+        if a is None or b is None:
+            return a is b
+        return math.isclose(a, b, rel_tol=SCORE_TOLERANCE, abs_tol=1e-15)
+
+    for left, right in zip(memory, sqlite, strict=True):
+        assert tied(left.score, right.score), (memory, sqlite)
+    start = 0
+    while start < len(memory):
+        end = start + 1
+        while end < len(memory) and tied(memory[end].score, memory[start].score):
+            end += 1
+        group = {(hit.artifact, hit.snippet) for hit in memory[start:end]}
+        assert group == {(hit.artifact, hit.snippet) for hit in sqlite[start:end]}, (
+            memory,
+            sqlite,
+        )
+        start = end
+
+
 class Differential(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -137,14 +177,11 @@ class Differential(RuleBasedStateMachine):
         self.steps: list[str] = []
 
     def _open(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
-        # A small backlog limit: text queries meet indexed rows, backlog rows
-        # and the automatic indexing between them (ADR 0004).
         return SQLiteKnowledgeRepository.open(
             self.tmp / "store",
             "none",
             clock=self.sqlite_clock,
             ids=self.sqlite_ids,
-            text_backlog_limit=3,
             create=create,
         )
 
@@ -352,13 +389,6 @@ class Differential(RuleBasedStateMachine):
         outcome = self.both(work)
         if outcome[0] == "ok":
             self.collections.extend(outcome[1])
-
-    @rule()
-    def index_text(self) -> None:
-        waiting = self.sqlite.count_text_backlog()
-        assert self.sqlite.index_text() == waiting
-        assert self.sqlite.count_text_backlog() == 0
-        assert self.memory.index_text() == 0
 
     @rule()
     def reopen(self) -> None:
@@ -656,6 +686,8 @@ class Differential(RuleBasedStateMachine):
         related=sometimes(st.tuples(indexes, st.none() | relationship_types, directions)),
         limit=sometimes(st.integers(0, 4)),
         after=sometimes(st.integers(0, 40)),
+        order=sometimes(st.sampled_from(["relevance", "sequence"])),
+        substring=st.booleans(),
     )
     def query(
         self,
@@ -669,6 +701,8 @@ class Differential(RuleBasedStateMachine):
         related: tuple[int, str | None, str] | None,
         limit: int | None,
         after: int | None,
+        order: str | None,
+        substring: bool,
     ) -> None:
         from kontextual_engine.digests import digest_bytes
 
@@ -685,8 +719,31 @@ class Differential(RuleBasedStateMachine):
             else RelatedTo(self.live_artifact(related[0]), related[1], related[2]),
             limit=limit,
             after=after,
+            order=order,
+            substring=substring and text is not None,
         )
-        self.both(lambda repo: repo.query(query))
+        self.search_both(query)
+
+    def search_both(self, query: Query) -> None:
+        """The query on both backends, as a query and as a search (scores and
+        snippets); ranked results are compared by :func:`same_ranking`."""
+        if query.text is None:
+            self.both(lambda repo: repo.query(query))
+            return
+        outcomes: list[Outcome] = []
+        for repo in (self.memory, self.sqlite):
+            try:
+                hits = repo.search(query)
+                assert repo.query(query) == [hit.artifact for hit in hits]
+                outcomes.append(("ok", hits))
+            except KontextualError as exc:
+                outcomes.append(("error", (type(exc).__name__, str(exc))))
+        (kind, memory), (other, sqlite) = outcomes
+        assert kind == other, outcomes
+        if kind == "error":
+            assert memory == sqlite
+        else:
+            same_ranking(memory, sqlite)
 
     @precondition(lambda self: bool(self.artifacts))
     @rule(
@@ -748,7 +805,12 @@ class Differential(RuleBasedStateMachine):
 
         got = self.both(piece)[1]
         if got is not None and got.strip():
-            self.both(lambda repo: repo.query(text=got))
+            for query in (got, f'"{got}"', f"{got}*", f"{got} -a"):
+                self.search_both(Query(text=query))
+
+    @rule(everything=st.booleans())
+    def rebuild_text(self, everything: bool) -> None:
+        self.both(lambda repo: (repo.rebuild_text(everything=everything), repo.text_counts()))
 
     @rule(index=indexes, revision=st.integers(1, 4))
     def read_revision(self, index: int, revision: int) -> None:
