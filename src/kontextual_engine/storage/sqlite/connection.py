@@ -67,7 +67,8 @@ CACHE_SIZE_KIB = 64 * 1024
 # Free pages a commit leaves before it vacuums them away (PRAGMA
 # incremental_vacuum): 1 MiB of 4 KiB pages, so small commits never pay for it.
 RECLAIM_FREE_PAGES = 256
-# FTS5 trigram queries need SQLite 3.34; JSON functions are built in from 3.38
+# Migration 0001 creates an FTS5 trigram table (0005 drops it), which needs
+# SQLite 3.34; JSON functions are built in from 3.38
 # but present as an extension in most earlier builds.
 MIN_SQLITE = (3, 34, 0)
 _SYNCHRONOUS = {

@@ -369,12 +369,23 @@ class SQLiteIndex(IndexBackend):
         return self.text.counts()
 
     def pending_text(self, limit: int) -> list[Artifact]:
-        return self._list(
-            ARTIFACTS,
-            "WHERE a.sequence IN (SELECT sequence FROM text_pending ORDER BY sequence LIMIT ?) "
-            "AND a.deleted_at IS NULL ORDER BY a.sequence",
-            limit,
-        )
+        while True:
+            sequences = self.text.pending(limit)
+            if not sequences:
+                return []
+            live = self._list(
+                ARTIFACTS,
+                "WHERE a.sequence IN (SELECT value FROM json_each(?)) AND a.deleted_at IS NULL "
+                "ORDER BY a.sequence",
+                json.dumps(sequences),
+            )
+            # A mark of an artifact that is gone (left by damage or an outside
+            # edit: a delete clears its own) would otherwise wait forever.
+            stale = set(sequences) - {artifact.sequence for artifact in live}
+            if stale:
+                self.text.forget_pending(sorted(stale))
+            if live:
+                return live
 
     def set_text(self, artifact: Artifact, searchable: str | NotSearchable) -> None:
         self.text.replace(artifact.sequence, searchable)

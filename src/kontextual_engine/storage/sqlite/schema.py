@@ -368,6 +368,10 @@ def _text_backlog(db: Database) -> None:
         db.conn.execute(statement)
 
 
+WORDS_TABLE = """
+    CREATE VIRTUAL TABLE artifact_words USING fts5 (words, tokenize = "ascii tokenchars '_'")
+    """
+
 # Word search (ADR 0006) replaces the trigram table and its backlog. Every
 # live artifact starts pending: the repository derives its words from its
 # body once the index is open (the old table held folded text, from which
@@ -375,9 +379,7 @@ def _text_backlog(db: Database) -> None:
 _WORDS = (
     "DROP TABLE text_backlog",
     "DROP TABLE artifact_text",
-    """
-    CREATE VIRTUAL TABLE artifact_words USING fts5 (words, tokenize = "ascii tokenchars '_'")
-    """,
+    WORDS_TABLE,
     """
     CREATE TABLE unsearchable (
         sequence INTEGER PRIMARY KEY REFERENCES artifacts (sequence),

@@ -13,11 +13,13 @@ the repository does that work (:meth:`..contract.KnowledgeRepository.rebuild_tex
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ...errors import DamagedStoreError, StoreFormatError
 from ...models import Query
 from .. import text
+from . import schema
 from .connection import Connection
 
 _INSERT_WORDS = "INSERT INTO artifact_words (rowid, words) VALUES (?, ?)"
@@ -79,16 +81,24 @@ class TextIndex:
         return count
 
     def pending(self, limit: int) -> list[int]:
-        """Sequences of artifacts whose words wait to be derived from their bodies."""
+        """Sequences of the first ``limit`` artifacts whose words wait."""
         rows = self.connection.rows(
             "SELECT sequence FROM text_pending ORDER BY sequence LIMIT ?", (limit,)
         )
         return [sequence for (sequence,) in rows]
 
+    def forget_pending(self, sequences: list[int]) -> None:
+        self.connection.execute(
+            "DELETE FROM text_pending WHERE sequence IN (SELECT value FROM json_each(?))",
+            (json.dumps(sequences),),
+        )
+
     def request_rebuild(self) -> int:
-        """Forget every artifact's words and mark every live artifact pending."""
+        """Forget every artifact's words and mark every live artifact pending. The
+        words table is made anew, so a damaged one is replaced, not patched."""
         conn = self.connection
-        conn.execute("DELETE FROM artifact_words")
+        conn.execute("DROP TABLE artifact_words")
+        conn.execute(schema.WORDS_TABLE)
         conn.execute("DELETE FROM unsearchable")
         conn.execute(
             "INSERT OR IGNORE INTO text_pending (sequence) "
