@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from kontextual_engine.errors import ValidationError
 from kontextual_engine.snapshot import export_snapshot
+from kontextual_engine.storage import text as words
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
 from ..damage import overwrite_root_page
@@ -192,10 +194,17 @@ def test_hostile_artifact_references(store: Path, reference: str) -> None:
 @pytest.mark.parametrize(
     "text", ['"', "NEAR(a b", "(", "*", "a OR b", INJECTION, "-x", "col:val", "'", '"""']
 )
-def test_text_query_syntax_is_plain_text(store: Path, text: str) -> None:
+def test_text_query_syntax_is_parsed_or_refused(store: Path, text: str) -> None:
+    """Never FTS5 syntax: a query the word-search grammar accepts runs; anything
+    else is one typed line naming the problem (exit 2), never a traceback."""
     result = kontextual(store, "find", "--text", text, "--json")
-    assert result.returncode == 0, result.stderr
-    assert b"Traceback" not in result.stderr
+    try:
+        words.parse_query(text)
+    except ValidationError:
+        assert_one_line_error(result, code=2, says="text query")
+    else:
+        assert result.returncode == 0, result.stderr
+        assert b"Traceback" not in result.stderr
 
 
 def test_injection_in_names_and_metadata(store: Path) -> None:

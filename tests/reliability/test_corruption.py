@@ -216,7 +216,7 @@ def test_export_refuses_a_corrupt_body(store: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "table", ["artifacts", "revisions", "changes", "artifact_text_data", "sqlite_master"]
+    "table", ["artifacts", "revisions", "changes", "artifact_words_data", "sqlite_master"]
 )
 def test_damaged_index_page_is_found_by_open_or_fsck(store: Path, table: str) -> None:
     index = store / "index.sqlite"

@@ -52,7 +52,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 for i in range(ARTIFACTS)
             ],
         )
-        repo.index_text()
     return path
 
 

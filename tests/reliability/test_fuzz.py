@@ -386,8 +386,8 @@ SPECIALS = [
     "NOT",
     "NEAR(",
     "rowid",
-    "artifact_text",
-    "folded",
+    "artifact_words",
+    "words",
 ]
 LETTERS = list("abcABCsSßẞİi\u0131\u0307éﬁ")
 query_text = st.one_of(
