@@ -538,6 +538,11 @@ def names_of(records: list[dict[str, Any]]) -> list[str]:
     return [r["name"] for r in records]
 
 
+def hit_names(hits: list[dict[str, Any]]) -> list[str]:
+    """The names of `find --text --json` hits, in the order printed."""
+    return [hit["artifact"]["name"] for hit in hits]
+
+
 def test_find_filters(corpus: Path) -> None:
     assert names_of(as_json("find", "--collection", "papers")) == ["a.md", "b.txt", "c.json"]
     assert names_of(as_json("find", "--type", "text")) == ["b.txt", "b.txt"]
@@ -547,8 +552,8 @@ def test_find_filters(corpus: Path) -> None:
     assert names_of(as_json("find", "--meta", 'score="1"')) == ["c.json"]
     assert names_of(as_json("find", "--meta", "score=1", "--meta", "year=2024")) == ["a.md"]
     assert as_json("find", "--meta", "score=1", "--meta", "year=2023") == []
-    assert names_of(as_json("find", "--text", "RETRIEVAL", "--collection", "notes")) == ["a.md"]
-    assert names_of(as_json("find", "--text", "beta second")) == ["b.txt", "b.txt"]
+    assert hit_names(as_json("find", "--text", "RETRIEVAL", "--collection", "notes")) == ["a.md"]
+    assert hit_names(as_json("find", "--text", "beta second")) == ["b.txt", "b.txt"]
     assert as_json("find", "--text", "beta zzz") == []
     assert len(as_json("find", "--limit", "3")) == 3
     assert as_json("find", "--limit", "0") == []
@@ -585,7 +590,8 @@ def test_find_related(corpus: Path) -> None:
 
 
 def test_find_human_output(corpus: Path) -> None:
-    lines = ok("find", "--text", "beta").stdout.splitlines()
+    lines = ok("find", "--type", "text").stdout.splitlines()
+    assert lines[0].split() == ["TYPE", "REV", "SIZE", "DIGEST", "NAME"]
     assert [line.split()[-1] for line in lines[1:]] == ["notes/b.txt", "papers/b.txt"]
     assert ok("find", "--text", "nothing-matches-this").stdout == ""
 
@@ -624,7 +630,9 @@ def test_show(corpus: Path) -> None:
     assert ["->", "cites", "papers/b.txt"] in rows
     assert ["<-", "cites", "papers/c.json"] in rows
     shown = as_json("show", "papers/a.md")
-    assert set(shown) == {"artifact", "collection", "outgoing", "incoming", "run"}
+    assert set(shown) == {"artifact", "collection", "outgoing", "incoming", "run", "not_searchable"}
+    assert shown["not_searchable"] is None
+    assert fields["text"].strip() == "searchable"
     assert shown["collection"] == "papers"
     assert [r["relationship_type"] for r in shown["outgoing"]] == ["cites"]
     assert shown["incoming"][0]["target_id"] == shown["artifact"]["id"]
@@ -859,30 +867,6 @@ def test_stats(filled: Path) -> None:
     assert counts["changes"] == 6
     text = ok("stats").stdout
     assert "artifacts:" in text and str(filled) in text
-
-
-def test_index_moves_the_text_backlog(filled: Path) -> None:
-    found = as_json("find", "--text", "e")
-    assert len(found) == 2
-    assert as_json("stats")["text_backlog"] == 4  # the PNG is not text
-    assert as_json("index") == {"indexed": 4}
-    assert as_json("stats")["text_backlog"] == 0
-    assert as_json("find", "--text", "e") == found
-    assert ok("index").stdout == "indexed the text of 0 documents\n"
-
-
-def test_a_large_backlog_is_announced_and_indexed_by_find(store: Path, tmp_path: Path) -> None:
-    many = tmp_path / "many"
-    many.mkdir()
-    for number in range(1001):  # one more than the default text_backlog_limit
-        (many / f"n{number}.txt").write_text(f"note {number}")
-    ok("init")
-    added = ok("add", "bulk", str(many)).stdout
-    assert "the text of 1001 documents waits to be indexed" in added
-    assert as_json("stats")["text_backlog"] == 1001
-    assert [a["name"] for a in as_json("find", "--text", "note 1000")] == ["n1000.txt"]
-    assert as_json("stats")["text_backlog"] == 0  # find indexed it first
-    assert "waits to be indexed" not in ok("add", "bulk", str(many)).stdout
 
 
 def test_fsck(filled: Path, tmp_path: Path) -> None:
