@@ -22,6 +22,7 @@ from kontextual_engine.cli.commands import changes as changes_module
 from kontextual_engine.cli.ingest import guess_types
 from kontextual_engine.cli.params import parse_value
 from kontextual_engine.models import ContextReference
+from kontextual_engine.storage import text
 from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
 
@@ -538,6 +539,11 @@ def names_of(records: list[dict[str, Any]]) -> list[str]:
     return [r["name"] for r in records]
 
 
+def hit_names(hits: list[dict[str, Any]]) -> list[str]:
+    """The names of `find --text --json` hits, in the order printed."""
+    return [hit["artifact"]["name"] for hit in hits]
+
+
 def test_find_filters(corpus: Path) -> None:
     assert names_of(as_json("find", "--collection", "papers")) == ["a.md", "b.txt", "c.json"]
     assert names_of(as_json("find", "--type", "text")) == ["b.txt", "b.txt"]
@@ -547,8 +553,8 @@ def test_find_filters(corpus: Path) -> None:
     assert names_of(as_json("find", "--meta", 'score="1"')) == ["c.json"]
     assert names_of(as_json("find", "--meta", "score=1", "--meta", "year=2024")) == ["a.md"]
     assert as_json("find", "--meta", "score=1", "--meta", "year=2023") == []
-    assert names_of(as_json("find", "--text", "RETRIEVAL", "--collection", "notes")) == ["a.md"]
-    assert names_of(as_json("find", "--text", "beta second")) == ["b.txt", "b.txt"]
+    assert hit_names(as_json("find", "--text", "RETRIEVAL", "--collection", "notes")) == ["a.md"]
+    assert hit_names(as_json("find", "--text", "beta second")) == ["b.txt", "b.txt"]
     assert as_json("find", "--text", "beta zzz") == []
     assert len(as_json("find", "--limit", "3")) == 3
     assert as_json("find", "--limit", "0") == []
@@ -585,7 +591,8 @@ def test_find_related(corpus: Path) -> None:
 
 
 def test_find_human_output(corpus: Path) -> None:
-    lines = ok("find", "--text", "beta").stdout.splitlines()
+    lines = ok("find", "--type", "text").stdout.splitlines()
+    assert lines[0].split() == ["TYPE", "REV", "SIZE", "DIGEST", "NAME"]
     assert [line.split()[-1] for line in lines[1:]] == ["notes/b.txt", "papers/b.txt"]
     assert ok("find", "--text", "nothing-matches-this").stdout == ""
 
@@ -602,6 +609,219 @@ def test_ambiguous_digest_prefix(filled: Path, tmp_path: Path) -> None:
     full = "blake3:" + blake3.blake3(first).hexdigest()
     assert ok("cat-object", full[:20]).stdout_bytes == first
     assert state(filled) == before
+
+
+# -- word search -----------------------------------------------------------------
+
+# Added in this order (file names sort so): the weaker retrieval hit is the older.
+TEXTS = {
+    "a-notes.txt": "Some notes about retrieval and ranking, among other things like gardening.",
+    "b-guide.md": "Retrieval augmented generation ranks passages. Retrieval quality matters; "
+    "retrieval is the topic of this guide.",
+    "c-fox.txt": "The quick brown fox jumps over the lazy dog.",
+    "d-fox.txt": "The brown quick fox sleeps all day.",
+    "e-mail.txt": "Send an e-mail to the team about tokenizers.",
+    "f-garden.txt": "Gardening tips: tomatoes and basil.",
+    "g-plain.txt": "Nothing relevant here at all.",
+    "h-cooking.txt": "Another unrelated document about cooking.",
+}
+UNSEARCHABLE = {
+    "x-binary.dat": b"\x00\x01 retrieval",
+    "y-latin1.txt": "caf\u00e9 retrieval".encode("latin-1"),
+    "z-huge.txt": (b"retrieval " * (text.MAX_TEXT_BYTES // 10 + 1))[: text.MAX_TEXT_BYTES] + b"x",
+}
+
+
+@pytest.fixture
+def texts(store: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for name, body in TEXTS.items():
+        (folder / name).write_text(body)
+    for name, data in UNSEARCHABLE.items():
+        (folder / name).write_bytes(data)
+    assert len(UNSEARCHABLE["z-huge.txt"]) == text.MAX_TEXT_BYTES + 1
+    ok("init")
+    ok("add", "texts", str(folder))
+    return store
+
+
+def test_find_text_prints_the_best_hit_first_then_its_snippet(texts: Path) -> None:
+    result = ok("find", "--text", "retrieval")
+    assert "\x1b" not in result.stdout  # no styling when stdout is not a terminal
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4  # two hits, each with its snippet
+    heads = [line.split() for line in lines[::2]]
+    assert [head[1] for head in heads] == ["texts/b-guide.md", "texts/a-notes.txt"]
+    assert float(heads[0][0]) > float(heads[1][0]) > 0
+    digest = as_json("show", "texts/b-guide.md")["artifact"]["digest"]
+    assert digest.removeprefix("blake3:").startswith(heads[0][2])
+    for snippet in lines[1::2]:
+        assert snippet.startswith("    ") and not snippet.startswith("     ")
+        assert "retrieval" in snippet.casefold()
+    assert TEXTS["b-guide.md"].startswith(lines[1].removeprefix("    "))
+
+
+def test_find_text_highlights_the_matched_words_on_a_terminal(texts: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--durability", "none", "find", "--text", "retrieval"], color=True
+    )
+    assert result.exit_code == 0, result.stderr
+    snippet = result.stdout.splitlines()[1]
+    assert snippet.count("\x1b[1m") == 3  # the three places of the word, bold
+    assert TEXTS["b-guide.md"].startswith(click.unstyle(snippet).removeprefix("    "))
+    styled = snippet.split("\x1b[1m")[1]
+    assert click.unstyle(styled.split("\x1b[0m")[0]) == "Retrieval"
+
+
+def test_find_text_json_has_scores_snippets_and_highlights(texts: Path) -> None:
+    found = as_json("find", "--text", "retrieval")
+    assert hit_names(found) == ["b-guide.md", "a-notes.txt"]
+    assert set(found[0]) == {"artifact", "score", "snippet", "highlights"}
+    scores = [hit["score"] for hit in found]
+    assert all(isinstance(score, float) for score in scores)
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+    for hit in found:
+        assert TEXTS[hit["artifact"]["name"]].startswith(hit["snippet"])
+        marked = [hit["snippet"][start:end] for start, end in hit["highlights"]]
+        assert marked and {word.casefold() for word in marked} == {"retrieval"}
+    assert len(found[0]["highlights"]) == 3
+
+
+def test_find_text_scores_tell_close_hits_apart(store: Path, tmp_path: Path) -> None:
+    """A word in most documents has a tiny weight (BM25's IDF floor); the printed
+    score still orders the hits as the ranking did."""
+    ok("init")
+    for name, body in (("a", "beta body"), ("b", "beta beta beta"), ("c", "gamma")):
+        (tmp_path / name).write_text(body)
+        ok("add", "small", str(tmp_path / name))
+    found = as_json("find", "--text", "beta")
+    assert hit_names(found) == ["b", "a"] and 0 < found[1]["score"] < found[0]["score"] < 1e-3
+    lines = ok("find", "--text", "beta").stdout.splitlines()
+    printed = [float(line.split()[0]) for line in lines[::2]]
+    assert printed[0] > printed[1] > 0, lines
+
+
+def test_find_text_phrase_prefix_and_exclusion(texts: Path) -> None:
+    assert sorted(hit_names(as_json("find", "--text", "quick brown"))) == [
+        "c-fox.txt",
+        "d-fox.txt",
+    ]
+    assert hit_names(as_json("find", "--text", '"quick brown"')) == ["c-fox.txt"]
+    assert hit_names(as_json("find", "--text", '"BROWN quick"')) == ["d-fox.txt"]
+    assert hit_names(as_json("find", "--text", "e-mail")) == ["e-mail.txt"]  # a phrase
+    assert hit_names(as_json("find", "--text", "token*")) == ["e-mail.txt"]
+    assert as_json("find", "--text", "token") == []  # words, not substrings
+    assert sorted(hit_names(as_json("find", "--text", "garden*"))) == [
+        "a-notes.txt",
+        "f-garden.txt",
+    ]
+    assert hit_names(as_json("find", "--text", "retrieval -gardening")) == ["b-guide.md"]
+    assert hit_names(as_json("find", "--text", 'fox -"lazy dog"')) == ["d-fox.txt"]
+    [hit] = as_json("find", "--text", '"quick brown"')
+    marked = [hit["snippet"][start:end] for start, end in hit["highlights"]]
+    assert marked == ["quick", "brown"]
+
+
+@pytest.mark.parametrize(
+    "query, problem",
+    [
+        ('"unclosed', "unclosed quote"),
+        ("-retrieval", "only excludes"),
+        ("a*b", "'*' may only end a word"),
+        ("--", "'--'"),
+        ("***", "'***'"),
+        ("!!", "has no word to search for"),
+        (" ".join(f"w{n}" for n in range(33)), "at most 32"),
+    ],
+)
+def test_find_text_refuses_a_malformed_query(texts: Path, query: str, problem: str) -> None:
+    fails(2, "find", "--text", query, says=["text query", problem])
+    fails(2, "find", "--text", query, "--json", says=[problem])
+
+
+def test_find_text_substring_is_the_old_search(texts: Path) -> None:
+    assert as_json("find", "--text", "etriev") == []  # no such word
+    found = as_json("find", "--text", "ETRIEV", "--substring")
+    assert hit_names(found) == ["a-notes.txt", "b-guide.md"]  # oldest first
+    assert [(hit["score"], hit["snippet"], hit["highlights"]) for hit in found] == [
+        (None, None, None)
+    ] * 2
+    lines = ok("find", "--text", "etriev", "--substring").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["texts/a-notes.txt", "texts/b-guide.md"]
+    fails(2, "find", "--text", "x", "--substring", "--order", "relevance", says=["substring"])
+    fails(2, "find", "--substring", says=["needs a text query"])
+
+
+def test_find_text_in_sequence_order(texts: Path) -> None:
+    found = as_json("find", "--text", "retrieval", "--order", "sequence")
+    assert hit_names(found) == ["a-notes.txt", "b-guide.md"]
+    assert [hit["score"] for hit in found] == [None, None]
+    assert all("retrieval" in hit["snippet"].casefold() for hit in found)
+    lines = ok("find", "--text", "retrieval", "--order", "sequence").stdout.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == ["texts/a-notes.txt", "texts/b-guide.md"]
+    ranked = as_json("find", "--text", "retrieval", "--order", "relevance")
+    assert ranked == as_json("find", "--text", "retrieval")
+    assert hit_names(as_json("find", "--text", "retrieval", "--limit", "1")) == ["b-guide.md"]
+    fails(2, "find", "--order", "relevance", says=["needs a text query"])
+    fails(2, "find", "--text", "x", "--order", "sideways", says=["--order"])
+
+
+@pytest.mark.parametrize(
+    "name, reason, shown",
+    [
+        ("x-binary.dat", "binary", "not searchable: binary (holds NUL bytes)"),
+        ("y-latin1.txt", "not-utf8", "not searchable: not UTF-8"),
+        ("z-huge.txt", "too-large", "not searchable: larger than 1 MiB"),
+    ],
+)
+def test_show_says_why_a_body_is_not_searchable(
+    texts: Path, name: str, reason: str, shown: str
+) -> None:
+    fields = dict(line.split(":", 1) for line in ok("show", f"texts/{name}").stdout.splitlines())
+    assert fields["text"].strip() == shown
+    assert as_json("show", f"texts/{name}")["not_searchable"] == reason
+    assert name not in hit_names(as_json("find", "--text", "retrieval"))
+    assert name not in hit_names(as_json("find", "--text", "retrieval", "--substring"))
+
+
+def test_stats_counts_text_states(texts: Path) -> None:
+    counts = as_json("stats")
+    assert {key: value for key, value in counts.items() if key.startswith("text_")} == {
+        "text_searchable": len(TEXTS),
+        "text_pending": 0,
+        "text_too_large": 1,
+        "text_not_utf8": 1,
+        "text_binary": 1,
+    }
+    fields = dict(line.split(":", 1) for line in ok("stats").stdout.splitlines())
+    assert fields["text searchable"].strip() == str(len(TEXTS))
+    assert fields["text binary"].strip() == "1"
+
+
+def test_index_rebuild_derives_every_artifacts_words(texts: Path) -> None:
+    before = as_json("find", "--text", "retrieval")
+    assert as_json("index") == {"indexed": 0}  # nothing waits
+    assert ok("index").stdout == "derived the words of 0 artifacts\n"
+    total = len(TEXTS) + len(UNSEARCHABLE)
+    assert as_json("index", "--rebuild") == {"indexed": total}
+    assert ok("index", "--rebuild", "--quiet").stdout == f"derived the words of {total} artifacts\n"
+    assert as_json("find", "--text", "retrieval") == before
+    assert as_json("stats")["text_binary"] == 1
+    assert as_json("fsck")["findings"] == []
+
+
+def test_an_interrupted_upgrade_is_finished_and_counted(texts: Path) -> None:
+    """Pending words (an upgrade or rebuild that stopped) are derived when the store
+    is opened writable; `index` reports them."""
+    with sqlite3.connect(texts / "index.sqlite") as conn:
+        conn.execute("DELETE FROM artifact_words")
+        conn.execute("DELETE FROM unsearchable")
+        conn.execute("INSERT INTO text_pending SELECT sequence FROM artifacts")
+    conn.close()
+    assert as_json("index") == {"indexed": len(TEXTS) + len(UNSEARCHABLE)}
+    assert as_json("stats")["text_pending"] == 0
+    assert hit_names(as_json("find", "--text", "retrieval")) == ["b-guide.md", "a-notes.txt"]
 
 
 # -- one artifact ----------------------------------------------------------------
@@ -624,7 +844,9 @@ def test_show(corpus: Path) -> None:
     assert ["->", "cites", "papers/b.txt"] in rows
     assert ["<-", "cites", "papers/c.json"] in rows
     shown = as_json("show", "papers/a.md")
-    assert set(shown) == {"artifact", "collection", "outgoing", "incoming", "run"}
+    assert set(shown) == {"artifact", "collection", "outgoing", "incoming", "run", "not_searchable"}
+    assert shown["not_searchable"] is None
+    assert fields["text"].strip() == "searchable"
     assert shown["collection"] == "papers"
     assert [r["relationship_type"] for r in shown["outgoing"]] == ["cites"]
     assert shown["incoming"][0]["target_id"] == shown["artifact"]["id"]
@@ -859,30 +1081,6 @@ def test_stats(filled: Path) -> None:
     assert counts["changes"] == 6
     text = ok("stats").stdout
     assert "artifacts:" in text and str(filled) in text
-
-
-def test_index_moves_the_text_backlog(filled: Path) -> None:
-    found = as_json("find", "--text", "e")
-    assert len(found) == 2
-    assert as_json("stats")["text_backlog"] == 4  # the PNG is not text
-    assert as_json("index") == {"indexed": 4}
-    assert as_json("stats")["text_backlog"] == 0
-    assert as_json("find", "--text", "e") == found
-    assert ok("index").stdout == "indexed the text of 0 documents\n"
-
-
-def test_a_large_backlog_is_announced_and_indexed_by_find(store: Path, tmp_path: Path) -> None:
-    many = tmp_path / "many"
-    many.mkdir()
-    for number in range(1001):  # one more than the default text_backlog_limit
-        (many / f"n{number}.txt").write_text(f"note {number}")
-    ok("init")
-    added = ok("add", "bulk", str(many)).stdout
-    assert "the text of 1001 documents waits to be indexed" in added
-    assert as_json("stats")["text_backlog"] == 1001
-    assert [a["name"] for a in as_json("find", "--text", "note 1000")] == ["n1000.txt"]
-    assert as_json("stats")["text_backlog"] == 0  # find indexed it first
-    assert "waits to be indexed" not in ok("add", "bulk", str(many)).stdout
 
 
 def test_fsck(filled: Path, tmp_path: Path) -> None:

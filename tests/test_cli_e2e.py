@@ -58,6 +58,14 @@ def names(done: subprocess.CompletedProcess[bytes]) -> list[str]:
     return [record["name"] for record in found]
 
 
+def hits(done: subprocess.CompletedProcess[bytes]) -> list[str]:
+    """The names of `find --text --json` hits, best first."""
+    found = json_of(done)
+    assert isinstance(found, list)
+    assert all(isinstance(hit["score"], float) and hit["snippet"] for hit in found), found
+    return [hit["artifact"]["name"] for hit in found]
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     copy = tmp_path / "corpus"
@@ -87,12 +95,16 @@ def test_main_flow(
     assert added == ["created collection notes", f"added 37, updated 0, unchanged 0, {total} bytes"]
 
     # The facts fixtures/README.md promises, through the command line.
-    assert names(run("find", "--text", "zephyrine", "--json")) == ["notes/interview-archivist.md"]
-    assert names(run("find", "--text", "QUILLWORT", "--json")) == [
+    assert hits(run("find", "--text", "zephyrine", "--json")) == ["notes/interview-archivist.md"]
+    assert sorted(hits(run("find", "--text", "QUILLWORT", "--json"))) == [
         "notes/research-graph-vs-tags.md",
         "papers/knowledge-graphs-personal-archives.txt",
     ]
-    assert len(names(run("find", "--text", "retrieval", "--json"))) == 12
+    assert len(hits(run("find", "--text", "retrieval", "--json"))) == 12
+    assert sorted(hits(run("find", "--text", "strasse", "--json"))) == [
+        "data/multilingual.txt",  # Straße: ß case-folds to ss
+        "notes/research-fts5-ranking.md",
+    ]
     assert len(names(run("find", "--meta", "source=fixtures", "--json"))) == 37
     assert names(run("find", "--meta", 'batch="1"', "--json")) == []
 
@@ -103,11 +115,11 @@ def test_main_flow(
     assert lines(run("add", "notes", str(corpus)))[-1].startswith(
         "added 0, updated 1, unchanged 36,"
     )
-    assert sorted(names(run("find", "--text", "zephyrine", "--json"))) == [
+    assert sorted(hits(run("find", "--text", "zephyrine", "--json"))) == [
         "notes/interview-archivist.md",
         "notes/todo.md",
     ]
-    assert names(run("find", "--meta", "batch=1", "--text", "follow-up", "--json")) == [
+    assert hits(run("find", "--meta", "batch=1", "--text", "follow-up", "--json")) == [
         "notes/todo.md"
     ]
 
@@ -171,8 +183,11 @@ def test_the_default_store_is_dot_kontextual_in_the_working_directory(
     assert (work / ".kontextual" / "kontextual.json").is_file()
     kontextual("add", "notes", str(corpus), store=None, cwd=work)
     found = lines(kontextual("find", "--text", "retrieval", store=None, cwd=work))
-    assert found[0].split() == ["TYPE", "REV", "SIZE", "DIGEST", "NAME"]
-    assert len(found) == 13
+    assert len(found) == 24  # each hit, then its snippet indented
+    scores = [float(line.split()[0]) for line in found[::2]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert all(line.startswith("    ") and "retrieval" in line.casefold() for line in found[1::2])
+    assert "\x1b" not in "".join(found)  # no styling when stdout is not a terminal
     hexd = json_of(kontextual("show", "notes/notes/glossary.md", "--json", store=None, cwd=work))[
         "artifact"
     ]["digest"][7:]  # type: ignore[index]

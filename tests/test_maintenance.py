@@ -109,47 +109,103 @@ def test_sequence_gap(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
         reopened.close()
 
 
+LAST_WORDS = "(SELECT max(rowid) FROM artifact_words)"
+STALE = ("error", "stale-text")
+MISSING = ("error", "missing-text")
+PENDING = ("warning", "text-pending")
+
+
 @pytest.mark.parametrize(
-    "damage, finding",
+    "damage, read_only_finds, writable_finds",
     [
-        # the same text indexed and waiting: a query would return the artifact twice
+        # words kept for an artifact that is deleted
         (
-            "INSERT INTO text_backlog SELECT rowid, folded FROM artifact_text LIMIT 1",
-            "text-duplicate",
+            [f"UPDATE artifacts SET deleted_at = created_at WHERE sequence = {LAST_WORDS}"],
+            {STALE},
+            {STALE},
         ),
+        # a reason kept for an artifact that is deleted
         (
-            "INSERT INTO artifact_text (rowid, folded) SELECT sequence, folded FROM text_backlog "
-            "LIMIT 1",
-            "text-duplicate",
+            [
+                "UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
+                "(SELECT max(sequence) FROM unsearchable)"
+            ],
+            {STALE},
+            {STALE},
         ),
+        # a deleted artifact waiting for words: stale, and counted as pending
+        # even after a writable open (which derives words of live artifacts only)
         (
-            "UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
-            "(SELECT max(rowid) FROM artifact_text)",
-            "stale-text",
+            [
+                "INSERT INTO text_pending SELECT sequence FROM artifacts "
+                "WHERE deleted_at IS NOT NULL"
+            ],
+            {STALE, PENDING},
+            {STALE, PENDING},
         ),
+        # a live artifact with no words, no reason and not pending
+        ([f"DELETE FROM artifact_words WHERE rowid = {LAST_WORDS}"], {MISSING}, {MISSING}),
+        (["DELETE FROM unsearchable"], {MISSING}, {MISSING}),
+        # an interrupted rebuild: a writable open finishes it
         (
-            "UPDATE artifacts SET deleted_at = created_at WHERE sequence = "
-            "(SELECT max(sequence) FROM text_backlog)",
-            "stale-text",
+            [
+                f"INSERT INTO text_pending VALUES ({LAST_WORDS})",
+                f"DELETE FROM artifact_words WHERE rowid = {LAST_WORDS}",
+            ],
+            {PENDING},
+            set(),
         ),
+        # the stored words no longer what FTS5 indexed for them; FTS5's check
+        # is an INSERT, which a read-only store cannot run
+        (
+            [
+                "UPDATE artifact_words_content SET c0 = 'replaced behind the index' "
+                "WHERE id = (SELECT max(id) FROM artifact_words_content)"
+            ],
+            set(),
+            {("error", "text-index-damaged")},
+        ),
+    ],
+    ids=[
+        "words-of-deleted",
+        "reason-of-deleted",
+        "deleted-pending",
+        "words-missing",
+        "reason-missing",
+        "pending",
+        "fts5-damaged",
     ],
 )
 def test_text_tables_are_checked(
-    store: SQLiteKnowledgeRepository, tmp_path: Path, damage: str, finding: str
+    store: SQLiteKnowledgeRepository,
+    tmp_path: Path,
+    damage: list[str],
+    read_only_finds: set[tuple[str, str]],
+    writable_finds: set[tuple[str, str]],
 ) -> None:
-    collection = store.create_collection("waiting").id
-    store.index_text()
-    store.put_artifacts(collection, [NewArtifact("w", b"waiting text", "note")])
-    assert store_stats(store)["text_backlog"] == 1
+    collection = store.create_collection("more").id
+    store.put_artifacts(
+        collection,
+        [NewArtifact("bin", b"\x00binary", "blob"), NewArtifact("gone", b"gone text", "note")],
+    )
+    store.delete_artifact(store.query(name="gone")[0].id)
+    assert store_stats(store)["text_binary"] == 1
     assert fsck(store).findings == []
     store.close()
     with sqlite3.connect(tmp_path / "store" / "index.sqlite") as conn:
-        conn.execute(damage)
-    reopened = SQLiteKnowledgeRepository.open(tmp_path / "store", durability="none")
-    try:
-        assert kinds(fsck(reopened), "error") == {finding}
-    finally:
-        reopened.close()
+        for statement in damage:
+            assert conn.execute(statement).rowcount == 1, statement
+    conn.close()
+    for read_only, expected in ((True, read_only_finds), (False, writable_finds)):
+        reopened = SQLiteKnowledgeRepository.open(
+            tmp_path / "store", durability="none", read_only=read_only
+        )
+        try:
+            report = fsck(reopened)
+        finally:
+            reopened.close()
+        assert {(f.severity, f.kind) for f in report.findings} == expected, report.findings
+        assert report.ok == (not any(severity == "error" for severity, _ in expected))
 
 
 def test_damaged_index_page(store: SQLiteKnowledgeRepository, tmp_path: Path) -> None:
@@ -262,3 +318,6 @@ def test_stats(store: SQLiteKnowledgeRepository) -> None:
     assert stats["objects"] == 11
     assert stats["changes"] == 12
     assert stats["index_bytes"] > 0
+    assert stats["text_searchable"] == 10
+    assert stats["text_pending"] == 0
+    assert stats["text_too_large"] == stats["text_not_utf8"] == stats["text_binary"] == 0

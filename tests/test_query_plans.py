@@ -8,6 +8,8 @@ grows with the store.
 
 from __future__ import annotations
 
+import functools
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,7 +72,10 @@ def test_lookup_by_name_searches_the_live_name_index(repo: SQLiteKnowledgeReposi
 
 
 def test_text_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "artifact_text")
+    """In creation order, FTS5 yields matches by rowid: a LIMIT stops it early."""
+    plan = plan_of(
+        repo, lambda: repo.query(text="tokenizers", order="sequence", limit=10), "artifact_words"
+    )
     first = plan.splitlines()[0]
     assert first.startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SCAN a" not in plan, plan
@@ -78,29 +83,56 @@ def test_text_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
     assert "TEMP B-TREE" not in plan, plan
 
 
-def test_text_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> None:
-    """The unindexed half reads backlog rows in sequence order, never all artifacts."""
-    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "text_backlog")
-    assert plan.splitlines()[0] == "SCAN t", plan
-    assert "SCAN a" not in plan, plan
+def test_ranked_text_query_sorts_only_the_matches(repo: SQLiteKnowledgeRepository) -> None:
+    """By relevance, the matches FTS5 yields are sorted by score and the LIMIT is
+    SQLite's: no artifact that does not match is read."""
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "artifact_words")
+    lines = plan.splitlines()
+    assert lines[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
-    assert "TEMP B-TREE" not in plan, plan
-
-
-def test_text_and_metadata_query_scans_only_the_backlog(repo: SQLiteKnowledgeRepository) -> None:
-    """Not one probe into the backlog per metadata match: the backlog is scanned."""
-    plan = plan_of(
-        repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}), "text_backlog"
-    )
-    assert plan.splitlines()[0] == "SCAN t", plan
     assert "SCAN a" not in plan, plan
+    assert lines[-1] == "USE TEMP B-TREE FOR ORDER BY", plan
+
+
+def test_ranked_text_query_puts_order_and_limit_in_sql(repo: SQLiteKnowledgeRepository) -> None:
+    conn: sqlite3.Connection = repo.index.connection.sqlite
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        found = repo.query(text="tokenizers", limit=10)
+    finally:
+        conn.set_trace_callback(None)
+    [select] = [s for s in statements if "artifact_words MATCH" in s]
+    assert "-bm25(t.artifact_words) AS score" in select, select
+    assert select.endswith("ORDER BY score DESC, a.sequence LIMIT 10"), select
+    assert len(found) == 10
+
+
+def test_pending_check_reads_one_row(repo: SQLiteKnowledgeRepository) -> None:
+    """A text query first asks whether any words are pending: one row at most."""
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "text_pending")
+    assert plan == "SCAN text_pending", plan
 
 
 def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    plan = plan_of(
-        repo, lambda: repo.query(text="tokenizers", metadata={"priority": 2}), "artifact_text"
-    )
-    assert plan.splitlines()[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
+    """Metadata is checked per match through its index, the artifact by rowid."""
+    for order in (None, "sequence"):
+        call = functools.partial(
+            repo.query, text="tokenizers", metadata={"priority": 2}, order=order
+        )
+        plan = plan_of(repo, call, "artifact_words")
+        assert plan.splitlines()[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
+        assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+        assert "artifact_metadata_lookup" in plan, plan
+        assert "SCAN a" not in plan, plan
+
+
+def test_text_and_name_query_probes_fts5_by_rowid(repo: SQLiteKnowledgeRepository) -> None:
+    """A name picks one artifact through its index; FTS5 is asked about that rowid only."""
+    plan = plan_of(repo, lambda: repo.query(text="tokenizers", name="doc-3.md"), "artifact_words")
+    lines = plan.splitlines()
+    assert lines[0].startswith("SEARCH a USING INDEX artifacts_live_by_name"), plan
+    assert any(re.match(r"SCAN t VIRTUAL TABLE INDEX \d+:=M", line) for line in lines), plan
     assert "SCAN a" not in plan, plan
 
 

@@ -42,7 +42,7 @@ from kontextual_engine.errors import (
     ValidationError,
 )
 from kontextual_engine.models import ContextReference
-from kontextual_engine.storage import SequentialIds, TickingClock
+from kontextual_engine.storage import SequentialIds, TickingClock, text
 from kontextual_engine.storage.objects import ObjectStore
 from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import INDEX_NAME
@@ -130,7 +130,10 @@ def assert_index_clean(store: Path) -> None:
     index = store / INDEX_NAME
     assert cli(index, "PRAGMA integrity_check;") == "ok"
     assert cli(index, "PRAGMA foreign_key_check;") == ""
-    assert cli(index, "INSERT INTO artifact_text(artifact_text) VALUES ('integrity-check');") == ""
+    assert (
+        cli(index, "INSERT INTO artifact_words(artifact_words) VALUES ('integrity-check');") == ""
+    )
+    assert cli(index, "SELECT count(*) FROM text_pending;") == "0"
 
 
 def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -267,9 +270,17 @@ def test_fresh_schemas_are_identical(tmp_path: Path) -> None:
         "revisions",
         "relationships",
         "changes",
-        "artifact_text",
+        "artifact_words",
+        "unsearchable",
+        "text_pending",
         "_sqlite_migrations",
     } <= names
+    assert not {"artifact_text", "text_backlog"} & names
+    assert auto_vacuum(tmp_path / "one") == "2"  # incremental from the start
+
+
+def auto_vacuum(store: Path) -> str:
+    return cli(store / INDEX_NAME, "PRAGMA auto_vacuum;")
 
 
 # The tables of the first migration, in an order that satisfies their foreign keys.
@@ -287,6 +298,12 @@ def make_store_0001(path: Path) -> dict[str, Any]:
     with open_repo(source, clock=TickingClock(), ids=SequentialIds()) as repo:
         populate(repo)
         before = everything(repo)
+        # What 0001 indexed: the case-folded text of each live searchable body.
+        folded = [
+            (artifact.sequence, body.casefold())
+            for artifact in repo.list_artifacts()
+            if isinstance(body := text.text_of(repo.read_content(artifact.id)), str)
+        ]
     ObjectStore(path).close()
     conn = sqlite3.connect(path / INDEX_NAME, isolation_level=None)
     try:
@@ -297,10 +314,7 @@ def make_store_0001(path: Path) -> dict[str, Any]:
         conn.execute("ATTACH DATABASE ? AS source", (str(source / INDEX_NAME),))
         for table in TABLES_0001:
             conn.execute(f"INSERT INTO {table} SELECT * FROM source.{table}")
-        conn.execute(
-            "INSERT INTO artifact_text (rowid, folded) "
-            "SELECT rowid, folded FROM source.artifact_text"
-        )
+        conn.executemany("INSERT INTO artifact_text (rowid, folded) VALUES (?, ?)", folded)
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE source")
     finally:
@@ -347,6 +361,10 @@ def test_a_store_of_the_first_migration_opens_and_migrates_in_place(tmp_path: Pa
         assert [i.artifact_id for i in repo.impact(source.id, revision=1)] == [out.id]
     assert applied_migrations(store) == KNOWN_MIGRATIONS
     with open_repo(store) as repo:
+        # The words were derived from the bodies at the first writable open.
+        assert repo.text_counts()["pending"] == 0
+        assert [a.name for a in repo.query(text="apples pears")] == ["renamed.md"]
+        assert [a.name for a in repo.query(text="bulk 7")] == ["bulk-7"]
         assert repo.get_manifest(run.id) == manifest
         assert repo.get_run(run.id).status == "succeeded"
         assert everything(repo)["changes"][: len(before["changes"])] == before["changes"]
@@ -358,6 +376,7 @@ def test_a_migrated_schema_equals_a_fresh_one(tmp_path: Path) -> None:
     open_repo(tmp_path / "old").close()
     open_repo(tmp_path / "fresh").close()
     assert schema_of(tmp_path / "old") == schema_of(tmp_path / "fresh")
+    assert auto_vacuum(tmp_path / "old") == auto_vacuum(tmp_path / "fresh") == "2"
 
 
 def test_index_is_wal_and_json_is_checked(tmp_path: Path) -> None:
@@ -807,10 +826,10 @@ def test_queries_use_indexes(
     selects = [s for s in statements if s.startswith("SELECT")]
     if query.text is None:
         assert len(selects) == 1, selects
-    else:  # the backlog check, then the indexed text and the backlog (ADR 0004)
-        assert len(selects) == 3, selects
-        assert "FROM text_backlog LIMIT 1 OFFSET" in selects[0], selects
-        assert "artifact_text" in selects[1] and "text_backlog t" in selects[2], selects
+    else:  # whether words are pending (one row at most), then the words
+        assert len(selects) == 2, selects
+        assert selects[0] == "SELECT 1 FROM text_pending LIMIT 1", selects
+        assert "artifact_words" in selects[1], selects
     for statement in selects:
         steps = plan(repo, statement)
         assert not [step for step in steps if step.split()[:2] == ["SCAN", "a"]], steps
@@ -897,7 +916,17 @@ def test_run_listings_cost_the_same_number_of_statements_at_any_size(tmp_path: P
         assert counts[1] == counts[0]
 
 
-def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:
+def search_outcome(repo: KnowledgeRepository, query: str) -> object:
+    """The names and scores a text query finds, or the message it is refused with."""
+    try:
+        return [(hit.artifact.name, hit.score) for hit in repo.search(query, snippets=False)]
+    except ValidationError as exc:
+        return str(exc)
+
+
+def test_fts5_syntax_in_a_query_is_never_fts5_syntax(tmp_path: Path) -> None:
+    """FTS5 operators, column filters and its own quoting are words or refused,
+    as the reference parser says; the SQLite backend agrees result for result."""
     memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
     with open_repo(tmp_path / "s", clock=TickingClock(), ids=SequentialIds()) as sqlite:
         bodies = [
@@ -910,7 +939,7 @@ def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:
             cid = repo.create_collection("c").id
             for n, body in enumerate(bodies):
                 repo.create_artifact(cid, f"n{n}", body.encode(), artifact_type="t")
-        for query in [
+        queries = [
             "foo-bar",
             "AND",
             "don't",
@@ -929,9 +958,26 @@ def test_text_terms_are_never_query_syntax(tmp_path: Path) -> None:
             "ab",
             "x AND y",
             "OR",
-        ]:
-            expected = [a.name for a in memory.query(text=query)]
-            assert [a.name for a in sqlite.query(text=query)] == expected, query
+            "x OR nothing",
+            "NOT",
+            "col:a",
+            "a -b",
+            "-",
+            "a**",
+            "b*",
+        ]
+        outcomes = {query: search_outcome(sqlite, query) for query in queries}
+        assert outcomes == {query: search_outcome(memory, query) for query in queries}
+    found = {q: [name for name, _ in o] for q, o in outcomes.items() if isinstance(o, list)}
+    assert found["AND"] == found["x AND y"] == found["NEAR(x"] == found["^col:"] == ["n0"]
+    assert found["x OR nothing"] == found["OR"] == found["NOT"] == []  # no OR, no NOT
+    assert found["col:a"] == ["n0"]  # the phrase "col a", not column "col"
+    assert found["ss"] == ["n2"]  # ß case-folds to ss
+    assert found["a -b"] == []  # n0 has a and b; nothing else has the word a
+    assert sorted(found["b*"]) == ["n0"]  # b is a word of n0 only; ab and äb do not start with b
+    refused = {q: o for q, o in outcomes.items() if isinstance(o, str)}
+    assert set(refused) == {'"', "*", "-", "a**"}, refused
+    assert "unclosed quote" in refused['"']
 
 
 def test_index_survives_cli_checks_after_updates_and_deletes(tmp_path: Path) -> None:
@@ -946,13 +992,17 @@ def test_index_survives_cli_checks_after_updates_and_deletes(tmp_path: Path) -> 
     assert_index_clean(store)
     index = store / INDEX_NAME
     live = "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL;"
-    texts = "SELECT (SELECT count(*) FROM artifact_text) + (SELECT count(*) FROM text_backlog);"
-    assert cli(index, texts) == cli(index, live) == str(remaining)
+    words = "SELECT count(*) FROM artifact_words;"
+    # Every live body of populate() is text (the binary one is deleted).
+    assert cli(index, words) == cli(index, live) == str(remaining)
+    assert cli(index, "SELECT count(*) FROM unsearchable;") == "0"
     with open_repo(store) as repo:
-        assert repo.index_text() == remaining
+        found = repo.search("again")
+        assert len(found) == 5
+        assert repo.rebuild_text(everything=True) == remaining
+        assert repo.search("again") == found
     assert_index_clean(store)
-    assert cli(index, "SELECT count(*) FROM artifact_text;") == str(remaining)
-    assert cli(index, "SELECT count(*) FROM text_backlog;") == "0"
+    assert cli(index, words) == str(remaining)
 
 
 def unencodable_reads(repo: KnowledgeRepository, collection_id: str) -> list[object]:
@@ -986,32 +1036,60 @@ def test_reads_with_unencodable_strings_find_nothing(tmp_path: Path) -> None:
         assert outcomes[0] == outcomes[1]
 
 
-def test_a_text_query_scans_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
-    """Indexing the backlog needs the write lock; without it the query still answers."""
+def test_a_text_query_needs_no_write_lock(tmp_path: Path) -> None:
+    """Words are indexed as they are written, so a reader never writes to search."""
     path = tmp_path / "s"
     with SQLiteKnowledgeRepository.open(path, durability="none", create=True) as first:
         collection = first.create_collection("c")
         first.create_artifact(collection.id, "a", b"a needle here", artifact_type="note")
-    reader = SQLiteKnowledgeRepository.open(
-        path, durability="none", busy_timeout=0.2, text_backlog_limit=0
-    )
+    reader = SQLiteKnowledgeRepository.open(path, durability="none", busy_timeout=0.2)
     writer = SQLiteKnowledgeRepository.open(path, durability="none")
     try:
         with writer.transaction():
+            writer.create_artifact(collection.id, "b", b"another needle", artifact_type="note")
+            started = time.monotonic()
             assert [a.name for a in reader.query(text="needle")] == ["a"]
-            assert reader.count_text_backlog() == 1  # the lock was held: scanned
-        assert [a.name for a in reader.query(text="needle")] == ["a"]
-        assert reader.count_text_backlog() == 0  # indexed once the lock was free
+            assert time.monotonic() - started < 0.2  # never waited for the lock
+        assert sorted(a.name for a in reader.query(text="needle")) == ["a", "b"]
     finally:
         writer.close()
         reader.close()
 
 
-@pytest.mark.parametrize("limit", [-1, 1.5, True, "10", None])
-def test_text_backlog_limit_must_be_a_count(tmp_path: Path, limit: object) -> None:
-    with pytest.raises(ValidationError, match="text_backlog_limit"):
-        SQLiteKnowledgeRepository.open(tmp_path / "s", text_backlog_limit=limit, create=True)  # type: ignore[arg-type]
-    assert not (tmp_path / "s").exists()
+def mark_pending(store: Path) -> int:
+    """Mark every live artifact's words as waiting to be derived, as an upgrade
+    does; return how many."""
+    with sqlite3.connect(store / INDEX_NAME) as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO text_pending SELECT sequence FROM artifacts "
+            "WHERE deleted_at IS NULL"
+        )
+        count: int = conn.execute("SELECT count(*) FROM text_pending").fetchone()[0]
+    conn.close()
+    return count
+
+
+def test_text_queries_are_refused_while_words_are_pending(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with open_repo(store) as repo:
+        populate(repo)
+    pending = mark_pending(store)
+    assert pending == 32
+    with open_repo(store, read_only=True) as repo:
+        assert repo.text_counts()["pending"] == pending
+        with pytest.raises(StoreFormatError, match="being rebuilt"):
+            repo.query(text="apples")
+        with pytest.raises(StoreFormatError, match="being rebuilt"):
+            repo.search("apples")
+        assert len(repo.query(artifact_type="note")) == pending  # other queries answer
+    calls: list[tuple[int, int]] = []
+    with open_repo(store, rebuild_progress=lambda done, total: calls.append((done, total))) as repo:
+        assert repo.text_counts()["pending"] == 0
+        assert [a.name for a in repo.query(text="apples")] == ["renamed.md"]
+    assert calls and calls[-1] == (pending, pending)
+    assert [total for _, total in calls] == [pending] * len(calls)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})
+    assert_index_clean(store)
 
 
 def test_consuming_runs_reads_the_runs_in_one_query(tmp_path: Path) -> None:

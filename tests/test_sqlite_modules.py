@@ -36,6 +36,7 @@ from kontextual_engine.storage.sqlite.rows import (
     moment,
     read_bundles,
 )
+from kontextual_engine.storage.text import NotSearchable
 
 PACKAGE = Path(sqlite_rows.__file__).parent
 # The modules the backend was cut into, each about one concern.
@@ -275,33 +276,52 @@ def test_the_sqlite_index_is_importable_where_it_always_was() -> None:
 # -- the text index -----------------------------------------------------------
 
 
-def test_the_text_index_reports_text_that_is_twice_or_stale(
+def test_the_text_index_reports_text_that_is_stale_or_missing(
     repo: SQLiteKnowledgeRepository,
 ) -> None:
     with repo:
         cid = repo.create_collection("c").id
         kept = repo.create_artifact(cid, "a", b"alpha text", artifact_type="t")
         gone = repo.create_artifact(cid, "b", b"beta text", artifact_type="t")
+        binary = repo.create_artifact(cid, "c", b"\x00", artifact_type="t")
         text = repo.index.text
-        assert text.count_backlog() == 2 and text.check() == []
-        assert text.index_text() == 2 and text.count_backlog() == 0
+        assert text.check() == [] and text.integrity_problem() is None
+        assert text.status(kept.sequence) is None
+        assert text.status(binary.sequence) is NotSearchable.BINARY
+        assert text.counts() == {
+            "searchable": 2,
+            "pending": 0,
+            "too-large": 0,
+            "not-utf8": 0,
+            "binary": 1,
+        }
         repo.delete_artifact(gone.id)
+        assert text.check() == [] and text.counts()["searchable"] == 1
         conn = repo.index.connection
         with conn.transaction():
-            conn.execute("INSERT INTO text_backlog VALUES (?, 'alpha text')", (kept.sequence,))
-            conn.execute("INSERT INTO text_backlog VALUES (?, 'beta')", (gone.sequence,))
+            conn.execute(
+                "INSERT INTO artifact_words (rowid, words) VALUES (?, 'beta')", (gone.sequence,)
+            )
+            conn.execute("DELETE FROM unsearchable WHERE sequence = ?", (binary.sequence,))
         assert sorted(text.check()) == [
+            (
+                "missing-text",
+                binary.sequence,
+                "live artifact has no words, no reason it is unsearchable and is not pending; "
+                "run `kontextual index --rebuild`",
+            ),
             (
                 "stale-text",
                 gone.sequence,
-                "text_backlog holds text of an artifact that is deleted or missing",
-            ),
-            (
-                "text-duplicate",
-                kept.sequence,
-                "text is both indexed and in the backlog; queries would return it twice",
+                "artifact_words holds text of an artifact that is deleted or missing",
             ),
         ]
+        with conn.transaction():
+            assert text.request_rebuild() == 2  # the live ones
+        assert text.pending(10) == [kept.sequence, binary.sequence]
+        assert text.check() == []  # the stale words went with the rest
+        assert repo.rebuild_text() == 2
+        assert text.check() == [] and text.status(binary.sequence) is NotSearchable.BINARY
 
 
 def test_the_architecture_names_every_module_of_the_backend() -> None:

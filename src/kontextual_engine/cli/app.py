@@ -44,6 +44,8 @@ class App:
 
     store: Path
     durability: Durability
+    # Artifacts whose words opening the store derived (an interrupted upgrade).
+    words_derived_at_open: int = 0
 
     def exists(self) -> bool:
         return (self.store / STORE_MARKER).is_file()
@@ -60,7 +62,12 @@ class App:
             self.require_store()
         # An upgraded store derives its words from the bodies once, at open.
         with progress("upgrading the text index", quiet=False) as bar:
-            repo = open_store(self.store, self.durability, create=create, rebuild_progress=bar)
+
+            def derived(done: int, total: int) -> None:
+                self.words_derived_at_open = done
+                bar(done, total)
+
+            repo = open_store(self.store, self.durability, create=create, rebuild_progress=derived)
         return click.get_current_context().with_resource(repo)
 
     def objects(self) -> ObjectStore:

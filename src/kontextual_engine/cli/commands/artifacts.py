@@ -326,7 +326,9 @@ def print_hits(repo: KnowledgeRepository, hits: Sequence[SearchHit], as_json: bo
         return
     names = resolve.Names(repo)
     for hit in hits:
-        score = "" if hit.score is None else f"{hit.score:7.3f}  "
+        # Significant digits, not decimals: a word in most documents scores
+        # near BM25's floor (1e-6), and hits must still read in their order.
+        score = "" if hit.score is None else f"{hit.score:9.4g}  "
         echo(f"{score}{names.of(hit.artifact)}  {short(hit.artifact.digest)}")
         if hit.snippet is not None:
             echo_highlighted(hit.snippet.text, hit.snippet.highlights, indent="    ")

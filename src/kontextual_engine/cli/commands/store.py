@@ -149,7 +149,10 @@ def index(app: App, rebuild: bool, as_json: bool, quiet: bool) -> None:
             done += count
             bar(done, total)
 
-        indexed = repo.rebuild_text(everything=rebuild, progress=advance)
+        # Opening the store already derived what an interrupted upgrade left.
+        indexed = app.words_derived_at_open + repo.rebuild_text(
+            everything=rebuild, progress=advance
+        )
     if as_json:
         print_json({"indexed": indexed})
     else:
