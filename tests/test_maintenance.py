@@ -133,15 +133,15 @@ PENDING = ("warning", "text-pending")
             {STALE},
             {STALE},
         ),
-        # a deleted artifact waiting for words: stale, and counted as pending
-        # even after a writable open (which derives words of live artifacts only)
+        # a deleted artifact waiting for words: stale and counted as pending,
+        # until a writable open drops the mark (it would block text search)
         (
             [
                 "INSERT INTO text_pending SELECT sequence FROM artifacts "
                 "WHERE deleted_at IS NOT NULL"
             ],
             {STALE, PENDING},
-            {STALE, PENDING},
+            set(),
         ),
         # a live artifact with no words, no reason and not pending
         ([f"DELETE FROM artifact_words WHERE rowid = {LAST_WORDS}"], {MISSING}, {MISSING}),
