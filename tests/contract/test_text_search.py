@@ -360,6 +360,19 @@ def test_snippets_show_the_best_place(repo: KnowledgeRepository, make: MakeArtif
     assert marked == ["needle", "thread"]
 
 
+def test_snippets_keep_the_edges_and_context_before(
+    repo: KnowledgeRepository, make: MakeArtifact
+) -> None:
+    make("short", b"# Alpha\n\nthis guide.")
+    (hit,) = repo.search("guide")
+    assert hit.snippet is not None and hit.snippet.text == "# Alpha this guide."
+    make("late", b"x " * 100 + b"needle. " + b"y " * 100)
+    (hit,) = repo.search("needle")
+    assert hit.snippet is not None
+    before = hit.snippet.text.split("needle")[0].split()
+    assert before[0] == "…" and len(before) - 1 == text.SNIPPET_WORDS // 3
+
+
 def test_snippets_only_when_asked(repo: KnowledgeRepository, make: MakeArtifact) -> None:
     make("a", b"alpha")
     (hit,) = repo.search("alpha", snippets=False)

@@ -52,6 +52,9 @@ BM25_MIN_IDF = 1e-6
 
 _WORD = re.compile(r"\w+")
 _SPACES = re.compile(r"\s+")
+# Characters of punctuation a snippet keeps before its first or after its last
+# word when it shows the start or the end of a body ("# Title", "end.").
+_EDGE = 16
 # A query item: optional "-", then a quoted phrase or a bare run of
 # characters, then an optional "*".
 _ITEM = re.compile(r'(-?)(?:"([^"]*)"|([^\s"*]+))(\*?)')
@@ -302,8 +305,15 @@ def snippet(query: TextQuery, text: str, *, width: int = SNIPPET_WORDS) -> Snipp
         key = (len(set().union(*window)), sum(1 for cover in window if cover))
         if key > best_key:
             best, best_key = start, key
+    # Show some words before the first match too, if that keeps every match.
+    first = next((p for p in range(best, best + width) if p < len(spans) and covers[p]), best)
+    for start in range(min(first - width // 3, len(spans) - width), best, -1):
+        window = covers[start : start + width]
+        if (len(set().union(*window)), sum(1 for cover in window if cover)) == best_key:
+            best = start
+            break
     end = min(len(spans), best + width)
-    out = "… " if best > 0 else ""
+    out = "… " if best > 0 else _SPACES.sub(" ", text[: spans[0][1]]).lstrip()[-_EDGE:]
     highlights = []
     previous_end = spans[best][1]
     for position in range(best, end):
@@ -317,4 +327,6 @@ def snippet(query: TextQuery, text: str, *, width: int = SNIPPET_WORDS) -> Snipp
         previous_end = end_char
     if end < len(spans):
         out += " …"
+    else:
+        out += _SPACES.sub(" ", text[previous_end:]).rstrip()[:_EDGE]
     return Snippet(out, tuple(highlights))
