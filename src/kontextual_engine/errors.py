@@ -40,6 +40,10 @@ class ArtifactNotFound(NotFoundError):
     entity = "artifact"
 
 
+class ChangeSetNotFound(NotFoundError):
+    entity = "change set"
+
+
 class RevisionNotFound(NotFoundError):
     entity = "revision"
 

@@ -338,10 +338,41 @@ class ChangeRecord:
     old_digest: str | None = None
     new_digest: str | None = None
     details_json: str = "{}"
+    change_set_id: str | None = None
 
     @property
     def details(self) -> JSONObject:
         return _decode(self.details_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Changes made together: the records of one outermost transaction.
+
+    ``sequence`` is that of its first change record; ``timestamp`` is the time
+    every record of the set carries (the ``at`` the writer gave, or the clock
+    at its first change). ``actor`` and ``message`` say who made it and why.
+    """
+
+    id: str
+    sequence: int
+    timestamp: datetime
+    actor: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactHistory:
+    """One artifact that had a name: every revision it ever had and its change
+    records (creation, updates, renames, deletion), oldest first."""
+
+    artifact_id: str
+    revisions: tuple[ArtifactRevision, ...]
+    changes: tuple[ChangeRecord, ...]
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.changes) and self.changes[-1].action == ChangeAction.DELETE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +402,25 @@ class PutOutcome(str, enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+    RENAMED = "renamed"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """Input to :meth:`~.storage.contract.KnowledgeRepository.apply`: give the live
+    artifact ``name`` the name ``new_name``."""
+
+    name: str
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Input to :meth:`~.storage.contract.KnowledgeRepository.apply`: delete the live
+    artifact ``name``."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +457,8 @@ class Query:
     returned, so passing the last result's ``sequence`` gives the next page.
     With ``substring=True``, ``text`` is instead an AND of case-folded
     substrings, checked by reading every candidate body (linear in the store).
+    ``as_of`` (a change-set id, a change sequence or a timezone-aware time)
+    asks of the store as it was then: the artifacts live then, as they were.
     """
 
     ids: tuple[str, ...] | None = None
@@ -421,6 +473,7 @@ class Query:
     after: int | None = None
     order: str | None = None
     substring: bool = False
+    as_of: str | int | datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

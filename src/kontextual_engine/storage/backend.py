@@ -22,6 +22,7 @@ from ..models import (
     Artifact,
     ArtifactRevision,
     ChangeRecord,
+    ChangeSet,
     Collection,
     ContextPackage,
     ExternalMemoryReference,
@@ -85,6 +86,46 @@ class IndexBackend(abc.ABC):
     def list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]: ...
+
+    # -- change sets and history ------------------------------------------------
+
+    @abc.abstractmethod
+    def insert_change_set(self, change_set: ChangeSet) -> None: ...
+
+    @abc.abstractmethod
+    def find_change_set(self, change_set_id: str) -> ChangeSet | None: ...
+
+    @abc.abstractmethod
+    def list_change_sets(self, after: int, limit: int | None) -> list[ChangeSet]:
+        """Change sets whose first sequence is greater than ``after``, oldest first."""
+
+    @abc.abstractmethod
+    def last_change_set(self) -> ChangeSet | None: ...
+
+    @abc.abstractmethod
+    def change_set_changes(self, change_set_id: str) -> list[ChangeRecord]:
+        """The change records of one change set, by sequence."""
+
+    @abc.abstractmethod
+    def sequence_at(self, moment: datetime) -> int:
+        """The greatest change sequence whose timestamp is at or before ``moment``
+        (0 when none is)."""
+
+    @abc.abstractmethod
+    def artifacts_as_of(
+        self, sequence: int, collection_id: str | None, name: str | None
+    ) -> list[Artifact]:
+        """The artifacts live just after change ``sequence``, each as its revision
+        current then (of one collection, of one name), in creation order."""
+
+    @abc.abstractmethod
+    def relationships_as_of(self, sequence: int) -> list[Relationship]:
+        """The relationships live just after change ``sequence``, in creation order."""
+
+    @abc.abstractmethod
+    def artifacts_named(self, collection_id: str, name: str) -> list[str]:
+        """Ids of every artifact that ever had ``name`` in the collection (deleted
+        ones too), in creation order."""
 
     # -- collections ----------------------------------------------------------
 
@@ -217,7 +258,9 @@ class IndexBackend(abc.ABC):
     ) -> list[Relationship]: ...
 
     @abc.abstractmethod
-    def delete_relationship(self, relationship_id: str) -> None: ...
+    def delete_relationship(self, relationship_id: str, sequence: int) -> None:
+        """Delete a relationship by the change ``sequence``; it stays readable as of
+        any earlier point (:meth:`relationships_as_of`)."""
 
     # -- runs, steps, bundles, manifests --------------------------------------
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,7 +57,9 @@ from ..models import (
     ArtifactRevision,
     ChangeAction,
     ChangeRecord,
+    ChangeSet,
     Collection,
+    Delete,
     EntityKind,
     MetadataMode,
     NewArtifact,
@@ -65,6 +67,7 @@ from ..models import (
     PutResult,
     Query,
     Relationship,
+    Rename,
     SearchHit,
     Snippet,
     canonical_json,
@@ -74,12 +77,14 @@ from ..models import (
     check_collection_fields,
     check_media_type,
     check_relationship_type,
+    format_time,
     utc,
 )
 from . import text
 from .backend import IndexBackend
 from .bodies import BodyStore
 from .context import ContextRules
+from .history import AsOf, ChangeSetFields, HistoryRules, check_change_set_fields
 from .ids import Clock, IdSource, MonotonicIds, system_clock
 from .queries import DIRECTIONS, check_id, normalize_query, ranked
 from .restore import RestoreRules
@@ -122,7 +127,7 @@ def check_revision_number(value: object, what: str) -> int:
     return value
 
 
-class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
+class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules):
     """A store of collections, artifacts, revisions, relationships, changes, runs and
     context references (the last three in :class:`RunsContract`).
 
@@ -144,6 +149,10 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         self.bodies = bodies
         self._clock = clock or system_clock
         self._ids = ids or MonotonicIds()
+        # The change set of the open outermost transaction: what the writer
+        # said of it, and its record once its first change is written.
+        self._change_set_fields = ChangeSetFields()
+        self._change_set: ChangeSet | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -161,20 +170,54 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """All-or-nothing group of operations; nestable.
+    def transaction(
+        self,
+        *,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+        backdate: bool = False,
+    ) -> Iterator[None]:
+        """All-or-nothing group of operations; nestable. The outermost level is
+        one change set: ``actor`` and ``message`` say who made it and why, and
+        ``at`` (timezone-aware) is the time every record of it carries instead
+        of the clock's. ``at`` earlier than the last change set is refused
+        unless ``backdate`` (an import of history, say). Inner levels take no
+        change-set fields.
 
         The ordering invariant lives here: bodies stored inside the outermost
         level are made durable together when its block ends (the body store's
         batch), before the index commits, so the index never references a body
         that a crash could lose.
         """
+        fields = check_change_set_fields(actor, message, at, backdate)
         with self.index.transaction() as outermost:
             if not outermost:
+                if fields.given():
+                    raise ValidationError(
+                        "actor, message and at belong to the outermost transaction; "
+                        "this call runs inside one"
+                    )
                 yield
                 return
-            with self.bodies.batch():
-                yield
+            self._check_backdate(fields)
+            self._change_set_fields, self._change_set = fields, None
+            try:
+                with self.bodies.batch():
+                    yield
+            finally:
+                self._change_set_fields, self._change_set = ChangeSetFields(), None
+
+    def _check_backdate(self, fields: ChangeSetFields) -> None:
+        if fields.at is None or fields.backdate:
+            return
+        last = self.index.last_change_set()
+        if last is not None and fields.at < last.timestamp:
+            raise ValidationError(
+                f"change set time {format_time(fields.at)} is before the last change set "
+                f"({last.id} at {format_time(last.timestamp)}); pass backdate=True to "
+                "record history out of order"
+            )
 
     def _store_body(self, content: bytes) -> tuple[str, int]:
         return self.bodies.add(content), len(content)
@@ -186,16 +229,24 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         return self.bodies.get(digest, verify=True)
 
     def _now(self) -> datetime:
-        return utc(self._clock())
+        at = self._change_set_fields.at
+        return at if at is not None else utc(self._clock())
 
     # -- collections -------------------------------------------------------
 
     def create_collection(
-        self, name: str, *, description: str = "", metadata: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
     ) -> Collection:
         check_collection_fields(name, description)
         metadata_json = canonical_object(metadata, "collection metadata")
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             if self.index.find_collection_by_name(name) is not None:
                 raise DuplicateNameError(f"collection {name!r} already exists")
             now = self._now()
@@ -236,9 +287,16 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
     def list_collections(self) -> list[Collection]:
         return self.index.list_collections()
 
-    def delete_collection(self, collection_id: str) -> None:
+    def delete_collection(
+        self,
+        collection_id: str,
+        *,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
         """Delete an empty collection (one without live artifacts)."""
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             collection = self.get_collection(collection_id)
             live = self.index.count_live_artifacts(collection_id)
             if live:
@@ -269,10 +327,13 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         metadata: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
     ) -> Artifact:
         """Create revision 1; ``run_id`` names the running run that produced it."""
         item = NewArtifact(name, content, artifact_type, media_type, metadata, provenance)
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             self.get_collection(collection_id)
             self._check_producing_run(run_id)
             checked = self._check_new(item, run_id)
@@ -290,6 +351,9 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         run_id: str | None = None,
         metadata: MetadataMode | str = MetadataMode.REPLACE,
         keep_types: bool = False,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
     ) -> list[PutResult]:
         """The bulk API: create or update many artifacts by name, in one transaction.
 
@@ -301,29 +365,105 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         is created. All bodies are made durable together before the index commits.
         """
         mode = _check_metadata_mode(metadata)
-        with self.transaction(), self.index.bulk():
+        with self.transaction(actor=actor, message=message, at=at), self.index.bulk():
             self.get_collection(collection_id)
             self._check_producing_run(run_id)
             results: list[PutResult] = []
             seen: set[str] = set()
             for chunk in _chunks(items, PUT_CHUNK):
-                checked = [self._check_new(item, run_id) for item in chunk]
-                for one in checked:
-                    if one.name in seen:
-                        raise DuplicateNameError(
-                            f"artifact name {one.name!r} appears twice in one put_artifacts call"
-                        )
-                    seen.add(one.name)
-                existing = self.index.find_artifacts_by_names(
-                    collection_id, [one.name for one in checked]
-                )
-                results += [
-                    self._put_one(
-                        collection_id, one, existing.get(one.name), run_id, mode, keep_types
-                    )
-                    for one in checked
-                ]
+                results += self._put_chunk(collection_id, chunk, seen, run_id, mode, keep_types)
             return results
+
+    def apply(
+        self,
+        collection_id: str,
+        operations: Iterable[NewArtifact | Rename | Delete],
+        *,
+        run_id: str | None = None,
+        metadata: MetadataMode | str = MetadataMode.REPLACE,
+        keep_types: bool = False,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+        backdate: bool = False,
+    ) -> list[PutResult]:
+        """Every kind of change to a collection's artifacts in one call: one
+        transaction, one change set, an outcome per operation, in order.
+
+        A :class:`NewArtifact` creates or updates by name as in
+        :meth:`put_artifacts` (and at its speed: consecutive ones go through
+        the same bulk path, where a name may appear once); a :class:`Rename`
+        renames the live artifact of a name; a :class:`Delete` deletes it. A
+        missing name, a taken new name or any invalid operation undoes all.
+        """
+        mode = _check_metadata_mode(metadata)
+        with (
+            self.transaction(actor=actor, message=message, at=at, backdate=backdate),
+            self.index.bulk(),
+        ):
+            self.get_collection(collection_id)
+            self._check_producing_run(run_id)
+            results: list[PutResult] = []
+            puts: list[NewArtifact] = []
+            seen: set[str] = set()
+
+            def put_pending() -> None:
+                results.extend(self._put_chunk(collection_id, puts, seen, run_id, mode, keep_types))
+                puts.clear()
+                seen.clear()
+
+            for operation in operations:
+                if isinstance(operation, NewArtifact):
+                    puts.append(operation)
+                    if len(puts) >= PUT_CHUNK:
+                        results.extend(
+                            self._put_chunk(collection_id, puts, seen, run_id, mode, keep_types)
+                        )
+                        puts.clear()
+                    continue
+                put_pending()
+                if isinstance(operation, Rename):
+                    current = self.get_artifact_by_name(collection_id, operation.name)
+                    check_artifact_name(operation.new_name)
+                    if self.index.find_artifact_by_name(collection_id, operation.new_name):
+                        raise DuplicateNameError(
+                            f"cannot rename {operation.name!r}: artifact "
+                            f"{operation.new_name!r} already exists in collection {collection_id}"
+                        )
+                    renamed = self._update(current, name=operation.new_name, run_id=run_id)
+                    results.append(PutResult(renamed, PutOutcome.RENAMED))
+                elif isinstance(operation, Delete):
+                    current = self.get_artifact_by_name(collection_id, operation.name)
+                    self._delete(current)
+                    results.append(PutResult(current, PutOutcome.DELETED))
+                else:
+                    raise ValidationError(
+                        "apply takes NewArtifact, Rename and Delete operations, got "
+                        f"{type(operation).__name__}"
+                    )
+            put_pending()
+            return results
+
+    def _put_chunk(
+        self,
+        collection_id: str,
+        chunk: Sequence[NewArtifact],
+        seen: set[str],
+        run_id: str | None,
+        mode: MetadataMode,
+        keep_types: bool,
+    ) -> list[PutResult]:
+        """Create or update a chunk of artifacts by name with one name lookup."""
+        checked = [self._check_new(item, run_id) for item in chunk]
+        for one in checked:
+            if one.name in seen:
+                raise DuplicateNameError(f"artifact name {one.name!r} appears twice in one call")
+            seen.add(one.name)
+        existing = self.index.find_artifacts_by_names(collection_id, [one.name for one in checked])
+        return [
+            self._put_one(collection_id, one, existing.get(one.name), run_id, mode, keep_types)
+            for one in checked
+        ]
 
     def _put_one(
         self,
@@ -363,20 +503,42 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
             raise ArtifactNotFound(artifact_id)
         return artifact
 
-    def get_artifact_by_name(self, collection_id: str, name: str) -> Artifact:
+    def get_artifact_by_name(
+        self, collection_id: str, name: str, *, as_of: AsOf | None = None
+    ) -> Artifact:
+        """The live artifact of that name, or the one live under it ``as_of`` a point
+        in history (a change-set id, a sequence number or a time)."""
         check_id(collection_id, "collection id")
         if not isinstance(name, str):
             raise ValidationError(f"artifact name must be a string, got {name!r}")
-        artifact = self.index.find_artifact_by_name(collection_id, name)
+        if as_of is None:
+            artifact = self.index.find_artifact_by_name(collection_id, name)
+        else:
+            then = self.index.artifacts_as_of(self.resolve_as_of(as_of), collection_id, name)
+            artifact = then[0] if then else None
         if artifact is None:
+            when = "" if as_of is None else f" as of {as_of}"
             raise ArtifactNotFound(
                 f"{collection_id}/{name}",
-                f"artifact not found: {name!r} in collection {collection_id}",
+                f"artifact not found: {name!r} in collection {collection_id}{when}",
             )
         return artifact
 
-    def read_content(self, artifact_id: str, revision: int | None = None) -> bytes:
-        """The body of the current revision, or of ``revision`` (also once deleted)."""
+    def read_content(
+        self, artifact_id: str, revision: int | None = None, *, as_of: AsOf | None = None
+    ) -> bytes:
+        """The body of the current revision, of ``revision`` (also once deleted), or
+        of the revision current ``as_of`` a point in history."""
+        if as_of is not None:
+            if revision is not None:
+                raise ValidationError("pass a revision or as_of, not both")
+            check_id(artifact_id, "artifact id")
+            then = self._revision_as_of(artifact_id, self.resolve_as_of(as_of))
+            if then is None:
+                raise ArtifactNotFound(
+                    artifact_id, f"artifact not found: {artifact_id!r} as of {as_of}"
+                )
+            return self._load_body(then.digest)
         if revision is None:
             return self._load_body(self.get_artifact(artifact_id).digest)
         return self._load_body(self.get_revision(artifact_id, revision).digest)
@@ -393,6 +555,9 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         provenance: Mapping[str, Any] | None = None,
         expected_revision: int | None = None,
         run_id: str | None = None,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
     ) -> Artifact:
         """Change what is given; ``None`` leaves a field as it is.
 
@@ -411,7 +576,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         provenance_json = None if provenance is None else canonical_object(provenance, "provenance")
         if expected_revision is not None:
             check_revision_number(expected_revision, "expected_revision")
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
@@ -434,33 +599,50 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
                 run_id=run_id,
             )
 
-    def delete_artifact(self, artifact_id: str, *, expected_revision: int | None = None) -> None:
+    def delete_artifact(
+        self,
+        artifact_id: str,
+        *,
+        expected_revision: int | None = None,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
         if expected_revision is not None:
             check_revision_number(expected_revision, "expected_revision")
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             current = self.get_artifact(artifact_id)
             if expected_revision is not None and expected_revision != current.revision:
                 raise RevisionConflictError(artifact_id, expected_revision, current.revision)
-            now = self._now()
-            for relationship in self.index.list_relationships(artifact_id, "both", None):
-                self._remove_relationship(relationship, now)
-            self.index.delete_artifact(artifact_id, now)
-            self._record(
-                self.index.next_sequence(),
-                EntityKind.ARTIFACT,
-                artifact_id,
-                ChangeAction.DELETE,
-                now,
-                revision=current.revision,
-                old_digest=current.digest,
-                details={"collection_id": current.collection_id, "name": current.name},
-            )
+            self._delete(current)
 
-    def list_artifacts(self, collection_id: str | None = None) -> list[Artifact]:
-        """Every live artifact (of one collection), in creation order."""
+    def _delete(self, current: Artifact) -> None:
+        """Delete a live artifact and the relationships that name it."""
+        now = self._now()
+        for relationship in self.index.list_relationships(current.id, "both", None):
+            self._remove_relationship(relationship, now)
+        self.index.delete_artifact(current.id, now)
+        self._record(
+            self.index.next_sequence(),
+            EntityKind.ARTIFACT,
+            current.id,
+            ChangeAction.DELETE,
+            now,
+            revision=current.revision,
+            old_digest=current.digest,
+            details={"collection_id": current.collection_id, "name": current.name},
+        )
+
+    def list_artifacts(
+        self, collection_id: str | None = None, *, as_of: AsOf | None = None
+    ) -> list[Artifact]:
+        """Every live artifact (of one collection), in creation order; ``as_of`` a
+        point in history, those live then, each as it was then."""
         if collection_id is not None:
-            self.get_collection(collection_id)
-        return self.index.query(Query(collection_id=collection_id))
+            check_id(collection_id, "collection id")
+            if as_of is None:
+                self.get_collection(collection_id)
+        return self.query(Query(collection_id=collection_id, as_of=as_of))
 
     def query(self, query: Query | None = None, /, **filters: Any) -> list[Artifact]:
         """Live artifacts matching every given filter.
@@ -470,11 +652,19 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         else comes in creation order. :meth:`search` gives scores and snippets.
         """
         checked = _query_of(query, filters)
-        if checked.text is not None and checked.substring:
-            return self._substring_search(checked)
-        if ranked(checked):
-            return [artifact for artifact, _ in self.index.rank(checked)]
-        return self.index.query(checked)
+        if checked.text is None and checked.as_of is None:
+            return self.index.query(checked)
+        return [artifact for artifact, _ in self._scored(checked)]
+
+    def _scored(self, query: Query) -> list[tuple[Artifact, float | None]]:
+        """The results of a checked query, with their scores when ranked."""
+        if query.as_of is not None:
+            return self._search_as_of(query, self.resolve_as_of(query.as_of))
+        if query.text is not None and query.substring:
+            return [(artifact, None) for artifact in self._substring_search(query)]
+        if ranked(query):
+            return list(self.index.rank(query))
+        return [(artifact, None) for artifact in self.index.query(query)]
 
     def search(
         self, query: Query | str | None = None, /, *, snippets: bool = True, **filters: Any
@@ -490,13 +680,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         checked = _query_of(query, filters)
         if checked.text is None:
             raise ValidationError("search needs a text query; use query() for other filters")
-        scored: list[tuple[Artifact, float | None]]
-        if checked.substring:
-            scored = [(artifact, None) for artifact in self._substring_search(checked)]
-        elif ranked(checked):
-            scored = list(self.index.rank(checked))
-        else:
-            scored = [(artifact, None) for artifact in self.index.query(checked)]
+        scored = self._scored(checked)
         parsed = None if checked.substring or not snippets else text.parse_query(checked.text)
         return [
             SearchHit(artifact, score, None if parsed is None else self._snippet(parsed, artifact))
@@ -604,10 +788,13 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         relationship_type: str,
         *,
         metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
     ) -> Relationship:
         check_relationship_type(relationship_type)
         metadata_json = canonical_object(metadata, "relationship metadata")
-        with self.transaction():
+        with self.transaction(actor=actor, message=message, at=at):
             for role, artifact_id in (("source", source_id), ("target", target_id)):
                 check_id(artifact_id, f"relationship {role}")
                 if self.index.find_artifact(artifact_id) is None:
@@ -652,16 +839,29 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         *,
         direction: str = "both",
         relationship_type: str | None = None,
+        as_of: AsOf | None = None,
     ) -> list[Relationship]:
-        """Relationships (of one artifact, seen from it), in creation order."""
+        """Relationships (of one artifact, seen from it), in creation order; ``as_of``
+        a point in history, those live then."""
         if direction not in DIRECTIONS:
             raise ValidationError(f"direction {direction!r} is not one of {DIRECTIONS}")
         if artifact_id is not None:
             check_id(artifact_id, "artifact id")
+        if as_of is not None:
+            return self._relationships_as_of(
+                self.resolve_as_of(as_of), artifact_id, direction, relationship_type
+            )
         return self.index.list_relationships(artifact_id, direction, relationship_type)
 
-    def delete_relationship(self, relationship_id: str) -> None:
-        with self.transaction():
+    def delete_relationship(
+        self,
+        relationship_id: str,
+        *,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        with self.transaction(actor=actor, message=message, at=at):
             self._remove_relationship(self.get_relationship(relationship_id), self._now())
 
     # -- change records ----------------------------------------------------
@@ -697,6 +897,18 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         new_digest: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> ChangeRecord:
+        change_set = self._change_set
+        if change_set is None:  # the first change of this transaction
+            fields = self._change_set_fields
+            change_set = ChangeSet(
+                id=f"cs_{sequence}",
+                sequence=sequence,
+                timestamp=fields.at or timestamp,
+                actor=fields.actor,
+                message=fields.message,
+            )
+            self.index.insert_change_set(change_set)
+            self._change_set = change_set
         change = ChangeRecord(
             sequence=sequence,
             entity_kind=kind.value,
@@ -707,6 +919,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
             old_digest=old_digest,
             new_digest=new_digest,
             details_json=canonical_json(dict(details or {}), "change details"),
+            change_set_id=change_set.id,
         )
         self.index.append_change(change)
         return change
@@ -823,9 +1036,10 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules):
         return updated
 
     def _remove_relationship(self, relationship: Relationship, now: datetime) -> None:
-        self.index.delete_relationship(relationship.id)
+        sequence = self.index.next_sequence()
+        self.index.delete_relationship(relationship.id, sequence)
         self._record(
-            self.index.next_sequence(),
+            sequence,
             EntityKind.RELATIONSHIP,
             relationship.id,
             ChangeAction.DELETE,

@@ -20,9 +20,12 @@ from ..errors import IntegrityError, StoreFormatError
 from ..models import (
     Artifact,
     ArtifactRevision,
+    ChangeAction,
     ChangeRecord,
+    ChangeSet,
     Collection,
     ContextPackage,
+    EntityKind,
     ExternalMemoryReference,
     InputBundle,
     OperationRun,
@@ -35,6 +38,7 @@ from . import text
 from .backend import IndexBackend
 from .bodies import MemoryBodyStore
 from .contract import KnowledgeRepository
+from .history import artifact_at
 from .ids import Clock, IdSource
 from .queries import metadata_value_matches
 
@@ -67,6 +71,9 @@ class MemoryIndex(IndexBackend):
         self.relationships: dict[str, Relationship] = {}
         self.relationship_keys: dict[tuple[str, str, str], str] = {}
         self.changes: list[ChangeRecord] = []
+        self.change_sets: dict[str, ChangeSet] = {}
+        # Deleted relationships, with the sequence of their deletion.
+        self.deleted_relationships: dict[str, tuple[Relationship, int]] = {}
         self.runs: dict[str, OperationRun] = {}
         self.steps: dict[str, WorkflowStep] = {}
         self.bundles: dict[str, InputBundle] = {}
@@ -339,8 +346,9 @@ class MemoryIndex(IndexBackend):
             ]
             return sorted(found, key=lambda relationship: relationship.sequence)
 
-    def delete_relationship(self, relationship_id: str) -> None:
+    def delete_relationship(self, relationship_id: str, sequence: int) -> None:
         relationship = self.relationships[relationship_id]
+        self._put(self.deleted_relationships, relationship_id, (relationship, sequence))
         self._pop(self.relationships, relationship_id)
         self._pop(
             self.relationship_keys,
@@ -362,6 +370,73 @@ class MemoryIndex(IndexBackend):
                 if entity_id is None or change.entity_id == entity_id
             ]
             return found if limit is None else found[:limit]
+
+    # -- change sets and history -------------------------------------------
+
+    def insert_change_set(self, change_set: ChangeSet) -> None:
+        self._add(self.change_sets, change_set.id, change_set)
+
+    def find_change_set(self, change_set_id: str) -> ChangeSet | None:
+        with self._lock:
+            return self.change_sets.get(change_set_id)
+
+    def list_change_sets(self, after: int, limit: int | None) -> list[ChangeSet]:
+        with self._lock:
+            found = [cs for cs in _by_sequence(self.change_sets.values()) if cs.sequence > after]
+            return found if limit is None else found[:limit]
+
+    def last_change_set(self) -> ChangeSet | None:
+        with self._lock:
+            return max(self.change_sets.values(), key=lambda cs: cs.sequence, default=None)
+
+    def change_set_changes(self, change_set_id: str) -> list[ChangeRecord]:
+        with self._lock:
+            return [c for c in self.changes if c.change_set_id == change_set_id]
+
+    def sequence_at(self, moment: datetime) -> int:
+        with self._lock:
+            return max((c.sequence for c in self.changes if c.timestamp <= moment), default=0)
+
+    def artifacts_as_of(
+        self, sequence: int, collection_id: str | None, name: str | None
+    ) -> list[Artifact]:
+        with self._lock:
+            deleted = {
+                c.entity_id
+                for c in self.changes[:sequence]
+                if c.entity_kind == EntityKind.ARTIFACT.value
+                and c.action == ChangeAction.DELETE.value
+            }
+            found = []
+            for artifact_id, revisions in self.revisions.items():
+                then = [r for r in revisions if r.change_sequence <= sequence]
+                if not then or artifact_id in deleted:
+                    continue
+                current = then[-1]
+                if (collection_id is None or current.collection_id == collection_id) and (
+                    name is None or current.name == name
+                ):
+                    found.append(artifact_at(then[0], current))
+            return sorted(found, key=lambda artifact: artifact.sequence)
+
+    def relationships_as_of(self, sequence: int) -> list[Relationship]:
+        with self._lock:
+            live = [r for r in self.relationships.values() if r.sequence <= sequence]
+            gone = [
+                r
+                for r, deleted in self.deleted_relationships.values()
+                if r.sequence <= sequence < deleted
+            ]
+            return list(_by_sequence(live + gone))
+
+    def artifacts_named(self, collection_id: str, name: str) -> list[str]:
+        with self._lock:
+            named = [
+                revisions[0]
+                for revisions in self.revisions.values()
+                if any(r.collection_id == collection_id and r.name == name for r in revisions)
+            ]
+            return [r.artifact_id for r in sorted(named, key=lambda r: r.change_sequence)]
 
     def all_collections(self) -> list[tuple[Collection, datetime | None]]:
         with self._lock:

@@ -7,6 +7,7 @@ filters that the reference backend applies and the SQL of the others mirrors.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from .. import digests
@@ -74,6 +75,10 @@ def normalize_query(query: Query) -> Query:
             )
         if related.relationship_type is not None and not isinstance(related.relationship_type, str):
             raise ValidationError("RelatedTo.relationship_type must be a string")
+    if query.as_of is not None and not isinstance(query.as_of, (str, int, datetime)):
+        raise ValidationError(
+            f"Query.as_of must be a change set id, a sequence or a time, got {query.as_of!r}"
+        )
     for what, value in (("Query.limit", query.limit), ("Query.after", query.after)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValidationError(f"{what} must be an integer, got {value!r}")

@@ -29,6 +29,7 @@ from ...models import (
     ArtifactRef,
     ArtifactRevision,
     ChangeRecord,
+    ChangeSet,
     Collection,
     ContextPackage,
     ContextReference,
@@ -167,6 +168,10 @@ class Columns(Generic[R]):
         )
         self._get = operator.attrgetter(*self.fields)
 
+    def select_as(self, alias: str) -> str:
+        """The SELECT list of these columns of the table named ``alias`` in a statement."""
+        return ", ".join(f"{alias}.{name}" for name in self.names)
+
     def read(self, row: Sequence[Any], /, **parts: Any) -> R:
         """The record a row of exactly these columns holds (with ``parts``)."""
         try:
@@ -272,6 +277,19 @@ RELATIONSHIPS = Columns(
         "sequence",
     ),
 )
+DELETED_RELATIONSHIPS = Columns(
+    "deleted_relationships",
+    Relationship,
+    (
+        "id",
+        "source_id",
+        "target_id",
+        "relationship_type",
+        json_text("metadata"),
+        moment("created_at"),
+        "sequence",
+    ),
+)
 CHANGES = Columns(
     "changes",
     ChangeRecord,
@@ -285,7 +303,11 @@ CHANGES = Columns(
         "old_digest",
         "new_digest",
         json_text("details"),
+        Column("change_set", "change_set_id"),
     ),
+)
+CHANGE_SETS = Columns(
+    "change_sets", ChangeSet, ("id", "sequence", moment("timestamp"), "actor", "message")
 )
 RUNS = Columns(
     "runs",

@@ -401,6 +401,57 @@ def _words(db: Database) -> None:
         db.conn.execute(statement)
 
 
+# Change sets (ADR 0007). Every change record names the change set of the
+# transaction that wrote it; records written before this migration name none.
+# Deleted relationships move to ``deleted_relationships`` (with the sequence
+# of their deletion) instead of vanishing, so reads as of an earlier point see
+# them; those deleted before this migration are rebuilt from their change
+# records, which never held their metadata (``{}``). ``revisions_name`` finds
+# every artifact that ever had a name.
+_CHANGE_SETS = (
+    """
+    CREATE TABLE change_sets (
+        sequence INTEGER PRIMARY KEY CHECK (sequence >= 1),
+        id TEXT NOT NULL UNIQUE,
+        timestamp TEXT NOT NULL,
+        actor TEXT,
+        message TEXT
+    )
+    """,
+    "ALTER TABLE changes ADD COLUMN change_set TEXT REFERENCES change_sets (id)",
+    "CREATE INDEX changes_change_set ON changes (change_set) WHERE change_set IS NOT NULL",
+    "CREATE INDEX revisions_name ON revisions (collection_id, name)",
+    """
+    CREATE TABLE deleted_relationships (
+        sequence INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        source_id TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        relationship_type TEXT NOT NULL,
+        metadata TEXT NOT NULL CHECK (json_valid(metadata)),
+        created_at TEXT NOT NULL,
+        deleted_sequence INTEGER NOT NULL UNIQUE
+    )
+    """,
+    """
+    INSERT INTO deleted_relationships
+    SELECT made.sequence, made.entity_id, json_extract(made.details, '$.source_id'),
+           json_extract(made.details, '$.target_id'),
+           json_extract(made.details, '$.relationship_type'), '{}', made.timestamp,
+           gone.sequence
+    FROM changes made JOIN changes gone ON gone.entity_id = made.entity_id
+    WHERE made.entity_kind = 'relationship' AND made.action = 'create'
+      AND gone.action = 'delete'
+    """,
+)
+
+
+@_migration("0006_change_sets")
+def _change_sets(db: Database) -> None:
+    for statement in _CHANGE_SETS:
+        db.conn.execute(statement)
+
+
 def metadata_rows(sequence: int, metadata_json: str) -> list[tuple[int, str, str, Any]]:
     """The ``artifact_metadata`` rows of one artifact's metadata."""
     return [

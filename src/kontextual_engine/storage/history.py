@@ -1,0 +1,274 @@
+"""History: change sets, reads as of an earlier point, and the history of a name.
+
+Every write belongs to a change set (ADR 0007): the outermost transaction it
+ran in, with the ``actor``, ``message`` and time the writer gave. Reads as of
+a point in history answer from what is already stored (revisions, change
+records and deleted relationships), so they need no extra write work; they
+scan those records instead of using an index, so they cost time in proportion
+to the store's history, and text queries as of a point read the bodies of the
+artifacts live then (:meth:`HistoryRules._search_as_of`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+
+from ..errors import ChangeSetNotFound, ValidationError
+from ..models import (
+    Artifact,
+    ArtifactHistory,
+    ArtifactRevision,
+    ChangeSet,
+    Collection,
+    Query,
+    Relationship,
+    check_text,
+    utc,
+)
+from . import text
+from .backend import IndexBackend
+from .queries import metadata_value_matches
+
+# What ``as_of`` may be: a change-set id, a change sequence, or a moment.
+AsOf = str | int | datetime
+
+
+def artifact_at(first: ArtifactRevision, current: ArtifactRevision) -> Artifact:
+    """The artifact as it was when ``current`` was its latest revision."""
+    return Artifact(
+        id=current.artifact_id,
+        collection_id=current.collection_id,
+        name=current.name,
+        artifact_type=current.artifact_type,
+        media_type=current.media_type,
+        digest=current.digest,
+        size=current.size,
+        revision=current.revision,
+        metadata_json=current.metadata_json,
+        provenance_json=current.provenance_json,
+        created_at=first.created_at,
+        updated_at=current.created_at,
+        sequence=first.change_sequence,
+        run_id=current.run_id,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChangeSetFields:
+    """What a writer says about a change set: who, why, when."""
+
+    actor: str | None = None
+    message: str | None = None
+    at: datetime | None = None
+    backdate: bool = False
+
+    def given(self) -> bool:
+        return self != ChangeSetFields()
+
+
+def check_change_set_fields(
+    actor: object, message: object, at: object, backdate: object
+) -> ChangeSetFields:
+    """Validate the change-set fields of a transaction or a call."""
+    if actor is not None:
+        check_text(actor, "change set actor")
+    if message is not None:
+        check_text(message, "change set message")
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise ValidationError(f"change set time must be a datetime, got {at!r}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValidationError(f"change set time {at.isoformat()} has no time zone")
+        at = utc(at)
+    if not isinstance(backdate, bool):
+        raise ValidationError(f"backdate must be True or False, got {backdate!r}")
+    return ChangeSetFields(actor, message, at, backdate)  # type: ignore[arg-type]
+
+
+class HistoryRules:
+    """Change sets, as-of reads and name history; a part of
+    :class:`~.contract.KnowledgeRepository`."""
+
+    # -- provided by KnowledgeRepository, of which this class is a part ------
+
+    index: IndexBackend
+    get_collection: Callable[[str], Collection]
+    _load_body: Callable[[str], bytes]
+
+    def list_change_sets(self, *, after: int = 0, limit: int | None = None) -> list[ChangeSet]:
+        """Change sets whose first change comes after sequence ``after``, oldest first."""
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValidationError(f"after must be a sequence number >= 0, got {after!r}")
+        return self.index.list_change_sets(after, limit)
+
+    def get_change_set(self, change_set_id: str) -> ChangeSet:
+        found = (
+            self.index.find_change_set(change_set_id) if isinstance(change_set_id, str) else None
+        )
+        if found is None:
+            raise ChangeSetNotFound(str(change_set_id))
+        return found
+
+    def resolve_as_of(self, as_of: AsOf) -> int:
+        """The change sequence a point in history stands for: a change-set id (its
+        last change), a sequence number, or a moment (the last change made at or
+        before it)."""
+        if isinstance(as_of, bool):
+            raise ValidationError(
+                f"as_of must be a change set, a sequence or a time, got {as_of!r}"
+            )
+        if isinstance(as_of, int):
+            last = self.index.last_sequence()
+            if not 0 <= as_of <= last:
+                raise ValidationError(f"as_of sequence {as_of} is outside 0..{last}")
+            return as_of
+        if isinstance(as_of, datetime):
+            if as_of.tzinfo is None or as_of.utcoffset() is None:
+                raise ValidationError(f"as_of time {as_of.isoformat()} has no time zone")
+            return self.index.sequence_at(utc(as_of))
+        if isinstance(as_of, str):
+            changes = self.index.change_set_changes(self.get_change_set(as_of).id)
+            return changes[-1].sequence
+        raise ValidationError(f"as_of must be a change set, a sequence or a time, got {as_of!r}")
+
+    def history_of_name(self, collection_id: str, name: str) -> list[ArtifactHistory]:
+        """Every artifact that ever had ``name`` in the collection, deleted ones
+        included, oldest first, each with all its revisions and change records."""
+        self.get_collection(collection_id)
+        if not isinstance(name, str):
+            raise ValidationError(f"artifact name must be a string, got {name!r}")
+        return [
+            ArtifactHistory(
+                artifact_id,
+                tuple(self.index.list_revisions(artifact_id)),
+                tuple(self.index.list_changes(0, artifact_id, None)),
+            )
+            for artifact_id in self.index.artifacts_named(collection_id, name)
+        ]
+
+    # -- as-of reads, called by the repository's own read methods ---------------
+
+    def _revision_as_of(self, artifact_id: str, sequence: int) -> ArtifactRevision | None:
+        """The revision of an artifact current just after ``sequence``, or None if
+        the artifact did not exist then or was already deleted."""
+        for change in self.index.list_changes(0, artifact_id, None):
+            if change.sequence > sequence:
+                break
+            if change.action == "delete":
+                return None
+        then = [r for r in self.index.list_revisions(artifact_id) if r.change_sequence <= sequence]
+        return then[-1] if then else None
+
+    def _artifacts_as_of(self, query: Query, sequence: int) -> list[Artifact]:
+        """Artifacts live just after ``sequence`` that match every filter of ``query``
+        but text, in creation order."""
+        found = self.index.artifacts_as_of(sequence, query.collection_id, query.name)
+        related = None
+        if query.related_to is not None:
+            target = query.related_to
+            related = set()
+            for relationship in _relationships_of(
+                self.index.relationships_as_of(sequence),
+                target.artifact_id,
+                target.direction,
+                target.relationship_type,
+            ):
+                if relationship.source_id == target.artifact_id and target.direction != "incoming":
+                    related.add(relationship.target_id)
+                if relationship.target_id == target.artifact_id and target.direction != "outgoing":
+                    related.add(relationship.source_id)
+        digest = query.digest
+        if digest is not None:
+            from ..digests import parse_digest
+
+            digest = parse_digest(digest)
+        return [
+            artifact
+            for artifact in found
+            if (query.ids is None or artifact.id in query.ids)
+            and (digest is None or artifact.digest == digest)
+            and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
+            and (related is None or artifact.id in related)
+            and (
+                query.metadata is None
+                or all(
+                    key in artifact.metadata
+                    and metadata_value_matches(artifact.metadata[key], value)
+                    for key, value in query.metadata.items()
+                )
+            )
+            and (query.after is None or artifact.sequence > query.after)
+        ]
+
+    def _search_as_of(self, query: Query, sequence: int) -> list[tuple[Artifact, float | None]]:
+        """A query as of ``sequence``: the filters over the artifacts live then; text
+        by reading their bodies (words, BM25 over the store as it was then, or
+        substrings), so it costs a read of every body live then."""
+        unlimited = dataclasses.replace(
+            query, limit=None, after=None if query.text else query.after
+        )
+        candidates = self._artifacts_as_of(unlimited, sequence)
+        if query.text is None:
+            scored: list[tuple[Artifact, float | None]] = [(a, None) for a in candidates]
+        elif query.substring:
+            terms = text.parse_substrings(query.text)
+            scored = [
+                (a, None)
+                for a in candidates
+                if a.size <= text.MAX_TEXT_BYTES
+                and text.substrings_match(terms, self._load_body(a.digest))
+            ]
+        else:
+            parsed = text.parse_query(query.text)
+            documents = {}
+            for artifact in self.index.artifacts_as_of(sequence, None, None):
+                if artifact.size > text.MAX_TEXT_BYTES:
+                    continue
+                body = text.text_of(self._load_body(artifact.digest))
+                if isinstance(body, str):
+                    documents[artifact.sequence] = text.words(body)
+            matching = [
+                a
+                for a in candidates
+                if a.sequence in documents and parsed.matches(documents[a.sequence])
+            ]
+            if query.order == "sequence":
+                scored = [(a, None) for a in matching]
+                if query.after is not None:
+                    scored = [(a, s) for a, s in scored if a.sequence > query.after]
+            else:
+                scores = text.bm25_scores(parsed, documents, (a.sequence for a in matching))
+                matching.sort(key=lambda a: (-scores[a.sequence], a.sequence))
+                scored = [(a, scores[a.sequence]) for a in matching]
+        return scored if query.limit is None else scored[: query.limit]
+
+    def _relationships_as_of(
+        self,
+        sequence: int,
+        artifact_id: str | None,
+        direction: str,
+        relationship_type: str | None,
+    ) -> list[Relationship]:
+        return _relationships_of(
+            self.index.relationships_as_of(sequence), artifact_id, direction, relationship_type
+        )
+
+
+def _relationships_of(
+    relationships: list[Relationship],
+    artifact_id: str | None,
+    direction: str,
+    relationship_type: str | None,
+) -> list[Relationship]:
+    return [
+        r
+        for r in relationships
+        if (relationship_type is None or r.relationship_type == relationship_type)
+        and (
+            artifact_id is None
+            or (direction != "incoming" and r.source_id == artifact_id)
+            or (direction != "outgoing" and r.target_id == artifact_id)
+        )
+    ]
