@@ -438,3 +438,30 @@ def test_a_sync_refuses_to_delete_what_changed_since_it_planned(
     )
     assert state(synced)[0] == before + 1  # only the other writer's update
     assert names() == ["a.md", "b.txt", "sub/c.md"]
+
+
+def test_sync_with_include_leaves_the_other_names_alone(synced: Path, folder: Path) -> None:
+    (folder / "b.txt").unlink()
+    (folder / "sub" / "c.md").unlink()
+    line = summary("notes", str(folder), "--sync", "--include", "*.md")
+    assert line.startswith("added 0, updated 0, unchanged 1, deleted 1,")
+    assert names() == ["a.md", "b.txt"]
+
+
+def test_a_store_inside_the_folder_is_neither_stored_nor_deleted(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inside = folder / "kb"
+    monkeypatch.setenv("KONTEXTUAL_STORE", str(inside))
+    ok("init")
+    ok("add", "notes", str(folder), "--sync")
+    assert names() == ["a.md", "b.txt", "sub/c.md"]
+    ok("add", "notes", str(folder / "kb" / ".." / "a.md"), "--prefix", "kb")
+    assert "deleted 0," in summary("notes", str(folder), "--sync")
+    assert names() == ["a.md", "b.txt", "kb/a.md", "sub/c.md"]
+
+
+def test_an_ignore_file_that_is_not_text_is_refused(store: Path, folder: Path) -> None:
+    ok("init")
+    (folder / ".kontextualignore").write_bytes(b"\xff\xfe*.md\n")
+    fails(2, "add", "notes", str(folder), says=[".kontextualignore", "not UTF-8"])

@@ -175,13 +175,11 @@ def _ignore_lines(folder: Path) -> list[str]:
     path = folder / IGNORE_FILE
     if not os.path.lexists(path):
         return []
-    check_file(path)
+    content = read(InputFile(path, IGNORE_FILE, check_file(path).st_size))
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return content.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ValidationError(f"cannot read {path}: it is not UTF-8 text") from None
-    except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def selection(given: Path, patterns: Patterns, *, store: str) -> Selection:
