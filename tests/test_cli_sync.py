@@ -465,3 +465,21 @@ def test_an_ignore_file_that_is_not_text_is_refused(store: Path, folder: Path) -
     ok("init")
     (folder / ".kontextualignore").write_bytes(b"\xff\xfe*.md\n")
     fails(2, "add", "notes", str(folder), says=[".kontextualignore", "not UTF-8"])
+
+
+def test_a_file_gone_between_listing_and_checking_is_skipped(
+    store: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_check = ingest.check_file
+
+    def check_file(path: Path) -> os.stat_result:
+        if path.name == "b.txt":
+            path.unlink()  # listed by the walk, gone when looked at
+        return real_check(path)
+
+    monkeypatch.setattr(ingest, "check_file", check_file)
+    ok("init")
+    result = invoke("add", "notes", str(folder), "--skip-invalid")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert result.stderr == "skipped b.txt: it vanished while its folder was read\n"
+    assert names() == ["a.md", "sub/c.md"]
