@@ -289,7 +289,7 @@ def test_add_a_folder(store: Path, docs: Path) -> None:
     result = ok("add", "notes", str(docs))
     assert result.stdout.splitlines() == [
         "created collection notes",
-        f"added 5, updated 0, unchanged 0, {sum_sizes(docs)} bytes",
+        f"added 5, updated 0, unchanged 0, deleted 0, skipped 0, {sum_sizes(docs)} bytes",
     ]
     listed = as_json("ls", "notes")
     names = [a["name"] for a in listed]

@@ -92,7 +92,10 @@ def test_main_flow(
         run("add", "notes", str(corpus), "--meta", "source=fixtures", "--meta", "batch=1")
     )
     total = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file())
-    assert added == ["created collection notes", f"added 37, updated 0, unchanged 0, {total} bytes"]
+    assert added == [
+        "created collection notes",
+        f"added 37, updated 0, unchanged 0, deleted 0, skipped 0, {total} bytes",
+    ]
 
     # The facts fixtures/README.md promises, through the command line.
     assert hits(run("find", "--text", "zephyrine", "--json")) == ["notes/interview-archivist.md"]

@@ -1,20 +1,27 @@
 """What ``kontextual add`` reads: input files, their names and guessed types.
 
-Every input is checked before anything is written (:func:`scan`), so a
-missing or unreadable file fails the command with nothing stored.
+Every input is checked before anything is written (:func:`scan`): a file that
+cannot be stored (unreadable, special, gone, or named in a way the store
+refuses) fails the command with nothing stored, or, when invalid files are to
+be skipped, is set aside with its reason. Which files of a folder are taken
+is its :class:`Selection`: the include and exclude patterns and the folder's
+``.kontextualignore``.
 """
 
 from __future__ import annotations
 
+import bisect
 import mimetypes
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pathspec import GitIgnoreSpec
+
 from ..errors import ValidationError
-from ..models import check_name
+from ..models import check_artifact_name, check_name
 from .app import PathNotFound
 
 # Files per put_artifacts call, and bytes read ahead of it: bounds memory
@@ -49,11 +56,146 @@ _MIME = mimetypes.MimeTypes()
 _FILE_KINDS = {"d": "directory", "p": "FIFO", "s": "socket", "c": "device", "b": "device"}
 
 
+# Exclude patterns of a folder, in gitignore syntax, read from this file at its top.
+IGNORE_FILE = ".kontextualignore"
+SKIP_HINT = "--skip-invalid skips such files and stores the rest"
+
+
+class UnstorableFile(ValidationError):
+    """An input file that cannot be stored; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str, *, verb: str = "read", hint: bool = False) -> None:
+        self.path = path
+        self.reason = reason
+        self.verb = verb
+        message = f"cannot {verb} {path}: {reason}"
+        super().__init__(f"{message}; {SKIP_HINT}" if hint else message)
+
+    def with_hint(self) -> UnstorableFile:
+        """The same error, telling how to store the other files anyway."""
+        return UnstorableFile(self.path, self.reason, verb=self.verb, hint=True)
+
+
 @dataclass(frozen=True, slots=True)
 class InputFile:
     path: Path
     name: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file (or a folder) left out because it cannot be stored."""
+
+    name: str  # as it would have been named, bytes that are not UTF-8 as \xNN escapes
+    path: str
+    reason: str
+    directory: bool = False
+
+    def covers(self, name: str) -> bool:
+        """Whether the artifact ``name`` is this file, or lies in this folder."""
+        return name == self.name or (self.directory and name.startswith(self.name + "/"))
+
+
+def skip_or_raise(
+    exc: UnstorableFile,
+    name: str,
+    *,
+    into: list[Skipped],
+    skip_invalid: bool,
+    directory: bool = False,
+) -> None:
+    """Set an unstorable file aside in ``into`` (kept in name order), or (not skipping)
+    fail, saying how to skip."""
+    if not skip_invalid:
+        raise exc.with_hint() from None
+    skipped = Skipped(shown(name), shown(str(exc.path)), exc.reason, directory)
+    bisect.insort(into, skipped, key=lambda item: item.name)
+
+
+def shown(text: str) -> str:
+    """A file name as text: the bytes that are not UTF-8 (surrogate escapes) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True, slots=True)
+class Patterns:
+    """The ``--include`` and ``--exclude`` patterns, gitignore syntax."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+class Selection:
+    """Which files under one input are taken, by their ``/``-separated path relative to it.
+
+    A file is taken when it matches the include patterns (or there are none)
+    and not the exclude patterns, and no folder on its way is skipped: a
+    dot-directory, the store, or one the exclude patterns match (as git
+    does, a file in an excluded folder cannot be taken back by negation).
+    """
+
+    def __init__(
+        self,
+        include: GitIgnoreSpec | None,
+        exclude: GitIgnoreSpec,
+        skip_dirs: frozenset[str] = frozenset(),
+    ) -> None:
+        self._include = include
+        self._exclude = exclude
+        self._skip_dirs = skip_dirs
+
+    def takes_dir(self, relative: str) -> bool:
+        return (
+            not relative.rpartition("/")[2].startswith(".")
+            and relative not in self._skip_dirs
+            and not self._exclude.match_file(relative + "/")
+        )
+
+    def takes_file(self, relative: str) -> bool:
+        """Whether the patterns take this file (its folders are not looked at)."""
+        included = self._include is None or self._include.match_file(relative)
+        return included and not self._exclude.match_file(relative)
+
+    def takes(self, relative: str) -> bool:
+        """Whether a file at this path would be taken, its folders included."""
+        parts = relative.split("/")
+        folders = ("/".join(parts[:depth]) for depth in range(1, len(parts)))
+        return all(self.takes_dir(folder) for folder in folders) and self.takes_file(relative)
+
+
+def _compile(lines: Sequence[str], where: str) -> GitIgnoreSpec:
+    try:
+        return GitIgnoreSpec.from_lines(lines)
+    except ValueError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
+
+
+def _ignore_lines(folder: Path) -> list[str]:
+    path = folder / IGNORE_FILE
+    if not os.path.lexists(path):
+        return []
+    content = read(InputFile(path, IGNORE_FILE, check_file(path).st_size))
+    try:
+        return content.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValidationError(f"cannot read {path}: it is not UTF-8 text") from None
+
+
+def selection(given: Path, patterns: Patterns, *, store: str) -> Selection:
+    """The selection of an input: of a folder, with its ignore file and without the store."""
+    include = _compile(patterns.include, "--include") if patterns.include else None
+    exclude = _compile(patterns.exclude, "--exclude")
+    if not given.is_dir():
+        return Selection(include, exclude)
+    ignored = _compile(_ignore_lines(given), str(given / IGNORE_FILE))
+    skip_dirs: frozenset[str] = frozenset()
+    real = os.path.realpath(given)
+    if store.startswith(real + os.sep):
+        skip_dirs = frozenset({Path(os.path.relpath(store, real)).as_posix()})
+    # The ignore file's own pattern comes last, so no negation stores it.
+    own = _compile(["/" + IGNORE_FILE], IGNORE_FILE)
+    return Selection(include, ignored + exclude + own, skip_dirs)
 
 
 def guess_types(name: str) -> tuple[str, str]:
@@ -73,15 +215,15 @@ def check_file(path: Path) -> os.stat_result:
         status = os.stat(path)
     except FileNotFoundError:
         if os.path.lexists(path):
-            raise ValidationError(f"cannot read {path}: dangling symbolic link") from None
+            raise UnstorableFile(path, "dangling symbolic link") from None
         raise PathNotFound(path) from None
     except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UnstorableFile(path, exc.strerror or str(exc)) from None
     if not stat.S_ISREG(status.st_mode):
         kind = _FILE_KINDS.get(stat.filemode(status.st_mode)[0], "special file")
-        raise ValidationError(f"cannot read {path}: it is a {kind}, not a regular file")
+        raise UnstorableFile(path, f"it is a {kind}, not a regular file")
     if not os.access(path, os.R_OK):
-        raise ValidationError(f"cannot read {path}: permission denied")
+        raise UnstorableFile(path, "permission denied")
     return status
 
 
@@ -89,12 +231,10 @@ def read(item: InputFile) -> bytes:
     try:
         with open(item.path, "rb") as source:
             return source.read()
+    except FileNotFoundError:
+        raise UnstorableFile(item.path, "it vanished before it was read") from None
     except OSError as exc:
-        raise ValidationError(f"cannot read {item.path}: {exc.strerror or exc}") from None
-
-
-def _walk_error(exc: OSError) -> None:
-    raise ValidationError(f"cannot read directory {exc.filename}: {exc.strerror or exc}")
+        raise UnstorableFile(item.path, exc.strerror or str(exc)) from None
 
 
 def _inside(path: Path, directory: str) -> bool:
@@ -102,43 +242,123 @@ def _inside(path: Path, directory: str) -> bool:
     return real == directory or real.startswith(directory + os.sep)
 
 
-def scan(paths: Sequence[Path], *, store: Path) -> list[InputFile]:
+def prefixed(prefix: str | None, relative: str) -> str:
+    """The artifact name of a file at ``relative``: under ``prefix/`` if there is one."""
+    return relative if prefix is None else f"{prefix}/{relative}"
+
+
+def check_prefix(prefix: str) -> str:
+    """A ``--prefix``: a name, without a slash at either end (one at the end is dropped)."""
+    trimmed = prefix[:-1] if prefix.endswith("/") else prefix
+    check_name(trimmed, "--prefix")
+    if trimmed.startswith("/") or trimmed.endswith("/") or "//" in trimmed:
+        raise ValidationError(f"--prefix {prefix!r} must be folder names joined by single '/'")
+    return trimmed
+
+
+@dataclass
+class Scan:
+    """What :func:`scan` found: the files to store, the ones skipped, and each
+    input's selection (in the order the inputs were given)."""
+
+    files: list[InputFile] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    selections: list[Selection] = field(default_factory=list)
+
+
+class _Scanner:
+    def __init__(self, prefix: str | None, skip_invalid: bool) -> None:
+        self.prefix = prefix
+        self.skip_invalid = skip_invalid
+        self.result = Scan()
+
+    def take(self, path: Path, relative: str, *, walked: bool) -> InputFile | None:
+        """The input file at ``path``, or ``None`` when it is skipped as invalid."""
+        name = prefixed(self.prefix, relative)
+        try:
+            try:
+                check_artifact_name(name)
+            except ValidationError as exc:
+                raise UnstorableFile(path, str(exc), verb="store") from None
+            try:
+                return InputFile(path, name, check_file(path).st_size)
+            except PathNotFound:
+                if not walked:
+                    raise
+                raise UnstorableFile(path, "it vanished while its folder was read") from None
+        except UnstorableFile as exc:
+            self.skip(exc, name)
+            return None
+
+    def skip(self, exc: UnstorableFile, name: str, *, directory: bool = False) -> None:
+        skip_or_raise(
+            exc, name, into=self.result.skipped, skip_invalid=self.skip_invalid, directory=directory
+        )
+
+    def walk(self, given: Path, chosen: Selection) -> list[InputFile]:
+        def failed(exc: OSError) -> None:
+            folder = Path(exc.filename)
+            problem = UnstorableFile(folder, exc.strerror or str(exc))
+            if folder == given:
+                raise problem
+            relative = folder.relative_to(given).as_posix()
+            self.skip(problem, prefixed(self.prefix, relative), directory=True)
+
+        found: list[InputFile] = []
+        for root, dirs, names in os.walk(given, onerror=failed):
+            top = Path(root).relative_to(given)
+            dirs[:] = [d for d in dirs if chosen.takes_dir((top / d).as_posix())]
+            for name in names:
+                relative = (top / name).as_posix()
+                if chosen.takes_file(relative):
+                    item = self.take(Path(root, name), relative, walked=True)
+                    if item is not None:
+                        found.append(item)
+        return sorted(found, key=lambda item: item.name)
+
+
+def scan(
+    paths: Sequence[Path],
+    *,
+    store: Path,
+    patterns: Patterns = Patterns(),
+    prefix: str | None = None,
+    skip_invalid: bool = False,
+) -> Scan:
     """Every file to add, each checked readable and named; a folder's files by name.
 
-    A folder contributes its files recursively, named by their path relative
-    to it; a file given on its own is named by its file name. Dot-directories
-    (``.git``...) and the store directory are skipped; symbolic links to
-    directories are not followed. Two inputs with one name are refused.
+    A folder contributes the files its selection takes, recursively, named by
+    their path relative to it; a file given on its own is named by its file
+    name (and taken if the patterns take that name). With ``prefix``, names go
+    under ``prefix/``. Dot-directories (``.git``...) and the store directory
+    are skipped; symbolic links to directories are not followed. Two inputs
+    with one name are refused. A file that cannot be stored raises
+    :class:`UnstorableFile`, or with ``skip_invalid`` is listed in ``skipped``.
     """
     excluded = os.path.realpath(store)
-    files: list[InputFile] = []
+    scanner = _Scanner(prefix, skip_invalid)
+    result = scanner.result
     for given in paths:
+        if not os.path.lexists(given):
+            raise PathNotFound(given)
         if _inside(given, excluded):
             raise ValidationError(f"{given} is inside the store {store}; refusing to add it")
-        if not given.is_dir():
-            files.append(InputFile(given, given.name, check_file(given).st_size))
-            continue
-        found: list[InputFile] = []
-        for root, dirs, names in os.walk(given, onerror=_walk_error):
-            dirs[:] = [
-                d
-                for d in dirs
-                if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != excluded
-            ]
-            for name in names:
-                path = Path(root, name)
-                relative = path.relative_to(given).as_posix()
-                found.append(InputFile(path, relative, check_file(path).st_size))
-        files += sorted(found, key=lambda item: item.name)
+        chosen = selection(given, patterns, store=excluded)
+        result.selections.append(chosen)
+        if given.is_dir():
+            result.files += scanner.walk(given, chosen)
+        elif chosen.takes_file(given.name):
+            item = scanner.take(given, given.name, walked=False)
+            if item is not None:
+                result.files.append(item)
     seen: dict[str, Path] = {}
-    for item in files:
-        check_name(item.name, "artifact name")
+    for item in result.files:
         if item.name in seen:
             raise ValidationError(
                 f"{seen[item.name]} and {item.path} would both be named {item.name!r}"
             )
         seen[item.name] = item.path
-    return files
+    return result
 
 
 def batches(files: Sequence[InputFile]) -> Iterator[Sequence[InputFile]]:

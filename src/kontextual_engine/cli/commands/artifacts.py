@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import click
 
 from ...errors import (
-    CollectionNotFound,
     RelationshipNotFound,
     ValidationError,
 )
@@ -19,15 +17,13 @@ from ...models import (
     QUERY_ORDERS,
     Artifact,
     ArtifactRevision,
-    MetadataMode,
-    NewArtifact,
     Query,
     RelatedTo,
     SearchHit,
 )
 from ...storage.contract import KnowledgeRepository
 from ...storage.queries import DIRECTIONS, MAX_QUERY_LIMIT
-from .. import ingest, resolve
+from .. import ingest, plan, resolve
 from ..app import App, cli, examples, json_option, quiet_option
 from ..output import (
     compact,
@@ -70,6 +66,8 @@ def print_artifacts(
         "kontextual add notes ./notes",
         "kontextual add papers paper.pdf --type paper --meta year=2024 --meta reviewed=true",
         "kontextual add notes todo.txt --provenance source=import",
+        "kontextual add notes ./notes --sync --exclude '*.tmp' --dry-run",
+        "kontextual add kb ./wiki --sync --prefix wiki --include '*.md' --skip-invalid",
     )
 )
 @click.argument("collection_name", metavar="COLLECTION")
@@ -87,6 +85,30 @@ def print_artifacts(
     metavar="KEY=VALUE",
     help=f"Record how this revision came to be. {META_HELP}",
 )
+@click.option("--prefix", metavar="P", help="Name the files P/NAME instead of NAME.")
+@click.option(
+    "--sync",
+    is_flag=True,
+    help="Mirror one folder: also delete the artifacts (under --prefix) whose files are gone.",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Take only files matching a pattern (gitignore syntax). Repeatable.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out files matching a pattern (gitignore syntax). Repeatable.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip files that cannot be stored (listed with the reason) and store the rest.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done; write nothing.")
 @json_option
 @quiet_option
 @click.pass_obj
@@ -98,6 +120,12 @@ def add(
     media_type: str | None,
     meta: tuple[str, ...],
     provenance: tuple[str, ...],
+    prefix: str | None,
+    sync: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    skip_invalid: bool,
+    dry_run: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -105,94 +133,136 @@ def add(
 
     COLLECTION is created if it does not exist. A file in a folder is named
     by its path relative to that folder, a file given on its own by its file
-    name. Dot-directories (.git ...) and the store are skipped.
+    name (under P/ with --prefix). Dot-directories (.git ...), the store and
+    the files the patterns or the folder's .kontextualignore exclude are skipped.
 
     Adding a name again makes a new revision if the file changed and nothing
     otherwise; type and media type are kept unless --type or --media-type is
     given (then both are set, the one not given guessed from the file name),
-    and --meta keys are set on top of the existing metadata. All or nothing: if any file cannot
-    be read, nothing is stored.
+    and --meta keys are set on top of the existing metadata.
+
+    With --sync, the collection (only the names under P/ with --prefix)
+    mirrors one folder: artifacts whose files are gone are deleted, except
+    those the patterns leave out. All or nothing: one transaction, and if any
+    file cannot be stored nothing is, unless --skip-invalid.
     """
-    metadata = parse_pairs(meta, "--meta")
-    provenance_data = parse_pairs(provenance, "--provenance")
+    options = plan.AddOptions(
+        artifact_type,
+        media_type,
+        parse_pairs(meta, "--meta"),
+        parse_pairs(provenance, "--provenance"),
+        skip_invalid,
+    )
+    under = None if prefix is None else ingest.check_prefix(prefix)
+    if sync:
+        _check_sync(paths)
     app.require_store()
-    files = ingest.scan(paths, store=app.store)
+    found = ingest.scan(
+        paths,
+        store=app.store,
+        patterns=ingest.Patterns(include, exclude),
+        prefix=under,
+        skip_invalid=skip_invalid,
+    )
     repo = app.repo()
-    outcomes: Counter[str] = Counter()
-    records: list[dict[str, Any]] = []  # only for --json: one small dict per file
-    total_bytes = 0
-    with progress("adding", quiet=quiet or as_json) as bar, repo.transaction():
-        try:
-            target = resolve.collection(repo, collection_name)
-            created = False
-        except CollectionNotFound:
-            target = repo.create_collection(collection_name)
-            created = True
-        done = 0
-        for batch in ingest.batches(files):
-            items = [
-                _new_artifact(item, artifact_type, media_type, metadata, provenance_data)
-                for item in batch
-            ]
-            total_bytes += sum(len(item.content) for item in items)
-            for result in repo.put_artifacts(
-                target.id,
-                items,
-                metadata=MetadataMode.MERGE,
-                keep_types=artifact_type is None and media_type is None,
-            ):
-                outcomes[result.outcome.value] += 1
-                if as_json:
-                    record = result.artifact
-                    records.append(
-                        {
-                            "name": record.name,
-                            "id": record.id,
-                            "outcome": result.outcome.value,
-                            "revision": record.revision,
-                            "digest": record.digest,
-                            "size": record.size,
-                        }
-                    )
-            done += len(batch)
-            bar(done, len(files))
+    planned = plan.make_plan(
+        repo, collection_name, found, sync=sync, prefix=under, list_existing=dry_run
+    )
+    if dry_run:
+        _print_preview(planned, plan.preview(planned, options, records=True), as_json)
+        return
+    with progress("adding", quiet=quiet or as_json) as bar:
+        report = plan.execute(repo, planned, options, bar=bar, records=as_json)
+    _print_report(report, as_json)
+
+
+def _check_sync(paths: Sequence[Path]) -> None:
+    if len(paths) != 1:
+        raise click.UsageError(f"--sync mirrors one folder, but {len(paths)} paths were given")
+    if paths[0].exists() and not paths[0].is_dir():
+        raise click.UsageError(f"--sync mirrors a folder, and {paths[0]} is not one")
+
+
+# What a dry run prints for each outcome; unchanged names are only counted.
+_VERBS = {"created": "create", "updated": "update", "unchanged": "unchanged", "deleted": "delete"}
+
+
+def _counts_json(report: plan.Report) -> dict[str, int]:
+    counts = report.counts
+    return {
+        "added": counts["created"],
+        "updated": counts["updated"],
+        "unchanged": counts["unchanged"],
+        "deleted": counts["deleted"],
+        "bytes": report.bytes,
+    }
+
+
+def _skipped_json(report: plan.Report) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "path": s.path, "reason": s.reason, "directory": s.directory}
+        for s in report.skipped
+    ]
+
+
+def _skip_line(skip: ingest.Skipped) -> str:
+    return f"{skip.name}{'/' if skip.directory else ''}: {skip.reason}"
+
+
+def _print_preview(planned: plan.Plan, report: plan.Report, as_json: bool) -> None:
+    counts = report.counts
     if as_json:
         print_json(
             {
-                "collection": target,
-                "created_collection": created,
-                "added": outcomes["created"],
-                "updated": outcomes["updated"],
-                "unchanged": outcomes["unchanged"],
-                "bytes": total_bytes,
-                "artifacts": records,
+                "dry_run": True,
+                "collection": planned.collection_name,
+                "create_collection": report.created_collection,
+                "plan": [
+                    {"action": _VERBS[record["outcome"]], "name": record["name"]}
+                    for record in report.records or []
+                ],
+                **_counts_json(report),
+                "skipped": _skipped_json(report),
             }
         )
         return
-    if created:
-        echo(f"created collection {target.name}")
+    if report.created_collection:
+        echo(f"create collection {planned.collection_name}")
+    for record in report.records or []:
+        if record["outcome"] != "unchanged":
+            echo(f"{_VERBS[record['outcome']]} {record['name']}")
+    for skip in report.skipped:
+        echo(f"skip {_skip_line(skip)}")
     echo(
-        f"added {outcomes['created']}, updated {outcomes['updated']}, "
-        f"unchanged {outcomes['unchanged']}, {total_bytes} bytes"
+        f"dry run: would add {counts['created']}, update {counts['updated']}, "
+        f"delete {counts['deleted']}, skip {len(report.skipped)}; "
+        f"{counts['unchanged']} unchanged; nothing written"
     )
 
 
-def _new_artifact(
-    item: ingest.InputFile,
-    artifact_type: str | None,
-    media_type: str | None,
-    metadata: dict[str, Any],
-    provenance: dict[str, Any],
-) -> NewArtifact:
-    """What ``add`` makes of one file: the types given, else guessed from its name."""
-    kind, media = ingest.guess_types(item.name)
-    return NewArtifact(
-        item.name,
-        ingest.read(item),
-        artifact_type or kind,
-        media_type or media,
-        metadata,
-        provenance or None,
+def _print_report(report: plan.Report, as_json: bool) -> None:
+    counts = report.counts
+    assert report.collection is not None  # a run has made it
+    if as_json:
+        print_json(
+            {
+                "dry_run": False,
+                "collection": report.collection,
+                "created_collection": report.created_collection,
+                **_counts_json(report),
+                "artifacts": report.records,
+                "skipped": _skipped_json(report),
+            }
+        )
+        return
+    for skip in report.skipped:
+        echo(f"skipped {_skip_line(skip)}", err=True)
+    if report.created_collection:
+        echo(f"created collection {report.collection.name}")
+    echo(
+        f"added {counts['created']}, updated {counts['updated']}, "
+        f"unchanged {counts['unchanged']}, deleted {counts['deleted']}, "
+        f"skipped {len(report.skipped)}, {report.bytes} bytes"
     )
 
 
