@@ -30,7 +30,6 @@ from ...models import (
     Artifact,
     ArtifactRevision,
     ChangeRecord,
-    ChangeSet,
     Collection,
     ContextPackage,
     ExternalMemoryReference,
@@ -44,24 +43,22 @@ from ...models import (
     format_time,
 )
 from ..backend import IndexBackend
-from ..history import artifact_at
 from ..objects import Durability
 from ..text import NotSearchable
 from . import schema
 from .connection import DEFAULT_BUSY_TIMEOUT, Connection
 from .filters import conditions
+from .history import HistoryQueries
 from .rows import (
     ARTIFACT_UPDATE,
     ARTIFACTS,
     BUNDLE_INPUTS,
     BUNDLE_SELECT,
     BUNDLES,
-    CHANGE_SETS,
     CHANGES,
     COLLECTIONS,
     CONTEXT_PACKAGES,
     CONTEXT_REFERENCES,
-    DELETED_RELATIONSHIPS,
     EXTERNAL_REFERENCES,
     MANIFEST_REF_SELECT,
     MANIFEST_REFS,
@@ -89,7 +86,7 @@ _INSERT_METADATA = "INSERT INTO artifact_metadata VALUES (?, ?, ?, ?)"
 R = TypeVar("R")
 
 
-class SQLiteIndex(IndexBackend):
+class SQLiteIndex(HistoryQueries, IndexBackend):
     """The index of a store directory: ``<store>/index.sqlite``, one connection.
 
     Opened by :class:`~.repository.SQLiteKnowledgeRepository`, which decides
@@ -373,23 +370,7 @@ class SQLiteIndex(IndexBackend):
         return self.text.counts()
 
     def pending_text(self, limit: int) -> list[Artifact]:
-        while True:
-            sequences = self.text.pending(limit)
-            if not sequences:
-                return []
-            live = self._list(
-                ARTIFACTS,
-                "WHERE a.sequence IN (SELECT value FROM json_each(?)) AND a.deleted_at IS NULL "
-                "ORDER BY a.sequence",
-                json.dumps(sequences),
-            )
-            # A mark of an artifact that is gone (left by damage or an outside
-            # edit: a delete clears its own) would otherwise wait forever.
-            stale = set(sequences) - {artifact.sequence for artifact in live}
-            if stale:
-                self.text.forget_pending(sorted(stale))
-            if live:
-                return live
+        return self.text.pending_artifacts(limit)
 
     def set_text(self, artifact: Artifact, searchable: str | NotSearchable) -> None:
         self.text.replace(artifact.sequence, searchable)
@@ -447,85 +428,6 @@ class SQLiteIndex(IndexBackend):
             (sequence, relationship_id),
         )
         conn.execute("DELETE FROM relationships WHERE id = ?", (relationship_id,))
-
-    # -- change sets and history -------------------------------------------
-
-    def insert_change_set(self, change_set: ChangeSet) -> None:
-        conn = self.connection
-        if conn.is_buffering:
-            conn.defer(CHANGE_SETS.insert, CHANGE_SETS.values(change_set))
-        else:
-            self._insert(CHANGE_SETS, change_set)
-
-    def find_change_set(self, change_set_id: str) -> ChangeSet | None:
-        return self._find(CHANGE_SETS, "id = ?", change_set_id)
-
-    def list_change_sets(self, after: int, limit: int | None) -> list[ChangeSet]:
-        rest, params = "WHERE sequence > ? ORDER BY sequence", [after]
-        if limit is not None:
-            rest, params = rest + " LIMIT ?", [*params, limit]
-        return self._list(CHANGE_SETS, rest, *params)
-
-    def last_change_set(self) -> ChangeSet | None:
-        found = self._list(CHANGE_SETS, "ORDER BY sequence DESC LIMIT 1")
-        return found[0] if found else None
-
-    def change_set_changes(self, change_set_id: str) -> list[ChangeRecord]:
-        return self._list(CHANGES, "WHERE change_set = ? ORDER BY sequence", change_set_id)
-
-    def sequence_at(self, moment: datetime) -> int:
-        # Timestamps are stored in one fixed-width UTC form, so text order is time order.
-        row = self.connection.row(
-            "SELECT max(sequence) FROM changes WHERE timestamp <= ?", (format_time(moment),)
-        )
-        return int(row[0] or 0)
-
-    def artifacts_as_of(
-        self, sequence: int, collection_id: str | None, name: str | None
-    ) -> list[Artifact]:
-        where = [
-            "f.change_sequence <= ?",
-            "r.change_sequence = (SELECT max(x.change_sequence) FROM revisions x "
-            "WHERE x.artifact_id = r.artifact_id AND x.change_sequence <= ?)",
-            "NOT EXISTS (SELECT 1 FROM changes c WHERE c.entity_id = r.artifact_id "
-            "AND c.action = 'delete' AND c.sequence <= ?)",
-        ]
-        params: list[Any] = [sequence] * 3
-        if collection_id is not None:
-            where.append("r.collection_id = ?")
-            params.append(collection_id)
-        if name is not None:
-            where.append("r.name = ?")
-            params.append(name)
-        sql = (
-            f"SELECT {REVISIONS.select_as('r')}, {REVISIONS.select_as('f')} FROM revisions r "
-            "JOIN revisions f ON f.artifact_id = r.artifact_id AND f.revision = 1 "
-            f"WHERE {' AND '.join(where)} ORDER BY f.change_sequence"
-        )
-        width = len(REVISIONS.names)
-        return [
-            artifact_at(REVISIONS.read(row[width:]), REVISIONS.read(row[:width]))
-            for row in self.connection.rows(sql, params)
-        ]
-
-    def relationships_as_of(self, sequence: int) -> list[Relationship]:
-        live = self._list(RELATIONSHIPS, "WHERE sequence <= ?", sequence)
-        gone = self._list(
-            DELETED_RELATIONSHIPS,
-            "WHERE sequence <= ? AND deleted_sequence > ?",
-            sequence,
-            sequence,
-        )
-        return sorted(live + gone, key=lambda relationship: relationship.sequence)
-
-    def artifacts_named(self, collection_id: str, name: str) -> list[str]:
-        rows = self.connection.rows(
-            "SELECT f.artifact_id FROM revisions f WHERE f.revision = 1 AND f.artifact_id IN "
-            "(SELECT artifact_id FROM revisions WHERE collection_id = ? AND name = ?) "
-            "ORDER BY f.change_sequence",
-            (collection_id, name),
-        )
-        return [artifact_id for (artifact_id,) in rows]
 
     def append_change(self, change: ChangeRecord) -> None:
         conn = self.connection

@@ -17,10 +17,11 @@ import json
 from typing import Any
 
 from ...errors import DamagedStoreError, StoreFormatError
-from ...models import Query
+from ...models import Artifact, Query
 from .. import text
 from . import schema
 from .connection import Connection
+from .rows import ARTIFACTS
 
 _INSERT_WORDS = "INSERT INTO artifact_words (rowid, words) VALUES (?, ?)"
 _INSERT_UNSEARCHABLE = "INSERT INTO unsearchable (sequence, reason) VALUES (?, ?)"
@@ -86,6 +87,26 @@ class TextIndex:
             "SELECT sequence FROM text_pending ORDER BY sequence LIMIT ?", (limit,)
         )
         return [sequence for (sequence,) in rows]
+
+    def pending_artifacts(self, limit: int) -> list[Artifact]:
+        """The first ``limit`` live artifacts whose words wait, by sequence."""
+        while True:
+            sequences = self.pending(limit)
+            if not sequences:
+                return []
+            rows = self.connection.rows(
+                f"SELECT {ARTIFACTS.select} FROM artifacts a WHERE a.sequence IN "
+                "(SELECT value FROM json_each(?)) AND a.deleted_at IS NULL ORDER BY a.sequence",
+                (json.dumps(sequences),),
+            )
+            live = [ARTIFACTS.read(row) for row in rows]
+            # A mark of an artifact that is gone (left by damage or an outside
+            # edit: a delete clears its own) would otherwise wait forever.
+            stale = set(sequences) - {artifact.sequence for artifact in live}
+            if stale:
+                self.forget_pending(sorted(stale))
+            if live:
+                return live
 
     def forget_pending(self, sequences: list[int]) -> None:
         self.connection.execute(
