@@ -38,6 +38,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,13 @@ from hypothesis.stateful import (
 )
 
 from kontextual_engine import (
+    Delete,
     InMemoryKnowledgeRepository,
     KnowledgeRepository,
     NewArtifact,
     Query,
     RelatedTo,
+    Rename,
     SearchHit,
     SQLiteKnowledgeRepository,
 )
@@ -75,6 +78,15 @@ bodies = st.one_of(
     st.sampled_from([b"", b"\xff\xfeas", b"as\x00ss", "ẞ".encode() * 3]),
 )
 queries = st.text(alphabet=ALPHABET + '"*-', min_size=1, max_size=6).filter(str.strip)
+actors = st.sampled_from(["ana", "bo", "cy"])
+# Explicit change-set times: before and after the test clock's, so that
+# backdating is both needed and refused.
+moments_of = [
+    datetime(2025, 6, 1, tzinfo=timezone.utc),
+    datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc),
+    datetime(2030, 1, 1, tzinfo=timezone.utc),
+]
+moments = st.sampled_from(moments_of)
 # Scores closer than this (relative) are a tie for comparing rankings.
 SCORE_TOLERANCE = 1e-9
 collection_names = st.sampled_from(["c1", "c2", "c3"])
@@ -319,10 +331,87 @@ class Differential(RuleBasedStateMachine):
             )
         )
 
-    @rule(index=indexes, expected=st.none() | st.integers(1, 4))
-    def delete_artifact(self, index: int, expected: int | None) -> None:
+    @rule(index=indexes, expected=st.none() | st.integers(1, 4), who=st.none() | actors)
+    def delete_artifact(self, index: int, expected: int | None, who: str | None) -> None:
         artifact_id = self.live_artifact(index)
-        self.both(lambda repo: repo.delete_artifact(artifact_id, expected_revision=expected))
+        self.both(
+            lambda repo: repo.delete_artifact(
+                artifact_id, expected_revision=expected, actor=who, message="delete"
+            )
+        )
+
+    @rule(
+        index=indexes,
+        operations=st.lists(
+            st.one_of(
+                st.tuples(st.just("put"), artifact_names, bodies),
+                st.tuples(st.just("rename"), artifact_names, artifact_names),
+                st.tuples(st.just("delete"), artifact_names),
+            ),
+            max_size=5,
+        ),
+        who=st.none() | actors,
+        at=st.none() | moments,
+        backdate=st.booleans(),
+    )
+    def apply(
+        self,
+        index: int,
+        operations: list[tuple[str, ...]],
+        who: str | None,
+        at: datetime | None,
+        backdate: bool,
+    ) -> None:
+        """Every kind of change in one call, sometimes at an explicit time."""
+        collection_id = self.live_collection(index)
+        batch: list[NewArtifact | Rename | Delete] = []
+        for kind, *args in operations:
+            if kind == "put":
+                batch.append(NewArtifact(args[0], args[1], "note"))
+            elif kind == "rename":
+                batch.append(Rename(args[0], args[1]))
+            else:
+                batch.append(Delete(args[0]))
+        outcome = self.both(
+            lambda repo: repo.apply(
+                collection_id, batch, actor=who, message="apply", at=at, backdate=backdate
+            )
+        )
+        if outcome[0] == "ok":
+            for result in outcome[1]:
+                if result.artifact.id not in self.artifacts:
+                    self.artifacts.append(result.artifact.id)
+
+    @rule(point=st.integers(0, 80), form=st.sampled_from(["sequence", "change set", "time"]))
+    def as_of(self, point: int, form: str) -> None:
+        """Every as-of read at one point in history agrees."""
+        sets = self.memory.list_change_sets()
+        last = self.memory.last_sequence()
+        when: Any = min(point, last)
+        if form == "change set" and sets:
+            when = sets[point % len(sets)].id
+        elif form == "time":
+            changes = self.memory.list_changes()
+            when = changes[point % len(changes)].timestamp if changes else moments_of[0]
+
+        def read(repo: KnowledgeRepository) -> Any:
+            artifacts = repo.list_artifacts(as_of=when)
+            return (
+                artifacts,
+                [repo.read_content(a.id, as_of=when) for a in artifacts],
+                repo.list_relationships(as_of=when),
+                [repo.get_artifact_by_name(a.collection_id, a.name, as_of=when) for a in artifacts],
+                repo.query(metadata={"k": 1}, as_of=when),
+            )
+
+        self.both(read)
+        for query in ("a", "s*", '"a a"'):
+            self.search_both(Query(text=query, as_of=when))
+
+    @rule(index=indexes, name=artifact_names)
+    def history_of_name(self, index: int, name: str) -> None:
+        collection_id = self.live_collection(index)
+        self.both(lambda repo: repo.history_of_name(collection_id, name))
 
     # -- relationships -------------------------------------------------------
 
@@ -875,6 +964,7 @@ class Differential(RuleBasedStateMachine):
                 "revisions": [repo.list_revisions(aid) for aid in self.artifacts],
                 "relationships": repo.list_relationships(),
                 "changes": repo.list_changes(),
+                "change_sets": repo.list_change_sets(),
                 "last": repo.last_sequence(),
                 "runs": [
                     (
