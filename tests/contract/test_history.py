@@ -10,6 +10,7 @@ from kontextual_engine import Delete, NewArtifact, PutOutcome, Rename
 from kontextual_engine.errors import (
     ArtifactNotFound,
     ChangeSetNotFound,
+    CollectionNotFound,
     DuplicateNameError,
     ValidationError,
 )
@@ -102,6 +103,8 @@ def test_earlier_at_needs_backdate(repo: KnowledgeRepository, collection_id: str
         ({"actor": 3}, "actor"),
         ({"message": "nul\x00"}, "message"),
         ({"backdate": "yes"}, "backdate"),
+        ({"at": datetime(999, 1, 1, tzinfo=timezone.utc)}, "outside 1970..9999"),
+        ({"at": datetime(1969, 12, 31, tzinfo=timezone.utc)}, "outside 1970..9999"),
     ],
 )
 def test_bad_change_set_fields(
@@ -135,8 +138,26 @@ def test_a_rolled_back_transaction_leaves_no_change_set(
 def test_unknown_change_set(repo: KnowledgeRepository) -> None:
     with pytest.raises(ChangeSetNotFound):
         repo.get_change_set("cs_999")
-    with pytest.raises(ValidationError):
-        repo.list_change_sets(after=-1)
+    with pytest.raises(ChangeSetNotFound):
+        repo.change_set_changes("cs_999")
+    for bad in ({"after": -1}, {"limit": -1}, {"limit": "x"}, {"after": True}):
+        with pytest.raises(ValidationError):
+            repo.list_change_sets(**bad)  # type: ignore[arg-type]
+
+
+def test_every_record_of_a_change_set_has_one_time(
+    repo: KnowledgeRepository, collection_id: str
+) -> None:
+    """Without ``at`` too: the clock is read once per change set."""
+    with repo.transaction():
+        first = repo.create_artifact(collection_id, "a", b"x", artifact_type="note")
+        second = repo.create_artifact(collection_id, "b", b"y", artifact_type="note")
+    change_set = repo.list_change_sets()[-1]
+    records = repo.change_set_changes(change_set.id)
+    assert {r.timestamp for r in records} == {change_set.timestamp}
+    assert first.created_at == second.created_at == change_set.timestamp
+    later = repo.create_artifact(collection_id, "c", b"z", artifact_type="note")
+    assert later.created_at > change_set.timestamp
 
 
 # -- apply ---------------------------------------------------------------------------
@@ -168,6 +189,8 @@ def test_apply_creates_updates_renames_and_deletes(
         PutOutcome.CREATED,
     ]
     assert names(repo.list_artifacts(collection_id)) == ["a2", "b", "c"]
+    (same,) = repo.apply(collection_id, [Rename("c", "c")])
+    assert same.outcome is PutOutcome.UNCHANGED
     assert repo.read_content(repo.get_artifact_by_name(collection_id, "a2").id) == b"a2 edited"
     change_set = repo.list_change_sets()[-1]
     assert (change_set.actor, change_set.message) == ("gil", "reorganise")
@@ -296,6 +319,10 @@ def test_queries_as_of(
     assert names(repo.query(text="first")) == []
     assert names(repo.query(text="words", as_of=story["cs5"])) == ["b", "c"]
     assert names(repo.query(text="ord", substring=True, as_of=story["cs5"])) == ["b", "c"]
+    first = repo.query(text="ord", substring=True, as_of=story["cs5"])[0]
+    assert names(
+        repo.query(text="ord", substring=True, after=first.sequence, as_of=story["cs5"])
+    ) == ["c"]
     hits = repo.search("words", as_of=story["cs2"])
     assert [h.artifact.name for h in hits] == ["a", "c"]
     assert hits[0].snippet is not None and hits[0].snippet.text == "first words"
@@ -359,5 +386,20 @@ def test_history_of_a_name(
     (gone,) = repo.history_of_name(collection_id, "c")
     assert gone.deleted and [c.action for c in gone.changes] == ["create", "delete"]
     assert repo.history_of_name(collection_id, "never") == []
+    with pytest.raises(CollectionNotFound):
+        repo.history_of_name("col_missing", "a")
+    with pytest.raises(CollectionNotFound):
+        repo.list_artifacts("col_missing", as_of=story["cs1"])
     with pytest.raises(ValidationError):
         repo.history_of_name(collection_id, 3)  # type: ignore[arg-type]
+
+
+def test_history_outlives_its_collection(repo: KnowledgeRepository) -> None:
+    gone = repo.create_collection("gone").id
+    made = repo.create_artifact(gone, "a", b"x", artifact_type="note")
+    point = repo.last_sequence()
+    repo.delete_artifact(made.id)
+    repo.delete_collection(gone)
+    (history,) = repo.history_of_name(gone, "a")
+    assert history.deleted
+    assert names(repo.list_artifacts(gone, as_of=point)) == ["a"]

@@ -153,6 +153,8 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         # said of it, and its record once its first change is written.
         self._change_set_fields = ChangeSetFields()
         self._change_set: ChangeSet | None = None
+        self._change_set_time: datetime | None = None
+        self._in_change_set = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -202,11 +204,13 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 return
             self._check_backdate(fields)
             self._change_set_fields, self._change_set = fields, None
+            self._change_set_time, self._in_change_set = fields.at, True
             try:
                 with self.bodies.batch():
                     yield
             finally:
                 self._change_set_fields, self._change_set = ChangeSetFields(), None
+                self._change_set_time, self._in_change_set = None, False
 
     def _check_backdate(self, fields: ChangeSetFields) -> None:
         if fields.at is None or fields.backdate:
@@ -229,8 +233,14 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         return self.bodies.get(digest, verify=True)
 
     def _now(self) -> datetime:
-        at = self._change_set_fields.at
-        return at if at is not None else utc(self._clock())
+        """The time of the open change set (the ``at`` given, or the clock's at its
+        first use), so every record of a change set carries one time."""
+        if self._change_set_time is not None:
+            return self._change_set_time
+        now = utc(self._clock())
+        if self._in_change_set:
+            self._change_set_time = now
+        return now
 
     # -- collections -------------------------------------------------------
 
@@ -425,6 +435,9 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 if isinstance(operation, Rename):
                     current = self.get_artifact_by_name(collection_id, operation.name)
                     check_artifact_name(operation.new_name)
+                    if operation.new_name == operation.name:
+                        results.append(PutResult(current, PutOutcome.UNCHANGED))
+                        continue
                     if self.index.find_artifact_by_name(collection_id, operation.new_name):
                         raise DuplicateNameError(
                             f"cannot rename {operation.name!r}: artifact "
@@ -638,10 +651,8 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
     ) -> list[Artifact]:
         """Every live artifact (of one collection), in creation order; ``as_of`` a
         point in history, those live then, each as it was then."""
-        if collection_id is not None:
-            check_id(collection_id, "collection id")
-            if as_of is None:
-                self.get_collection(collection_id)
+        if collection_id is not None and as_of is None:
+            self.get_collection(collection_id)
         return self.query(Query(collection_id=collection_id, as_of=as_of))
 
     def query(self, query: Query | None = None, /, **filters: Any) -> list[Artifact]:

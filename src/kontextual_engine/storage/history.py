@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 
-from ..errors import ChangeSetNotFound, ValidationError
+from ..errors import ChangeSetNotFound, CollectionNotFound, ValidationError
 from ..models import (
     Artifact,
     ArtifactHistory,
     ArtifactRevision,
+    ChangeRecord,
     ChangeSet,
-    Collection,
     Query,
     Relationship,
     check_text,
@@ -29,8 +29,12 @@ from ..models import (
 )
 from . import text
 from .backend import IndexBackend
-from .queries import metadata_value_matches
+from .queries import check_id, metadata_value_matches
 
+# The times a change set may carry: stored timestamps are fixed-width text
+# (four-digit years), which keeps their text order their time order.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 # What ``as_of`` may be: a change-set id, a change sequence, or a moment.
 AsOf = str | int | datetime
 
@@ -82,6 +86,10 @@ def check_change_set_fields(
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValidationError(f"change set time {at.isoformat()} has no time zone")
         at = utc(at)
+        if not EARLIEST <= at <= LATEST:
+            raise ValidationError(
+                f"change set time {at.isoformat()} is outside {EARLIEST.year}..{LATEST.year}"
+            )
     if not isinstance(backdate, bool):
         raise ValidationError(f"backdate must be True or False, got {backdate!r}")
     return ChangeSetFields(actor, message, at, backdate)  # type: ignore[arg-type]
@@ -94,14 +102,29 @@ class HistoryRules:
     # -- provided by KnowledgeRepository, of which this class is a part ------
 
     index: IndexBackend
-    get_collection: Callable[[str], Collection]
     _load_body: Callable[[str], bytes]
 
     def list_change_sets(self, *, after: int = 0, limit: int | None = None) -> list[ChangeSet]:
         """Change sets whose first change comes after sequence ``after``, oldest first."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise ValidationError(f"after must be a sequence number >= 0, got {after!r}")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValidationError(f"limit must be a count >= 0, got {limit!r}")
         return self.index.list_change_sets(after, limit)
+
+    def change_set_changes(self, change_set_id: str) -> list[ChangeRecord]:
+        """The change records of one change set, by sequence."""
+        return self.index.change_set_changes(self.get_change_set(change_set_id).id)
+
+    def _check_collection_ever(self, collection_id: str) -> None:
+        """A collection that exists or existed: history reads accept deleted ones."""
+        check_id(collection_id, "collection id")
+        if self.index.find_collection(collection_id) is None and collection_id not in {
+            collection.id for collection, _ in self.index.all_collections()
+        }:
+            raise CollectionNotFound(collection_id)
 
     def get_change_set(self, change_set_id: str) -> ChangeSet:
         found = (
@@ -136,7 +159,7 @@ class HistoryRules:
     def history_of_name(self, collection_id: str, name: str) -> list[ArtifactHistory]:
         """Every artifact that ever had ``name`` in the collection, deleted ones
         included, oldest first, each with all its revisions and change records."""
-        self.get_collection(collection_id)
+        self._check_collection_ever(collection_id)
         if not isinstance(name, str):
             raise ValidationError(f"artifact name must be a string, got {name!r}")
         return [
@@ -206,10 +229,9 @@ class HistoryRules:
         """A query as of ``sequence``: the filters over the artifacts live then; text
         by reading their bodies (words, BM25 over the store as it was then, or
         substrings), so it costs a read of every body live then."""
-        unlimited = dataclasses.replace(
-            query, limit=None, after=None if query.text else query.after
-        )
-        candidates = self._artifacts_as_of(unlimited, sequence)
+        if query.collection_id is not None:
+            self._check_collection_ever(query.collection_id)
+        candidates = self._artifacts_as_of(dataclasses.replace(query, limit=None), sequence)
         if query.text is None:
             scored: list[tuple[Artifact, float | None]] = [(a, None) for a in candidates]
         elif query.substring:
@@ -236,8 +258,6 @@ class HistoryRules:
             ]
             if query.order == "sequence":
                 scored = [(a, None) for a in matching]
-                if query.after is not None:
-                    scored = [(a, s) for a, s in scored if a.sequence > query.after]
             else:
                 scores = text.bm25_scores(parsed, documents, (a.sequence for a in matching))
                 matching.sort(key=lambda a: (-scores[a.sequence], a.sequence))
