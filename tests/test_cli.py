@@ -844,7 +844,15 @@ def test_show(corpus: Path) -> None:
     assert ["->", "cites", "papers/b.txt"] in rows
     assert ["<-", "cites", "papers/c.json"] in rows
     shown = as_json("show", "papers/a.md")
-    assert set(shown) == {"artifact", "collection", "outgoing", "incoming", "run", "not_searchable"}
+    assert set(shown) == {
+        "artifact",
+        "collection",
+        "outgoing",
+        "incoming",
+        "run",
+        "not_searchable",
+        "as_of",
+    }
     assert shown["not_searchable"] is None
     assert fields["text"].strip() == "searchable"
     assert shown["collection"] == "papers"
@@ -895,7 +903,17 @@ def test_log_and_diff(filled: Path, docs: Path) -> None:
     assert revisions[1]["changed"] == ["digest", "metadata"]
     assert history["deleted_at"] is None
     table = ok("log", "notes/b.txt").stdout.splitlines()
-    assert table[0].split() == ["REV", "TIME", "DIGEST", "CHANGED", "RUN"]
+    assert table[0].split() == [
+        "REV",
+        "TIME",
+        "CHANGE",
+        "SET",
+        "ACTOR",
+        "DIGEST",
+        "CHANGED",
+        "RUN",
+        "MESSAGE",
+    ]
     assert "created" in table[1]
     assert f"{revisions[0]['digest'][7:19]} -> {revisions[1]['digest'][7:19]}" in table[2]
     assert "digest,metadata" in table[2]
@@ -951,7 +969,11 @@ def test_link_and_unlink(corpus: Path) -> None:
 
 
 def test_changes(filled: Path) -> None:
-    lines = [json.loads(line) for line in ok("changes", "--json").stdout.splitlines()]
+    # `add` made one change set: the collection and its five artifacts.
+    (change_set,) = [json.loads(line) for line in ok("changes", "--json").stdout.splitlines()]
+    assert set(change_set) == {"id", "sequence", "timestamp", "actor", "message", "changes"}
+    assert change_set["id"] == "cs_1" and change_set["actor"] is None
+    lines = change_set["changes"]
     assert [c["sequence"] for c in lines] == list(range(1, 7))
     assert lines[0]["entity_kind"] == "collection" and lines[0]["details"] == {"name": "notes"}
     assert set(lines[1]) == {
@@ -964,12 +986,16 @@ def test_changes(filled: Path) -> None:
         "old_digest",
         "new_digest",
         "details",
+        "change_set_id",
     }
     since = ok("changes", "--since", "4", "--json").stdout.splitlines()
-    assert [json.loads(line)["sequence"] for line in since] == [5, 6]
-    assert len(ok("changes", "--limit", "2").stdout.splitlines()) == 2
-    human = ok("changes", "--since", "5").stdout
-    assert human.split()[0] == "6" and "artifact" in human and "create" in human
+    assert [c["sequence"] for c in json.loads(since[0])["changes"]] == [5, 6]
+    ok("collection", "create", "more")
+    assert len(ok("changes", "--limit", "1", "--json").stdout.splitlines()) == 1
+    human = ok("changes", "--since", "5").stdout.splitlines()
+    assert human[0].split()[0] == "cs_1"
+    assert human[1].split()[0] == "6" and "artifact" in human[1] and "create" in human[1]
+    assert human[2].split()[0] == "cs_7"
     fails(2, "changes", "--since", "-1")
 
 
@@ -988,7 +1014,8 @@ def test_changes_follow_prints_new_changes_until_interrupted(
 
     monkeypatch.setattr(changes_module, "sleep", sleep)
     result = ok("changes", "--follow", "--since", "6", "--json")
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    change_sets = [json.loads(line) for line in result.stdout.splitlines()]
+    records = [record for change_set in change_sets for record in change_set["changes"]]
     assert [r["details"].get("name") for r in records] == ["arrived-while-following"]
     assert polls == [changes_module.POLL_SECONDS] * 2
 

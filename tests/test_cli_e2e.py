@@ -271,10 +271,10 @@ def test_changes_follow_streams_new_changes_until_ctrl_c(
         assert follower.stdout is not None
         fd = follower.stdout.fileno()
         first = read_until(fd, lambda seen: seen.count(b"\n") >= 1)
-        assert json.loads(first.splitlines()[0])["details"] == {"name": "first"}
+        assert json.loads(first.splitlines()[0])["changes"][0]["details"] == {"name": "first"}
         run("collection", "create", "second")
         more = read_until(fd, lambda seen: seen.count(b"\n") >= 1)
-        assert json.loads(more.splitlines()[0])["details"] == {"name": "second"}
+        assert json.loads(more.splitlines()[0])["changes"][0]["details"] == {"name": "second"}
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=HANG_GUARD_SECONDS) == 0
         assert follower.stderr is not None and follower.stderr.read() == b""

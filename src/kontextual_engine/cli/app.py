@@ -22,9 +22,12 @@ from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore
 from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..storage.stores import open_store, store_path
 from .output import progress, visible
+from .params import AS_OF_FORMS, parse_as_of
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
+# Who writes, when --actor is not given; without it a change set has no actor.
+ACTOR_ENV = "KONTEXTUAL_ACTOR"
 # What a shell reports for a process ended by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -144,6 +147,32 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
         function
     )
+
+
+def change_set_options(function: F) -> F:
+    """``--actor`` and ``--message``: who makes the command's change set, and why."""
+    function = click.option(
+        "--message",
+        "-m",
+        metavar="TEXT",
+        help="Why: the message of the change set this command makes.",
+    )(function)
+    return click.option(
+        "--actor",
+        metavar="NAME",
+        envvar=ACTOR_ENV,
+        show_envvar=True,
+        help="Who: the actor of the change set this command makes (default: none).",
+    )(function)
+
+
+def as_of_option(function: F) -> F:
+    return click.option(
+        "--as-of",
+        metavar="POINT",
+        callback=parse_as_of,
+        help=f"As the store was then: {AS_OF_FORMS}.",
+    )(function)
 
 
 def quiet_option(function: F) -> F:

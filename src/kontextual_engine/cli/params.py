@@ -1,10 +1,12 @@
-"""Parsing what is typed on the command line: ``KEY=VALUE`` pairs and durations."""
+"""Parsing what is typed on the command line: ``KEY=VALUE`` pairs, durations and
+points in history."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -56,3 +58,39 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> fl
             sum(int(count) * _DURATION_UNITS[unit] for count, unit in _DURATION_PART.findall(text))
         )
     raise click.BadParameter(f"{value!r} is not a duration like 2w, 3d, 12h, 30m, 90s or 0")
+
+
+# A change set as people type it: its id, ``cs_`` and the sequence of its first change.
+CHANGE_SET_ID = re.compile(r"cs_[0-9]+")
+AS_OF_FORMS = (
+    "a change set id (cs_12), a change sequence number (12) or an ISO 8601 time "
+    "with a zone (2026-11-30T12:00:00Z)"
+)
+
+
+def point_in_history(text: str) -> str | int | datetime | None:
+    """What ``as_of`` takes, from what was typed: a change-set id, a sequence number
+    or a time with a zone; ``None`` when ``text`` is none of them."""
+    if CHANGE_SET_ID.fullmatch(text):
+        return text
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return None
+    return moment
+
+
+def parse_as_of(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | int | datetime | None:
+    """The ``--as-of`` option: see :func:`point_in_history`."""
+    if value is None:
+        return None
+    point = point_in_history(value.strip())
+    if point is None:
+        raise click.BadParameter(f"{value!r} is not {AS_OF_FORMS}")
+    return point

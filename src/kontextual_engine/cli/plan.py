@@ -192,12 +192,20 @@ def preview(plan: Plan, options: AddOptions, *, records: bool) -> Report:
 
 
 def execute(
-    repo: KnowledgeRepository, plan: Plan, options: AddOptions, *, bar: Progress, records: bool
+    repo: KnowledgeRepository,
+    plan: Plan,
+    options: AddOptions,
+    *,
+    bar: Progress,
+    records: bool,
+    actor: str | None = None,
+    message: str | None = None,
 ) -> Report:
-    """Carry out ``plan`` in one transaction. A deletion names the revision planned on,
-    so an artifact changed meanwhile fails the run (and nothing is written)."""
+    """Carry out ``plan`` in one transaction, one change set by ``actor`` with
+    ``message``. A deletion names the revision planned on, so an artifact changed
+    meanwhile fails the run (and nothing is written)."""
     total, done = len(plan.puts) + len(plan.deletions), 0
-    with repo.transaction():
+    with repo.transaction(actor=actor, message=message):
         target = plan.collection or repo.create_collection(plan.collection_name)
         report = Report(
             target,

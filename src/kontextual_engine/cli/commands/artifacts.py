@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ...errors import (
+    ArtifactNotFound,
     RelationshipNotFound,
     ValidationError,
 )
 from ...models import (
     QUERY_ORDERS,
     Artifact,
+    ArtifactHistory,
     ArtifactRevision,
+    ChangeRecord,
+    ChangeSet,
     Query,
     RelatedTo,
     SearchHit,
 )
 from ...storage.contract import KnowledgeRepository
+from ...storage.history import AsOf
 from ...storage.queries import DIRECTIONS, MAX_QUERY_LIMIT
 from .. import ingest, plan, resolve
-from ..app import App, cli, examples, json_option, quiet_option
+from ..app import (
+    App,
+    as_of_option,
+    change_set_options,
+    cli,
+    examples,
+    json_option,
+    one_line,
+    quiet_option,
+)
 from ..output import (
     compact,
     echo,
@@ -109,6 +124,7 @@ def print_artifacts(
     help="Skip files that cannot be stored (listed with the reason) and store the rest.",
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be done; write nothing.")
+@change_set_options
 @json_option
 @quiet_option
 @click.pass_obj
@@ -126,6 +142,8 @@ def add(
     exclude: tuple[str, ...],
     skip_invalid: bool,
     dry_run: bool,
+    actor: str | None,
+    message: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -144,7 +162,8 @@ def add(
     With --sync, the collection (only the names under P/ with --prefix)
     mirrors one folder: artifacts whose files are gone are deleted, except
     those the patterns leave out. All or nothing: one transaction, and if any
-    file cannot be stored nothing is, unless --skip-invalid.
+    file cannot be stored nothing is, unless --skip-invalid. The run is one
+    change set, made by --actor with --message.
     """
     options = plan.AddOptions(
         artifact_type,
@@ -172,7 +191,9 @@ def add(
         _print_preview(planned, plan.preview(planned, options, records=True), as_json)
         return
     with progress("adding", quiet=quiet or as_json) as bar:
-        report = plan.execute(repo, planned, options, bar=bar, records=as_json)
+        report = plan.execute(
+            repo, planned, options, bar=bar, records=as_json, actor=actor, message=message
+        )
     _print_report(report, as_json)
 
 
@@ -269,17 +290,23 @@ def _print_report(report: plan.Report, as_json: bool) -> None:
 # -- listing and search ------------------------------------------------------
 
 
-@cli.command(epilog=examples("kontextual ls", "kontextual ls notes --json"))
+@cli.command(
+    epilog=examples(
+        "kontextual ls", "kontextual ls notes --json", "kontextual ls notes --as-of cs_12"
+    )
+)
 @click.argument("collection_name", required=False, metavar="[COLLECTION]")
+@as_of_option
 @json_option
 @click.pass_obj
-def ls(app: App, collection_name: str | None, as_json: bool) -> None:
-    """List the artifacts (of one collection), oldest first."""
+def ls(app: App, collection_name: str | None, as_of: AsOf | None, as_json: bool) -> None:
+    """List the artifacts (of one collection), oldest first; with --as-of, those
+    live then, as they were."""
     repo = app.repo()
     collection_id = (
         None if collection_name is None else resolve.collection(repo, collection_name).id
     )
-    print_artifacts(repo, repo.list_artifacts(collection_id), as_json)
+    print_artifacts(repo, repo.list_artifacts(collection_id, as_of=as_of), as_json)
 
 
 @cli.command(
@@ -328,6 +355,7 @@ def ls(app: App, collection_name: str | None, as_json: bool) -> None:
     help="Seen from --related-to: outgoing finds its targets, incoming its sources.",
 )
 @click.option("--limit", type=click.IntRange(0, MAX_QUERY_LIMIT), help="At most this many.")
+@as_of_option
 @json_option
 @click.pass_obj
 def find(
@@ -344,12 +372,15 @@ def find(
     rel_type: str | None,
     direction: str,
     limit: int | None,
+    as_of: AsOf | None,
     as_json: bool,
 ) -> None:
     """Find artifacts matching every filter given.
 
     With --text, the best matches come first (BM25), each with a snippet of
-    its body; otherwise, and with --order sequence, oldest first.
+    its body; otherwise, and with --order sequence, oldest first. With
+    --as-of, among the artifacts live then, as they were (--related-to too);
+    text is then matched by reading each of their bodies.
     """
     metadata = parse_pairs(meta, "--meta")
     if related_to is None and (rel_type is not None or direction != "both"):
@@ -367,11 +398,12 @@ def find(
         related_to=(
             None
             if related_to is None
-            else RelatedTo(resolve.artifact(repo, related_to).id, rel_type, direction)
+            else RelatedTo(resolve.artifact(repo, related_to, as_of=as_of).id, rel_type, direction)
         ),
         limit=limit,
         order=order,
         substring=substring,
+        as_of=as_of,
     )
     if text is None:
         print_artifacts(repo, repo.query(query), as_json)
@@ -407,18 +439,32 @@ def print_hits(repo: KnowledgeRepository, hits: Sequence[SearchHit], as_json: bo
 # -- one artifact ------------------------------------------------------------
 
 
-@cli.command(epilog=examples("kontextual show notes/todo.md", "kontextual show art_0190... --json"))
+@cli.command(
+    epilog=examples(
+        "kontextual show notes/todo.md",
+        "kontextual show art_0190... --json",
+        "kontextual show notes/todo.md@2",
+        "kontextual show notes/todo.md --as-of 2026-11-30T12:00:00Z",
+    )
+)
 @click.argument("ref", metavar="ARTIFACT")
+@as_of_option
 @json_option
 @click.pass_obj
-def show(app: App, ref: str, as_json: bool) -> None:
-    """Show an artifact, its relationships and its run."""
+def show(app: App, ref: str, as_of: AsOf | None, as_json: bool) -> None:
+    """Show an artifact, its relationships and its run.
+
+    ARTIFACT@REV shows a revision, ARTIFACT@cs_N (or --as-of) the artifact as
+    it was then, with the relationships it had then.
+    """
     repo = app.repo()
-    found = resolve.artifact(repo, ref)
-    outgoing = repo.list_relationships(found.id, direction="outgoing")
-    incoming = repo.list_relationships(found.id, direction="incoming")
-    run = repo.producing_run(found.id)
-    unsearchable = repo.text_status(found.id)
+    pinned = resolve.artifact_at(repo, ref, as_of=as_of)
+    found, then = pinned.artifact, pinned.sequence
+    outgoing = repo.list_relationships(found.id, direction="outgoing", as_of=then)
+    incoming = repo.list_relationships(found.id, direction="incoming", as_of=then)
+    run = repo.producing_run(found.id, found.revision)
+    # Whether text search finds a body is known of live artifacts only.
+    unsearchable = repo.text_status(found.id) if then is None else None
     names = resolve.Names(repo)
     if as_json:
         print_json(
@@ -428,10 +474,27 @@ def show(app: App, ref: str, as_json: bool) -> None:
                 "outgoing": outgoing,
                 "incoming": incoming,
                 "run": run,
-                "not_searchable": None if unsearchable is None else unsearchable.value,
+                "as_of": then,
+                **(
+                    {}
+                    if then is not None
+                    else {"not_searchable": None if unsearchable is None else unsearchable.value}
+                ),
             }
         )
         return
+    text_line = (
+        []
+        if then is not None
+        else [
+            (
+                "text",
+                "searchable"
+                if unsearchable is None
+                else f"not searchable: {unsearchable.describe()}",
+            )
+        ]
+    )
     print_fields(
         [
             ("artifact", names.of(found)),
@@ -441,17 +504,13 @@ def show(app: App, ref: str, as_json: bool) -> None:
             ("revision", found.revision),
             ("digest", found.digest),
             ("size", f"{found.size} bytes"),
-            (
-                "text",
-                "searchable"
-                if unsearchable is None
-                else f"not searchable: {unsearchable.describe()}",
-            ),
+            *text_line,
             ("created", when(found.created_at)),
             ("updated", when(found.updated_at)),
             ("run", "-" if run is None else f"{run.id} ({run.operation}, {run.status})"),
             ("metadata", compact(found.metadata)),
             ("provenance", compact(found.provenance)),
+            *([] if then is None else [("as of", f"change {then}")]),
         ]
     )
     if outgoing or incoming:
@@ -466,78 +525,201 @@ def show(app: App, ref: str, as_json: bool) -> None:
 
 
 @cli.command(
-    epilog=examples("kontextual cat notes/todo.md", "kontextual cat notes/todo.md -r 1 > old.md")
+    epilog=examples(
+        "kontextual cat notes/todo.md",
+        "kontextual cat notes/todo.md -r 1 > old.md",
+        "kontextual cat notes/todo.md@cs_12",
+        "kontextual cat notes/todo.md --as-of 2026-11-30T12:00:00Z",
+    )
 )
 @click.argument("ref", metavar="ARTIFACT")
 @click.option("--revision", "-r", type=click.IntRange(min=1), help="An earlier revision.")
+@as_of_option
 @click.pass_obj
-def cat(app: App, ref: str, revision: int | None) -> None:
+def cat(app: App, ref: str, revision: int | None, as_of: AsOf | None) -> None:
     """Write an artifact's body, byte for byte, to stdout.
 
-    With --revision, also the revisions of a deleted artifact (named by id).
+    With --revision (or ARTIFACT@REV), also the revisions of a deleted
+    artifact (named by id); ARTIFACT@cs_N or --as-of, the body it had then.
     """
     repo = app.repo()
-    artifact_id = resolve.artifact_id(repo, ref)
-    record: Artifact | ArtifactRevision = (
-        repo.get_artifact(artifact_id)
-        if revision is None
-        else repo.get_revision(artifact_id, revision)
-    )
-    with repo.open_object(record.digest) as body:
+    found = resolve.artifact_at(repo, ref, revision=revision, as_of=as_of).artifact
+    with repo.open_object(found.digest) as body:
         write_bytes(body)
 
 
-@cli.command(epilog=examples("kontextual log notes/todo.md", "kontextual log art_0190... --json"))
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line of ``log``: a revision, or the deletion, with its change set."""
+
+    revision: ArtifactRevision | None  # None: the deletion
+    change: ChangeRecord | None
+    change_set: ChangeSet | None
+
+    def json(self) -> dict[str, Any]:
+        change_set = self.change_set
+        fields = {
+            "change_set_id": None if change_set is None else change_set.id,
+            "actor": None if change_set is None else change_set.actor,
+            "message": None if change_set is None else change_set.message,
+        }
+        if self.revision is None:
+            assert self.change is not None  # a deletion is known by its record
+            return {"timestamp": self.change.timestamp, **fields}
+        return {
+            **jsonable(self.revision),
+            "old_digest": self.old_digest,
+            "changed": self.changed,
+            **fields,
+        }
+
+    @property
+    def old_digest(self) -> str | None:
+        return None if self.change is None else self.change.old_digest
+
+    @property
+    def changed(self) -> list[str]:
+        changed = [] if self.change is None else self.change.details.get("changed", [])
+        return [str(field) for field in changed] if isinstance(changed, list) else []
+
+    def row(self, *, with_name: bool) -> list[object]:
+        change_set = self.change_set
+        revision = self.revision
+        cells: list[object]
+        if revision is None:
+            assert self.change is not None
+            cells = ["", when(self.change.timestamp), "", "deleted", "", ""]
+        else:
+            old = self.old_digest
+            cells = [
+                revision.revision,
+                when(revision.created_at),
+                revision.name,
+                short(revision.digest)
+                if old is None
+                else f"{short(old)} -> {short(revision.digest)}",
+                ",".join(self.changed) or ("created" if revision.revision == 1 else "-"),
+                revision.run_id or "-",
+            ]
+        if not with_name:
+            del cells[2]
+        if change_set is None:
+            made_by: list[object] = ["-", "-", ""]
+        else:
+            made_by = [change_set.id, change_set.actor or "-", one_line(change_set.message or "")]
+        # rev, time, change set, actor, [name,] digest, changed, run, message
+        return [*cells[:2], *made_by[:2], *cells[2:], made_by[2]]
+
+
+def log_entries(repo: KnowledgeRepository, history: ArtifactHistory) -> list[LogEntry]:
+    """An artifact's revisions, then its deletion if it was deleted, each with the
+    change record and change set that made it."""
+    changes = {change.sequence: change for change in history.changes}
+    entries = []
+    for revision in history.revisions:
+        change = changes.get(revision.change_sequence)
+        entries.append(LogEntry(revision, change, resolve.change_set(repo, change)))
+    if history.deleted:
+        deletion = history.changes[-1]
+        entries.append(LogEntry(None, deletion, resolve.change_set(repo, deletion)))
+    return entries
+
+
+def _log_json(history: ArtifactHistory, entries: Sequence[LogEntry]) -> dict[str, Any]:
+    deletion = entries[-1] if entries and entries[-1].revision is None else None
+    return {
+        "artifact_id": history.artifact_id,
+        "deleted": history.deleted,
+        "revisions": [entry.json() for entry in entries if entry.revision is not None],
+        "deleted_at": None
+        if deletion is None or deletion.change is None
+        else deletion.change.timestamp,
+        "deletion": None if deletion is None else deletion.json(),
+    }
+
+
+def _print_log(entries: Sequence[LogEntry], *, with_name: bool) -> None:
+    headers = ["rev", "time", "change set", "actor"]
+    if with_name:
+        headers.append("name")
+    print_table(
+        [*headers, "digest", "changed", "run", "message"],
+        [entry.row(with_name=with_name) for entry in entries],
+        right=(0,),
+    )
+
+
+def _name_history(repo: KnowledgeRepository, ref: str) -> tuple[str, str, list[ArtifactHistory]]:
+    """``COLLECTION/NAME`` (or the last name of an artifact given by id): the
+    collection, the name and every artifact that ever had it there."""
+    if resolve.is_id(ref):
+        last = repo.list_revisions(ref)[-1]
+        collection_id, name = last.collection_id, last.name
+    else:
+        collection_name, name = resolve.split_name(ref)
+        collection_id = resolve.collection(repo, collection_name).id
+    histories = repo.history_of_name(collection_id, name)
+    if not histories:
+        raise ArtifactNotFound(ref, f"no artifact ever had the name {ref!r}")
+    return collection_id, name, histories
+
+
+@cli.command(
+    epilog=examples(
+        "kontextual log notes/todo.md",
+        "kontextual log art_0190... --json",
+        "kontextual log notes/todo.md --all",
+    )
+)
 @click.argument("ref", metavar="ARTIFACT")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every artifact that ever had this name, deleted ones included.",
+)
 @json_option
 @click.pass_obj
-def log(app: App, ref: str, as_json: bool) -> None:
+def log(app: App, ref: str, every: bool, as_json: bool) -> None:
     """Show the revision history of an artifact, oldest first.
 
-    Each revision with its digest before and after, the fields it changed and
-    the run that produced it; also for a deleted artifact, named by id.
+    Each revision with its time, the change set that made it (id, actor,
+    message), its digest before and after, the fields it changed and the run
+    that produced it; also for a deleted artifact, named by id. With --all,
+    the history of a name: every artifact that ever had it in the collection,
+    deleted ones included, with their revisions (renames too) and deletions.
     """
     repo = app.repo()
-    artifact_id = resolve.artifact_id(repo, ref)
-    revisions = repo.list_revisions(artifact_id)
-    changes = {c.sequence: c for c in repo.list_changes(entity_id=artifact_id)}
-    deleted = next((c for c in changes.values() if c.action == "delete"), None)
-    entries = []
-    for revision in revisions:
-        change = changes.get(revision.change_sequence)
-        changed = [] if change is None else change.details.get("changed", [])
-        entries.append(
-            (
-                revision,
-                None if change is None else change.old_digest,
-                [str(field) for field in changed] if isinstance(changed, list) else [],
+    if every:
+        collection_id, name, histories = _name_history(repo, ref)
+        logs = [(history, log_entries(repo, history)) for history in histories]
+        names = resolve.Names(repo)
+        if as_json:
+            print_json(
+                {
+                    "collection": names.collection(collection_id),
+                    "name": name,
+                    "artifacts": [_log_json(history, entries) for history, entries in logs],
+                }
             )
-        )
-    if as_json:
-        print_json(
-            {
-                "artifact_id": artifact_id,
-                "revisions": [
-                    {**jsonable(revision), "old_digest": old, "changed": changed}
-                    for revision, old, changed in entries
-                ],
-                "deleted_at": None if deleted is None else deleted.timestamp,
-            }
-        )
+            return
+        for i, (history, entries) in enumerate(logs):
+            if i:
+                echo()
+            echo(f"artifact {history.artifact_id}{' (deleted)' if history.deleted else ''}")
+            _print_log(entries, with_name=True)
         return
-    rows = [
-        [
-            revision.revision,
-            when(revision.created_at),
-            short(revision.digest) if old is None else f"{short(old)} -> {short(revision.digest)}",
-            ",".join(changed) or ("created" if revision.revision == 1 else "-"),
-            revision.run_id or "-",
-        ]
-        for revision, old, changed in entries
-    ]
-    if deleted is not None:
-        rows.append(["", when(deleted.timestamp), "deleted", "", ""])
-    print_table(["rev", "time", "digest", "changed", "run"], rows, right=(0,))
+    artifact_id = resolve.artifact_id(repo, ref)
+    history = ArtifactHistory(
+        artifact_id,
+        tuple(repo.list_revisions(artifact_id)),
+        tuple(repo.list_changes(entity_id=artifact_id)),
+    )
+    entries = log_entries(repo, history)
+    if as_json:
+        print_json(_log_json(history, entries))
+    else:
+        _print_log(entries, with_name=False)
 
 
 def _text(body: bytes, label: str) -> list[str]:
@@ -583,10 +765,11 @@ def diff(app: App, ref: str, old: int, new: int) -> None:
 # -- removing and linking ------------------------------------------------------
 
 
-@cli.command(epilog=examples("kontextual rm notes/old.md"))
+@cli.command(epilog=examples("kontextual rm notes/old.md", "kontextual rm notes/old.md -m 'stale'"))
 @click.argument("ref", metavar="ARTIFACT")
+@change_set_options
 @click.pass_obj
-def rm(app: App, ref: str) -> None:
+def rm(app: App, ref: str, actor: str | None, message: str | None) -> None:
     """Delete an artifact and its relationships.
 
     Its history stays readable by id (log, cat --revision).
@@ -594,7 +777,7 @@ def rm(app: App, ref: str) -> None:
     repo = app.repo()
     found = resolve.artifact(repo, ref)
     label = resolve.Names(repo).of(found)
-    repo.delete_artifact(found.id)
+    repo.delete_artifact(found.id, actor=actor, message=message)
     echo(f"removed {label} ({found.id})")
 
 
@@ -605,10 +788,18 @@ def rm(app: App, ref: str) -> None:
 @click.option(
     "--meta", multiple=True, metavar="KEY=VALUE", help=f"Relationship metadata. {META_HELP}"
 )
+@change_set_options
 @json_option
 @click.pass_obj
 def link(
-    app: App, source: str, relationship_type: str, target: str, meta: tuple[str, ...], as_json: bool
+    app: App,
+    source: str,
+    relationship_type: str,
+    target: str,
+    meta: tuple[str, ...],
+    actor: str | None,
+    message: str | None,
+    as_json: bool,
 ) -> None:
     """Relate two artifacts: SRC -[TYPE]-> DST."""
     metadata = parse_pairs(meta, "--meta")
@@ -618,6 +809,8 @@ def link(
         resolve.artifact(repo, target).id,
         relationship_type,
         metadata=metadata,
+        actor=actor,
+        message=message,
     )
     if as_json:
         print_json(created)
@@ -632,8 +825,9 @@ def link(
     )
 )
 @click.argument("args", nargs=-1, required=True, metavar="SRC TYPE DST | RELATIONSHIP_ID")
+@change_set_options
 @click.pass_obj
-def unlink(app: App, args: tuple[str, ...]) -> None:
+def unlink(app: App, args: tuple[str, ...], actor: str | None, message: str | None) -> None:
     """Remove a relationship, named by SRC TYPE DST or by its id."""
     repo = app.repo()
     if len(args) == 1:
@@ -658,5 +852,5 @@ def unlink(app: App, args: tuple[str, ...]) -> None:
         relationship = found[0]
     else:
         raise ValidationError("unlink takes SRC TYPE DST, or one relationship id")
-    repo.delete_relationship(relationship.id)
+    repo.delete_relationship(relationship.id, actor=actor, message=message)
     echo(f"unlinked {relationship.id}")

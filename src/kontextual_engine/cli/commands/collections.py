@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import resolve
-from ..app import App, cli, examples, json_option
+from ..app import App, change_set_options, cli, examples, json_option
 from ..output import compact, echo, print_fields, print_json, print_table, when
 from ..params import parse_pairs
 
@@ -29,12 +29,25 @@ def collection() -> None:
     metavar="KEY=VALUE",
     help="Metadata; VALUE is JSON if it parses (n=1, ok=true), else a string.",
 )
+@change_set_options
 @json_option
 @click.pass_obj
-def create(app: App, name: str, description: str, meta: tuple[str, ...], as_json: bool) -> None:
+def create(
+    app: App,
+    name: str,
+    description: str,
+    meta: tuple[str, ...],
+    actor: str | None,
+    message: str | None,
+    as_json: bool,
+) -> None:
     """Create a collection."""
     created = app.repo().create_collection(
-        name, description=description, metadata=parse_pairs(meta, "--meta")
+        name,
+        description=description,
+        metadata=parse_pairs(meta, "--meta"),
+        actor=actor,
+        message=message,
     )
     if as_json:
         print_json(created)
@@ -83,10 +96,11 @@ def show(app: App, name: str, as_json: bool) -> None:
 
 @collection.command(epilog=examples("kontextual collection rm scratch"))
 @click.argument("name")
+@change_set_options
 @click.pass_obj
-def rm(app: App, name: str) -> None:
+def rm(app: App, name: str, actor: str | None, message: str | None) -> None:
     """Remove an empty collection."""
     repo = app.repo()
     found = resolve.collection(repo, name)
-    repo.delete_collection(found.id)
+    repo.delete_collection(found.id, actor=actor, message=message)
     echo(f"removed collection {found.name} ({found.id})")
