@@ -302,6 +302,11 @@ def test_reads_by_name_and_content_as_of(
     with pytest.raises(ArtifactNotFound, match="as of"):
         repo.get_artifact_by_name(collection_id, "a", as_of=story["cs5"])
     assert repo.read_content(story["a"], as_of=story["cs3"]) == b"first words"
+    then = repo.get_artifact(story["a"], as_of=story["cs5"])
+    assert (then.name, then.revision, then.created_at) == ("b", 3, day(1))
+    assert then == repo.list_artifacts(collection_id, as_of=story["cs5"])[0]
+    with pytest.raises(ArtifactNotFound, match="as of"):
+        repo.get_artifact(story["c"], as_of=story["cs6"])
     assert repo.read_content(story["a"], as_of=story["cs7"]) == b"second words"
     assert repo.read_content(story["c"], as_of=story["cs5"]) == b"other words"
     with pytest.raises(ArtifactNotFound):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..digests import Digest
 from ..errors import ArtifactNotFound, CollectionNotFound, ValidationError
-from ..models import Artifact, ArtifactRevision, ChangeRecord, ChangeSet, Collection, Query
+from ..models import Artifact, ArtifactRevision, ChangeRecord, ChangeSet, Collection
 from ..storage.contract import KnowledgeRepository
 from ..storage.history import AsOf
 from ..storage.history import artifact_at as artifact_of_revision
@@ -54,12 +54,7 @@ def artifact(repo: KnowledgeRepository, ref: str, *, as_of: AsOf | None = None) 
     in history (a change-set id, a sequence number or a time)."""
     when = "" if as_of is None else f" as of {as_of}"
     if is_id(ref):
-        if as_of is None:
-            return repo.get_artifact(ref)
-        then = repo.query(Query(ids=(ref,), as_of=as_of))
-        if not then:
-            raise ArtifactNotFound(ref, f"artifact not found: {ref!r}{when}")
-        return then[0]
+        return repo.get_artifact(ref, as_of=as_of)
     collection_name, name = split_name(ref)
     try:
         return repo.get_artifact_by_name(collection(repo, collection_name).id, name, as_of=as_of)

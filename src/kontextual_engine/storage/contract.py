@@ -509,8 +509,11 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             updated, PutOutcome.UNCHANGED if updated is existing else PutOutcome.UPDATED
         )
 
-    def get_artifact(self, artifact_id: str) -> Artifact:
+    def get_artifact(self, artifact_id: str, *, as_of: AsOf | None = None) -> Artifact:
+        """The live artifact, or the artifact as it was ``as_of`` a point in history."""
         check_id(artifact_id, "artifact id")
+        if as_of is not None:
+            return self._artifact_as_of(artifact_id, as_of)
         artifact = self.index.find_artifact(artifact_id)
         if artifact is None:
             raise ArtifactNotFound(artifact_id)
@@ -545,13 +548,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         if as_of is not None:
             if revision is not None:
                 raise ValidationError("pass a revision or as_of, not both")
-            check_id(artifact_id, "artifact id")
-            then = self._revision_as_of(artifact_id, self.resolve_as_of(as_of))
-            if then is None:
-                raise ArtifactNotFound(
-                    artifact_id, f"artifact not found: {artifact_id!r} as of {as_of}"
-                )
-            return self._load_body(then.digest)
+            return self._load_body(self.get_artifact(artifact_id, as_of=as_of).digest)
         if revision is None:
             return self._load_body(self.get_artifact(artifact_id).digest)
         return self._load_body(self.get_revision(artifact_id, revision).digest)

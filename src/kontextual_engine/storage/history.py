@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from ..errors import ChangeSetNotFound, CollectionNotFound, ValidationError
+from ..errors import ArtifactNotFound, ChangeSetNotFound, CollectionNotFound, ValidationError
 from ..models import (
     Artifact,
     ArtifactHistory,
@@ -183,6 +183,17 @@ class HistoryRules:
                 return None
         then = [r for r in self.index.list_revisions(artifact_id) if r.change_sequence <= sequence]
         return then[-1] if then else None
+
+    def _artifact_as_of(self, artifact_id: str, as_of: AsOf) -> Artifact:
+        """One artifact as it was just after the change ``as_of`` stands for."""
+        then = self._revision_as_of(artifact_id, self.resolve_as_of(as_of))
+        if then is None:
+            raise ArtifactNotFound(
+                artifact_id, f"artifact not found: {artifact_id!r} as of {as_of}"
+            )
+        first = self.index.find_revision(artifact_id, 1)
+        assert first is not None  # a revision exists, so the first one does
+        return artifact_at(first, then)
 
     def _artifacts_as_of(self, query: Query, sequence: int) -> list[Artifact]:
         """Artifacts live just after ``sequence`` that match every filter of ``query``
