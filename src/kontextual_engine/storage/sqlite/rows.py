@@ -264,32 +264,18 @@ COLLECTIONS = Columns(
     Collection,
     ("id", "name", "description", json_text("metadata"), moment("created_at"), "sequence"),
 )
-RELATIONSHIPS = Columns(
-    "relationships",
-    Relationship,
-    (
-        "id",
-        "source_id",
-        "target_id",
-        "relationship_type",
-        json_text("metadata"),
-        moment("created_at"),
-        "sequence",
-    ),
+_RELATIONSHIP_COLUMNS = (
+    "id",
+    "source_id",
+    "target_id",
+    "relationship_type",
+    json_text("metadata"),
+    moment("created_at"),
+    "sequence",
 )
-DELETED_RELATIONSHIPS = Columns(
-    "deleted_relationships",
-    Relationship,
-    (
-        "id",
-        "source_id",
-        "target_id",
-        "relationship_type",
-        json_text("metadata"),
-        moment("created_at"),
-        "sequence",
-    ),
-)
+RELATIONSHIPS = Columns("relationships", Relationship, _RELATIONSHIP_COLUMNS)
+# A deleted relationship keeps its columns (and the sequence of its deletion).
+DELETED_RELATIONSHIPS = Columns("deleted_relationships", Relationship, _RELATIONSHIP_COLUMNS)
 CHANGES = Columns(
     "changes",
     ChangeRecord,
