@@ -448,6 +448,13 @@ class SQLiteIndex(IndexBackend):
         )
         conn.execute("DELETE FROM relationships WHERE id = ?", (relationship_id,))
 
+    def all_deleted_relationships(self) -> list[tuple[Relationship, int]]:
+        rows = self.connection.rows(
+            f"SELECT {DELETED_RELATIONSHIPS.select}, deleted_sequence "
+            "FROM deleted_relationships ORDER BY sequence"
+        )
+        return [(DELETED_RELATIONSHIPS.read(row[:-1]), row[-1]) for row in rows]
+
     # -- change sets and history -------------------------------------------
 
     def insert_change_set(self, change_set: ChangeSet) -> None:
