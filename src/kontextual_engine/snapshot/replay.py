@@ -542,14 +542,14 @@ class _Replay:
                 _refuse(f"artifact {artifact_id} does not match its revisions")
             if (deleted_at is not None) != (artifact_id in self.gone_artifacts):
                 _refuse(f"artifact {artifact_id} is deleted, or not, unlike its changes")
-        if set(self.live_relationships) != set(self.relationships):
-            _refuse("the relationships held are not those the changes leave")
         if self.deleted_relationships:
             relationship_id, deleted = min(self.deleted_relationships.items())
             _refuse(
                 f"deleted relationship {relationship_id} was deleted at sequence {deleted}, "
                 "yet no change record deletes it"
             )
+        if set(self.live_relationships) != set(self.relationships):
+            _refuse("the relationships held are not those the changes leave")
         for run in self.records["runs"]:
             if self.run_status[run.id].value != run.status:
                 _refuse(f"run {run.id} is {run.status}, unlike what its changes leave")
