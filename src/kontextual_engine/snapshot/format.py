@@ -12,8 +12,9 @@ is at ``objects/<2 hex>/<62 hex>`` of its digest, and only such names are
 objects.
 
 Version 1 is still read: it lacks the kinds ``deleted_relationships`` and
-``change_sets`` and the ``change_set_id`` of change records
-(:data:`ADDED_IN_VERSION_2`); :mod:`.version1` reads its records as version 2's.
+``change_sets`` (:data:`KINDS_ADDED_IN_VERSION_2`) and the ``change_set_id``
+of change records (:data:`FIELDS_ADDED_IN_VERSION_2`); :mod:`.version1` reads
+its records as version 2's.
 """
 
 from __future__ import annotations
@@ -62,19 +63,15 @@ PAIRED: dict[str, tuple[str, Convert]] = {
     "deleted_relationships": ("deleted_sequence", field_converter("deleted_sequence", int)),
 }
 
-# What version 1 lacks: two kinds, and fields of records of other kinds (with
+# What version 1 lacks: two kinds, and fields of the records of a kind (with
 # the value a version-1 record stands for).
-ADDED_IN_VERSION_2: dict[str, dict[str, Any]] = {
-    "deleted_relationships": {},
-    "change_sets": {},
-    "changes": {"change_set_id": None},
-}
-NEW_KINDS = ("deleted_relationships", "change_sets")
+KINDS_ADDED_IN_VERSION_2 = ("deleted_relationships", "change_sets")
+FIELDS_ADDED_IN_VERSION_2: dict[str, dict[str, Any]] = {"changes": {"change_set_id": None}}
 
 
 def kinds_of(version: int) -> list[str]:
     """The kinds a snapshot of ``version`` holds, in :data:`KINDS` order."""
-    return [kind for kind in KINDS if version >= 2 or kind not in NEW_KINDS]
+    return [kind for kind in KINDS if version >= 2 or kind not in KINDS_ADDED_IN_VERSION_2]
 
 
 # snapshot.json is a few hundred bytes; anything near this is not one.
@@ -164,7 +161,7 @@ def decode_line(kind: str, text: str, where: str, version: int = VERSION) -> Any
         if not isinstance(data, dict):
             raise SnapshotError(f"{where}: expected a JSON object")
         if version < 2:
-            for field, value in ADDED_IN_VERSION_2.get(kind, {}).items():
+            for field, value in FIELDS_ADDED_IN_VERSION_2.get(kind, {}).items():
                 if field in data:
                     raise SnapshotError(
                         f"{where}: unexpected field {field!r} (version {version} has none)"
