@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +28,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     made = Backend(request.param, tmp_path)
     yield made
     made.close_all()
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[Callable[[str], Backend]]:
+    """Backends of any kind, each in its own directory; all closed afterwards."""
+    made: list[Backend] = []
+
+    def make(kind: str) -> Backend:
+        made.append(Backend(kind, tmp_path / f"{kind}-{len(made)}"))
+        made[-1].root.mkdir()
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close_all()

@@ -86,20 +86,6 @@ def tree_digest(root: Path) -> str:
     return hasher.hexdigest()
 
 
-@pytest.fixture
-def backends(tmp_path: Path) -> Callable[[str], Backend]:
-    made: list[Backend] = []
-
-    def make(kind: str) -> Backend:
-        made.append(Backend(kind, tmp_path / f"{kind}-{len(made)}"))
-        made[-1].root.mkdir()
-        return made[-1]
-
-    yield make  # type: ignore[misc]
-    for backend in made:
-        backend.close_all()
-
-
 @pytest.mark.parametrize("source_kind", BACKENDS)
 @pytest.mark.parametrize("target_kind", BACKENDS)
 def test_round_trip_is_byte_identical(

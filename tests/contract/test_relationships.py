@@ -81,6 +81,27 @@ def test_delete_relationship(repo: KnowledgeRepository, abc: tuple[str, str, str
     assert again.id != ab.id
 
 
+def test_deleted_relationships_are_kept_with_their_deletion(
+    repo: KnowledgeRepository, abc: tuple[str, str, str]
+) -> None:
+    a, b, c = abc
+    ab = repo.create_relationship(a, b, "cites", metadata={"w": 1})
+    bc = repo.create_relationship(b, c, "cites")
+    ca = repo.create_relationship(c, a, "cites")
+    repo.delete_relationship(bc.id)
+    repo.delete_artifact(a)
+    deleted = repo.index.all_deleted_relationships()
+    assert deleted == [
+        (ab, repo.list_changes(entity_id=ab.id)[-1].sequence),
+        (bc, repo.list_changes(entity_id=bc.id)[-1].sequence),
+        (ca, repo.list_changes(entity_id=ca.id)[-1].sequence),
+    ]
+    assert [change.action for change in repo.list_changes(entity_id=ca.id)] == [
+        "create",
+        "delete",
+    ]
+
+
 def test_bad_relationship_input(repo: KnowledgeRepository, abc: tuple[str, str, str]) -> None:
     a, b, _ = abc
     with pytest.raises(ValidationError):

@@ -1,6 +1,6 @@
 """Snapshots: a whole repository as a directory (or one ``.tar``), any backend.
 
-Layout, version 1 (see ``docs/snapshot-format.md``)::
+Layout, version 2 (see ``docs/snapshot-format.md``; version 1 is still read)::
 
     snapshot.json          format, version, counts, BLAKE3 of every index file
     index/<kind>.jsonl     one canonical JSON record a line, in sequence order
@@ -26,7 +26,9 @@ One module per concern:
 - :mod:`.reading`: opening members (regular files only, never through a link),
   bounded reads, a tar read in place;
 - :mod:`.restore`: import and verify: the manifest, the index files, the bodies;
-- :mod:`.replay`: the records against every rule of the API, the change records replayed.
+- :mod:`.replay`: the records against every rule of the API, the change records replayed;
+- :mod:`.change_sets`: the change sets against the transactions that made them;
+- :mod:`.version1`: a version-1 snapshot's records read as version 2's.
 """
 
 from ..codec import record_to_json

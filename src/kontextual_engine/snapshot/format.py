@@ -1,4 +1,4 @@
-"""The snapshot format, version 1 (``docs/snapshot-format.md``): its names,
+"""The snapshot format, version 2 (``docs/snapshot-format.md``): its names,
 its manifest, the members it may hold, its limits, and one record a line.
 
 ::
@@ -10,6 +10,11 @@ its manifest, the members it may hold, its limits, and one record a line.
 ``objects/`` is laid out as a store's (``storage/objects/layout.py``): a body
 is at ``objects/<2 hex>/<62 hex>`` of its digest, and only such names are
 objects.
+
+Version 1 is still read: it lacks the kinds ``deleted_relationships`` and
+``change_sets`` (:data:`KINDS_ADDED_IN_VERSION_2`) and the ``change_set_id``
+of change records (:data:`FIELDS_ADDED_IN_VERSION_2`); :mod:`.version1` reads
+its records as version 2's.
 """
 
 from __future__ import annotations
@@ -21,24 +26,27 @@ from pathlib import Path
 from typing import Any
 
 from .. import models
-from ..codec import field_converter, record_from_json, record_to_json
+from ..codec import Convert, field_converter, record_from_json, record_to_json
 from ..digests import Digest
 from ..errors import KontextualError, SnapshotError
 from ..models import canonical_dumps, format_time
 from ..storage.objects.layout import FAN, NAME, OBJECTS_DIR, digest_at, digest_hex, object_path
 
 FORMAT = "kontextual-snapshot"
-VERSION = 1
+VERSION = 2
 MANIFEST = "snapshot.json"
 INDEX_DIR = "index"
 
 # Every kind, in the order files are written and checked. Collections and
-# artifacts carry a ``deleted_at`` beside their fields.
+# artifacts carry a ``deleted_at`` beside their fields, deleted relationships
+# a ``deleted_sequence`` (:data:`PAIRED`).
 KINDS: dict[str, type] = {
     "collections": models.Collection,
     "artifacts": models.Artifact,
     "revisions": models.ArtifactRevision,
     "relationships": models.Relationship,
+    "deleted_relationships": models.Relationship,
+    "change_sets": models.ChangeSet,
     "changes": models.ChangeRecord,
     "runs": models.OperationRun,
     "steps": models.WorkflowStep,
@@ -47,7 +55,24 @@ KINDS: dict[str, type] = {
     "context_packages": models.ContextPackage,
     "external_references": models.ExternalMemoryReference,
 }
-WITH_DELETION = ("collections", "artifacts")
+# Kinds whose items are ``(record, value)`` pairs: the field the value is
+# written as, beside the record's own fields, and how it is read.
+PAIRED: dict[str, tuple[str, Convert]] = {
+    "collections": ("deleted_at", field_converter("deleted_at", datetime | None)),
+    "artifacts": ("deleted_at", field_converter("deleted_at", datetime | None)),
+    "deleted_relationships": ("deleted_sequence", field_converter("deleted_sequence", int)),
+}
+
+# What version 1 lacks: two kinds, and fields of the records of a kind (with
+# the value a version-1 record stands for).
+KINDS_ADDED_IN_VERSION_2 = ("deleted_relationships", "change_sets")
+FIELDS_ADDED_IN_VERSION_2: dict[str, dict[str, Any]] = {"changes": {"change_set_id": None}}
+
+
+def kinds_of(version: int) -> list[str]:
+    """The kinds a snapshot of ``version`` holds, in :data:`KINDS` order."""
+    return [kind for kind in KINDS if version >= 2 or kind not in KINDS_ADDED_IN_VERSION_2]
+
 
 # snapshot.json is a few hundred bytes; anything near this is not one.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -72,7 +97,12 @@ def index_member(kind: str) -> str:
     return f"{INDEX_DIR}/{kind}.jsonl"
 
 
-INDEX_MEMBERS = frozenset(index_member(kind) for kind in KINDS)
+def index_members(version: int) -> frozenset[str]:
+    """The index files of a snapshot of ``version``."""
+    return frozenset(index_member(kind) for kind in kinds_of(version))
+
+
+INDEX_MEMBERS = index_members(VERSION)
 
 
 def object_member(digest: str) -> str:
@@ -108,34 +138,43 @@ def is_file_member(name: str) -> bool:
 
 # -- one record a line -----------------------------------------------------
 
-_DELETED_AT = field_converter("deleted_at", datetime | None)
-
 
 def encode_line(kind: str, item: Any) -> str:
     """One line of ``index/<kind>.jsonl`` (without its newline)."""
-    if kind in WITH_DELETION:
-        record, deleted_at = item
+    if kind in PAIRED:
+        record, value = item
         data = record_to_json(record)
-        data["deleted_at"] = None if deleted_at is None else format_time(deleted_at)
+        data[PAIRED[kind][0]] = format_time(value) if isinstance(value, datetime) else value
     else:
         data = record_to_json(item)
     return canonical_dumps(data)  # the store checked every field when it took the record
 
 
-def decode_line(kind: str, text: str, where: str) -> Any:
-    """The record (with its ``deleted_at`` for collections and artifacts) of one line."""
+def decode_line(kind: str, text: str, where: str, version: int = VERSION) -> Any:
+    """The record (with its paired value, :data:`PAIRED`) of one line of a
+    snapshot of ``version``."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise SnapshotError(f"{where}: not valid JSON ({exc})") from None
     try:
-        if kind not in WITH_DELETION:
+        if not isinstance(data, dict):
+            raise SnapshotError(f"{where}: expected a JSON object")
+        if version < 2:
+            for field, value in FIELDS_ADDED_IN_VERSION_2.get(kind, {}).items():
+                if field in data:
+                    raise SnapshotError(
+                        f"{where}: unexpected field {field!r} (version {version} has none)"
+                    )
+                data[field] = value
+        if kind not in PAIRED:
             return record_from_json(KINDS[kind], data, where)
-        if not isinstance(data, dict) or "deleted_at" not in data:
-            raise SnapshotError(f"{where}: missing field 'deleted_at'")
-        deleted = data.pop("deleted_at")
+        field, convert = PAIRED[kind]
+        if field not in data:
+            raise SnapshotError(f"{where}: missing field {field!r}")
+        value = data.pop(field)
         record = record_from_json(KINDS[kind], data, where)
-        return record, _DELETED_AT(deleted, where)
+        return record, convert(value, f"{where}: field {field!r}")
     except SnapshotError:
         raise
     except KontextualError as exc:  # a field the codec refused; the message says where

@@ -65,11 +65,13 @@ def _reader(inner: BinaryIO, member: str) -> BinaryIO:
 class Source(abc.ABC):
     """The members of a snapshot, whether a directory or a tar.
 
-    ``objects`` is the digests of the bodies it holds; building it has refused
+    ``objects`` is the digests of the bodies it holds, ``files`` the names of
+    its other files (the manifest and index files); building it has refused
     anything that is not a part of a snapshot.
     """
 
     objects: set[str]
+    files: set[str]
 
     @abc.abstractmethod
     def open(self, member: str) -> tuple[BinaryIO, int]:
@@ -86,6 +88,7 @@ class _DirectorySource(Source):
             self._fd = os.open(root, DIR_FLAGS)
         except OSError as exc:
             raise SnapshotError(f"snapshot {root} cannot be opened: {exc.strerror}") from None
+        self.files: set[str] = set()
         try:
             self.objects = self._scan()
         except BaseException:
@@ -124,6 +127,8 @@ class _DirectorySource(Source):
                 digest = object_digest(name)
                 if digest is not None:
                     found.add(digest)
+                else:
+                    self.files.add(name)
         return found
 
     def open(self, member: str) -> tuple[BinaryIO, int]:
@@ -172,6 +177,7 @@ class _TarSource(Source):
         self.objects = {
             digest for digest in map(object_digest, self._members) if digest is not None
         }
+        self.files = {name for name in self._members if object_digest(name) is None}
 
     def _check_member(self, member: tarfile.TarInfo, archive_size: int) -> None:
         name = member.name

@@ -53,9 +53,10 @@ from ..models import (
     check_transition,
 )
 from ..storage.context import ReferenceLookups, check_reference
-from ..storage.contract import RELATIONSHIP_KEY, changed_fields, check_revision_number
+from ..storage.contract import changed_fields, check_revision_number
 from ..storage.queries import check_id
-from .format import WITH_DELETION, index_member
+from .change_sets import check_change_set, check_change_sets
+from .format import PAIRED, index_member
 
 
 def check_records(records: dict[str, list[Any]]) -> None:
@@ -66,13 +67,16 @@ def check_records(records: dict[str, list[Any]]) -> None:
     deletion and status change is checked against the state reached so far,
     as the API checked it when it happened: names unique among live records,
     relationships between live artifacts, lifecycles as ``TRANSITIONS`` allows,
-    references to what existed then. Finally each record must be the state
-    the replay ends in.
+    references to what existed then; relationships deleted by the sequence
+    their deletion record has. Each change set holds a run of consecutive
+    change records, as one transaction writes them. Finally each record must
+    be the state the replay ends in.
     """
     replay = _Replay(records)
     with _about("snapshot records"):
         replay.check_fields()
         replay.run()
+        check_change_sets(records["change_sets"], records["changes"])
         replay.check_final()
     _check_order(records)
 
@@ -112,7 +116,7 @@ def _check_order(records: dict[str, list[Any]]) -> None:
     the order given, so lines out of order could silently change what is current."""
     run_sequence = {run.id: run.sequence for run in records["runs"]}
     for kind, items in records.items():
-        if kind in WITH_DELETION:
+        if kind in PAIRED:
             keys = [record.sequence for record, _ in items]
         elif kind == "revisions":
             keys = [revision.change_sequence for revision in items]
@@ -132,6 +136,10 @@ class _Replay:
         self.collections = {c.id: (c, deleted) for c, deleted in records["collections"]}
         self.artifacts = {a.id: (a, deleted) for a, deleted in records["artifacts"]}
         self.relationships = {rel.id: rel for rel in records["relationships"]}
+        # Deleted relationship id -> the sequence of its deletion; popped as replayed.
+        self.deleted_relationships = {
+            rel.id: deleted for rel, deleted in records["deleted_relationships"]
+        }
         self.runs = {run.id: run for run in records["runs"]}
         self.steps = {step.id: step for step in records["steps"]}
         # The record each change sequence created: (what, record).
@@ -159,8 +167,12 @@ class _Replay:
         r = self.records
         self.unique("collections", [c.id for c, _ in r["collections"]])
         self.unique("artifacts", [a.id for a, _ in r["artifacts"]])
-        for kind in ("relationships", "runs", "steps", "bundles"):
+        for kind in ("relationships", "change_sets", "runs", "steps", "bundles"):
             self.unique(kind, [item.id for item in r[kind]])
+        self.unique("deleted_relationships", [rel.id for rel, _ in r["deleted_relationships"]])
+        both = sorted(set(self.relationships) & set(self.deleted_relationships))
+        if both:
+            _refuse(f"relationship {both[0]!r} is both live and deleted")
         self.unique("context_packages", [p.id for p in r["context_packages"]])
         self.unique("external_references", [e.id for e in r["external_references"]])
         self.unique("manifests", [m.run_id for m in r["manifests"]])
@@ -182,9 +194,23 @@ class _Replay:
                     _refuse(f"size {revision.size} is negative")
             self.own(revision.change_sequence, "revision", revision)
         self.each("relationships", "relationship", self.relationship_fields)
+        for relationship, deleted in r["deleted_relationships"]:
+            with _about(f"deleted relationship {relationship.id!r}"):
+                self.relationship_fields(relationship)
+                if deleted <= relationship.sequence:
+                    _refuse(
+                        f"it is deleted at sequence {deleted}, not after its creation at "
+                        f"sequence {relationship.sequence}"
+                    )
+            self.own(relationship.sequence, "relationship", relationship)
+        for change_set in r["change_sets"]:
+            with _about(f"change set {change_set.id!r}"):
+                check_change_set(change_set)
         for change in r["changes"]:
             with _about(f"change record {change.sequence}"):
                 check_id(change.entity_id, "entity id")
+                if change.change_set_id is not None:
+                    check_id(change.change_set_id, "change set id")
                 EntityKind(change.entity_kind)
                 ChangeAction(change.action)
                 for digest in (change.old_digest, change.new_digest):
@@ -385,32 +411,28 @@ class _Replay:
         self.revisions[(revision.artifact_id, revision.revision)] = revision
 
     def on_relationship_create(self, change: ChangeRecord, made: Any) -> None:
-        if made is None:
-            # Deleted since: not exported; its change record says what it joined.
-            details = change.details
-            key = tuple(details.get(field) for field in RELATIONSHIP_KEY)
-            if not all(isinstance(part, str) for part in key):
-                _refuse("a deleted relationship's change record must name its ends and type")
-            check_relationship_type(key[2])
-        else:
-            relationship = self.created(change, made, "relationship", "created_at")
-            key = (relationship.source_id, relationship.target_id, relationship.relationship_type)
-        source_id, target_id, relationship_type = typing.cast(tuple[str, str, str], key)
-        for end in (source_id, target_id):
+        relationship = self.created(change, made, "relationship", "created_at")
+        ends = (relationship.source_id, relationship.target_id)
+        triple = (*ends, relationship.relationship_type)
+        for end in ends:
             if end not in self.live_artifact_ids:
                 raise IntegrityError(f"relationship end {end!r} is not a live artifact")
-        triple = (source_id, target_id, relationship_type)
         if triple in self.relationship_keys:
             raise DuplicateRelationshipError(f"relationship {triple} already exists")
         self.relationship_keys.add(triple)
         self.live_relationships[change.entity_id] = triple
-        self.relationship_ends.update({source_id, target_id})
+        self.relationship_ends.update(set(ends))
 
     def on_relationship_delete(self, change: ChangeRecord, made: Any) -> None:
         self.nothing_made(made)
         key = self.live_relationships.pop(change.entity_id, None)
-        if key is None or change.entity_id in self.relationships:
-            _refuse("no such relationship, or one the snapshot still holds")
+        if key is None:
+            _refuse("no such live relationship")
+        deleted = self.deleted_relationships.pop(change.entity_id, None)
+        if deleted is None:
+            _refuse("the snapshot holds no deleted relationship of that id")
+        if deleted != change.sequence:
+            _refuse(f"the snapshot's deleted relationship says it was deleted at {deleted}")
         self.relationship_keys.discard(key)
         self.relationship_ends.subtract({key[0], key[1]})
 
@@ -520,6 +542,12 @@ class _Replay:
                 _refuse(f"artifact {artifact_id} does not match its revisions")
             if (deleted_at is not None) != (artifact_id in self.gone_artifacts):
                 _refuse(f"artifact {artifact_id} is deleted, or not, unlike its changes")
+        if self.deleted_relationships:
+            relationship_id, deleted = min(self.deleted_relationships.items())
+            _refuse(
+                f"deleted relationship {relationship_id} was deleted at sequence {deleted}, "
+                "yet no change record deletes it"
+            )
         if set(self.live_relationships) != set(self.relationships):
             _refuse("the relationships held are not those the changes leave")
         for run in self.records["runs"]:

@@ -3,7 +3,8 @@
 :func:`verify_snapshot` runs them all and writes nothing; :func:`import_snapshot`
 then restores the records into an empty repository, all or nothing, streaming
 each body from the snapshot. The checks, in order: the manifest; each index
-file's hash and count, then its records field by field (``format.decode_line``);
+file's hash and count, then its records field by field (``format.decode_line``;
+a version-1 snapshot's records read as version 2's, ``version1.as_version_2``);
 the records against every rule of the API (``replay.check_records``); every
 body present, referenced and whole, of the size its revisions record.
 """
@@ -22,7 +23,6 @@ from ..errors import KontextualError, SnapshotError
 from ..storage.contract import KnowledgeRepository
 from .format import (
     FORMAT,
-    INDEX_MEMBERS,
     KINDS,
     MANIFEST,
     MAX_LINE_BYTES,
@@ -31,10 +31,13 @@ from .format import (
     SnapshotSummary,
     decode_line,
     index_member,
+    index_members,
+    kinds_of,
     object_member,
 )
 from .reading import Source, open_source, read_bounded, read_lines
 from .replay import check_records
+from .version1 import as_version_2
 
 
 def import_snapshot(
@@ -82,7 +85,13 @@ def _load(
 ) -> tuple[dict[str, list[Any]], dict[str, int]]:
     """Every check import makes before it writes: the records and each body's size."""
     manifest = _read_manifest(source)
-    records = {kind: _read_index(source, kind, manifest) for kind in KINDS}
+    version = manifest["version"]
+    stray = sorted(source.files - {MANIFEST} - index_members(version))
+    if stray:
+        raise SnapshotError(f"snapshot version {version} holds {stray[0]}, not a file of it")
+    records = {kind: _read_index(source, kind, manifest) for kind in kinds_of(version)}
+    if version == 1:
+        records = as_version_2(records)
     check_records(records)
     body_digests = sorted({revision.digest for revision in records["revisions"]})
     sizes = _check_objects(source, body_digests, manifest["objects"], progress)
@@ -106,23 +115,28 @@ def _read_manifest(source: Source) -> dict[str, Any]:
     version = manifest.get("version")
     if not _is_count(version) or version > VERSION or version < 1:
         raise SnapshotError(
-            f"snapshot version {version!r} is not supported (this reads version {VERSION})"
+            f"snapshot version {version!r} is not supported (this reads versions 1 to {VERSION})"
         )
     if manifest.get("digest") != digests.ALGORITHM:
         raise SnapshotError(f"snapshot digest {manifest.get('digest')!r} is not blake3")
     files, counts = manifest.get("files"), manifest.get("counts")
+    members, kinds = index_members(version), kinds_of(version)
     if (
         not isinstance(files, dict)
-        or set(files) != INDEX_MEMBERS
+        or set(files) != members
         or not all(isinstance(value, str) for value in files.values())
     ):
-        raise SnapshotError(f"{MANIFEST} must list exactly the files {sorted(INDEX_MEMBERS)}")
+        raise SnapshotError(
+            f"{MANIFEST} of version {version} must list exactly the files {sorted(members)}"
+        )
     if (
         not isinstance(counts, dict)
-        or set(counts) != set(KINDS)
+        or set(counts) != set(kinds)
         or not all(_is_count(value) for value in counts.values())
     ):
-        raise SnapshotError(f"{MANIFEST} must count every kind {sorted(KINDS)}")
+        raise SnapshotError(
+            f"{MANIFEST} of version {version} must count every kind {sorted(kinds)}"
+        )
     if not _is_count(manifest.get("objects")):
         raise SnapshotError(f"{MANIFEST} must count its objects")
     return manifest
@@ -152,7 +166,7 @@ def _read_index(source: Source, kind: str, manifest: dict[str, Any]) -> list[Any
             text = line[:-1].decode("utf-8")
         except UnicodeDecodeError:
             raise SnapshotError(f"{member}:{number} is not UTF-8") from None
-        items.append(decode_line(kind, text, f"{member}:{number}"))
+        items.append(decode_line(kind, text, f"{member}:{number}", manifest["version"]))
     return items
 
 

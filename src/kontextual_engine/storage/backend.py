@@ -262,6 +262,11 @@ class IndexBackend(abc.ABC):
         """Delete a relationship by the change ``sequence``; it stays readable as of
         any earlier point (:meth:`relationships_as_of`)."""
 
+    @abc.abstractmethod
+    def all_deleted_relationships(self) -> list[tuple[Relationship, int]]:
+        """Every deleted relationship with the sequence of its deletion, by creation
+        sequence."""
+
     # -- runs, steps, bundles, manifests --------------------------------------
 
     @abc.abstractmethod

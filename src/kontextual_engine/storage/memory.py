@@ -355,6 +355,10 @@ class MemoryIndex(IndexBackend):
             (relationship.source_id, relationship.target_id, relationship.relationship_type),
         )
 
+    def all_deleted_relationships(self) -> list[tuple[Relationship, int]]:
+        with self._lock:
+            return sorted(self.deleted_relationships.values(), key=lambda item: item[0].sequence)
+
     def append_change(self, change: ChangeRecord) -> None:
         self.changes.append(change)
         self._log(lambda: self.changes.__delitem__(-1))

@@ -37,8 +37,11 @@ class RestoreRules:
         """Every record of the repository, by kind, each list in sequence order.
 
         ``collections`` and ``artifacts`` hold ``(record, deleted_at)`` pairs,
-        since deleted ones are still referenced by history. Read in one
-        transaction, so the result is a consistent point in time.
+        since deleted ones are still referenced by history;
+        ``deleted_relationships`` holds ``(relationship, deleted_sequence)``
+        pairs, kept for reads as of an earlier point; ``change_sets`` every
+        change set. Read in one transaction, so the result is a consistent
+        point in time.
         """
         with self.index.read_view():
             return {
@@ -46,6 +49,8 @@ class RestoreRules:
                 "artifacts": self.index.all_artifacts(),
                 "revisions": self.index.all_revisions(),
                 "relationships": self.index.list_relationships(None, "both", None),
+                "deleted_relationships": self.index.all_deleted_relationships(),
+                "change_sets": self.index.list_change_sets(0, None),
                 "changes": list(self.iter_changes()),
                 "runs": self.index.list_runs(None),
                 "steps": self.index.all_steps(),
@@ -63,7 +68,10 @@ class RestoreRules:
 
         ``bodies(digest)`` opens a binary reader of the body of a digest. The
         caller (the snapshot importer) has verified the records; this inserts
-        them with their ids, sequences and timestamps, all or nothing. Bodies
+        them with their ids, sequences and timestamps, all or nothing: change
+        records with the change sets they name, exactly as exported (writing
+        them directly, never through the contract's ``_record``, so the
+        restore makes no change set of its own). Bodies
         are streamed: only the first :data:`text.MAX_TEXT_BYTES` + 1 bytes of
         one are held at a time (a larger body is not searchable anyway).
         """
@@ -96,6 +104,8 @@ class RestoreRules:
             for revision in records["revisions"]:
                 if revision.digest not in stored:  # met by no replayed text change
                     store(revision.digest)
+            for change_set in records["change_sets"]:
+                self.index.insert_change_set(change_set)
             for change in records["changes"]:
                 self.index.append_change(change)
             for run in records["runs"]:
@@ -120,8 +130,10 @@ class RestoreRules:
 
         Replaying them in sequence order rebuilds every intermediate state, so
         a name freed by a delete or rename and taken again later restores as it
-        happened. The second key orders events that share a sequence (an
-        artifact's deletion and the relationships it removed).
+        happened, and a deleted relationship is created and then deleted by the
+        sequence of its deletion (kept for reads as of an earlier point). The
+        second key orders events that share a sequence (an artifact's deletion
+        after its relationships').
         """
         deleted = {
             change.entity_id: change.sequence
@@ -169,6 +181,13 @@ class RestoreRules:
                 )
         for relationship in records["relationships"]:
             yield relationship.sequence, 0, partial(self.index.insert_relationship, relationship)
+        for relationship, deleted_sequence in records["deleted_relationships"]:
+            yield relationship.sequence, 0, partial(self.index.insert_relationship, relationship)
+            yield (
+                deleted_sequence,
+                0,
+                partial(self.index.delete_relationship, relationship.id, deleted_sequence),
+            )
 
     def _restore_first(
         self,

@@ -91,6 +91,13 @@ class HistoryQueries:
             for row in self.connection.rows(sql, params)
         ]
 
+    def all_deleted_relationships(self) -> list[tuple[Relationship, int]]:
+        rows = self.connection.rows(
+            f"SELECT {DELETED_RELATIONSHIPS.select}, deleted_sequence "
+            "FROM deleted_relationships ORDER BY sequence"
+        )
+        return [(DELETED_RELATIONSHIPS.read(row[:-1]), row[-1]) for row in rows]
+
     def relationships_as_of(self, sequence: int) -> list[Relationship]:
         live = self._records(RELATIONSHIPS, "WHERE sequence <= ?", sequence)
         gone = self._records(
