@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "kontextual-test-key"
 SECRET_KEY = "kontextual-test-secret-0123456789"
@@ -121,19 +122,25 @@ class SeaweedServer:
         self.stop()
         raise ServerUnavailable(f"weed's S3 port did not answer in {timeout}s: {self.log_tail()}")
 
-    def _answers(self) -> bool:
-        """Whether the S3 gateway serves a signed request (a listing of buckets)."""
+    def session(self, *, denied: bool = False) -> Any:
+        """A boto3 session holding the admin's (or the denied reader's) keys."""
         import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=DENIED_ACCESS_KEY if denied else ACCESS_KEY,
+            aws_secret_access_key=DENIED_SECRET_KEY if denied else SECRET_KEY,
+            region_name="us-east-1",
+        )
+
+    def client(self, **config: Any) -> Any:
+        """A raw boto3 S3 client as the admin, to look behind a store's back."""
         from botocore.config import Config
 
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-            config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}),
-        )
+        return self.session().client("s3", endpoint_url=self.endpoint, config=Config(**config))
+
+    def _answers(self) -> bool:
+        """Whether the S3 gateway serves a signed request (a listing of buckets)."""
+        client = self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
         try:
             client.list_buckets()
         except Exception:

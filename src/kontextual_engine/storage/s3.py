@@ -167,7 +167,7 @@ class S3BodyStore:
         about one part whatever the size."""
         hasher = new_hasher()
         first = _read_part(stream, self.part_size)
-        rest = _read_part(stream, 1) if len(first) == self.part_size else bytearray()
+        rest = _read_part(stream, 1) if len(first) >= self.part_size else bytearray()
         if not rest:
             hasher.update(first)
             digest = finish(hasher)
@@ -274,7 +274,7 @@ class S3BodyStore:
         pages = paginator.paginate(Bucket=self.bucket, Prefix=start)
         iterator = iter(pages)
         while True:
-            page = self._call("list", start, next, iterator, None)
+            page = self._call("list", start, next, iterator, None, _bucket=False)
             if page is None:
                 return
             for item in page.get("Contents", ()):
