@@ -54,8 +54,9 @@ class SeaweedServer:
 
     root: Path
     s3_port: int = 0
-    # weed mini's volumes are 64 MiB here, so this bounds what the server holds.
-    volumes: int = 16
+    # Each bucket is a collection with volumes of its own (64 MiB each, not
+    # preallocated), so this bounds how many buckets the server can fill.
+    volumes: int = 400
     process: subprocess.Popen[bytes] | None = None
 
     @property
