@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from .backends import BACKENDS, Backend
+from .s3server import ENABLE as S3_ENABLE
+from .s3server import SeaweedServer, ServerUnavailable
+from .s3server import required as s3_required
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,3 +47,30 @@ def backends(tmp_path: Path) -> Iterator[Callable[[str], Backend]]:
     yield make
     for backend in made:
         backend.close_all()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One throwaway SeaweedFS for the session, stopped at its end (also on failure).
+
+    Under ``CI=true`` a server that cannot start fails the tests that need it;
+    elsewhere they skip, naming the command that installs it."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        if s3_required():
+            pytest.fail(f"the S3 test server did not start: {exc}")
+        pytest.skip(f"no S3 test server ({exc}); enable with: {S3_ENABLE}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedServer) -> str:
+    """A new, empty bucket on the session's server."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name

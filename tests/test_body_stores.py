@@ -15,6 +15,9 @@ from kontextual_engine.digests import digest_bytes
 from kontextual_engine.errors import CorruptObjectError, ObjectNotFound, ValidationError
 from kontextual_engine.storage.bodies import BodyStore, MemoryBodyStore
 from kontextual_engine.storage.objects import ObjectStore
+from kontextual_engine.storage.s3 import MIN_PART_SIZE, S3BodyStore
+
+from .s3server import SeaweedServer
 
 MIB = 1 << 20
 MALFORMED = [
@@ -31,18 +34,36 @@ MALFORMED = [
 ABSENT = digest_bytes(b"never stored")
 
 
-@pytest.fixture(params=["objects", "memory"])
-def bodies(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BodyStore]:
-    store: BodyStore = (
-        ObjectStore(tmp_path / "store") if request.param == "objects" else MemoryBodyStore()
+def make_s3(server: SeaweedServer, bucket: str) -> S3BodyStore:
+    """An S3 store whose parts are as small as S3 allows, so that a few
+    mebibytes already go through multipart upload and the staging copy."""
+    return S3BodyStore(
+        bucket,
+        "bodies",
+        endpoint_url=server.endpoint,
+        session=server.session(),
+        part_size=MIN_PART_SIZE,
     )
+
+
+@pytest.fixture(params=["objects", "memory", "s3"])
+def bodies(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BodyStore]:
+    store: BodyStore
+    if request.param == "objects":
+        store = ObjectStore(tmp_path / "store")
+    elif request.param == "memory":
+        store = MemoryBodyStore()
+    else:
+        store = make_s3(request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket"))
     yield store
     store.close()
 
 
 def tamper(store: BodyStore, digest: str, data: bytes) -> None:
     """Replace a body's bytes behind the store's back."""
-    if isinstance(store, ObjectStore):
+    if isinstance(store, S3BodyStore):
+        store._client.put_object(Bucket=store.bucket, Key=store.key(digest), Body=data)
+    elif isinstance(store, ObjectStore):
         path = store.path(digest)
         path.chmod(0o644)
         path.write_bytes(data)
@@ -73,6 +94,7 @@ def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
     with ObjectStore(tmp_path / "store") as objects:
         assert isinstance(objects, BodyStore)
     assert isinstance(MemoryBodyStore(), BodyStore)
+    assert isinstance(S3BodyStore("bucket", endpoint_url="http://127.0.0.1:9"), BodyStore)
     assert not isinstance(object(), BodyStore)
     assert not isinstance(io.BytesIO(), BodyStore)
 
@@ -84,6 +106,7 @@ def test_mypy_accepts_both_stores_as_a_body_store_and_refuses_others(tmp_path: P
             """
             from kontextual_engine.storage.bodies import BodyStore, MemoryBodyStore
             from kontextual_engine.storage.objects import ObjectStore
+            from kontextual_engine.storage.s3 import S3BodyStore
 
             def keep(store: BodyStore, data: bytes) -> str:
                 with store.batch():
@@ -92,6 +115,7 @@ def test_mypy_accepts_both_stores_as_a_body_store_and_refuses_others(tmp_path: P
 
             keep(ObjectStore("/tmp/x"), b"a")
             keep(MemoryBodyStore(), b"b")
+            keep(S3BodyStore("bucket"), b"d")
             keep(dict(), b"c")  # not a body store
             """
         )
@@ -101,7 +125,7 @@ def test_mypy_accepts_both_stores_as_a_body_store_and_refuses_others(tmp_path: P
     )
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert status == 1, out + err
-    assert len(errors) == 1 and ":12:" in errors[0] and "BodyStore" in errors[0], out + err
+    assert len(errors) == 1 and ":14:" in errors[0] and "BodyStore" in errors[0], out + err
 
 
 def test_add_and_get_round_trip(bodies: BodyStore) -> None:
@@ -166,7 +190,7 @@ def test_open_with_verify_refuses_a_damaged_body(bodies: BodyStore) -> None:
     large_data = os.urandom(2 * MIB)
     large = bodies.add(large_data)
     tamper(bodies, small, b"SMALL body")
-    tamper(bodies, large, b"x" + large_data[1:])
+    tamper(bodies, large, bytes([large_data[0] ^ 1]) + large_data[1:])
     for digest in (small, large):
         with pytest.raises(CorruptObjectError, match=digest):
             bodies.open(digest, verify=True)

@@ -175,3 +175,26 @@ class SnapshotError(KontextualError):
     """A snapshot that is malformed, tampered with, or hostile."""
 
     exit_code = 5
+
+
+class RemoteStoreError(KontextualError):
+    """A remote object store (S3 or compatible) refused or failed a request.
+
+    The message names the store (``s3://bucket/prefix`` or the endpoint), the
+    operation and the service's error code; never a credential.
+    """
+
+    exit_code = 8
+
+
+class RemoteStoreUnreachableError(RemoteStoreError):
+    """The remote object store did not answer: connection refused, reset or timed out.
+
+    Not damage: nothing acknowledged was lost; retry when the service is back.
+    """
+
+
+class RemoteStoreAccessError(RemoteStoreError):
+    """The remote object store denied access to the bucket or prefix."""
+
+    exit_code = 9

