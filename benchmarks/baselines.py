@@ -13,7 +13,9 @@ from pathlib import Path
 
 import blake3
 
+from kontextual_engine.storage import text
 from kontextual_engine.storage.durable import fsync_dir, sync_filesystem
+from kontextual_engine.storage.sqlite import schema
 
 GIT = shutil.which("git") or "/usr/bin/git"
 # .ci/run installs the sqlite3 command; without it the dump baseline falls back
@@ -48,10 +50,12 @@ def git_add(source: Path, git_dir: Path, config: Sequence[str] = ()) -> float:
     return time.perf_counter() - start
 
 
-def git_grep(source: Path, git_dir: Path, terms: Sequence[str]) -> int:
-    """Files of the work tree holding every term (case-insensitive, fixed strings)."""
+def git_grep(source: Path, git_dir: Path, terms: Sequence[str], *, words: bool = False) -> int:
+    """Files of the work tree holding every term (case-insensitive, fixed strings;
+    with ``words``, only where a term is neither preceded nor followed by a
+    letter, digit or underscore)."""
     env = _git_env(git_dir, source)
-    args = [GIT, "grep", "-l", "-F", "-i", "--all-match"]
+    args = [GIT, "grep", "-l", "-F", "-i", "--all-match", *(["-w"] if words else [])]
     for term in terms:
         args += ["-e", term]
     result = subprocess.run(args, env=env, cwd=source, capture_output=True, check=False)
@@ -66,9 +70,17 @@ _CEILING_SCHEMA = (
 )
 
 
-_CEILING_TEXT = (
-    "CREATE VIRTUAL TABLE items_text USING fts5 (folded, tokenize = 'trigram case_sensitive 1')"
-)
+# The store's own words table, as migration 0005_words creates it.
+(WORDS_TABLE,) = [statement for statement in schema._WORDS if "USING fts5" in statement]
+_INSERT_WORDS = "INSERT INTO artifact_words (rowid, words) VALUES (?, ?)"
+
+
+def _ceiling_connection(path: Path) -> sqlite3.Connection:
+    """An index as our ``batch`` mode opens one: WAL, ``synchronous=NORMAL``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
 
 
 def raw_ceiling(
@@ -85,8 +97,9 @@ def raw_ceiling(
     rename it into a fan-out directory; one syncfs; then one row per file with
     ``executemany`` in one SQLite transaction (WAL, synchronous=NORMAL, as our
     ``batch`` mode). No validation, no revisions, no change log, and no text
-    index unless ``text_index``: then the case-folded text also goes into an
-    FTS5 trigram table like ours, to show what that index alone costs. With
+    index unless ``text_index``: then each body's :func:`text.indexed_form`
+    also goes into an FTS5 table defined as our ``artifact_words``, to show
+    what that index alone costs. With
     ``files_only``: the files and nothing else, no sync and no SQLite, the least
     that any store keeping one file per body must do.
     """
@@ -115,24 +128,38 @@ def raw_ceiling(
         os.rename(staged, f"{objects}/{fan}/{hexd[2:]}")
         rows.append((name, "blake3:" + hexd, len(data), "{}"))
         if text_index:
-            texts.append((number + 1, data.decode("utf-8").casefold()))
+            texts.append((number + 1, text.indexed_form(data.decode("utf-8"))))
     if files_only:
         return time.perf_counter() - start
     sync_filesystem(target)
-    conn = sqlite3.connect(target / "index.sqlite", isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn = _ceiling_connection(target / "index.sqlite")
     conn.execute(_CEILING_SCHEMA)
     if text_index:
-        conn.execute(_CEILING_TEXT)
+        conn.execute(WORDS_TABLE)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany("INSERT INTO items (name, digest, size, metadata) VALUES (?, ?, ?, ?)", rows)
     if text_index:
-        conn.executemany("INSERT INTO items_text (rowid, folded) VALUES (?, ?)", texts)
+        conn.executemany(_INSERT_WORDS, texts)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.perf_counter() - start
+
+
+def words_insert(texts: Sequence[str], target: Path) -> float:
+    """Only the words: ``texts`` (each already :func:`text.indexed_form`) inserted
+    into a fresh words table in one transaction, committed and checkpointed."""
+    target.mkdir(parents=True)
+    conn = _ceiling_connection(target / "index.sqlite")
+    conn.execute(WORDS_TABLE)
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_INSERT_WORDS, enumerate(texts, start=1))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
 
 
 class FsyncFloor:

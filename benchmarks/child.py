@@ -54,6 +54,57 @@ def store_out(store: str, digest: str, target: str) -> dict[str, object]:
     return {"seconds": seconds, "digest": digest, "size": size, "rss_before_kib": before}
 
 
+def text_in(store: str, source: str, cap: str) -> dict[str, object]:
+    """One ``put_artifacts`` of a text file, with the searchable-size cap set to
+    ``cap`` bytes in this process only (the cap under study, not the store's)."""
+    from kontextual_engine.models import NewArtifact
+    from kontextual_engine.storage import text
+    from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
+
+    text.MAX_TEXT_BYTES = int(cap)
+    repo = SQLiteKnowledgeRepository.open(store, durability="batch", create=True)
+    collection = repo.create_collection("bench")
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    with open(source, "rb") as reader:
+        content = reader.read()
+    item = NewArtifact("body.txt", content, "document", "text/plain", {})
+    repo.put_artifacts(collection.id, [item])
+    seconds = time.perf_counter() - start
+    del content, item
+    closing = time.perf_counter()
+    searchable = repo.text_counts()["searchable"]
+    repo.close()
+    return {
+        "seconds": seconds,
+        "close_seconds": time.perf_counter() - closing,
+        "searchable": searchable,
+        "rss_before_kib": before,
+    }
+
+
+def words_in(index: str, source: str) -> dict[str, object]:
+    """Only SQLite's part: the file's words inserted into a fresh words table."""
+    import sqlite3
+
+    from benchmarks.baselines import WORDS_TABLE
+    from kontextual_engine.storage import text
+
+    conn = sqlite3.connect(index, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(WORDS_TABLE)
+    with open(source, "rb") as reader:
+        words = text.indexed_form(reader.read().decode("utf-8"))
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO artifact_words (rowid, words) VALUES (1, ?)", (words,))
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return {"seconds": seconds, "rss_before_kib": before}
+
+
 def _copy_hashing(reader: BinaryIO, writer: BinaryIO, hasher: Any) -> int:
     """Copy ``reader`` to ``writer`` in chunks, feeding ``hasher``; return the bytes copied."""
     size = 0
@@ -112,6 +163,8 @@ OPS: dict[str, Callable[..., dict[str, object]]] = {
     "store-out": store_out,
     "baseline-in": baseline_in,
     "baseline-out": baseline_out,
+    "text-in": text_in,
+    "words-in": words_in,
 }
 
 

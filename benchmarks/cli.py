@@ -15,7 +15,8 @@ from . import harness, machine
 from .config import MAX_BULK, SCALES, scale_for
 from .workloads import WORKLOADS, Context
 
-GATED = {"growth"}
+# Long workloads that run only when their flag (or --only) asks for them.
+GATED = {"growth": "growth", "text-scale": "text_scale"}
 
 
 def _positive_n(text: str) -> int:
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the growth workload (up to 1M artifacts: long, several GiB of disk)",
     )
     parser.add_argument(
+        "--text-scale",
+        action="store_true",
+        help="also run the text-scale workload (ranked text queries on a store of 1M "
+        "artifacts: building it takes 10-20 minutes and several GiB of disk)",
+    )
+    parser.add_argument(
         "--repetitions",
         type=int,
         default=None,
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         chosen = [name for name in WORKLOADS if name in args.only]
     else:
-        chosen = [name for name in WORKLOADS if name not in GATED or args.growth]
+        chosen = [name for name in WORKLOADS if name not in GATED or getattr(args, GATED[name])]
     root = Path(tempfile.mkdtemp(prefix="kontextual-bench-", dir=args.tmp))
     info = machine.describe(root)
     print(machine.render(info))

@@ -20,6 +20,9 @@ class Scale:
     large_bytes: int  # size of the large body
     growth_points: tuple[int, ...]  # store sizes at which growth is measured
     growth_batch: int  # artifacts per timed growth batch
+    text_samples: int  # ranked text queries timed per query kind
+    text_n: int  # artifacts in the store of the text-scale workload
+    text_body_bytes: int  # size of the single text body indexed whole
 
 
 SCALES: dict[str, Scale] = {
@@ -35,6 +38,9 @@ SCALES: dict[str, Scale] = {
         large_bytes=8 << 20,
         growth_points=(300, 900),
         growth_batch=100,
+        text_samples=20,
+        text_n=3_000,
+        text_body_bytes=2 << 20,
     ),
     "default": Scale(
         name="default",
@@ -48,6 +54,9 @@ SCALES: dict[str, Scale] = {
         large_bytes=1 << 30,
         growth_points=(10_000, 100_000, 1_000_000),
         growth_batch=10_000,
+        text_samples=200,
+        text_n=1_000_000,
+        text_body_bytes=50 << 20,
     ),
     "large": Scale(
         name="large",
@@ -61,6 +70,9 @@ SCALES: dict[str, Scale] = {
         large_bytes=1 << 30,
         growth_points=(10_000, 100_000, 1_000_000),
         growth_batch=10_000,
+        text_samples=500,
+        text_n=1_000_000,
+        text_body_bytes=50 << 20,
     ),
 }
 

@@ -7,8 +7,8 @@ import os
 import random
 import shutil
 import sysconfig
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,28 @@ def documents(start: int, count: int, seed: int = 1) -> Iterator[Doc]:
                 "draft": rng.random() < 0.1,
             },
         )
+
+
+def unsearchable(docs: Iterable[Doc]) -> Iterator[Doc]:
+    """The same documents with a NUL byte appended: the same bytes to store and
+    hash, plus one, and no words to index (a body holding NUL is binary)."""
+    for doc in docs:
+        yield replace(doc, content=doc.content + b"\x00")
+
+
+def write_text_file(path: Path, size: int, seed: int = 3) -> None:
+    """``size`` bytes of ASCII text: lines of twelve words drawn as the
+    documents' words are (the last word may be cut)."""
+    rng = random.Random(seed)
+    words, cumulative = VOCABULARY.words, VOCABULARY.cumulative
+    written = 0
+    with open(path, "wb") as writer:
+        while written < size:
+            drawn = rng.choices(words, cum_weights=cumulative, k=12 * 1_000)
+            lines = (" ".join(drawn[i : i + 12]) for i in range(0, len(drawn), 12))
+            chunk = ("\n".join(lines) + "\n").encode("ascii")[: size - written]
+            writer.write(chunk)
+            written += len(chunk)
 
 
 def write_tree(root: Path, docs: Iterator[Doc]) -> list[str]:

@@ -17,7 +17,8 @@ from typing import Any
 
 from kontextual_engine.models import NewArtifact
 from kontextual_engine.snapshot import export_snapshot, import_snapshot
-from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository
+from kontextual_engine.storage import text
+from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository, schema
 
 from . import baselines, data
 from .config import Scale
@@ -40,7 +41,11 @@ MIB = 1 << 20
 FILL_BATCH = 10_000
 # Results a query returns at most, as a listing page would.
 PAGE = 50
+# Hits a ranked text search returns: the first page of a search box.
+TOP = 10
 GROWTH_BYTES_PER_ARTIFACT = 8 << 10  # object file block + index rows + FTS, generously
+# A call timed with no arguments.
+Runnable = Callable[[], object]
 
 
 @dataclass
@@ -100,15 +105,11 @@ class Context:
                 for result in results:
                     ids.append(result.artifact.id)
                     names.append(result.artifact.name)
-            filled = time.perf_counter()
-            # Lookups and snapshots measure the steady state: text indexed.
-            repo.index_text()
+            pending = repo.text_counts()["pending"]
             repo.close()
+            assert pending == 0, f"{pending} artifacts wait for their words"
             seconds = time.perf_counter() - start
-            log(
-                f"  built in {seconds:.1f} s ({time.perf_counter() - filled:.1f} s of it "
-                "indexing the text backlog)"
-            )
+            log(f"  built in {seconds:.1f} s")
             self._big = BigStore(path, collection.id, ids, names, seconds)
         return self._big
 
@@ -174,19 +175,22 @@ def bulk_ingest(ctx: Context) -> None:
     source = ctx.fresh("bulk-source")
     docs = list(data.documents(0, n))
     names = data.write_tree(source, iter(docs))
+    # The same documents, each with a NUL byte appended: the same work for the
+    # store but no words (a body holding NUL is binary), to time the words alone.
+    source_nul = ctx.fresh("bulk-source-nul")
+    data.write_tree(source_nul, data.unsearchable(docs))
     metadata = [doc.metadata for doc in docs]
+    indexed = [text.indexed_form(doc.content.decode("utf-8")) for doc in docs]
     del docs
-    log(f"  {n:,} documents of ~1 KiB written to {source}")
+    log(f"  {n:,} documents of ~1 KiB written to {source}, and with a NUL byte to {source_nul}")
 
-    def ours(durability: str, index_text: bool = False) -> Run:
+    def ours(durability: str, folder: Path = source) -> Run:
         def run() -> float:
             target = ctx.fresh(f"store-{durability}")
             start = time.perf_counter()
             repo = SQLiteKnowledgeRepository.open(target, durability=durability, create=True)
             collection = repo.create_collection("bench")
-            results = repo.put_artifacts(collection.id, _read_items(source, names, metadata))
-            if index_text:
-                repo.index_text()
+            results = repo.put_artifacts(collection.id, _read_items(folder, names, metadata))
             repo.close()
             seconds = time.perf_counter() - start
             assert len(results) == n
@@ -215,27 +219,37 @@ def bulk_ingest(ctx: Context) -> None:
 
         return run
 
+    def words_alone() -> float:
+        target = ctx.fresh("words")
+        seconds = baselines.words_insert(indexed, target)
+        ctx.discard(target)
+        return seconds
+
     m_full = Measurement(workload, "kontextual full", n, "doc", False)
     m_batch = Measurement(workload, "kontextual batch", n, "doc", False)
     m_none = Measurement(workload, "kontextual none", n, "doc", False)
-    # The text indexing that batch ingest defers (ADR 0004), done before close:
-    # the whole cost, for the record.
-    m_indexed = Measurement(workload, "kontextual batch, then index_text", n, "doc", False)
+    m_unsearchable = Measurement(
+        workload, "kontextual batch, bodies unsearchable (NUL)", n, "doc", False
+    )
     g_default = Measurement(workload, "git add -A", n, "doc", True)
     g_batch = Measurement(workload, "git add -A (fsync batch)", n, "doc", True)
     raw = Measurement(workload, "raw ceiling", n, "doc", True)
-    raw_text = Measurement(workload, "raw ceiling + FTS5 trigram", n, "doc", True)
+    raw_words = Measurement(workload, "raw ceiling + FTS5 words", n, "doc", True)
     files = Measurement(workload, "files only (tmp+rename, no sync)", n, "doc", True)
+    # A part of the work, not an alternative to it: listed, never compared.
+    words = Measurement(workload, "FTS5 words insert alone (one transaction)", n, "doc", True)
+    words.extra["no_ratio"] = True
     contenders: list[tuple[Measurement, Run]] = [
         (m_full, ours("full")),
         (m_batch, ours("batch")),
         (m_none, ours("none")),
-        (m_indexed, ours("batch", index_text=True)),
+        (m_unsearchable, ours("batch", source_nul)),
         (g_default, git(())),
         (g_batch, git(baselines.GIT_DURABLE_BATCH)),
         (raw, ceiling()),
-        (raw_text, ceiling(text_index=True)),
+        (raw_words, ceiling(text_index=True)),
         (files, ceiling(files_only=True)),
+        (words, words_alone),
     ]
     cli = _cli_add(ctx, source)
     if cli is not None:
@@ -252,12 +266,24 @@ def bulk_ingest(ctx: Context) -> None:
 
         contenders.append((m_cli, run_cli))
     alternate(ctx.report, workload, contenders, ctx.scale.repetitions)
+    with_words = m_batch.median / m_unsearchable.median
     ctx.report.targets += [
         at_least(workload, "batch vs git add -A (fsync batch)", speedup(m_batch, g_batch), 3.0),
         at_least(workload, "batch vs raw ceiling", speedup(m_batch, raw), 0.7),
         at_least(workload, "none vs git add -A (default)", speedup(m_none, g_default), 2.0),
+        at_most(workload, "batch time with words / without words", with_words, 1.15),
     ]
+    per_doc = 1e6 / n
+    ctx.report.note(
+        workload,
+        f"words cost {(m_batch.median - m_unsearchable.median) * per_doc:.0f} us/doc in batch "
+        f"({m_batch.median * per_doc:.0f} with, {m_unsearchable.median * per_doc:.0f} without: "
+        f"{with_words:.2f}x); FTS5 insert alone {words.median * per_doc:.0f} us/doc; "
+        f"raw ceiling + FTS5 words - raw ceiling "
+        f"{(raw_words.median - raw.median) * per_doc:.0f} us/doc",
+    )
     _remove(source)
+    _remove(source_nul)
 
 
 # -- single creates ----------------------------------------------------------
@@ -273,10 +299,6 @@ def single_create(ctx: Context) -> None:
     m_ours = Measurement(workload, "kontextual full create_artifact", n, "create", False)
     m_floor = Measurement(workload, "fsync file+dir + FULL commit", n, "create", True)
     m_floor.extra["compare_with"] = "*"
-    # The creates plus indexing their text afterwards (ADR 0004), for the record.
-    m_indexed = Measurement(
-        workload, "kontextual full create_artifact, then index_text", n, "create", False
-    )
     ours_items: list[float] = []
     floor_items: list[float] = []
     for rep in range(ctx.scale.repetitions):
@@ -284,7 +306,6 @@ def single_create(ctx: Context) -> None:
         repo = SQLiteKnowledgeRepository.open(target, durability="full", create=True)
         collection = repo.create_collection("bench")
         repo.put_artifacts(collection.id, _items(iter(warm)))
-        repo.index_text()
         floor_root = ctx.fresh("floor")
         floor = baselines.FsyncFloor(floor_root)
         for fan in range(256):
@@ -314,25 +335,21 @@ def single_create(ctx: Context) -> None:
                     elapsed = time.perf_counter() - start
                     floor_total += elapsed
                     floor_items.append(elapsed)
-        start = time.perf_counter()
-        repo.index_text()
-        index_seconds = time.perf_counter() - start
         repo.close()
         floor.close()
         ctx.discard(target)
         ctx.discard(floor_root)
         m_ours.seconds.append(ours_total)
         m_floor.seconds.append(floor_total)
-        m_indexed.seconds.append(ours_total + index_seconds)
         log(
-            f"  {workload} rep {rep + 1}/{ctx.scale.repetitions}: ours {ours_total:.3f} s "
-            f"(+ {index_seconds:.3f} s index_text), floor {floor_total:.3f} s"
+            f"  {workload} rep {rep + 1}/{ctx.scale.repetitions}: ours {ours_total:.3f} s, "
+            f"floor {floor_total:.3f} s"
         )
     for m, items in ((m_ours, ours_items), (m_floor, floor_items)):
         m.extra["per_item_text"] = (
             f"p50 {percentile(items, 0.5) * 1e3:.2f} ms, p95 {percentile(items, 0.95) * 1e3:.2f} ms"
         )
-    ctx.report.measurements += [m_ours, m_floor, m_indexed]
+    ctx.report.measurements += [m_ours, m_floor]
     ctx.report.targets.append(
         at_least(workload, "full creates vs fsync+commit floor", speedup(m_ours, m_floor), 0.7)
     )
@@ -345,8 +362,11 @@ def single_create(ctx: Context) -> None:
 
 # -- the stdlib corpus -------------------------------------------------------
 
-# Queries a developer might type over the standard library, and how many files
-# git grep finds (for the record, not compared: its -i is not casefold).
+# Queries a developer might type over the standard library. As word queries
+# they are asked of `git grep -w` (the same question for ASCII words; for
+# `socket.socket` and `xml.etree` we look for a phrase of two words, git grep
+# for the literal string); as substring queries (`substring=True`) of plain
+# `git grep -F -i` (the same question, but for -i not being casefold).
 CORPUS_QUERIES: tuple[tuple[str, ...], ...] = (
     ("asyncio",),
     ("lru_cache",),
@@ -359,13 +379,47 @@ CORPUS_QUERIES: tuple[tuple[str, ...], ...] = (
 )
 
 
+def index_size(store: Path) -> dict[str, int]:
+    """A closed store's index: its bytes on disk, free pages, and the bytes of
+    the pages of the words table (its FTS5 shadow tables)."""
+    path = store / "index.sqlite"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        words = conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE 'artifact_words%'"
+        ).fetchone()[0]
+    except sqlite3.OperationalError:  # no dbstat in this SQLite
+        words = -1
+    finally:
+        conn.close()
+    return {"bytes": path.stat().st_size, "free_pages": free, "words_bytes": words}
+
+
+def _size_note(sizes: dict[str, int], searchable: int) -> str:
+    words = sizes["words_bytes"]
+    return (
+        f"index.sqlite {sizes['bytes'] / MIB:.1f} MiB for {searchable / MIB:.1f} MiB of "
+        f"searchable text ({sizes['bytes'] / searchable:.2f}x; the words table "
+        + (f"{words / MIB:.1f} MiB, {words / searchable:.2f}x" if words >= 0 else "not measured")
+        + f"); {sizes['free_pages']:,} free pages after the ingest"
+    )
+
+
 def stdlib_corpus(ctx: Context) -> None:
     workload = "stdlib-corpus"
     source = ctx.fresh("stdlib")
     names = data.copy_stdlib_corpus(source, ctx.scale.corpus_files)
     total = sum((source / name).stat().st_size for name in names)
+    searchable = 0
+    for name in names:
+        content = (source / name).read_bytes()
+        if not isinstance(text.text_of(content), text.NotSearchable):
+            searchable += len(content)
     ctx.report.note(
-        workload, f"{len(names):,} files, {total / MIB:.1f} MiB from {data.stdlib_root()}"
+        workload,
+        f"{len(names):,} files, {total / MIB:.1f} MiB from {data.stdlib_root()} "
+        f"({searchable / MIB:.1f} MiB of it searchable text)",
     )
     kept: dict[str, Path] = {}
 
@@ -411,51 +465,70 @@ def stdlib_corpus(ctx: Context) -> None:
         ],
         ctx.scale.repetitions,
     )
+    sizes = index_size(kept["ours"])
+    ctx.report.note(workload, _size_note(sizes, searchable))
+    ctx.report.targets.append(
+        at_most(workload, "index size / searchable text", sizes["bytes"] / searchable, 1.5)
+    )
 
     repo = SQLiteKnowledgeRepository.open(kept["ours"], durability="batch")
     collection = repo.get_collection_by_name("stdlib")
     git_dir = kept["git"]
-    # The text the ingest left in the backlog (ADR 0004), indexed once and
-    # timed on its own, so the queries below measure searching, not indexing.
-    start = time.perf_counter()
-    indexed = repo.index_text()
-    ctx.report.note(
-        workload,
-        f"index_text after the ingest: {indexed:,} files in {time.perf_counter() - start:.2f} s",
-    )
-    counts: dict[str, tuple[int, int]] = {}
+    counts: dict[str, list[int]] = {" ".join(terms): [-1] * 4 for terms in CORPUS_QUERIES}
 
-    def our_queries() -> float:
-        start = time.perf_counter()
-        for terms in CORPUS_QUERIES:
-            found = repo.query(text=" ".join(terms), collection_id=collection.id)
-            counts.setdefault(" ".join(terms), (len(found), -1))
-        return time.perf_counter() - start
+    def our_queries(substring: bool) -> Run:
+        column = 2 if substring else 0
 
-    def grep_queries() -> float:
-        start = time.perf_counter()
-        for terms in CORPUS_QUERIES:
-            found = baselines.git_grep(source, git_dir, terms)
-            key = " ".join(terms)
-            counts[key] = (counts.get(key, (-1, -1))[0], found)
-        return time.perf_counter() - start
+        def run() -> float:
+            start = time.perf_counter()
+            for terms in CORPUS_QUERIES:
+                key = " ".join(terms)
+                found = repo.query(text=key, substring=substring, collection_id=collection.id)
+                counts[key][column] = len(found)
+            return time.perf_counter() - start
+
+        return run
+
+    def grep_queries(words: bool) -> Run:
+        column = 1 if words else 3
+
+        def run() -> float:
+            start = time.perf_counter()
+            for terms in CORPUS_QUERIES:
+                found = baselines.git_grep(source, git_dir, terms, words=words)
+                counts[" ".join(terms)][column] = found
+            return time.perf_counter() - start
+
+        return run
 
     q = len(CORPUS_QUERIES)
-    q_ours = Measurement(workload, "queries: kontextual text (all matches)", q, "query", False)
+    q_words = Measurement(workload, "queries: kontextual words, ranked (all)", q, "query", False)
+    q_grep_w = Measurement(workload, "queries: git grep -l -w -F -i --all-match", q, "query", True)
+    q_sub = Measurement(workload, "queries: kontextual substring=True (all)", q, "query", False)
     q_grep = Measurement(workload, "queries: git grep -l -F -i --all-match", q, "query", True)
-    q_grep.extra["compare_with"] = q_ours.contender
+    q_grep_w.extra["compare_with"] = q_words.contender
+    q_grep.extra["compare_with"] = q_sub.contender
     alternate(
         ctx.report,
         workload,
-        [(q_ours, our_queries), (q_grep, grep_queries)],
+        [
+            (q_words, our_queries(substring=False)),
+            (q_grep_w, grep_queries(words=True)),
+            (q_sub, our_queries(substring=True)),
+            (q_grep, grep_queries(words=False)),
+        ],
         max(ctx.scale.repetitions, 3),
     )
-    lookups: list[tuple[str, Callable[[], object]]] = [
+    lookups: list[tuple[str, Runnable]] = [
         ("stdlib by name", lambda: repo.get_artifact_by_name(collection.id, "os.py")),
         ("stdlib metadata ext=.rst", lambda: repo.query(metadata={"ext": ".rst"}, limit=PAGE)),
         (
-            "stdlib metadata+text",
-            lambda: repo.query(metadata={"ext": ".py"}, text="asyncio", limit=PAGE),
+            "stdlib metadata+text, ranked",
+            lambda: repo.query(metadata={"ext": ".py"}, text="asyncio", limit=TOP),
+        ),
+        (
+            "stdlib search with snippets",
+            lambda: repo.search("context manager", limit=TOP),
         ),
     ]
     for label, call in lookups:
@@ -464,25 +537,29 @@ def stdlib_corpus(ctx: Context) -> None:
             start = time.perf_counter()
             call()
             samples.append(time.perf_counter() - start)
-        m = Measurement(
-            workload,
-            f"query: {label}",
-            1,
-            "query",
-            False,
-            samples,
-            {"latency": {"p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95)}},
-        )
-        ctx.report.measurements.append(m)
+        ctx.report.measurements.append(_latency(workload, f"query: {label}", samples, False))
     repo.close()
     ctx.report.note(
         workload,
-        "matches (kontextual / git grep): "
-        + ", ".join(f"{key!r} {ours}/{grep}" for key, (ours, grep) in counts.items()),
+        "matches (words: kontextual / git grep -w; substrings: kontextual / git grep): "
+        + ", ".join(f"{key!r} {a}/{b}; {c}/{d}" for key, (a, b, c, d) in counts.items()),
     )
     for path in kept.values():
         _remove(path)
     _remove(source)
+
+
+def _latency(workload: str, contender: str, samples: list[float], baseline: bool) -> Measurement:
+    """A measurement of one query's latency: p50 and p95 of its samples."""
+    return Measurement(
+        workload,
+        contender,
+        1,
+        "query",
+        baseline,
+        samples,
+        {"latency": {"p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95)}},
+    )
 
 
 def _replace_kept(kept: dict[str, Path], key: str, path: Path) -> None:
@@ -502,8 +579,9 @@ def lookups(ctx: Context) -> None:
     ctx.report.note(
         workload,
         f"store of {len(big.ids):,} artifacts (built in {big.seconds:.1f} s "
-        f"in batch mode); {samples:,} samples per query kind; "
-        f"queries return at most {PAGE} results",
+        f"in batch mode); {samples:,} samples per lookup kind, "
+        f"{ctx.scale.text_samples:,} per text query kind; lookups return at most "
+        f"{PAGE} results, text queries the best {TOP}",
     )
     repo = SQLiteKnowledgeRepository.open(big.path, durability="batch")
     floor_path = ctx.fresh("floor-index.sqlite")
@@ -518,7 +596,6 @@ def lookups(ctx: Context) -> None:
         "CREATE INDEX meta_kv_lookup ON meta_kv (key, type, atom, seq);"
     )
     rng = random.Random(42)
-    vocab = data.VOCABULARY
     collection_id = big.collection_id
 
     def pick_id() -> tuple[Any, ...]:
@@ -529,15 +606,6 @@ def lookups(ctx: Context) -> None:
 
     def pick_topic() -> tuple[Any, ...]:
         return (f"topic-{rng.randrange(data.TOPICS):04d}",)
-
-    def pick_word() -> tuple[Any, ...]:
-        return (vocab.rare(rng.randrange(200)),)
-
-    def pick_two() -> tuple[Any, ...]:
-        return (vocab.common(rng.randrange(20)), vocab.rare(rng.randrange(200)))
-
-    def pick_combo() -> tuple[Any, ...]:
-        return (rng.randrange(10), vocab.rare(rng.randrange(200)))
 
     columns = "a.id, a.name, a.digest, a.metadata, a.sequence"
     kinds: list[
@@ -575,45 +643,10 @@ def lookups(ctx: Context) -> None:
             ).fetchall(),
             "sqlite3 with a (key, value) index",
         ),
-        (
-            "text 1 rare term",
-            pick_word,
-            lambda word: repo.query(text=word, limit=PAGE),
-            lambda word: floor.execute(
-                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-                (f'"{word}"', PAGE),
-            ).fetchall(),
-            "sqlite3 FTS5 MATCH",
-        ),
-        (
-            "text common+rare",
-            pick_two,
-            lambda common, rare: repo.query(text=f"{common} {rare}", limit=PAGE),
-            lambda common, rare: floor.execute(
-                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-                (f'"{common}" AND "{rare}"', PAGE),
-            ).fetchall(),
-            "sqlite3 FTS5 MATCH",
-        ),
-        (
-            "metadata+text",
-            pick_combo,
-            lambda priority, word: repo.query(
-                metadata={"priority": priority}, text=word, limit=PAGE
-            ),
-            lambda priority, word: floor.execute(
-                f"SELECT {columns} FROM artifact_text t JOIN artifacts a ON a.sequence = t.rowid "
-                "JOIN meta_kv m ON m.seq = a.sequence AND m.key = 'priority' "
-                "AND m.type = 'integer' AND m.atom = ? "
-                "WHERE t.artifact_text MATCH ? ORDER BY t.rowid LIMIT ?",
-                (priority, f'"{word}"', PAGE),
-            ).fetchall(),
-            "sqlite3 FTS5 + (key, value) index",
-        ),
     ]
-    plans = _query_plans(repo, big.path, kinds)
+    plans = _query_plans(
+        repo, big.path, {label: _bound(call, pick) for label, pick, call, _, _ in kinds}
+    )
     for label, pick, call_ours, call_floor, floor_label in kinds:
         ours_samples: list[float] = []
         floor_samples: list[float] = []
@@ -630,55 +663,181 @@ def lookups(ctx: Context) -> None:
             end = time.perf_counter()
             ours_samples.append(middle - start)
             floor_samples.append(end - middle)
-        for contender, values, baseline in (
-            (f"{label}: kontextual", ours_samples, False),
-            (f"{label}: {floor_label}", floor_samples, True),
-        ):
-            m = Measurement(
-                workload,
-                contender,
-                1,
-                "query",
-                baseline,
-                values,
-                {"latency": {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}},
-            )
-            if baseline:
-                m.extra["compare_with"] = f"{label}: kontextual"
-            else:
-                m.extra["plan"] = plans.get(label, "")
-            ctx.report.measurements.append(m)
+        m = _latency(workload, f"{label}: kontextual", ours_samples, False)
+        m.extra["plan"] = plans.get(label, "")
+        base = _latency(workload, f"{label}: {floor_label}", floor_samples, True)
+        base.extra["compare_with"] = m.contender
+        ctx.report.measurements += [m, base]
         p50 = percentile(ours_samples, 0.5)
         if label in ("by id", "by name"):
             ctx.report.targets.append(below(workload, f"{label} p50", p50 * 1e6, 100, "us"))
         else:
             ctx.report.targets.append(below(workload, f"{label} p50", p50 * 1e3, 10, "ms"))
+    floor.close()
+    floor_path.unlink()
     for label, plan in plans.items():
         ctx.report.note(workload, f"query plan of {label!r}: {plan}")
-    floor.close()
+    text_queries(
+        ctx,
+        workload,
+        repo,
+        big.path,
+        _phrases(repo, [rng.choice(big.ids) for _ in range(200)], rng),
+        {label: 10.0 for label in TEXT_KINDS},
+    )
     repo.close()
-    floor_path.unlink()
 
 
-def _query_plans(repo: SQLiteKnowledgeRepository, store: Path, kinds: list[Any]) -> dict[str, str]:
-    """EXPLAIN QUERY PLAN of the SQL our backend runs for each query kind."""
-    conn = getattr(repo, "_conn", None)
-    if conn is None:
-        return {}
+def _bound(call: Callable[..., object], pick: Callable[[], tuple[Any, ...]]) -> Runnable:
+    return lambda: call(*pick())
+
+
+# -- ranked text queries -----------------------------------------------------
+
+# The kinds of ranked text query timed, in the order they are reported.
+TEXT_KINDS = ("rare term", "common + rare", "phrase", "prefix", "metadata + text")
+# The question asked of SQLite FTS5 directly: its best TOP by bm25(), no join.
+FTS5_TOP = (
+    "SELECT rowid, bm25(artifact_words) FROM artifact_words WHERE artifact_words MATCH ? "
+    "ORDER BY bm25(artifact_words) LIMIT ?"
+)
+FTS5_TOP_WITH_METADATA = (
+    "SELECT t.rowid, bm25(t.artifact_words) FROM artifact_words t "
+    "JOIN artifact_metadata m ON m.artifact_sequence = t.rowid AND m.key = ? "
+    "AND m.type = ? AND m.value IS ? WHERE t.artifact_words MATCH ? "
+    "ORDER BY bm25(t.artifact_words) LIMIT ?"
+)
+
+
+def _phrases(repo: SQLiteKnowledgeRepository, ids: list[str], rng: random.Random) -> list[str]:
+    """Two adjacent words of the body of each artifact, as a quoted phrase (the
+    words after the header line and the topic line)."""
+    found = []
+    for artifact_id in ids:
+        body = text.words(repo.read_content(artifact_id).decode("utf-8"))[4:]
+        start = rng.randrange(len(body) - 1)
+        found.append(f'"{body[start]} {body[start + 1]}"')
+    return found
+
+
+def text_queries(
+    ctx: Context,
+    workload: str,
+    repo: SQLiteKnowledgeRepository,
+    store: Path,
+    phrases: list[str],
+    bounds_ms: dict[str, float],
+) -> None:
+    """p50/p95 of each kind of ranked text query (``TEXT_KINDS``), asked as
+    ``repo.search(limit=TOP, snippets=False)``, ``repo.query(text=, limit=TOP)``,
+    ``repo.search(limit=TOP)`` with snippets, and of SQLite FTS5 directly on the
+    same index file; a target of p50 under ``bounds_ms[kind]`` ms for the first."""
+    rng = random.Random(7)
+    vocab = data.VOCABULARY
+    samples = ctx.scale.text_samples
+    direct = sqlite3.connect(f"file:{store / 'index.sqlite'}?mode=ro", uri=True)
+
+    def pick(kind: str) -> tuple[str, dict[str, Any]]:
+        rare = vocab.rare(rng.randrange(200))
+        if kind == "rare term":
+            return rare, {}
+        if kind == "common + rare":
+            return f"{vocab.common(rng.randrange(20))} {rare}", {}
+        if kind == "phrase":
+            return rng.choice(phrases), {}
+        if kind == "prefix":
+            return f"{rare[:3]}*", {}
+        return rare, {"priority": rng.randrange(10)}
+
+    def ask_directly(query: str, metadata: dict[str, Any]) -> Runnable:
+        match = text.parse_query(query).fts5()
+        if not metadata:
+            return lambda: direct.execute(FTS5_TOP, (match, TOP)).fetchall()
+        ((key, value),) = metadata.items()
+        kind, atom = schema.metadata_cell(value)
+        return lambda: direct.execute(
+            FTS5_TOP_WITH_METADATA, (key, kind, atom, match, TOP)
+        ).fetchall()
+
+    def calls(query: str, metadata: dict[str, Any]) -> list[Runnable]:
+        filters: dict[str, Any] = {"metadata": metadata} if metadata else {}
+        return [
+            lambda: repo.search(query, snippets=False, limit=TOP, **filters),
+            lambda: repo.query(text=query, limit=TOP, **filters),
+            lambda: repo.search(query, limit=TOP, **filters),
+            ask_directly(query, metadata),
+        ]
+
+    labels = [
+        "search(snippets=False)",
+        "query(text=)",
+        "search with snippets",
+        "sqlite3 FTS5 bm25() top 10",
+    ]
+    plans = _query_plans(repo, store, {kind: calls(*pick(kind))[0] for kind in TEXT_KINDS})
+    for kind in TEXT_KINDS:
+        timed: list[list[float]] = [[] for _ in labels]
+        matches: list[int] = []
+        for _ in range(10):  # warm the page cache and statement caches
+            for call in calls(*pick(kind)):
+                call()
+        for number in range(samples):
+            query, metadata = pick(kind)
+            if number < 20:
+                matches.append(
+                    direct.execute(
+                        "SELECT count(*) FROM artifact_words WHERE artifact_words MATCH ?",
+                        (text.parse_query(query).fts5(),),
+                    ).fetchone()[0]
+                )
+            chosen = calls(query, metadata)
+            # Each contender goes first in turn, so none always meets a cold cache.
+            for offset in range(len(chosen)):
+                index = (number + offset) % len(chosen)
+                start = time.perf_counter()
+                chosen[index]()
+                timed[index].append(time.perf_counter() - start)
+        measured = [
+            _latency(workload, f"{kind}: {label}", values, label.startswith("sqlite3"))
+            for label, values in zip(labels, timed, strict=True)
+        ]
+        measured[0].extra["plan"] = plans.get(kind, "")
+        for m in measured[1:3]:
+            m.extra["no_ratio"] = True
+        measured[3].extra["compare_with"] = measured[0].contender
+        ctx.report.measurements += measured
+        ctx.report.note(
+            workload,
+            f"{kind}: {statistics.median(matches):,.0f} matching artifacts (median of "
+            f"{len(matches)} queries, e.g. {query!r}); plan {plans.get(kind, '?')}",
+        )
+        if kind in bounds_ms:
+            p50 = percentile(timed[0], 0.5) * 1e3
+            ctx.report.targets.append(
+                below(workload, f"search {kind} p50", p50, bounds_ms[kind], "ms")
+            )
+    direct.close()
+
+
+def _query_plans(
+    repo: SQLiteKnowledgeRepository, store: Path, calls: dict[str, Runnable]
+) -> dict[str, str]:
+    """EXPLAIN QUERY PLAN of the SQL our backend runs for each call."""
+    conn: sqlite3.Connection = repo.index.connection.sqlite
     plans: dict[str, str] = {}
     explain = sqlite3.connect(f"file:{store / 'index.sqlite'}?mode=ro", uri=True)
     try:
-        for label, pick, call_ours, _floor, _ in kinds:
+        for label, call in calls.items():
             statements: list[str] = []
             conn.set_trace_callback(statements.append)
             try:
-                call_ours(*pick())
+                call()
             finally:
                 conn.set_trace_callback(None)
             selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-            # A text query reads the FTS5 index, then the (small) backlog: the
-            # plan that matters is the index's.
-            indexed = [s for s in selects if "artifact_text" in s]
+            # A text query first checks that no artifact waits for its words:
+            # the plan that matters is the one that reads the words.
+            indexed = [s for s in selects if "artifact_words" in s]
             if not selects:
                 continue
             rows = explain.execute("EXPLAIN QUERY PLAN " + (indexed or selects)[-1]).fetchall()
@@ -686,6 +845,52 @@ def _query_plans(repo: SQLiteKnowledgeRepository, store: Path, kinds: list[Any])
     finally:
         explain.close()
     return plans
+
+
+# -- text search at scale ------------------------------------------------------
+
+# Artifacts per put_artifacts call while the text-scale store is built.
+TEXT_FILL_BATCH = 50_000
+
+
+def text_scale(ctx: Context) -> None:
+    """Ranked text queries on a store of ``text_n`` artifacts (1M by default),
+    built with ``durability="none"`` (setup, not measured)."""
+    workload = "text-scale"
+    n = ctx.scale.text_n
+    path = ctx.fresh("text-store")
+    log(f"  building a store of {n:,} artifacts for text queries")
+    start = time.perf_counter()
+    repo = SQLiteKnowledgeRepository.open(path, durability="none", create=True)
+    collection = repo.create_collection("bench")
+    searchable = 0
+    sampled: list[str] = []
+    rng = random.Random(11)
+    for offset in range(0, n, TEXT_FILL_BATCH):
+        docs = list(data.documents(offset, min(TEXT_FILL_BATCH, n - offset), seed=5))
+        searchable += sum(len(doc.content) for doc in docs)
+        results = repo.put_artifacts(collection.id, _items(iter(docs)))
+        sampled += [result.artifact.id for result in rng.sample(results, min(40, len(results)))]
+        log(f"  {offset + len(docs):,} artifacts, {time.perf_counter() - start:.0f} s")
+    repo.close()
+    seconds = time.perf_counter() - start
+    sizes = index_size(path)
+    ctx.report.note(
+        workload,
+        f"store of {n:,} artifacts built in {seconds:.0f} s (durability none, "
+        f"{TEXT_FILL_BATCH:,} per put_artifacts); " + _size_note(sizes, searchable),
+    )
+    repo = SQLiteKnowledgeRepository.open(path, durability="batch")
+    text_queries(
+        ctx,
+        workload,
+        repo,
+        path,
+        _phrases(repo, rng.sample(sampled, min(200, len(sampled))), rng),
+        {"rare term": 5.0, "phrase": 5.0},
+    )
+    repo.close()
+    ctx.discard(path)
 
 
 # -- the large body ----------------------------------------------------------
@@ -698,22 +903,8 @@ def large_body(ctx: Context) -> None:
     _write_large(source, size)
     mib = size // MIB
 
-    def child(*args: str) -> dict[str, Any]:
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks.child", *args],
-            capture_output=True,
-            check=True,
-            cwd=Path(__file__).parent.parent,
-        )
-        return baselines.child_result(result.stdout)
-
     stored: dict[str, Path] = {}
     digest = ""
-
-    def record(m: Measurement, result: dict[str, Any]) -> float:
-        m.extra.setdefault("peak_rss_kib", []).append(result["peak_rss_kib"])
-        m.extra.setdefault("rss_before_kib", []).append(result["rss_before_kib"])
-        return float(result["seconds"])
 
     def ours_in() -> float:
         store = ctx.fresh("large-store")
@@ -721,26 +912,26 @@ def large_body(ctx: Context) -> None:
         result = child("store-in", str(store), str(source))
         _replace_kept(stored, "store", store)
         digest = str(result["digest"])
-        return record(m_in, result)
+        return _record_rss(m_in, result)
 
     def base_in() -> float:
         target = ctx.fresh("large-copy.bin")
         result = child("baseline-in", str(source), str(target))
         target.unlink()
-        return record(b_in, result)
+        return _record_rss(b_in, result)
 
     def ours_out() -> float:
         target = ctx.fresh("large-out.bin")
         result = child("store-out", str(stored["store"]), digest, str(target))
         target.unlink()
-        return record(m_out, result)
+        return _record_rss(m_out, result)
 
     def base_out() -> float:
         target = ctx.fresh("large-out.bin")
         obj = stored["store"] / "objects" / digest[7:9] / digest[9:]
         result = child("baseline-out", str(obj), str(target))
         target.unlink()
-        return record(b_out, result)
+        return _record_rss(b_out, result)
 
     m_in = Measurement(workload, "in: kontextual objects.add_stream (full)", mib, "MiB", False)
     b_in = Measurement(workload, "in: read-hash-write + fsync", mib, "MiB", True)
@@ -802,12 +993,6 @@ def snapshot(ctx: Context) -> None:
         import_snapshot(target, fresh)
         fresh.close()
         end = time.perf_counter()
-        # Imported text waits in the backlog (ADR 0004); indexing it is timed
-        # on its own, outside the round trip, and reported.
-        with SQLiteKnowledgeRepository.open(restored, durability="full") as indexed:
-            before_index = time.perf_counter()
-            indexed.index_text()
-            m_ours.extra.setdefault("index_text", []).append(time.perf_counter() - before_index)
         m_ours.extra.setdefault("export", []).append(middle - start)
         m_ours.extra.setdefault("import", []).append(end - middle2)
         ctx.discard(target)
@@ -869,14 +1054,7 @@ def snapshot(ctx: Context) -> None:
             2.0,
         ),
     ]
-    index_text = statistics.median(m_ours.extra["index_text"])
-    ctx.report.note(
-        workload,
-        f"{n:,} artifacts; indexing the imported text afterwards took "
-        f"{index_text:.1f} s (export+import+index_text: "
-        f"{(m_ours.median + index_text) / m_base.median:.2f}x the round "
-        "trip of the baseline)",
-    )
+    ctx.report.note(workload, f"{n:,} artifacts; the import indexes their words as it writes them")
 
 
 # -- growth ------------------------------------------------------------------
@@ -925,16 +1103,15 @@ def growth(ctx: Context) -> None:
         # Frames in the WAL after a batch: the pages that batch dirtied (each
         # batch starts a fresh WAL once the last one is checkpointed). It grows
         # while random-key indexes outgrow what one batch touches.
-        conn = getattr(repo, "_conn", None)
-        if conn is not None:
-            frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-            page = conn.execute("PRAGMA page_size").fetchone()[0]
-            ctx.report.note(
-                workload,
-                f"at {point:,} artifacts the last batch of {batch:,} "
-                f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
-                "to the WAL",
-            )
+        conn = repo.index.connection.sqlite
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        ctx.report.note(
+            workload,
+            f"at {point:,} artifacts the last batch of {batch:,} "
+            f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
+            "to the WAL",
+        )
         measured.append(m)
     repo.close()
     ctx.report.measurements += measured
@@ -951,6 +1128,98 @@ def growth(ctx: Context) -> None:
     _remove(target)
 
 
+# -- one large text body ------------------------------------------------------
+
+
+def text_body(ctx: Context) -> None:
+    """One text body of ``text_body_bytes`` (50 MiB) stored with its words
+    indexed (the searchable-size cap raised in the child process only), against
+    the same body over the cap (stored, no words) and a body at the cap (1 MiB)."""
+    workload = "text-body"
+    size = ctx.scale.text_body_bytes
+    cap = text.MAX_TEXT_BYTES
+    large = ctx.fresh("text-large.txt")
+    small = ctx.fresh("text-small.txt")
+    data.write_text_file(large, size)
+    data.write_text_file(small, cap)
+    drop_dirty_pages()
+
+    def put(m: Measurement, source: Path, limit: int, searchable: int) -> Run:
+        def run() -> float:
+            store = ctx.fresh("text-body-store")
+            result = child("text-in", str(store), str(source), str(limit))
+            assert result["searchable"] == searchable, result
+            ctx.discard(store)
+            m.extra.setdefault("close_seconds", []).append(result["close_seconds"])
+            return _record_rss(m, result)
+
+        return run
+
+    def words(m: Measurement, source: Path) -> Run:
+        def run() -> float:
+            folder = ctx.fresh("text-body-words")
+            folder.mkdir()
+            result = child("words-in", str(folder / "index.sqlite"), str(source))
+            ctx.discard(folder)
+            return _record_rss(m, result)
+
+        return run
+
+    mib = size // MIB
+    m_large = Measurement(workload, f"{mib} MiB body, words indexed", mib, "MiB", False)
+    m_over = Measurement(workload, f"{mib} MiB body, over the cap (no words)", mib, "MiB", False)
+    m_small = Measurement(workload, "1 MiB body, words indexed", cap // MIB, "MiB", False)
+    m_fts = Measurement(workload, f"{mib} MiB body: FTS5 insert alone", mib, "MiB", True)
+    for m in (m_large, m_over, m_small, m_fts):
+        m.extra["no_ratio"] = True
+    alternate(
+        ctx.report,
+        workload,
+        [
+            (m_large, put(m_large, large, size, 1)),
+            (m_over, put(m_over, large, cap, 0)),
+            (m_small, put(m_small, small, cap, 1)),
+            (m_fts, words(m_fts, large)),
+        ],
+        ctx.scale.repetitions,
+    )
+    for m in (m_large, m_over, m_small, m_fts):
+        peak = max(m.extra["peak_rss_kib"]) / 1024
+        before = max(m.extra["rss_before_kib"]) / 1024
+        m.extra["per_item_text"] = f"peak RSS {peak:.0f} MiB ({before:.0f} before)"
+    scaled = m_small.median * size / cap
+    ctx.report.note(
+        workload,
+        f"{mib} MiB of ASCII words in one body: {m_large.median:.2f} s with its words "
+        f"(close, with its checkpoint, {statistics.median(m_large.extra['close_seconds']):.2f} s "
+        f"more), {m_over.median:.2f} s without; the 1 MiB body scaled to {mib} MiB: "
+        f"{scaled:.2f} s ({m_large.median / scaled:.2f}x); peak RSS "
+        f"{max(m_large.extra['peak_rss_kib']) / 1024:.0f} MiB with words, "
+        f"{max(m_over.extra['peak_rss_kib']) / 1024:.0f} MiB without, "
+        f"{max(m_small.extra['peak_rss_kib']) / 1024:.0f} MiB for 1 MiB",
+    )
+    large.unlink()
+    small.unlink()
+
+
+def child(*args: str) -> dict[str, Any]:
+    """Run one operation of ``benchmarks.child`` in a fresh process; its result."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.child", *args],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    return baselines.child_result(result.stdout)
+
+
+def _record_rss(m: Measurement, result: dict[str, Any]) -> float:
+    """Keep a child's RSS figures with its measurement; return its seconds."""
+    m.extra.setdefault("peak_rss_kib", []).append(result["peak_rss_kib"])
+    m.extra.setdefault("rss_before_kib", []).append(result["rss_before_kib"])
+    return float(result["seconds"])
+
+
 WORKLOADS: dict[str, Callable[[Context], None]] = {
     "bulk-ingest": bulk_ingest,
     "single-create": single_create,
@@ -959,4 +1228,6 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "large-body": large_body,
     "snapshot": snapshot,
     "growth": growth,
+    "text-body": text_body,
+    "text-scale": text_scale,
 }

@@ -19,6 +19,23 @@ WORKLOADS = (
     "large-body",
     "snapshot",
     "growth",
+    "text-body",
+    "text-scale",
+)
+# Measurements of the word search that every run must report.
+TEXT_CONTENDERS = (
+    "kontextual batch, bodies unsearchable (NUL)",
+    "raw ceiling + FTS5 words",
+    "FTS5 words insert alone (one transaction)",
+    "phrase: search(snippets=False)",
+    "prefix: query(text=)",
+    "metadata + text: search with snippets",
+    "rare term: sqlite3 FTS5 bm25() top 10",
+    "queries: kontextual words, ranked (all)",
+    "queries: kontextual substring=True (all)",
+    "2 MiB body, words indexed",
+    "2 MiB body, over the cap (no words)",
+    "1 MiB body, words indexed",
 )
 
 
@@ -40,6 +57,7 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
             "--scale",
             "tiny",
             "--growth",
+            "--text-scale",
             "--tmp",
             str(tmp_path),
             "--json",
@@ -63,4 +81,20 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     document = json.loads(results.read_text(encoding="utf-8"))
     assert set(document["workloads"]) == set(WORKLOADS)
     assert not document["failures"]
-    assert {t["workload"] for t in document["targets"]} >= set(WORKLOADS) - {"stdlib-corpus"}
+    assert {t["workload"] for t in document["targets"]} >= set(WORKLOADS) - {"text-body"}
+    for workload in ("lookups", "text-scale"):
+        contenders = {m["contender"] for m in document["measurements"] if m["workload"] == workload}
+        assert {c for c in TEXT_CONTENDERS if c.split(":")[0] in ("phrase", "prefix")} <= contenders
+    contenders = {m["contender"] for m in document["measurements"]}
+    assert set(TEXT_CONTENDERS) <= contenders, set(TEXT_CONTENDERS) - contenders
+    targets = {(t["workload"], t["name"]) for t in document["targets"]}
+    assert {
+        ("bulk-ingest", "batch time with words / without words"),
+        ("stdlib-corpus", "index size / searchable text"),
+        ("text-scale", "search rare term p50"),
+        ("text-scale", "search phrase p50"),
+    } <= targets
+    notes = document["notes"]
+    assert any("free pages" in note for note in notes["stdlib-corpus"])
+    assert any("FTS5 insert alone" in note for note in notes["bulk-ingest"])
+    assert any("peak RSS" in note for note in notes["text-body"])
