@@ -84,9 +84,24 @@ def test_text_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
 
 
 def test_ranked_text_query_sorts_only_the_matches(repo: SQLiteKnowledgeRepository) -> None:
-    """By relevance, the matches FTS5 yields are sorted by score and the LIMIT is
-    SQLite's: no artifact that does not match is read."""
+    """Text alone, by relevance: FTS5's matches are ranked by rowid and score, the
+    page is cut there, and only the page's artifacts are read by rowid."""
     plan = plan_of(repo, lambda: repo.query(text="tokenizers", limit=10), "artifact_words")
+    lines = plan.splitlines()
+    assert lines[:2] == ["MATERIALIZE t", "SCAN artifact_words VIRTUAL TABLE INDEX 0:M1"], plan
+    assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in lines, plan
+    assert "SCAN a" not in lines, plan
+
+
+def test_ranked_text_query_with_filters_sorts_only_the_matches(
+    repo: SQLiteKnowledgeRepository,
+) -> None:
+    """With another filter, FTS5 drives, each match's artifact is read by rowid,
+    and the matches that pass are sorted by score; no other artifact is read."""
+    notes = repo.get_collection_by_name("plans").id
+    plan = plan_of(
+        repo, lambda: repo.query(text="tokenizers", collection_id=notes, limit=10), "artifact_words"
+    )
     lines = plan.splitlines()
     assert lines[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
     assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
@@ -103,8 +118,8 @@ def test_ranked_text_query_puts_order_and_limit_in_sql(repo: SQLiteKnowledgeRepo
     finally:
         conn.set_trace_callback(None)
     [select] = [s for s in statements if "artifact_words MATCH" in s]
-    assert "-bm25(t.artifact_words) AS score" in select, select
-    assert select.endswith("ORDER BY score DESC, a.sequence LIMIT 10"), select
+    assert "ORDER BY score DESC, rowid LIMIT 10) t" in select, select
+    assert select.endswith("ORDER BY t.score DESC, a.sequence"), select
     assert len(found) == 10
 
 
@@ -115,7 +130,7 @@ def test_pending_check_reads_one_row(repo: SQLiteKnowledgeRepository) -> None:
 
 
 def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
-    """Metadata is checked per match through its index, the artifact by rowid."""
+    """Metadata is checked per match by its primary key, the artifact by rowid."""
     for order in (None, "sequence"):
         call = functools.partial(
             repo.query, text="tokenizers", metadata={"priority": 2}, order=order
@@ -123,7 +138,7 @@ def test_text_and_metadata_query_is_driven_by_fts5(repo: SQLiteKnowledgeReposito
         plan = plan_of(repo, call, "artifact_words")
         assert plan.splitlines()[0].startswith("SCAN t VIRTUAL TABLE INDEX"), plan
         assert "SEARCH a USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
-        assert "artifact_metadata_lookup" in plan, plan
+        assert "SEARCH m USING PRIMARY KEY (artifact_sequence=? AND key=?)" in plan, plan
         assert "SCAN a" not in plan, plan
 
 

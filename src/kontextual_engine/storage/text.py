@@ -286,11 +286,14 @@ def snippet(query: TextQuery, text: str, *, width: int = SNIPPET_WORDS) -> Snipp
     Runs of white space become one space; ``…`` marks text left out before
     or after. Presentation only: which artifacts match does not depend on it.
     """
-    spans = [
-        (word, found.start(), found.end())
-        for found in _WORD.finditer(text)
-        for word in words(found.group())
-    ]
+    if text.isascii():  # one word per match, folded by lower()
+        spans = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    else:
+        spans = [
+            (word, found.start(), found.end())
+            for found in _WORD.finditer(text)
+            for word in words(found.group())
+        ]
     if not spans:
         return Snippet(_SPACES.sub(" ", text).strip()[: width * 8], ())
     covers: list[set[int]] = [set() for _ in spans]
@@ -299,12 +302,7 @@ def snippet(query: TextQuery, text: str, *, width: int = SNIPPET_WORDS) -> Snipp
         for start in phrase.occurrences(document):
             for position in range(start, start + len(phrase.words)):
                 covers[position].add(number)
-    best, best_key = 0, (-1, -1)
-    for start in range(max(1, len(spans) - width + 1)):
-        window = covers[start : start + width]
-        key = (len(set().union(*window)), sum(1 for cover in window if cover))
-        if key > best_key:
-            best, best_key = start, key
+    best, best_key = _best_window(covers, width, len(query.required))
     # Show some words before the first match too, if that keeps every match.
     first = next((p for p in range(best, best + width) if p < len(spans) and covers[p]), best)
     for start in range(min(first - width // 3, len(spans) - width), best, -1):
@@ -330,3 +328,28 @@ def snippet(query: TextQuery, text: str, *, width: int = SNIPPET_WORDS) -> Snipp
     else:
         out += _SPACES.sub(" ", text[previous_end:]).rstrip()[:_EDGE]
     return Snippet(out, tuple(highlights))
+
+
+def _best_window(covers: list[set[int]], width: int, phrases: int) -> tuple[int, tuple[int, int]]:
+    """The first window of ``width`` positions showing the most distinct phrases,
+    then the most matched positions: one pass, counting what enters and leaves."""
+    counts = [0] * phrases
+    shown = matched = 0
+
+    def step(position: int, change: int) -> None:
+        nonlocal shown, matched
+        for number in covers[position]:
+            before = counts[number]
+            counts[number] += change
+            shown += (counts[number] > 0) - (before > 0)
+        matched += change if covers[position] else 0
+
+    for position in range(min(width, len(covers))):
+        step(position, 1)
+    best, best_key = 0, (shown, matched)
+    for start in range(1, len(covers) - width + 1):
+        step(start - 1, -1)
+        step(start + width - 1, 1)
+        if (shown, matched) > best_key:
+            best, best_key = start, (shown, matched)
+    return best, best_key

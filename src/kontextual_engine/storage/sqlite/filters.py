@@ -15,8 +15,7 @@ from ...digests import parse_digest
 from ...models import Query
 from . import schema
 
-# How a metadata filter begins in SQL: the backlog half of a text query keeps
-# SQLite from driving by it (see TextIndex.query).
+# How a metadata filter begins in SQL when the index of metadata drives.
 METADATA_FILTER = "a.sequence IN (SELECT artifact_sequence FROM"
 
 
@@ -36,9 +35,13 @@ def _metadata_condition(value: Any) -> tuple[str, list[Any]]:
     return "type = ? AND value = ?", [kind, cell]
 
 
-def conditions(query: Query) -> tuple[list[str], list[Any]]:
+def conditions(query: Query, *, probe: bool = False) -> tuple[list[str], list[Any]]:
     """The conditions (over ``artifacts a``) and their parameters for every filter
-    of ``query`` but ``text``, ``limit`` and ``after``: live artifacts only."""
+    of ``query`` but ``text``, ``limit`` and ``after``: live artifacts only.
+
+    With ``probe`` (a text query, where FTS5 yields the candidates) a metadata
+    filter looks each candidate up by its key instead of listing every
+    artifact with that value first."""
     where = ["a.deleted_at IS NULL"]
     params: list[Any] = []
     if query.ids is not None:
@@ -56,7 +59,13 @@ def conditions(query: Query) -> tuple[list[str], list[Any]]:
     if query.metadata is not None:
         for key, value in query.metadata.items():
             condition, values = _metadata_condition(value)
-            where.append(f"{METADATA_FILTER} artifact_metadata WHERE key = ? AND {condition})")
+            if probe:
+                where.append(
+                    "EXISTS (SELECT 1 FROM artifact_metadata m WHERE m.artifact_sequence = "
+                    f"a.sequence AND m.key = ? AND {condition})"
+                )
+            else:
+                where.append(f"{METADATA_FILTER} artifact_metadata WHERE key = ? AND {condition})")
             params += [key, *values]
     if query.related_to is not None:
         related = query.related_to

@@ -332,7 +332,7 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
         )
 
     def query(self, query: Query) -> list[Artifact]:
-        where, params = conditions(query)
+        where, params = conditions(query, probe=query.text is not None)
         source, order = "artifacts a", "a.sequence"
         if query.text is not None:
             source, order, matches, values = self.text.source(query)
@@ -347,10 +347,19 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
         return [ARTIFACTS.read(row) for row in self.connection.rows(sql, params)]
 
     def rank(self, query: Query) -> list[tuple[Artifact, float]]:
-        where, params = conditions(query)
+        where, params = conditions(query, probe=True)
         source, _, matches, values = self.text.source(query)
-        # bm25() is negative, best first; negating a double is exact, so the
-        # score is the one the reference computes.
+        # -bm25() is exactly the reference's score. Text alone (the words table
+        # holds live artifacts only): rank rowids, then join only the page.
+        if len(where) == 1 and query.limit is not None:
+            sql = (
+                f"SELECT {ARTIFACTS.select}, t.score FROM (SELECT rowid, "
+                "-bm25(artifact_words) AS score FROM artifact_words WHERE artifact_words "
+                "MATCH ? ORDER BY score DESC, rowid LIMIT ?) t JOIN artifacts a "
+                "ON a.sequence = t.rowid ORDER BY t.score DESC, a.sequence"
+            )
+            rows = self.connection.rows(sql, [*values, query.limit])
+            return [(ARTIFACTS.read(row[:-1]), row[-1]) for row in rows]
         sql = (
             f"SELECT {ARTIFACTS.select}, -bm25(t.artifact_words) AS score FROM {source} "
             f"WHERE {' AND '.join([*where, *matches])} ORDER BY score DESC, a.sequence"
