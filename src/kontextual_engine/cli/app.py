@@ -43,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # commands themselves.
 COMMANDS_PACKAGE = "kontextual_engine.cli.commands"
 COMMANDS: dict[str, tuple[str, str]] = {
-    "add": ("artifacts", "Add files and folders (recursively) to a collection."),
+    "add": ("add", "Add files and folders (recursively) to a collection."),
     "backup": ("store", "Back up the store to a new directory."),
     "cat": ("artifacts", "Write an artifact's body, byte for byte, to stdout."),
     "cat-object": ("plumbing", "Write an object's bytes to stdout, verifying them."),
