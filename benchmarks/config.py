@@ -20,6 +20,7 @@ class Scale:
     large_bytes: int  # size of the large body
     growth_points: tuple[int, ...]  # store sizes at which growth is measured
     growth_batch: int  # artifacts per timed growth batch
+    startup_runs: int  # whole processes timed per start-up contender
 
 
 SCALES: dict[str, Scale] = {
@@ -35,6 +36,7 @@ SCALES: dict[str, Scale] = {
         large_bytes=8 << 20,
         growth_points=(300, 900),
         growth_batch=100,
+        startup_runs=5,
     ),
     "default": Scale(
         name="default",
@@ -48,6 +50,7 @@ SCALES: dict[str, Scale] = {
         large_bytes=1 << 30,
         growth_points=(10_000, 100_000, 1_000_000),
         growth_batch=10_000,
+        startup_runs=40,
     ),
     "large": Scale(
         name="large",
@@ -61,6 +64,7 @@ SCALES: dict[str, Scale] = {
         large_bytes=1 << 30,
         growth_points=(10_000, 100_000, 1_000_000),
         growth_batch=10_000,
+        startup_runs=40,
     ),
 }
 

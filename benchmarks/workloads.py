@@ -34,6 +34,7 @@ from .harness import (
     percentile,
     speedup,
 )
+from .startup import startup
 
 MIB = 1 << 20
 # Artifacts per put_artifacts call when a store is filled for other workloads.
@@ -959,4 +960,5 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "large-body": large_body,
     "snapshot": snapshot,
     "growth": growth,
+    "startup": startup,
 }

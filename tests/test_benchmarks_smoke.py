@@ -19,6 +19,7 @@ WORKLOADS = (
     "large-body",
     "snapshot",
     "growth",
+    "startup",
 )
 
 
