@@ -23,6 +23,7 @@ class Scale:
     text_samples: int  # ranked text queries timed per query kind
     text_n: int  # artifacts in the store of the text-scale workload
     text_body_bytes: int  # size of the single text body indexed whole
+    startup_runs: int  # whole processes timed per start-up contender
 
 
 SCALES: dict[str, Scale] = {
@@ -41,6 +42,7 @@ SCALES: dict[str, Scale] = {
         text_samples=20,
         text_n=3_000,
         text_body_bytes=2 << 20,
+        startup_runs=5,
     ),
     "default": Scale(
         name="default",
@@ -57,6 +59,7 @@ SCALES: dict[str, Scale] = {
         text_samples=200,
         text_n=1_000_000,
         text_body_bytes=50 << 20,
+        startup_runs=40,
     ),
     "large": Scale(
         name="large",
@@ -73,6 +76,7 @@ SCALES: dict[str, Scale] = {
         text_samples=500,
         text_n=1_000_000,
         text_body_bytes=50 << 20,
+        startup_runs=40,
     ),
 }
 

@@ -35,6 +35,7 @@ from .harness import (
     percentile,
     speedup,
 )
+from .startup import startup
 
 MIB = 1 << 20
 # Artifacts per put_artifacts call when a store is filled for other workloads.
@@ -1230,4 +1231,5 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "growth": growth,
     "text-body": text_body,
     "text-scale": text_scale,
+    "startup": startup,
 }

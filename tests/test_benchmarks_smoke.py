@@ -21,6 +21,7 @@ WORKLOADS = (
     "growth",
     "text-body",
     "text-scale",
+    "startup",
 )
 # Measurements of the word search that every run must report.
 TEXT_CONTENDERS = (

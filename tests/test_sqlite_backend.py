@@ -46,9 +46,9 @@ from kontextual_engine.models import ContextReference
 from kontextual_engine.storage import SequentialIds, TickingClock, text
 from kontextual_engine.storage.objects import ObjectStore
 from kontextual_engine.storage.runs import Pin
-from kontextual_engine.storage.sqlite import INDEX_NAME
+from kontextual_engine.storage.sqlite import INDEX_NAME, schema
 from kontextual_engine.storage.sqlite.schema import KNOWN as KNOWN_MIGRATIONS
-from kontextual_engine.storage.sqlite.schema import MIGRATIONS
+from kontextual_engine.storage.sqlite.schema import migrations
 
 SQLITE_CLI = shutil.which("sqlite3") or "/usr/bin/sqlite3"
 
@@ -311,7 +311,7 @@ def make_store_0001(path: Path) -> dict[str, Any]:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("BEGIN IMMEDIATE")
-        MIGRATIONS.apply(Database(conn), stop_before="0002_runs_context")
+        migrations().apply(Database(conn), stop_before="0002_runs_context")
         conn.execute("ATTACH DATABASE ? AS source", (str(source / INDEX_NAME),))
         for table in TABLES_0001:
             # The columns 0001 made (later migrations add some, e.g. changes.change_set).
@@ -383,6 +383,30 @@ def test_a_migrated_schema_equals_a_fresh_one(tmp_path: Path) -> None:
     open_repo(tmp_path / "fresh").close()
     assert schema_of(tmp_path / "old") == schema_of(tmp_path / "fresh")
     assert auto_vacuum(tmp_path / "old") == auto_vacuum(tmp_path / "fresh") == "2"
+
+
+def test_applied_and_pending_migrations_are_read_as_sqlite_utils_reads_them(
+    tmp_path: Path,
+) -> None:
+    """The plain-sqlite3 reading of the migrations table agrees with sqlite-utils'."""
+    assert migrations().migrations_table == schema.MIGRATIONS_TABLE
+    assert [migration.name for migration in migrations()._migrations] == KNOWN_MIGRATIONS
+    make_store_0001(tmp_path / "old")
+    conn = sqlite3.connect(tmp_path / "old" / INDEX_NAME)
+    try:
+        db = Database(conn)
+        assert schema.applied_migrations(conn) == [m.name for m in migrations().applied(db)]
+        assert schema.applied_migrations(conn) == ["0001_core"]
+        assert schema.pending(conn, "old") == [m.name for m in migrations().pending(db)]
+        assert schema.pending(conn, "old") == KNOWN_MIGRATIONS[1:]
+    finally:
+        conn.close()
+    empty = sqlite3.connect(tmp_path / "empty.sqlite")
+    try:
+        assert schema.applied_migrations(empty) == []
+        assert schema.pending(empty, "empty") == KNOWN_MIGRATIONS
+    finally:
+        empty.close()
 
 
 def test_index_is_wal_and_json_is_checked(tmp_path: Path) -> None:

@@ -1,42 +1,94 @@
 """kontextual-engine: a local-first, durable store for knowledge artifacts."""
 
-from .errors import KontextualError
-from .models import (
-    Artifact,
-    ArtifactHistory,
-    ArtifactRef,
-    ArtifactRevision,
-    ChangeAction,
-    ChangeRecord,
-    ChangeSet,
-    Collection,
-    ContextPackage,
-    ContextReference,
-    Delete,
-    EntityKind,
-    ExternalMemoryReference,
-    Impact,
-    InputBundle,
-    MetadataMode,
-    NewArtifact,
-    OperationRun,
-    Pin,
-    PutOutcome,
-    PutResult,
-    Query,
-    ReferenceKind,
-    RelatedTo,
-    Relationship,
-    Rename,
-    RunManifest,
-    RunStatus,
-    SearchHit,
-    Snippet,
-    WorkflowStep,
-)
-from .storage import InMemoryKnowledgeRepository, KnowledgeRepository, SQLiteKnowledgeRepository
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .errors import KontextualError
+    from .models import (
+        Artifact,
+        ArtifactHistory,
+        ArtifactRef,
+        ArtifactRevision,
+        ChangeAction,
+        ChangeRecord,
+        ChangeSet,
+        Collection,
+        ContextPackage,
+        ContextReference,
+        Delete,
+        EntityKind,
+        ExternalMemoryReference,
+        Impact,
+        InputBundle,
+        MetadataMode,
+        NewArtifact,
+        OperationRun,
+        Pin,
+        PutOutcome,
+        PutResult,
+        Query,
+        ReferenceKind,
+        RelatedTo,
+        Relationship,
+        Rename,
+        RunManifest,
+        RunStatus,
+        SearchHit,
+        Snippet,
+        WorkflowStep,
+    )
+    from .storage import InMemoryKnowledgeRepository, KnowledgeRepository, SQLiteKnowledgeRepository
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that importing one module of the package (the
+# command line does) does not import them all.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".errors": ("KontextualError",),
+        ".models": (
+            "Artifact",
+            "ArtifactHistory",
+            "ArtifactRef",
+            "ArtifactRevision",
+            "ChangeAction",
+            "ChangeRecord",
+            "ChangeSet",
+            "Collection",
+            "ContextPackage",
+            "ContextReference",
+            "Delete",
+            "EntityKind",
+            "ExternalMemoryReference",
+            "Impact",
+            "InputBundle",
+            "MetadataMode",
+            "NewArtifact",
+            "OperationRun",
+            "Pin",
+            "PutOutcome",
+            "PutResult",
+            "Query",
+            "ReferenceKind",
+            "RelatedTo",
+            "Relationship",
+            "Rename",
+            "RunManifest",
+            "RunStatus",
+            "SearchHit",
+            "Snippet",
+            "WorkflowStep",
+        ),
+        ".storage": (
+            "InMemoryKnowledgeRepository",
+            "KnowledgeRepository",
+            "SQLiteKnowledgeRepository",
+        ),
+    },
+)
 
 __all__ = [
     "Artifact",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import commands
 from .app import cli
 
 
@@ -10,4 +9,4 @@ def main() -> None:
     cli.main(prog_name="kontextual")
 
 
-__all__ = ["cli", "commands", "main"]
+__all__ = ["cli", "main"]

@@ -9,20 +9,23 @@ on stderr and an exit code here, once, in :class:`KontextualGroup`: a
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from .. import __version__
 from ..errors import KontextualError, NotFoundError, StoreNotFound
-from ..storage.objects import FULL_ERRNOS, STORE_MARKER, Durability, ObjectStore, storage_full
-from ..storage.sqlite import SQLiteKnowledgeRepository, maintenance
-from ..storage.stores import open_store, store_path
-from .output import progress, visible
+from ..storage.durable import FULL_ERRNOS, Durability, storage_full
 from .params import AS_OF_FORMS, parse_as_of
+
+if TYPE_CHECKING:
+    from ..storage.objects import ObjectStore
+    from ..storage.sqlite import SQLiteKnowledgeRepository
 
 DEFAULT_STORE = ".kontextual"
 STORE_ENV = "KONTEXTUAL_STORE"
@@ -32,6 +35,48 @@ ACTOR_ENV = "KONTEXTUAL_ACTOR"
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Every command: the module of ``cli.commands`` that defines it, and its short
+# help for ``kontextual --help``. A module is imported only when one of its
+# commands runs (or its own help is asked for), so that a command does not pay
+# for the imports of all the others; tests check this table against the
+# commands themselves.
+COMMANDS_PACKAGE = "kontextual_engine.cli.commands"
+COMMANDS: dict[str, tuple[str, str]] = {
+    "add": ("add", "Add files and folders (recursively) to a collection."),
+    "backup": ("store", "Back up the store to a new directory."),
+    "cat": ("artifacts", "Write an artifact's body, byte for byte, to stdout."),
+    "cat-object": ("plumbing", "Write an object's bytes to stdout, verifying them."),
+    "changes": (
+        "changes",
+        "Print the change feed in sequence order, by change set, once or followed.",
+    ),
+    "collection": ("collections", "Create, list, show and remove collections."),
+    "context": ("runs", "Context packages: ordered lists of references."),
+    "diff": ("artifacts", "Unified diff between two revisions of a text artifact."),
+    "export": ("store", "Write a snapshot of the whole store."),
+    "find": ("artifacts", "Find artifacts matching every filter given."),
+    "fsck": ("store", "Check the index and the objects."),
+    "gc": ("store", "Remove unreferenced objects and leftover tmp files."),
+    "hash-object": ("plumbing", "Print the digest of FILE (- for stdin) as blake3:<64 hex>."),
+    "import": ("store", "Restore a snapshot into a new (or empty) store."),
+    "index": ("store", "Derive the words of artifacts that wait for them, with a progress bar."),
+    "init": ("store", "Create a store at PATH (default: the selected store)."),
+    "link": ("artifacts", "Relate two artifacts: SRC -[TYPE]-> DST."),
+    "log": ("artifacts", "Show the revision history of an artifact, oldest first."),
+    "ls": (
+        "artifacts",
+        "List the artifacts (of one collection), oldest first; "
+        "with --as-of, those live then, as they were.",
+    ),
+    "ls-objects": ("plumbing", "List every object in the store, in digest order."),
+    "rm": ("artifacts", "Delete an artifact and its relationships."),
+    "runs": ("runs", "Workflow runs: inputs, steps, outputs."),
+    "show": ("artifacts", "Show an artifact, its relationships and its run."),
+    "stats": ("store", "Counts of records, objects and bytes in the store."),
+    "unlink": ("artifacts", "Remove a relationship, named by SRC TYPE DST or by its id."),
+    "verify-object": ("plumbing", "Re-hash one object and check it against its name."),
+}
 
 
 class PathNotFound(NotFoundError):
@@ -51,16 +96,23 @@ class App:
     words_derived_at_open: int = 0
 
     def exists(self) -> bool:
+        from ..storage.objects.layout import STORE_MARKER
+
         return (self.store / STORE_MARKER).is_file()
 
     def require_store(self) -> None:
         if not self.exists():
+            from ..storage.sqlite import maintenance
+
             if maintenance.lost_marker(self.store):
                 raise maintenance.lost_marker_error(self.store)
             raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
     def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
+        from ..storage.stores import open_store
+        from .output import progress
+
         if not create:
             self.require_store()
         # An upgraded store derives its words from the bodies once, at open.
@@ -75,6 +127,8 @@ class App:
 
     def objects(self) -> ObjectStore:
         """Only the object directory of the selected store (the index is not opened)."""
+        from ..storage.objects import ObjectStore
+
         self.require_store()
         store = ObjectStore(self.store, durability=self.durability, create=False)
         return click.get_current_context().with_resource(store)
@@ -85,6 +139,8 @@ def one_line(text: str) -> str:
 
 
 def fail(code: int, message: str) -> NoReturn:
+    from .output import visible
+
     click.echo(f"error: {visible(one_line(message))}", err=True)
     sys.exit(code)
 
@@ -103,7 +159,45 @@ def describe(exc: Exception) -> tuple[int, str]:
 
 
 class KontextualGroup(click.Group):
-    """A click group whose failures are one line on stderr and a documented exit code."""
+    """A click group whose failures are one line on stderr and a documented exit code.
+
+    ``lazy_commands`` maps a command name to the module of ``COMMANDS_PACKAGE``
+    that registers it and its short help: the module is imported when the
+    command is first looked up, not before.
+    """
+
+    def __init__(
+        self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: Mapping[str, tuple[str, str]] = lazy_commands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, _ = self.lazy_commands[cmd_name]
+            importlib.import_module(f"{COMMANDS_PACKAGE}.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, from the table: no command module is imported."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            command = self.commands.get(name)
+            if command is None:
+                # Shortened the way click shortens a command's own help.
+                short = click.Command(name, help=self.lazy_commands[name][1])
+                rows.append((name, short.get_short_help_str(limit)))
+            elif not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(
         self,
@@ -184,6 +278,7 @@ def quiet_option(function: F) -> F:
 @click.group(
     "kontextual",
     cls=KontextualGroup,
+    lazy_commands=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=examples(
         "kontextual init",
@@ -210,7 +305,7 @@ def quiet_option(function: F) -> F:
     "batch fsyncs once per transaction, none never.",
 )
 @click.option("--debug", is_flag=True, help="Show a traceback when a command fails.")
-@click.version_option(package_name="kontextual-engine", prog_name="kontextual")
+@click.version_option(__version__, prog_name="kontextual")
 @click.pass_context
 def cli(ctx: click.Context, store: str, durability: str, debug: bool) -> None:
     """kontextual: a local-first, durable store for knowledge artifacts.
@@ -219,4 +314,6 @@ def cli(ctx: click.Context, store: str, durability: str, debug: bool) -> None:
     abbreviated to a unique prefix of at least 4 hex digits.
     """
     # --debug is read where errors are reported, in KontextualGroup.invoke.
+    from ..storage.stores import store_path
+
     ctx.obj = App(store_path(store), Durability(durability))

@@ -17,12 +17,14 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-
-from pathspec import GitIgnoreSpec
+from typing import TYPE_CHECKING
 
 from ..errors import ValidationError
 from ..models import check_artifact_name, check_name
 from .app import PathNotFound
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 # Files per put_artifacts call, and bytes read ahead of it: bounds memory
 # while keeping the per-call overhead of the bulk API small.
@@ -133,29 +135,35 @@ class Selection:
     and not the exclude patterns, and no folder on its way is skipped: a
     dot-directory, the store, or one the exclude patterns match (as git
     does, a file in an excluded folder cannot be taken back by negation).
+    ``skip_files`` are never taken, whatever the patterns say. ``None`` is no
+    patterns at all.
     """
 
     def __init__(
         self,
         include: GitIgnoreSpec | None,
-        exclude: GitIgnoreSpec,
+        exclude: GitIgnoreSpec | None,
         skip_dirs: frozenset[str] = frozenset(),
+        skip_files: frozenset[str] = frozenset(),
     ) -> None:
         self._include = include
         self._exclude = exclude
         self._skip_dirs = skip_dirs
+        self._skip_files = skip_files
 
     def takes_dir(self, relative: str) -> bool:
         return (
             not relative.rpartition("/")[2].startswith(".")
             and relative not in self._skip_dirs
-            and not self._exclude.match_file(relative + "/")
+            and not (self._exclude is not None and self._exclude.match_file(relative + "/"))
         )
 
     def takes_file(self, relative: str) -> bool:
         """Whether the patterns take this file (its folders are not looked at)."""
+        if relative in self._skip_files:
+            return False
         included = self._include is None or self._include.match_file(relative)
-        return included and not self._exclude.match_file(relative)
+        return included and not (self._exclude is not None and self._exclude.match_file(relative))
 
     def takes(self, relative: str) -> bool:
         """Whether a file at this path would be taken, its folders included."""
@@ -164,7 +172,12 @@ class Selection:
         return all(self.takes_dir(folder) for folder in folders) and self.takes_file(relative)
 
 
-def _compile(lines: Sequence[str], where: str) -> GitIgnoreSpec:
+def _compile(lines: Sequence[str], where: str) -> GitIgnoreSpec | None:
+    """The patterns of ``lines``; ``None`` for none (and ``pathspec`` is not imported)."""
+    if not lines:
+        return None
+    from pathspec import GitIgnoreSpec
+
     try:
         return GitIgnoreSpec.from_lines(lines)
     except ValueError as exc:
@@ -184,18 +197,19 @@ def _ignore_lines(folder: Path) -> list[str]:
 
 def selection(given: Path, patterns: Patterns, *, store: str) -> Selection:
     """The selection of an input: of a folder, with its ignore file and without the store."""
-    include = _compile(patterns.include, "--include") if patterns.include else None
+    include = _compile(patterns.include, "--include")
     exclude = _compile(patterns.exclude, "--exclude")
     if not given.is_dir():
         return Selection(include, exclude)
     ignored = _compile(_ignore_lines(given), str(given / IGNORE_FILE))
+    if ignored is not None:
+        exclude = ignored if exclude is None else ignored + exclude
     skip_dirs: frozenset[str] = frozenset()
     real = os.path.realpath(given)
     if store.startswith(real + os.sep):
         skip_dirs = frozenset({Path(os.path.relpath(store, real)).as_posix()})
-    # The ignore file's own pattern comes last, so no negation stores it.
-    own = _compile(["/" + IGNORE_FILE], IGNORE_FILE)
-    return Selection(include, ignored + exclude + own, skip_dirs)
+    # The folder's own ignore file is never stored, whatever the patterns say.
+    return Selection(include, exclude, skip_dirs, frozenset({IGNORE_FILE}))
 
 
 def guess_types(name: str) -> tuple[str, str]:

@@ -37,6 +37,10 @@ def parse_value(text: str) -> Any:
         ) from None
 
 
+# The help of every option whose values go through :func:`parse_pairs`.
+META_HELP = "VALUE is JSON if it parses (n=1, ok=true, s='\"1\"'), else a string. Repeatable."
+
+
 def parse_pairs(values: Iterable[str], option: str) -> dict[str, Any]:
     """``KEY=VALUE`` items as a dict, each value through :func:`parse_value`."""
     result: dict[str, Any] = {}

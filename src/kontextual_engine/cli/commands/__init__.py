@@ -1,5 +1,5 @@
-"""The commands, one module per area; importing them registers them on ``cli``."""
+"""The commands, one module per area; importing one registers its commands on ``cli``.
 
-from . import artifacts, changes, collections, plumbing, runs, store
-
-__all__ = ["artifacts", "changes", "collections", "plumbing", "runs", "store"]
+The root group imports a module when one of its commands is first looked up
+(:data:`kontextual_engine.cli.app.COMMANDS` says which module that is).
+"""

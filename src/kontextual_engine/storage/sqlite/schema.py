@@ -7,6 +7,10 @@ own ``BEGIN IMMEDIATE`` transaction, so sqlite-utils' ``atomic()`` nests each
 migration in a SAVEPOINT instead of opening a deferred ``BEGIN`` (which fails
 at once, busy timeout or not, when another process writes).
 
+Which migrations are applied and which are pending is read with plain
+``sqlite3`` from sqlite-utils' table; sqlite-utils itself (slow to import) is
+imported only by :func:`migrations`, when there is one to apply.
+
 Layout decisions:
 
 * ``collections``, ``artifacts`` and ``relationships`` use the sequence number
@@ -49,28 +53,36 @@ packages and external references:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import Any
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Any
 
 from ...errors import StoreFormatError
 from ...models import canonical_json
 
-MIGRATION_SET = "kontextual"
-MIGRATIONS_TABLE = Migrations.migrations_table
-_Step = Callable[[Database], None]
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
 
-MIGRATIONS = Migrations(MIGRATION_SET)
+MIGRATION_SET = "kontextual"
+# sqlite-utils' ``Migrations.migrations_table``: one row per applied migration.
+MIGRATIONS_TABLE = "_sqlite_migrations"
+_Step = Callable[["Database"], None]
+
+# The migrations in order: name and step.
+_STEPS: list[tuple[str, _Step]] = []
 KNOWN: list[str] = []
 
 
 def _migration(name: str) -> Callable[[_Step], _Step]:
-    KNOWN.append(name)
-    return MIGRATIONS(name=name)
+    def register(step: _Step) -> _Step:
+        KNOWN.append(name)
+        _STEPS.append((name, step))
+        return step
+
+    return register
 
 
 _CORE = (
@@ -476,8 +488,34 @@ def metadata_cell(value: Any) -> tuple[str, Any]:
     return ("array" if isinstance(value, list) else "object"), canonical_json(value)
 
 
+@functools.cache
+def migrations() -> Migrations:
+    """The sqlite-utils migration set that applies :data:`KNOWN` in order."""
+    from sqlite_utils.migrations import Migrations
+
+    migration_set = Migrations(MIGRATION_SET)
+    for name, step in _STEPS:
+        migration_set(name=name)(step)
+    return migration_set
+
+
 def _database(conn: sqlite3.Connection) -> Database:
+    from sqlite_utils import Database
+
     return Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the applied migrations, in the order they were applied."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+    ).fetchone():
+        return []
+    rows = conn.execute(
+        f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY rowid",
+        (MIGRATION_SET,),
+    )
+    return [name for (name,) in rows]
 
 
 def pending(conn: sqlite3.Connection, where: str) -> list[str]:
@@ -485,14 +523,13 @@ def pending(conn: sqlite3.Connection, where: str) -> list[str]:
 
     ``where`` names the index file in error messages.
     """
-    db = _database(conn)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and MIGRATIONS_TABLE not in tables:
         raise StoreFormatError(
             f"{where} is a SQLite database but not a kontextual index "
             f"(it has no {MIGRATIONS_TABLE} table)"
         )
-    applied = [migration.name for migration in MIGRATIONS.applied(db)]
+    applied = applied_migrations(conn)
     unknown = [name for name in applied if name not in KNOWN]
     if unknown:
         raise StoreFormatError(
@@ -506,4 +543,4 @@ def pending(conn: sqlite3.Connection, where: str) -> list[str]:
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply pending migrations. Call inside an open ``BEGIN IMMEDIATE`` transaction."""
     assert conn.in_transaction, "migrate() needs the caller's BEGIN IMMEDIATE"
-    MIGRATIONS.apply(_database(conn))
+    migrations().apply(_database(conn))
