@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from .backends import BACKENDS, Backend
+from .servers import postgres_server
+
+__all__ = ["postgres_server"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,6 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn; every repository it made is closed afterwards."""
-    made = Backend(request.param, tmp_path)
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
+    made = Backend(request.param, tmp_path, server)
     yield made
     made.close_all()
