@@ -12,8 +12,9 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Hashable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ...errors import DamagedStoreError
 from ...models import format_time, parse_time
@@ -42,7 +43,7 @@ def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
 
 
 @functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
+def _hints(cls: Hashable) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -64,7 +65,7 @@ def _read(hint: Any, value: Any) -> Any:
 
 
 def _build(cls: type[R], data: dict[str, Any]) -> R:
-    hints = _hints(cls)
+    hints = _hints(cast(Hashable, cls))
     return cls(**{name: _read(hints[name], value) for name, value in data.items()})
 
 
