@@ -66,23 +66,24 @@ class Connection:
 
     def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
         self.dsn = dsn
+        # One connection first: it migrates, and an unreachable server fails
+        # here at once with libpq's reason instead of after the pool's timeout.
         try:
-            self.pool: ConnectionPool[Any] = ConnectionPool(
-                dsn,
-                min_size=1,
-                max_size=pool_size,
-                kwargs={"autocommit": True},
-                open=True,
-                timeout=30.0,
-            )
-            self.pool.wait(timeout=30.0)
-        except Exception as exc:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                schema.migrate(conn)
+        except psycopg.OperationalError as exc:
             raise StoreNotFound(
                 _shown(dsn), f"cannot connect to the PostgreSQL index: {exc}"
             ) from exc
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=True,
+            timeout=30.0,
+        )
         self._local = threading.local()
-        with self.pool.connection() as conn:
-            schema.migrate(conn)
 
     def close(self) -> None:
         self.pool.close()
