@@ -11,6 +11,9 @@ from .backends import BACKENDS, Backend
 from .s3server import ENABLE as S3_ENABLE
 from .s3server import SeaweedServer, ServerUnavailable
 from .s3server import required as s3_required
+from .servers import postgres_server
+
+__all__ = ["postgres_server"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,18 +32,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn; every repository it made is closed afterwards."""
-    made = Backend(request.param, tmp_path)
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
+    made = Backend(request.param, tmp_path, server)
     yield made
     made.close_all()
 
 
 @pytest.fixture
-def backends(tmp_path: Path) -> Iterator[Callable[[str], Backend]]:
+def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Backend]]:
     """Backends of any kind, each in its own directory; all closed afterwards."""
     made: list[Backend] = []
 
     def make(kind: str) -> Backend:
-        made.append(Backend(kind, tmp_path / f"{kind}-{len(made)}"))
+        server = request.getfixturevalue("postgres_server") if kind == "postgres" else None
+        made.append(Backend(kind, tmp_path / f"{kind}-{len(made)}", server))
         made[-1].root.mkdir()
         return made[-1]
 

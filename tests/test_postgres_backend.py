@@ -1,0 +1,180 @@
+"""PostgreSQL-specific behaviour of ``PostgresIndex``; the contract suite covers the rest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kontextual_engine.errors import IntegrityError, StoreFormatError, StoreNotFound
+from kontextual_engine.models import Query
+from kontextual_engine.storage import KnowledgeRepository
+from kontextual_engine.storage.bodies import MemoryBodyStore
+
+from .servers import PostgresServer
+
+psycopg = pytest.importorskip("psycopg")
+
+from kontextual_engine.storage.postgres import PostgresIndex, schema  # noqa: E402
+from kontextual_engine.storage.postgres.index import LEXEME_CHARS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What a schema is made of, read from the catalog (migration times left out).
+_CATALOG = (
+    "SELECT table_name, column_name, ordinal_position, data_type, is_nullable, "
+    "column_default, is_generated, generation_expression FROM information_schema.columns "
+    "WHERE table_schema = 'public' ORDER BY 1, 3",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+    "ORDER BY 1, 2",
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+    "SELECT version FROM schema_migrations ORDER BY 1",
+    "SELECT * FROM sequence_counter",
+)
+
+
+def _catalog(dsn: str) -> list[list[tuple[Any, ...]]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [conn.execute(sql).fetchall() for sql in _CATALOG]
+
+
+def _repo(dsn: str) -> KnowledgeRepository:
+    return KnowledgeRepository(PostgresIndex(dsn), MemoryBodyStore())
+
+
+def test_a_fresh_schema_equals_one_migrated_step_by_step(postgres_server: PostgresServer) -> None:
+    fresh = postgres_server.new_database(migrated=False)
+    stepped = postgres_server.new_database(migrated=False)
+    with psycopg.connect(fresh, autocommit=True) as conn:
+        assert schema.migrate(conn) == schema.SCHEMA_VERSION
+    for version in range(1, schema.SCHEMA_VERSION + 1):
+        with psycopg.connect(stepped, autocommit=True) as conn:
+            assert schema.migrate(conn, version) == version
+    assert _catalog(fresh) == _catalog(stepped)
+    assert _catalog(fresh)[3] == [(v,) for v in range(1, schema.SCHEMA_VERSION + 1)]
+    # Opening an up-to-date database applies nothing.
+    PostgresIndex(stepped).close()
+    assert _catalog(fresh) == _catalog(stepped)
+
+
+def test_a_newer_schema_is_refused_by_name(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.new_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (99,))
+    with pytest.raises(StoreFormatError, match="schema version 99"):
+        PostgresIndex(dsn)
+
+
+def test_an_unreachable_server_is_a_typed_error_without_the_password(tmp_path: Path) -> None:
+    dsn = f"host={tmp_path} port=5432 dbname=nothing user=nobody password=s3cret connect_timeout=2"
+    with pytest.raises(StoreNotFound, match="cannot connect") as caught:
+        PostgresIndex(dsn, pool_size=1)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_rolled_back_transaction_gives_its_sequences_back(
+    postgres_server: PostgresServer,
+) -> None:
+    repo = _repo(postgres_server.new_database())
+    try:
+        collection = repo.create_collection("notes")
+        with pytest.raises(RuntimeError), repo.transaction():
+            repo.create_artifact(collection.id, "a", b"one", artifact_type="note")
+            repo.create_artifact(collection.id, "b", b"two", artifact_type="note")
+            raise RuntimeError("undo")
+        assert repo.last_sequence() == 1
+        created = repo.create_artifact(collection.id, "c", b"three", artifact_type="note")
+        assert created.sequence == 2
+        assert [c.sequence for c in repo.list_changes()] == [1, 2]
+    finally:
+        repo.close()
+
+
+def test_a_duplicate_created_in_bulk_is_an_integrity_error(
+    postgres_server: PostgresServer,
+) -> None:
+    index = PostgresIndex(postgres_server.new_database())
+    repo = KnowledgeRepository(index, MemoryBodyStore())
+    try:
+        collection = repo.create_collection("notes")
+        first = repo.create_artifact(collection.id, "a", b"one", artifact_type="note")
+        revision = repo.list_revisions(first.id)[0]
+        with pytest.raises(IntegrityError, match="artifacts"), index.transaction(), index.bulk():
+            index.insert_artifact(first, revision, "one")
+        assert repo.last_sequence() == 2
+    finally:
+        repo.close()
+
+
+def test_words_longer_than_a_lexeme_are_found_exactly(postgres_server: PostgresServer) -> None:
+    repo = _repo(postgres_server.new_database())
+    try:
+        collection = repo.create_collection("notes")
+        long_word = "x" * (LEXEME_CHARS + 50)
+        other = "x" * (LEXEME_CHARS + 10)
+        hit = repo.create_artifact(collection.id, "long", long_word.encode(), artifact_type="n")
+        repo.create_artifact(collection.id, "other", other.encode(), artifact_type="n")
+        assert [a.id for a in repo.query(Query(text=long_word))] == [hit.id]
+        assert len(repo.query(Query(text="x" * (LEXEME_CHARS + 5) + "*"))) == 2
+        assert [a.id for a in repo.query(Query(text="x" * (LEXEME_CHARS + 20) + "*"))] == [hit.id]
+    finally:
+        repo.close()
+
+
+def test_four_processes_writing_at_once_leave_a_gap_free_feed(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = postgres_server.new_database()
+    repo = _repo(dsn)
+    writers, count = 4, 250
+    try:
+        collection = repo.create_collection("shared")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "tests" / "postgres_worker.py"),
+                    dsn,
+                    collection.id,
+                    str(worker),
+                    str(count),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for worker in range(writers)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            results = [proc.communicate(timeout=300) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for proc, (out, err) in zip(procs, results, strict=True):
+            assert proc.returncode == 0, err
+            assert out.strip() == str(count)
+        total = writers * count
+        artifacts = repo.query(Query(collection_id=collection.id))
+        assert sorted(a.name for a in artifacts) == sorted(
+            f"w{w}-{n}" for w in range(writers) for n in range(count)
+        )
+        changes = repo.list_changes()
+        assert [c.sequence for c in changes] == list(range(1, total + 2))
+        assert sorted(a.sequence for a in artifacts) == list(range(2, total + 2))
+        assert repo.last_sequence() == total + 1
+    finally:
+        repo.close()
