@@ -11,6 +11,7 @@ exports go there).
 
 from __future__ import annotations
 
+import ctypes  # noqa: F401 (storage/durable.py loads syncfs through it on first use)
 import json
 import os
 import sys
