@@ -55,7 +55,7 @@ from ..errors import (
     RemoteStoreUnreachableError,
     ValidationError,
 )
-from .objects.reader import VERIFY_IN_MEMORY, check_bytes, mismatch
+from .objects.reader import VERIFY_IN_MEMORY, ReadCheck, check_bytes, mismatch
 from .objects.store import byte_view
 
 if TYPE_CHECKING:
@@ -567,11 +567,7 @@ class _StreamReader(io.RawIOBase):
         self._store = store
         self._key = key
         self._body = body
-        self._expected = expected
-        self._hasher = new_hasher()
-        self._count = 0
-        self._error: CorruptObjectError | None = None
-        self._checked = False
+        self._check = None if expected is None else ReadCheck(*expected, "object")
 
     def readable(self) -> bool:
         return True
@@ -584,31 +580,12 @@ class _StreamReader(io.RawIOBase):
             count = len(chunk)
             view[:count] = chunk
         if count:
-            if self._expected is not None:
-                self._hasher.update(chunk)
-            self._count += count
+            if self._check is not None:
+                self._check.update(chunk)
             return count
-        self._check()
+        if self._check is not None:
+            self._check.finish()
         return 0
-
-    def _check(self) -> None:
-        if self._expected is None:
-            return
-        if self._error is not None:
-            raise self._error
-        if self._checked:
-            return
-        self._checked = True
-        digest, size = self._expected
-        actual = finish(self._hasher)
-        if actual != digest:
-            self._error = CorruptObjectError(digest, mismatch(actual, self._count))
-        elif self._count != size:
-            self._error = CorruptObjectError(
-                digest, f"read {self._count} bytes but the object had {size} when verified"
-            )
-        if self._error is not None:
-            raise self._error
 
     def close(self) -> None:
         if not self.closed:

@@ -54,18 +54,51 @@ def open_verified(fd: int, digest: Digest, size: int) -> BinaryIO:
     return io.BufferedReader(VerifyingReader(fd, digest, count), CHUNK_SIZE)
 
 
+class ReadCheck:
+    """What a verified read passes on, hashed and counted, and checked once at
+    its end against the digest and the size the body had when it was opened
+    (``kind`` names the body in the message: "file", "object")."""
+
+    def __init__(self, digest: Digest, size: int, kind: str) -> None:
+        self.digest = digest
+        self.size = size
+        self.kind = kind
+        self._hasher = new_hasher()
+        self.count = 0
+        self._error: CorruptObjectError | None = None
+        self._checked = False
+
+    def update(self, data: memoryview | bytes) -> None:
+        self._hasher.update(data)
+        self.count += len(data)
+
+    def finish(self) -> None:
+        """Raise :class:`CorruptObjectError` if what passed was not the body; again
+        on every later call."""
+        if self._error is not None:
+            raise self._error
+        if self._checked:
+            return
+        self._checked = True
+        actual = finish(self._hasher)
+        if actual != self.digest:
+            self._error = CorruptObjectError(self.digest, mismatch(actual, self.count))
+        elif self.count != self.size:
+            self._error = CorruptObjectError(
+                self.digest,
+                f"read {self.count} bytes but the {self.kind} had {self.size} when opened",
+            )
+        if self._error is not None:
+            raise self._error
+
+
 class VerifyingReader(io.RawIOBase):
     """A raw reader that hashes what passes through and checks it at end of file."""
 
     def __init__(self, fd: int, digest: Digest, size: int) -> None:
         super().__init__()
         self._file = io.FileIO(fd, "rb")
-        self._digest = digest
-        self._size = size
-        self._hasher = new_hasher()
-        self._count = 0
-        self._error: CorruptObjectError | None = None
-        self._checked = False
+        self._check = ReadCheck(digest, size, "file")
 
     def readable(self) -> bool:
         return True
@@ -77,28 +110,10 @@ class VerifyingReader(io.RawIOBase):
         count = self._file.readinto(buffer) or 0
         if count:
             with memoryview(buffer) as view:
-                self._hasher.update(view[:count])
-            self._count += count
+                self._check.update(view[:count])
             return count
-        self._check()
+        self._check.finish()
         return 0
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._checked:
-            return
-        self._checked = True
-        actual = finish(self._hasher)
-        if actual != self._digest:
-            self._error = CorruptObjectError(self._digest, mismatch(actual, self._count))
-        elif self._count != self._size:
-            self._error = CorruptObjectError(
-                self._digest,
-                f"read {self._count} bytes but the file had {self._size} when opened",
-            )
-        if self._error is not None:
-            raise self._error
 
     def close(self) -> None:
         if not self.closed:
