@@ -408,3 +408,4 @@ def test_history_outlives_its_collection(repo: KnowledgeRepository) -> None:
     (history,) = repo.history_of_name(gone, "a")
     assert history.deleted
     assert names(repo.list_artifacts(gone, as_of=point)) == ["a"]
+

@@ -84,7 +84,7 @@ from . import text
 from .backend import IndexBackend
 from .bodies import BodyStore
 from .context import ContextRules
-from .history import AsOf, ChangeSetFields, HistoryRules, check_change_set_fields
+from .history import AsOf, ChangeSetFields, HistoryRules, OpenChangeSet, check_change_set_fields
 from .ids import Clock, IdSource, MonotonicIds, system_clock
 from .queries import DIRECTIONS, check_id, normalize_query, ranked
 from .restore import RestoreRules
@@ -151,10 +151,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         self._ids = ids or MonotonicIds()
         # The change set of the open outermost transaction: what the writer
         # said of it, and its record once its first change is written.
-        self._change_set_fields = ChangeSetFields()
-        self._change_set: ChangeSet | None = None
-        self._change_set_time: datetime | None = None
-        self._in_change_set = False
+        self._open_change_set: OpenChangeSet | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -203,14 +200,12 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 yield
                 return
             self._check_backdate(fields)
-            self._change_set_fields, self._change_set = fields, None
-            self._change_set_time, self._in_change_set = fields.at, True
+            self._open_change_set = OpenChangeSet(fields, time=fields.at)
             try:
                 with self.bodies.batch():
                     yield
             finally:
-                self._change_set_fields, self._change_set = ChangeSetFields(), None
-                self._change_set_time, self._in_change_set = None, False
+                self._open_change_set = None
 
     def _check_backdate(self, fields: ChangeSetFields) -> None:
         if fields.at is None or fields.backdate:
@@ -235,12 +230,12 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
     def _now(self) -> datetime:
         """The time of the open change set (the ``at`` given, or the clock's at its
         first use), so every record of a change set carries one time."""
-        if self._change_set_time is not None:
-            return self._change_set_time
-        now = utc(self._clock())
-        if self._in_change_set:
-            self._change_set_time = now
-        return now
+        open_set = self._open_change_set
+        if open_set is None:
+            return utc(self._clock())
+        if open_set.time is None:
+            open_set.time = utc(self._clock())
+        return open_set.time
 
     # -- collections -------------------------------------------------------
 
@@ -696,10 +691,15 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         ]
 
     def _snippet(self, query: text.TextQuery, artifact: Artifact) -> Snippet | None:
-        if artifact.size > text.MAX_TEXT_BYTES:
-            return None
-        body = text.text_of(self._load_body(artifact.digest))
+        body = self._text_of(artifact)
         return None if isinstance(body, text.NotSearchable) else text.snippet(query, body)
+
+    def _text_of(self, artifact: Artifact) -> str | text.NotSearchable:
+        """The text of an artifact's body, read only when it is small enough to be
+        searchable; or why it has none."""
+        if artifact.size > text.MAX_TEXT_BYTES:
+            return text.NotSearchable.TOO_LARGE
+        return text.text_of(self._load_body(artifact.digest))
 
     def _substring_search(self, query: Query) -> list[Artifact]:
         """Every candidate's body read and checked: linear in the store's size."""
@@ -712,9 +712,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         while True:
             candidates = self.index.query(page)
             for artifact in candidates:
-                if artifact.size <= text.MAX_TEXT_BYTES and text.substrings_match(
-                    terms, self._load_body(artifact.digest)
-                ):
+                if text.substrings_match(terms, self._text_of(artifact)):
                     found.append(artifact)
                     if len(found) == query.limit:
                         return found
@@ -752,12 +750,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             with self.transaction():
                 batch = self.index.pending_text(REBUILD_BATCH)
                 for artifact in batch:
-                    body = (
-                        text.NotSearchable.TOO_LARGE
-                        if artifact.size > text.MAX_TEXT_BYTES
-                        else text.text_of(self._load_body(artifact.digest))
-                    )
-                    self.index.set_text(artifact, body)
+                    self.index.set_text(artifact, self._text_of(artifact))
             if not batch:
                 return done
             done += len(batch)
@@ -905,9 +898,11 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         new_digest: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> ChangeRecord:
-        change_set = self._change_set
+        open_set = self._open_change_set
+        assert open_set is not None, "change records are written inside transaction()"
+        change_set = open_set.record
         if change_set is None:  # the first change of this transaction
-            fields = self._change_set_fields
+            fields = open_set.fields
             change_set = ChangeSet(
                 id=f"cs_{sequence}",
                 sequence=sequence,
@@ -916,7 +911,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 message=fields.message,
             )
             self.index.insert_change_set(change_set)
-            self._change_set = change_set
+            open_set.record = change_set
         change = ChangeRecord(
             sequence=sequence,
             entity_kind=kind.value,

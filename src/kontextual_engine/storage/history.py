@@ -29,7 +29,7 @@ from ..models import (
 )
 from . import text
 from .backend import IndexBackend
-from .queries import check_id, metadata_value_matches
+from .queries import artifact_filter, check_id, related_ids, relationships_matching
 
 # The times a change set may carry: stored timestamps are fixed-width text
 # (four-digit years), which keeps their text order their time order.
@@ -72,6 +72,17 @@ class ChangeSetFields:
         return self != ChangeSetFields()
 
 
+@dataclasses.dataclass(slots=True)
+class OpenChangeSet:
+    """The change set of the open outermost transaction: what the writer said of
+    it, its one time (``at``, or the clock at its first use), and its record
+    once its first change is written."""
+
+    fields: ChangeSetFields
+    time: datetime | None = None
+    record: ChangeSet | None = None
+
+
 def check_change_set_fields(
     actor: object, message: object, at: object, backdate: object
 ) -> ChangeSetFields:
@@ -102,7 +113,7 @@ class HistoryRules:
     # -- provided by KnowledgeRepository, of which this class is a part ------
 
     index: IndexBackend
-    _load_body: Callable[[str], bytes]
+    _text_of: Callable[[Artifact], str | text.NotSearchable]
 
     def list_change_sets(self, *, after: int = 0, limit: int | None = None) -> list[ChangeSet]:
         """Change sets whose first change comes after sequence ``after``, oldest first."""
@@ -201,39 +212,12 @@ class HistoryRules:
         found = self.index.artifacts_as_of(sequence, query.collection_id, query.name)
         related = None
         if query.related_to is not None:
-            target = query.related_to
-            related = set()
-            for relationship in _relationships_of(
-                self.index.relationships_as_of(sequence),
-                target.artifact_id,
-                target.direction,
-                target.relationship_type,
-            ):
-                if relationship.source_id == target.artifact_id and target.direction != "incoming":
-                    related.add(relationship.target_id)
-                if relationship.target_id == target.artifact_id and target.direction != "outgoing":
-                    related.add(relationship.source_id)
-        digest = query.digest
-        if digest is not None:
-            from ..digests import parse_digest
-
-            digest = parse_digest(digest)
+            related = related_ids(self.index.relationships_as_of(sequence), query.related_to)
+        matches = artifact_filter(query, related)
         return [
             artifact
             for artifact in found
-            if (query.ids is None or artifact.id in query.ids)
-            and (digest is None or artifact.digest == digest)
-            and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
-            and (related is None or artifact.id in related)
-            and (
-                query.metadata is None
-                or all(
-                    key in artifact.metadata
-                    and metadata_value_matches(artifact.metadata[key], value)
-                    for key, value in query.metadata.items()
-                )
-            )
-            and (query.after is None or artifact.sequence > query.after)
+            if matches(artifact) and (query.after is None or artifact.sequence > query.after)
         ]
 
     def _search_as_of(self, query: Query, sequence: int) -> list[tuple[Artifact, float | None]]:
@@ -248,18 +232,13 @@ class HistoryRules:
         elif query.substring:
             terms = text.parse_substrings(query.text)
             scored = [
-                (a, None)
-                for a in candidates
-                if a.size <= text.MAX_TEXT_BYTES
-                and text.substrings_match(terms, self._load_body(a.digest))
+                (a, None) for a in candidates if text.substrings_match(terms, self._text_of(a))
             ]
         else:
             parsed = text.parse_query(query.text)
             documents = {}
             for artifact in self.index.artifacts_as_of(sequence, None, None):
-                if artifact.size > text.MAX_TEXT_BYTES:
-                    continue
-                body = text.text_of(self._load_body(artifact.digest))
+                body = self._text_of(artifact)
                 if isinstance(body, str):
                     documents[artifact.sequence] = text.words(body)
             matching = [
@@ -282,24 +261,6 @@ class HistoryRules:
         direction: str,
         relationship_type: str | None,
     ) -> list[Relationship]:
-        return _relationships_of(
+        return relationships_matching(
             self.index.relationships_as_of(sequence), artifact_id, direction, relationship_type
         )
-
-
-def _relationships_of(
-    relationships: list[Relationship],
-    artifact_id: str | None,
-    direction: str,
-    relationship_type: str | None,
-) -> list[Relationship]:
-    return [
-        r
-        for r in relationships
-        if (relationship_type is None or r.relationship_type == relationship_type)
-        and (
-            artifact_id is None
-            or (direction != "incoming" and r.source_id == artifact_id)
-            or (direction != "outgoing" and r.target_id == artifact_id)
-        )
-    ]

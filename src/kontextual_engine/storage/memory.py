@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .. import digests
 from ..errors import IntegrityError, StoreFormatError
 from ..models import (
     Artifact,
@@ -40,7 +39,7 @@ from .bodies import MemoryBodyStore
 from .contract import KnowledgeRepository
 from .history import artifact_at
 from .ids import Clock, IdSource
-from .queries import metadata_value_matches
+from .queries import artifact_filter, related_ids, relationships_matching
 
 _MISSING = object()
 _Sequenced = TypeVar("_Sequenced")
@@ -205,23 +204,18 @@ class MemoryIndex(IndexBackend):
     def query(self, query: Query) -> list[Artifact]:
         with self._lock:
             live = [self.artifacts[aid] for aid in self.artifact_names.values()]
-            related = self._related_ids(query) if query.related_to is not None else None
+            related = None
+            if query.related_to is not None:
+                related = related_ids(self.relationships.values(), query.related_to)
             words = None
             if query.text is not None:
                 self._refuse_while_waiting()
                 words = text.parse_query(query.text)
-            ids = set(query.ids) if query.ids is not None else None
-            digest = None if query.digest is None else digests.parse_digest(query.digest)
+            matches = artifact_filter(query, related)
             found = [
                 artifact
                 for artifact in live
-                if (ids is None or artifact.id in ids)
-                and (query.collection_id is None or artifact.collection_id == query.collection_id)
-                and (query.name is None or artifact.name == query.name)
-                and (digest is None or artifact.digest == digest)
-                and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
-                and (related is None or artifact.id in related)
-                and (query.metadata is None or _metadata_matches(artifact, query.metadata))
+                if matches(artifact)
                 and (words is None or _text_matches(words, self.words[artifact.id]))
             ]
             found.sort(key=lambda artifact: artifact.sequence)
@@ -291,19 +285,6 @@ class MemoryIndex(IndexBackend):
             self._put(self.text_waiting, artifact_id, None)
         return len(self.text_waiting)
 
-    def _related_ids(self, query: Query) -> set[str]:
-        related = query.related_to
-        assert related is not None
-        found: set[str] = set()
-        for relationship in self.list_relationships(
-            related.artifact_id, related.direction, related.relationship_type
-        ):
-            if relationship.source_id == related.artifact_id and related.direction != "incoming":
-                found.add(relationship.target_id)
-            if relationship.target_id == related.artifact_id and related.direction != "outgoing":
-                found.add(relationship.source_id)
-        return found
-
     def list_revisions(self, artifact_id: str) -> list[ArtifactRevision]:
         with self._lock:
             return list(self.revisions.get(artifact_id, []))
@@ -332,18 +313,9 @@ class MemoryIndex(IndexBackend):
         self, artifact_id: str | None, direction: str, relationship_type: str | None
     ) -> list[Relationship]:
         with self._lock:
-            found = [
-                relationship
-                for relationship in self.relationships.values()
-                if (
-                    relationship_type is None or relationship.relationship_type == relationship_type
-                )
-                and (
-                    artifact_id is None
-                    or (direction != "incoming" and relationship.source_id == artifact_id)
-                    or (direction != "outgoing" and relationship.target_id == artifact_id)
-                )
-            ]
+            found = relationships_matching(
+                self.relationships.values(), artifact_id, direction, relationship_type
+            )
             return sorted(found, key=lambda relationship: relationship.sequence)
 
     def delete_relationship(self, relationship_id: str, sequence: int) -> None:
@@ -581,11 +553,3 @@ def _words_of(searchable: str | text.NotSearchable) -> list[str] | text.NotSearc
 
 def _text_matches(query: text.TextQuery, words: list[str] | text.NotSearchable) -> bool:
     return isinstance(words, list) and query.matches(words)
-
-
-def _metadata_matches(artifact: Artifact, expected: Any) -> bool:
-    actual = artifact.metadata
-    return all(
-        key in actual and metadata_value_matches(actual[key], value)
-        for key, value in expected.items()
-    )

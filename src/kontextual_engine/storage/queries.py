@@ -7,12 +7,21 @@ filters that the reference backend applies and the SQL of the others mirrors.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from .. import digests
 from ..errors import ValidationError
-from ..models import QUERY_ORDERS, Query, RelatedTo, canonical_json, canonical_object
+from ..models import (
+    QUERY_ORDERS,
+    Artifact,
+    Query,
+    RelatedTo,
+    Relationship,
+    canonical_json,
+    canonical_object,
+)
 from . import text
 
 DIRECTIONS = ("outgoing", "incoming", "both")
@@ -92,6 +101,70 @@ def normalize_query(query: Query) -> Query:
 def ranked(query: Query) -> bool:
     """Whether a (normalized) query's results come by relevance."""
     return query.text is not None and not query.substring and query.order != "sequence"
+
+
+def artifact_filter(query: Query, related: set[str] | None) -> Callable[[Artifact], bool]:
+    """The reference test of every filter of ``query`` but text, limit and after,
+    for backends that filter records in Python (``related``: the ids the
+    ``related_to`` filter allows, from :func:`related_ids`)."""
+    ids = None if query.ids is None else set(query.ids)
+    digest = None if query.digest is None else digests.parse_digest(query.digest)
+
+    def matches(artifact: Artifact) -> bool:
+        return (
+            (ids is None or artifact.id in ids)
+            and (query.collection_id is None or artifact.collection_id == query.collection_id)
+            and (query.name is None or artifact.name == query.name)
+            and (digest is None or artifact.digest == digest)
+            and (query.artifact_type is None or artifact.artifact_type == query.artifact_type)
+            and (related is None or artifact.id in related)
+            and (query.metadata is None or metadata_matches(artifact, query.metadata))
+        )
+
+    return matches
+
+
+def relationships_matching(
+    relationships: Iterable[Relationship],
+    artifact_id: str | None,
+    direction: str,
+    relationship_type: str | None,
+) -> list[Relationship]:
+    """The relationships (of ``artifact_id``, seen from it) of that type, in the
+    order given."""
+    return [
+        r
+        for r in relationships
+        if (relationship_type is None or r.relationship_type == relationship_type)
+        and (
+            artifact_id is None
+            or (direction != "incoming" and r.source_id == artifact_id)
+            or (direction != "outgoing" and r.target_id == artifact_id)
+        )
+    ]
+
+
+def related_ids(relationships: Iterable[Relationship], related: RelatedTo) -> set[str]:
+    """The ids at the other end of ``related.artifact_id``'s relationships, as the
+    ``related_to`` filter sees them."""
+    found: set[str] = set()
+    for r in relationships_matching(
+        relationships, related.artifact_id, related.direction, related.relationship_type
+    ):
+        if r.source_id == related.artifact_id and related.direction != "incoming":
+            found.add(r.target_id)
+        if r.target_id == related.artifact_id and related.direction != "outgoing":
+            found.add(r.source_id)
+    return found
+
+
+def metadata_matches(artifact: Artifact, expected: Mapping[str, Any]) -> bool:
+    """Every key of ``expected`` is in the artifact's metadata with an equal value."""
+    actual = artifact.metadata
+    return all(
+        key in actual and metadata_value_matches(actual[key], value)
+        for key, value in expected.items()
+    )
 
 
 def metadata_value_matches(actual: Any, expected: Any) -> bool:

@@ -20,6 +20,7 @@ from ..errors import ConflictError, IntegrityError
 from ..models import Artifact, ArtifactRevision, ChangeAction, ChangeRecord
 from . import text
 from .backend import IndexBackend
+from .history import artifact_at
 
 
 class RestoreRules:
@@ -148,10 +149,11 @@ class RestoreRules:
                     0,
                     partial(self.index.delete_collection, collection.id, deleted_at),
                 )
-        artifacts = {artifact.id: artifact for artifact, _ in records["artifacts"]}
         previous: dict[str, ArtifactRevision] = {}
+        firsts: dict[str, ArtifactRevision] = {}
         for revision in records["revisions"]:
-            state = _artifact_at(artifacts[revision.artifact_id], revision)
+            # By change sequence, so an artifact's first revision comes first.
+            state = artifact_at(firsts.setdefault(revision.artifact_id, revision), revision)
             before = previous.get(revision.artifact_id)
             if before is None:
                 yield (
@@ -233,23 +235,3 @@ class _Rejoined(io.RawIOBase):
         data = self._rest.read(target.nbytes)
         target[: len(data)] = data
         return len(data)
-
-
-def _artifact_at(artifact: Artifact, revision: ArtifactRevision) -> Artifact:
-    """The state of ``artifact`` as of one of its revisions."""
-    return Artifact(
-        id=artifact.id,
-        collection_id=revision.collection_id,
-        name=revision.name,
-        artifact_type=revision.artifact_type,
-        media_type=revision.media_type,
-        digest=revision.digest,
-        size=revision.size,
-        revision=revision.revision,
-        metadata_json=revision.metadata_json,
-        provenance_json=revision.provenance_json,
-        created_at=artifact.created_at,
-        updated_at=revision.created_at,
-        sequence=artifact.sequence,
-        run_id=revision.run_id,
-    )

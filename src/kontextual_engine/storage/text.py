@@ -233,9 +233,8 @@ def parse_substrings(query: object) -> tuple[str, ...]:
     return terms
 
 
-def substrings_match(terms: tuple[str, ...], content: bytes) -> bool:
+def substrings_match(terms: tuple[str, ...], body: str | NotSearchable) -> bool:
     """Whether every term is a substring of the case-folded text of a body."""
-    body = text_of(content)
     if isinstance(body, NotSearchable):
         return False
     folded = body.casefold()

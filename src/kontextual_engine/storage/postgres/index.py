@@ -45,7 +45,7 @@ from ...models import (
 from .. import text
 from ..backend import IndexBackend
 from ..history import artifact_at
-from ..queries import metadata_value_matches
+from ..queries import metadata_matches
 from . import records
 from .connection import Connection
 
@@ -505,7 +505,7 @@ class PostgresIndex(IndexBackend):
             words = row[1] if parsed is not None else None
             if parsed is not None and not parsed.matches(words or []):
                 continue
-            if query.metadata is not None and not _metadata_matches(artifact, query.metadata):
+            if query.metadata is not None and not metadata_matches(artifact, query.metadata):
                 continue
             found.append((artifact, words))
         if not in_sql:
@@ -852,11 +852,3 @@ class PostgresIndex(IndexBackend):
 
 def _maybe_time(value: str | None) -> datetime | None:
     return None if value is None else parse_time(value)
-
-
-def _metadata_matches(artifact: Artifact, expected: Any) -> bool:
-    actual = artifact.metadata
-    return all(
-        key in actual and metadata_value_matches(actual[key], value)
-        for key, value in expected.items()
-    )
