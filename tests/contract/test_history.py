@@ -409,3 +409,35 @@ def test_history_outlives_its_collection(repo: KnowledgeRepository) -> None:
     assert history.deleted
     assert names(repo.list_artifacts(gone, as_of=point)) == ["a"]
 
+
+def test_threads_keep_their_own_change_sets(repo: KnowledgeRepository, collection_id: str) -> None:
+    """Each thread's transaction is its own change set, with its own actor, even
+    where a backend runs transactions of several threads at once."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write(actor: str) -> None:
+        try:
+            for round_ in range(3):
+                with repo.transaction(actor=actor, message=f"round {round_}"):
+                    for n in range(3):
+                        repo.create_artifact(
+                            collection_id, f"{actor}-{round_}-{n}", b"x", artifact_type="note"
+                        )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    sets = [cs for cs in repo.list_change_sets() if cs.actor is not None]
+    assert len(sets) == 12
+    for change_set in sets:
+        records = repo.change_set_changes(change_set.id)
+        names = [r.details["name"] for r in records]
+        assert len(names) == 3 and all(n.startswith(f"{change_set.actor}-") for n in names)
+        assert {n.split("-")[1] for n in names} == {change_set.message.split()[1]}  # type: ignore[union-attr]

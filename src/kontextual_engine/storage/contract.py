@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,7 +152,9 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         self._ids = ids or MonotonicIds()
         # The change set of the open outermost transaction: what the writer
         # said of it, and its record once its first change is written.
-        self._open_change_set: OpenChangeSet | None = None
+        # The change set of each thread's open outermost transaction: a backend
+        # with a connection per thread (PostgreSQL) runs several at once.
+        self._change_sets = threading.local()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -206,6 +209,15 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                     yield
             finally:
                 self._open_change_set = None
+
+    @property
+    def _open_change_set(self) -> OpenChangeSet | None:
+        open_set: OpenChangeSet | None = getattr(self._change_sets, "open", None)
+        return open_set
+
+    @_open_change_set.setter
+    def _open_change_set(self, open_set: OpenChangeSet | None) -> None:
+        self._change_sets.open = open_set
 
     def _check_backdate(self, fields: ChangeSetFields) -> None:
         if fields.at is None or fields.backdate:
