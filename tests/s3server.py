@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,11 +41,27 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
+# Ports are drawn below the kernel's ephemeral range (32768 and up on Linux):
+# a port the kernel hands out as free is also the one it may give the next
+# outgoing connection, and weed's own services connect to each other while
+# the S3 gateway is still starting, so such a port can be taken before weed
+# binds it.
+PORT_RANGE = range(20000, 32000)
+# A start that still loses a port to another process is tried again with new ports.
+START_ATTEMPTS = 4
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that is free now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServerUnavailable(f"no free port found in {PORT_RANGE}")
 
 
 @dataclass
@@ -82,13 +99,26 @@ class SeaweedServer:
         return path
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start weed; a first start that loses a port race is retried with new
+        ports (a restart keeps its S3 port, which clients already hold)."""
         binary = weed_binary()
         if binary is None:
             raise ServerUnavailable(f"`weed` is not installed; run: {ENABLE}")
+        first = not self.s3_port
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if first:
+                self.s3_port = free_port()
+            try:
+                self._start_once(binary, timeout)
+                return
+            except ServerUnavailable:
+                lost_a_port = "address already in use" in self.log_tail(limit=None)
+                if attempt == START_ATTEMPTS or not lost_a_port:
+                    raise
+
+    def _start_once(self, binary: str, timeout: float) -> None:
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
-        if not self.s3_port:
-            self.s3_port = free_port()
         ports = {name: free_port() for name in PORT_FLAGS}
         command = [
             binary,
@@ -107,7 +137,7 @@ class SeaweedServer:
             f"-s3.config={self._config()}",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
-        log = (self.root / "weed.log").open("ab")
+        log = (self.root / "weed.log").open("wb")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
@@ -159,9 +189,10 @@ class SeaweedServer:
             process.kill()
             process.wait()
 
-    def log_tail(self) -> str:
+    def log_tail(self, limit: int | None = 2000) -> str:
         try:
-            return (self.root / "weed.log").read_text(errors="replace")[-2000:]
+            text = (self.root / "weed.log").read_text(errors="replace")
+            return text if limit is None else text[-limit:]
         except OSError:
             return "(no log)"
 
