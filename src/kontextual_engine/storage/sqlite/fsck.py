@@ -3,10 +3,7 @@
 It reads the index directly: it checks the store itself (files, pages,
 foreign keys), which the backend-neutral contract cannot see.
 
-Severity: ``error`` is damage (the store may return wrong or missing data),
-``garbage`` is harmless leftovers that gc removes (unreferenced objects,
-stale tmp files), ``warning`` is worth a look but loses nothing (a writable
-object file, a body that may belong to a lost write).
+The findings and the report are :mod:`..reports`' (severities are explained there).
 """
 
 from __future__ import annotations
@@ -14,95 +11,49 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ...errors import (
     KontextualError,
     ObjectNotFound,
 )
+from ..reports import (
+    DEFAULT_GRACE_SECONDS,
+    GC_COMMAND,
+    GC_NOW_COMMAND,
+    INDEX_DAMAGE,
+    MIN_TMP_GRACE_SECONDS,
+    OBJECT_DAMAGE,
+    Finding,
+    FsckReport,
+    Progress,
+    duration_text,
+)
 from .connection import INDEX_NAME
 from .repository import SQLiteKnowledgeRepository
 
-# git's default (gc.pruneExpire) for the same reason: a writer may have put an
-# object it has not referenced yet. Writers here reference objects inside the
-# write lock that gc also takes, so the grace period is a second line of defence
-# (and protects objects written with `hash-object -w` for later use).
-DEFAULT_GRACE_SECONDS = 14 * 24 * 3600.0
-# A file in tmp/ that is not named after a writer (see ObjectStore.collect_tmp) and
-# is younger than this may belong to a write in progress in another process,
-# whatever grace the caller asked for. Files named after a writer are removed as
-# soon as their writer's process is gone, and never while it lives.
-MIN_TMP_GRACE_SECONDS = 3600.0
-# What frees garbage: plain gc, or gc without grace when some is younger than that.
-GC_COMMAND = "kontextual gc"
-GC_NOW_COMMAND = "kontextual gc --grace 0"
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "GC_COMMAND",
+    "GC_NOW_COMMAND",
+    "INDEX_DAMAGE",
+    "MIN_TMP_GRACE_SECONDS",
+    "OBJECT_DAMAGE",
+    "Finding",
+    "FsckReport",
+    "fsck",
+]
 
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing fsck found. ``bytes`` is the space a garbage finding takes, else 0."""
-
-    severity: str
-    kind: str
-    subject: str
-    detail: str
-    bytes: int = 0
-
-
-@dataclass(frozen=True)
-class FsckReport:
-    """``garbage_bytes`` is what the garbage findings take; ``free_with`` the
-    command that removes all of it (None when there is no garbage)."""
-
-    findings: list[Finding]
-    objects_checked: int
-    revisions_checked: int
-    full: bool
-    garbage_bytes: int = 0
-    free_with: str | None = None
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def garbage(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "garbage"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def advice(self) -> list[str]:
-        """What to do about the errors found, one sentence per kind of damage."""
-        kinds = {finding.kind for finding in self.errors}
-        said = []
-        if kinds & INDEX_DAMAGE:
-            said.append(
-                f"the index ({INDEX_NAME}) is damaged: restore the store from a backup "
-                "(`kontextual backup` makes one, consistent even while the store is open) "
-                "or from a snapshot (`kontextual import`); a store copied with `cp -a` or "
-                "`rsync` while it was open can be torn like this"
-            )
-        if kinds & OBJECT_DAMAGE:
-            said.append(
-                "objects are damaged or missing: a backup or snapshot holds the same bytes "
-                "under the same name (objects/ab/cdef...), so copy those files back, or "
-                "add the same content again"
-            )
-        return said
-
-
-# Error kinds that mean the index itself is damaged, and those that mean objects are.
-INDEX_DAMAGE = frozenset(
-    {"index-integrity", "foreign-key", "sequence-gap", "text-duplicate", "stale-text"}
+INDEX_ADVICE = (
+    f"the index ({INDEX_NAME}) is damaged: restore the store from a backup "
+    "(`kontextual backup` makes one, consistent even while the store is open) "
+    "or from a snapshot (`kontextual import`); a store copied with `cp -a` or "
+    "`rsync` while it was open can be torn like this"
 )
-OBJECT_DAMAGE = frozenset(
-    {"missing-object", "bad-object", "size-mismatch", "corrupt", "not-a-file", "bad-fanout"}
+OBJECT_ADVICE = (
+    "objects are damaged or missing: a backup or snapshot holds the same bytes "
+    "under the same name (objects/ab/cdef...), so copy those files back, or "
+    "add the same content again"
 )
 
 _SCAN_SEVERITY = {
@@ -196,8 +147,8 @@ def fsck(
             else:
                 young = True
                 detail = (
-                    f"no revision references it; written {_duration(age)} ago, so "
-                    f"`{GC_COMMAND}` keeps it for its {_duration(DEFAULT_GRACE_SECONDS)} "
+                    f"no revision references it; written {duration_text(age)} ago, so "
+                    f"`{GC_COMMAND}` keeps it for its {duration_text(DEFAULT_GRACE_SECONDS)} "
                     f"grace period (`{GC_NOW_COMMAND}` removes it now)"
                 )
             findings.append(Finding("garbage", "unreferenced-object", digest, detail, st.st_size))
@@ -208,7 +159,14 @@ def fsck(
     garbage = [f for f in findings if f.severity == "garbage"]
     free_with = None if not garbage else GC_NOW_COMMAND if young else GC_COMMAND
     return FsckReport(
-        findings, len(present), revisions, full, sum(f.bytes for f in garbage), free_with
+        findings,
+        len(present),
+        revisions,
+        full,
+        sum(f.bytes for f in garbage),
+        free_with,
+        index_advice=INDEX_ADVICE,
+        object_advice=OBJECT_ADVICE,
     )
 
 
@@ -251,15 +209,6 @@ def _possibly_lost(digest: str, index_changed: float, size: int) -> Finding:
         "after its grace period",
         size,
     )
-
-
-def _duration(seconds: float) -> str:
-    """A short, rounded-down duration for people: 45 s, 12 min, 5 h, 14 days."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            count = int(seconds // size)
-            return f"{count} {'day' if unit == 'days' and count == 1 else unit}"
-    return f"{max(seconds, 0):.0f} s"
 
 
 def _check_index(repo: SQLiteKnowledgeRepository, full: bool) -> list[Finding]:

@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import (
@@ -23,9 +23,7 @@ from ...errors import (
 from ..durable import sync_filesystem, unlink_quietly
 from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStore
 from ..objects.layout import FAN
-from . import schema
-from .connection import INDEX_NAME
-from .fsck import (
+from ..reports import (
     DEFAULT_GRACE_SECONDS,
     GC_COMMAND,
     GC_NOW_COMMAND,
@@ -34,9 +32,13 @@ from .fsck import (
     OBJECT_DAMAGE,
     Finding,
     FsckReport,
-    _duration,
-    fsck,
+    GcReport,
+    keep_reasons,
+    pins,
 )
+from . import schema
+from .connection import INDEX_NAME
+from .fsck import fsck
 from .repository import SQLiteKnowledgeRepository
 
 __all__ = [
@@ -58,39 +60,6 @@ __all__ = [
     "lost_marker_error",
     "store_stats",
 ]
-
-
-@dataclass(frozen=True)
-class GcReport:
-    """What gc removed (or would), and what it kept and why.
-
-    ``young``/``young_bytes``: unreferenced objects kept only because they are
-    younger than ``grace_seconds``; ``tmp_in_use``: files in ``tmp/`` kept
-    because a live writer holds them (or, not named after a writer, they are
-    younger than the tmp grace).
-    """
-
-    removed: list[tuple[str, int]]
-    kept: dict[str, list[str]] = field(default_factory=dict)
-    bytes_freed: int = 0
-    dry_run: bool = False
-    tmp_removed: int = 0
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
-    young: int = 0
-    young_bytes: int = 0
-    tmp_in_use: int = 0
-
-    def grace_note(self) -> str | None:
-        """Why unreferenced objects stayed, and how to remove them now; None if none did."""
-        if not self.young:
-            return None
-        return (
-            f"kept {self.young} unreferenced object{'' if self.young == 1 else 's'} "
-            f"({self.young_bytes} bytes) younger than the grace period "
-            f"({_duration(self.grace_seconds)}): a write may be about to reference them, "
-            f"or they were stored with `hash-object -w` for later; `{GC_NOW_COMMAND}` "
-            "(or a shorter --grace) removes them now"
-        )
 
 
 def gc(
@@ -159,11 +128,11 @@ def gc(
                 f"objects/ (such as {min(missing)}); the index may be damaged or belong to "
                 "another store; run fsck"
             )
-        pins = _pins(repo) if dry_run else {}
+        pinned = pins(repo) if dry_run else {}
         for digest in present:
             if digest in referenced:
                 if dry_run:
-                    kept[digest] = _reasons(repo, digest) + pins.get(digest, [])
+                    kept[digest] = keep_reasons(repo, digest) + pinned.get(digest, [])
                 continue
             path = store.path(digest)
             try:
@@ -197,32 +166,6 @@ def gc(
         young_bytes,
         len(tmp) - tmp_removed,
     )
-
-
-def _reasons(repo: SQLiteKnowledgeRepository, digest: str) -> list[str]:
-    reasons = [
-        f"revision {r.revision} of artifact {r.artifact_id}"
-        + (f" (produced by run {r.run_id})" if r.run_id else "")
-        for r in repo.index.revisions_with_digest(digest)
-    ]
-    reasons += [
-        f"input of run {b.run_id}" for b in repo.index.bundles_consuming(None, None, digest)
-    ]
-    return reasons
-
-
-def _pins(repo: SQLiteKnowledgeRepository) -> dict[str, list[str]]:
-    """Digests pinned by context packages and external references, read once per gc."""
-    pins: dict[str, list[str]] = {}
-    for package in repo.list_context_packages():
-        for digest in dict.fromkeys(ref.digest for ref in package.references if ref.digest):
-            pins.setdefault(digest, []).append(f"pinned by context package {package.id}")
-    for external in repo.list_external_references():
-        if external.digest is not None:
-            pins.setdefault(external.digest, []).append(
-                f"held by external reference {external.id} ({external.system})"
-            )
-    return pins
 
 
 @dataclass(frozen=True)
