@@ -13,7 +13,7 @@ from typing import BinaryIO, NewType
 
 import blake3
 
-from .errors import ValidationError
+from .errors import AmbiguousPrefixError, ObjectNotFound, ValidationError
 
 ALGORITHM = "blake3"
 PREFIX = "blake3:"
@@ -52,6 +52,21 @@ def parse_prefix(value: object) -> str:
         f"invalid digest prefix {value!r}: expected at least {MIN_PREFIX_HEX} "
         "lowercase hex digits, optionally after 'blake3:'"
     )
+
+
+def one_match(prefix: str, matches: set[str]) -> Digest:
+    """The one digest (as hex) that matched ``prefix``; ObjectNotFound for none,
+    AmbiguousPrefixError naming a few for several."""
+    if not matches:
+        raise ObjectNotFound(prefix, f"no object matches digest prefix {prefix!r}")
+    if len(matches) > 1:
+        shown = ", ".join(PREFIX + hexd for hexd in sorted(matches)[:5])
+        more = "" if len(matches) <= 5 else f" and {len(matches) - 5} more"
+        raise AmbiguousPrefixError(
+            f"digest prefix {prefix!r} is ambiguous: it matches {len(matches)} "
+            f"objects ({shown}{more}); give more digits"
+        )
+    return Digest(PREFIX + matches.pop())
 
 
 def hex_of(digest: Digest) -> str:

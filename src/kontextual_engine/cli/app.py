@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from .. import __version__
-from ..errors import KontextualError, NotFoundError, StoreNotFound
+from ..errors import KontextualError, NotFoundError, StoreNotFound, ValidationError
 from ..storage.durable import FULL_ERRNOS, Durability, storage_full
 from .params import AS_OF_FORMS, parse_as_of
 
 if TYPE_CHECKING:
+    from ..storage.contract import KnowledgeRepository
     from ..storage.objects import ObjectStore
+    from ..storage.s3 import S3BodyStore
+    from ..storage.shared import SharedLocation
     from ..storage.sqlite import SQLiteKnowledgeRepository
 
 DEFAULT_STORE = ".kontextual"
@@ -88,12 +91,27 @@ class PathNotFound(NotFoundError):
 
 @dataclass
 class App:
-    """What the root options selected; commands open the store through it."""
+    """What the root options selected; commands open the store through it.
+
+    ``store`` is a local store's directory; for a shared store (a
+    ``postgresql://`` URL, :mod:`..storage.stores`) ``shared`` holds its parts
+    and ``store`` is unused.
+    """
 
     store: Path
     durability: Durability
+    shared: SharedLocation | None = None
     # Artifacts whose words opening the store derived (an interrupted upgrade).
     words_derived_at_open: int = 0
+
+    @property
+    def where(self) -> str:
+        """The store, for messages: a directory, or the URL without a password."""
+        if self.shared is None:
+            return str(self.store)
+        from ..storage.postgres.connection import shown_dsn
+
+        return f"{shown_dsn(self.shared.dsn)} with bodies in {self.shared.objects}"
 
     def exists(self) -> bool:
         from ..storage.objects.layout import STORE_MARKER
@@ -101,6 +119,8 @@ class App:
         return (self.store / STORE_MARKER).is_file()
 
     def require_store(self) -> None:
+        if self.shared is not None:
+            return  # opening a shared store says whether it holds one
         if not self.exists():
             from ..storage.sqlite import maintenance
 
@@ -108,10 +128,17 @@ class App:
                 raise maintenance.lost_marker_error(self.store)
             raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
-    def repo(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
+    def repo(self, *, create: bool = False) -> KnowledgeRepository:
         """The selected store, closed when the command ends; ``create`` makes a new one."""
-        from ..storage.stores import open_store
         from .output import progress
+
+        repo: KnowledgeRepository
+        if self.shared is not None:
+            from ..storage.shared import SharedKnowledgeRepository
+
+            repo = SharedKnowledgeRepository(self.shared, create=create)
+            return click.get_current_context().with_resource(repo)
+        from ..storage.sqlite import SQLiteKnowledgeRepository
 
         if not create:
             self.require_store()
@@ -122,11 +149,32 @@ class App:
                 self.words_derived_at_open = done
                 bar(done, total)
 
-            repo = open_store(self.store, self.durability, create=create, rebuild_progress=derived)
+            repo = SQLiteKnowledgeRepository.open(
+                self.store, self.durability, create=create, rebuild_progress=derived
+            )
         return click.get_current_context().with_resource(repo)
 
-    def objects(self) -> ObjectStore:
-        """Only the object directory of the selected store (the index is not opened)."""
+    def local_repo(self, command: str, instead: str) -> SQLiteKnowledgeRepository:
+        """The selected store, which ``command`` needs to be local; on a shared
+        store a ValidationError says what to use ``instead``."""
+        from ..storage.sqlite import SQLiteKnowledgeRepository
+
+        if self.shared is not None:
+            raise ValidationError(f"`kontextual {command}` works on a local store; {instead}")
+        repo = self.repo()
+        assert isinstance(repo, SQLiteKnowledgeRepository)
+        return repo
+
+    def objects(self) -> ObjectStore | S3BodyStore:
+        """Only the bodies of the selected store (the index is not opened)."""
+        if self.shared is not None:
+            from ..storage.s3 import S3BodyStore
+
+            bodies = S3BodyStore(
+                self.shared.bucket, self.shared.prefix, endpoint_url=self.shared.endpoint_url
+            )
+            bodies.check()
+            return bodies
         from ..storage.objects import ObjectStore
 
         self.require_store()
@@ -294,7 +342,8 @@ def quiet_option(function: F) -> F:
     default=DEFAULT_STORE,
     show_default=True,
     show_envvar=True,
-    help="The store directory.",
+    help="The store: a directory, or postgresql://HOST/DB?objects=s3://BUCKET/PREFIX "
+    "for a shared one.",
 )
 @click.option(
     "--durability",
@@ -314,6 +363,9 @@ def cli(ctx: click.Context, store: str, durability: str, debug: bool) -> None:
     abbreviated to a unique prefix of at least 4 hex digits.
     """
     # --debug is read where errors are reported, in KontextualGroup.invoke.
-    from ..storage.stores import store_path
+    from ..storage import stores
 
-    ctx.obj = App(store_path(store), Durability(durability))
+    if stores.is_shared(store):
+        ctx.obj = App(Path(), Durability(durability), stores.shared_location(store))
+    else:
+        ctx.obj = App(stores.store_path(store), Durability(durability))

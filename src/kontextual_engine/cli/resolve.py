@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from ..digests import Digest
 from ..errors import ArtifactNotFound, CollectionNotFound, ValidationError
 from ..models import Artifact, ArtifactRevision, ChangeRecord, ChangeSet, Collection
+from ..storage.bodies import BodyStore
 from ..storage.contract import KnowledgeRepository
 from ..storage.history import AsOf
 from ..storage.history import artifact_at as artifact_of_revision
-from ..storage.objects import ObjectStore
 from .params import CHANGE_SET_ID
 
 ARTIFACT_ID_PREFIX = "art_"
@@ -136,7 +136,7 @@ def artifact_id(repo: KnowledgeRepository, ref: str) -> str:
     return ref if is_id(ref) else artifact(repo, ref).id
 
 
-def digest(objects: ObjectStore, prefix: str) -> Digest:
+def digest(objects: BodyStore, prefix: str) -> Digest:
     """The one stored object whose digest starts with ``prefix``."""
     return objects.resolve(prefix)
 

@@ -33,7 +33,17 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
-from ..digests import CHUNK_SIZE, Digest, digest_bytes, finish, new_hasher, parse_digest
+from ..digests import (
+    CHUNK_SIZE,
+    Digest,
+    digest_bytes,
+    finish,
+    hex_of,
+    new_hasher,
+    one_match,
+    parse_digest,
+    parse_prefix,
+)
 from ..errors import ObjectNotFound
 from .objects.reader import check_bytes
 from .objects.store import ObjectStore, byte_view
@@ -72,6 +82,11 @@ class BodyStore(Protocol):
 
     def delete(self, digest: str) -> bool:
         """Remove the body; return whether there was one. For gc only."""
+        ...
+
+    def resolve(self, prefix: str) -> Digest:
+        """The one body whose digest starts with ``prefix`` (4 to 64 hex digits);
+        ObjectNotFound for none, AmbiguousPrefixError for several."""
         ...
 
     def all(self) -> Iterator[Digest]:
@@ -153,6 +168,12 @@ class MemoryBodyStore:
 
     def __contains__(self, digest: object) -> bool:
         return parse_digest(digest) in self._bodies
+
+    def resolve(self, prefix: str) -> Digest:
+        hexp = parse_prefix(prefix)
+        with self._lock:
+            known = [hex_of(digest) for digest in self._bodies]
+        return one_match(prefix, {hexd for hexd in known if hexd.startswith(hexp)})
 
     def delete(self, digest: str) -> bool:
         parsed = parse_digest(digest)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import ValidationError
+
 if TYPE_CHECKING:
     from .contract import KnowledgeRepository
 
@@ -152,6 +154,16 @@ def pins(repo: KnowledgeRepository) -> dict[str, list[str]]:
                 f"held by external reference {external.id} ({external.system})"
             )
     return pins
+
+
+def check_grace(grace_seconds: object) -> None:
+    """A grace period is a number of seconds, at least 0."""
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, (int, float))
+        or not (grace_seconds >= 0)
+    ):
+        raise ValidationError(f"grace_seconds must be a number >= 0, got {grace_seconds!r}")
 
 
 def duration_text(seconds: float) -> str:

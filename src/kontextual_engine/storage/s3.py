@@ -42,10 +42,22 @@ import contextlib
 import io
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-from ..digests import CHUNK_SIZE, Digest, digest_bytes, finish, hex_of, new_hasher, parse_digest
+from ..digests import (
+    CHUNK_SIZE,
+    PREFIX,
+    Digest,
+    digest_bytes,
+    finish,
+    hex_of,
+    new_hasher,
+    one_match,
+    parse_digest,
+    parse_prefix,
+)
 from ..errors import (
     CorruptObjectError,
     DamagedStoreError,
@@ -69,10 +81,24 @@ MIB = 1 << 20
 # S3 refuses parts under 5 MiB (except the last) and a single CopyObject over 5 GiB.
 MIN_PART_SIZE = 5 * MIB
 MAX_COPY_SIZE = 5 << 30
+# Keys per DeleteObjects request: S3's limit.
+DELETE_BATCH = 1000
 _OBJECT_KEY = re.compile(r"([0-9a-f]{2})/([0-9a-f]{62})")
 _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()=+,;@&$ -]+(?:/[A-Za-z0-9!_.*'()=+,;@&$ -]+)*")
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One key of the store as the bucket lists it: a body (``digest`` set) or
+    anything else under the prefix; ``modified`` is the service's time, in
+    seconds since the epoch."""
+
+    key: str
+    digest: Digest | None
+    size: int
+    modified: float
 
 
 class S3BodyStore:
@@ -99,6 +125,9 @@ class S3BodyStore:
         # botocore's "standard" retry mode: this many attempts in all, with
         # backoff, for throttling, 5xx answers and dropped connections.
         max_attempts: int = 3,
+        # Called with a body's digest before it is written under its key, so a
+        # shared store can record that a writer is about to reference it.
+        before_write: Callable[[Digest], None] | None = None,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -123,6 +152,7 @@ class S3BodyStore:
         self.prefix = prefix
         self.part_size = part_size
         self.copy_limit = copy_limit
+        self.before_write = before_write
         self._root = f"{prefix}/" if prefix else ""
         config = Config(
             connect_timeout=connect_timeout,
@@ -148,12 +178,21 @@ class S3BodyStore:
         hexd = hex_of(parse_digest(digest))
         return f"{self._root}objects/{hexd[:2]}/{hexd[2:]}"
 
+    def check(self) -> None:
+        """Raise the typed error of an unreachable service, a bucket that does not
+        exist or credentials that may not use it; return if the bucket answers."""
+        try:
+            self._call("check", self._root or "/", self._client.head_bucket, _missing=True)
+        except _Missing:
+            self._refused("check", self._root or "/", "NoSuchBucket", 404, "")
+
     # -- writing -----------------------------------------------------------------
 
     def add(self, data: bytes) -> Digest:
         """Store ``data``; return its digest. An existing body is not rewritten."""
         view = byte_view(data, "object data")
         digest = digest_bytes(view)  # type: ignore[arg-type]  # blake3 hashes any buffer
+        self._announce(digest)
         key = self.key(digest)
         size = view.nbytes
         if size <= self.part_size:
@@ -171,6 +210,7 @@ class S3BodyStore:
         if not rest:
             hasher.update(first)
             digest = finish(hasher)
+            self._announce(digest)
             self._put(self.key(digest), first)
             return digest, len(first)
         staging = f"{self._root}tmp/{uuid.uuid4().hex}"
@@ -198,6 +238,7 @@ class S3BodyStore:
         try:
             self._multipart(staging, parts(), conditional=False)
             digest = finish(hasher)
+            self._announce(digest)
             key = self.key(digest)
             if not self._present(key, total):
                 self._copy(staging, key, total)
@@ -269,7 +310,24 @@ class S3BodyStore:
         """Every body's digest in digest order (S3 lists keys in byte order, and
         hex sorts the same way). Keys under ``objects/`` that are not a digest's
         are not bodies and are skipped."""
-        start = f"{self._root}objects/"
+        for entry in self.entries():
+            if entry.digest is not None:
+                yield entry.digest
+
+    def resolve(self, prefix: str) -> Digest:
+        """The one body whose digest starts with ``prefix`` (4 to 64 hex digits)."""
+        hexp = parse_prefix(prefix)
+        if len(hexp) == 64:
+            return one_match(prefix, {hexp} if self.exists(PREFIX + hexp) else set())
+        under = f"{hexp[:2]}/{hexp[2:]}"
+        return one_match(prefix, {hex_of(e.digest) for e in self.entries(under) if e.digest})
+
+    def entries(self, under: str = "", *, staging: bool = False) -> Iterator[StoredObject]:
+        """Every key under ``objects/`` (or, with ``staging``, under ``tmp/``, where
+        large streams are assembled) with its size and time, in key order;
+        ``under`` narrows the listing to keys that start with it there."""
+        area = f"{self._root}{'tmp' if staging else 'objects'}/"
+        start = area + under
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=start)
         iterator = iter(pages)
@@ -278,9 +336,32 @@ class S3BodyStore:
             if page is None:
                 return
             for item in page.get("Contents", ()):
-                match = _OBJECT_KEY.fullmatch(item["Key"][len(start) :])
-                if match:
-                    yield Digest(f"blake3:{match.group(1)}{match.group(2)}")
+                match = None if staging else _OBJECT_KEY.fullmatch(item["Key"][len(area) :])
+                digest = Digest(f"blake3:{match.group(1)}{match.group(2)}") if match else None
+                modified = item["LastModified"].timestamp()
+                yield StoredObject(item["Key"], digest, int(item["Size"]), modified)
+
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Remove these keys (bodies or staging objects) in requests of up to
+        1,000, S3's limit. For gc only."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
+            answer = self._call(
+                "delete",
+                batch[0]["Key"],
+                self._client.delete_objects,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            failed = answer.get("Errors", [])
+            if failed:
+                first = failed[0]
+                self._refused(
+                    "delete",
+                    first.get("Key", "?"),
+                    str(first.get("Code", "")),
+                    None,
+                    str(first.get("Message", "")),
+                )
 
     # -- batches: every add is durable when it returns ----------------------------
 
@@ -301,6 +382,10 @@ class S3BodyStore:
         self.close()
 
     # -- requests ----------------------------------------------------------------
+
+    def _announce(self, digest: Digest) -> None:
+        if self.before_write is not None:
+            self.before_write(digest)
 
     def _put(self, key: str, body: bytes | bytearray | memoryview) -> None:
         try:

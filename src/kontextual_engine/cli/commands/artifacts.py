@@ -172,7 +172,7 @@ def find(
             None if collection_name is None else resolve.collection(repo, collection_name).id
         ),
         name=name,
-        digest=None if digest is None else resolve.digest(repo.objects, digest),
+        digest=None if digest is None else resolve.digest(repo.bodies, digest),
         artifact_type=artifact_type,
         metadata=metadata or None,
         text=text,

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import click
 
-from ...errors import ConflictError, KontextualError
+from ...errors import ConflictError, KontextualError, ValidationError
+from ...storage import stores
 from ...storage.objects import STORE_MARKER
-from ...storage.sqlite import maintenance
+from ...storage.sqlite import SQLiteKnowledgeRepository, maintenance
 from ..app import App, PathNotFound, cli, examples, json_option, one_line, quiet_option
 from ..output import echo, jsonable, print_fields, print_json, print_table, progress
 from ..params import parse_duration
+
+if TYPE_CHECKING:
+    from ...snapshot.format import SnapshotSummary
+    from ...storage.contract import KnowledgeRepository
+    from ...storage.shared import SharedKnowledgeRepository
 
 
 class CheckFailed(KontextualError):
@@ -40,6 +48,14 @@ def init(app: App, path: Path | None, adopt: bool) -> None:
     directory holds only a store's files, that index.sqlite is a kontextual
     index, and then writes the marker again.
     """
+    if app.shared is not None:
+        if path is not None or adopt:
+            raise ValidationError(
+                "a shared store is named by --store URL; PATH and --adopt are local"
+            )
+        app.repo(create=True)
+        echo(f"kontextual store ready at {app.where}")
+        return
     if path is not None:
         app.store = path.expanduser()
     existed = app.exists()
@@ -66,13 +82,17 @@ def init(app: App, path: Path | None, adopt: bool) -> None:
 @click.pass_obj
 def stats(app: App, as_json: bool) -> None:
     """Counts of records, objects and bytes in the store."""
-    counts = maintenance.store_stats(app.repo())
+    repo = app.repo()
+    if isinstance(repo, SQLiteKnowledgeRepository):
+        counts = maintenance.store_stats(repo)
+    else:
+        counts = _upkeep().store_stats(_shared(repo))
     if as_json:
         print_json(counts)
         return
     print_fields(
         [
-            ("store", app.store.resolve()),
+            ("store", app.where if app.shared else app.store.resolve()),
             *((name.replace("_", " "), value) for name, value in counts.items()),
         ]
     )
@@ -93,7 +113,10 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
     """
     repo = app.repo()
     with progress("checking", quiet=quiet or as_json) as bar:
-        report = maintenance.fsck(repo, full=full, progress=bar)
+        if isinstance(repo, SQLiteKnowledgeRepository):
+            report = maintenance.fsck(repo, full=full, progress=bar)
+        else:
+            report = _upkeep().fsck(_shared(repo), full=full, progress=bar)
     advice = report.advice()
     if as_json:
         print_json({"ok": report.ok, **jsonable(report), "advice": advice})
@@ -120,7 +143,7 @@ def fsck(app: App, full: bool, as_json: bool, quiet: bool) -> None:
             )
     if not report.ok:
         raise CheckFailed(
-            f"fsck found {len(report.errors)} error(s) in {app.store}"
+            f"fsck found {len(report.errors)} error(s) in {app.where}"
             + "".join(f"; {sentence}" for sentence in advice)
         )
 
@@ -182,7 +205,11 @@ def gc(app: App, dry_run: bool, grace: float, as_json: bool) -> None:
     soon as the process that wrote it is gone, and stays while it lives.
     --dry-run lists every object that stays, and why.
     """
-    report = maintenance.gc(app.repo(), grace_seconds=grace, dry_run=dry_run)
+    repo = app.repo()
+    if isinstance(repo, SQLiteKnowledgeRepository):
+        report = maintenance.gc(repo, grace_seconds=grace, dry_run=dry_run)
+    else:
+        report = _upkeep().gc(_shared(repo), grace_seconds=grace, dry_run=dry_run)
     if as_json:
         print_json(report)
         return
@@ -214,7 +241,12 @@ def backup(app: App, destination: Path, as_json: bool) -> None:
     The copy is consistent even while the store is in use.
     The copy is a store: open it with --store DESTINATION.
     """
-    report = maintenance.backup(app.repo(), destination)
+    repo = app.local_repo(
+        "backup",
+        "back up a shared store with PostgreSQL's own tools (pg_dump, or point-in-time "
+        "recovery) and the bucket's versioning, or write a snapshot with `kontextual export`",
+    )
+    report = maintenance.backup(repo, destination)
     if as_json:
         print_json(report)
         return
@@ -257,24 +289,39 @@ def export(app: App, destination: Path, tar: bool, as_json: bool, quiet: bool) -
 @click.option(
     "--store",
     "target",
-    type=click.Path(path_type=Path),
-    help="The new store to create (default: the selected store).",
+    metavar="STORE",
+    help="The new store to create: a directory or a shared store's URL "
+    "(default: the selected store).",
 )
 @json_option
 @quiet_option
 @click.pass_obj
-def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: bool) -> None:
+def import_(app: App, source: Path, target: str | None, as_json: bool, quiet: bool) -> None:
     """Restore a snapshot into a new (or empty) store.
 
     Everything is verified first.
-    All or nothing: if the snapshot is damaged, no store is left behind.
+    All or nothing: if the snapshot is damaged, no store is left behind (in a
+    shared store, bodies already uploaded stay for gc to remove).
     """
     from ...snapshot import import_snapshot  # only this command and export need snapshots
 
     if target is not None:
-        app.store = target.expanduser()
+        if stores.is_shared(target):
+            app.shared = stores.shared_location(target)
+        else:
+            app.shared, app.store = None, stores.store_path(target)
     if not source.exists():
         raise PathNotFound(source)
+    if app.shared is not None:
+        repo = app.repo(create=True)
+        if not repo.is_empty():
+            raise ConflictError(
+                f"store {app.where} already has records; import needs a new or empty store"
+            )
+        with progress("importing objects", quiet=quiet or as_json) as bar:
+            summary = import_snapshot(source, repo, progress=bar)
+        _imported(summary, app.where, as_json)
+        return
     existed = app.store.exists()
     if existed and not app.store.is_dir():
         raise ConflictError(f"{app.store} exists and is not a directory")
@@ -292,13 +339,28 @@ def import_(app: App, source: Path, target: Path | None, as_json: bool, quiet: b
             click.get_current_context().close()  # close the store before removing it
             _remove_new_store(app.store, keep_directory=existed)
         raise
+    _imported(summary, str(app.store), as_json)
+
+
+def _imported(summary: SnapshotSummary, where: str, as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
-    echo(
-        f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
-        f"into {app.store}"
-    )
+    echo(f"imported {sum(summary.counts.values())} records, {summary.objects} objects into {where}")
+
+
+def _upkeep() -> ModuleType:
+    """fsck, gc and stats of a shared store (imported only for one: it needs psycopg)."""
+    from ...storage import shared
+
+    return shared
+
+
+def _shared(repo: KnowledgeRepository) -> SharedKnowledgeRepository:
+    from ...storage.shared import SharedKnowledgeRepository
+
+    assert isinstance(repo, SharedKnowledgeRepository)
+    return repo
 
 
 def _remove_new_store(path: Path, *, keep_directory: bool) -> None:

@@ -38,11 +38,11 @@ from ...digests import (
     Digest,
     finish,
     new_hasher,
+    one_match,
     parse_digest,
     parse_prefix,
 )
 from ...errors import (
-    AmbiguousPrefixError,
     CorruptObjectError,
     ObjectNotFound,
     ReadOnlyStoreError,
@@ -462,17 +462,7 @@ class ObjectStore:
                 return full
             raise ObjectNotFound(prefix, f"no object matches digest prefix {prefix!r}")
         matches = {hexd for hexd in list(self._staged) if hexd.startswith(hexp)}
-        matches |= self._dir.matches(hexp)
-        if not matches:
-            raise ObjectNotFound(prefix, f"no object matches digest prefix {prefix!r}")
-        if len(matches) > 1:
-            shown = ", ".join(PREFIX + hexd for hexd in sorted(matches)[:5])
-            more = "" if len(matches) <= 5 else f" and {len(matches) - 5} more"
-            raise AmbiguousPrefixError(
-                f"digest prefix {prefix!r} is ambiguous: it matches {len(matches)} "
-                f"objects ({shown}{more}); give more digits"
-            )
-        return Digest(PREFIX + matches.pop())
+        return one_match(prefix, matches | self._dir.matches(hexp))
 
     def all(self) -> Iterator[Digest]:
         """Every object under ``objects/``, in digest order; other files are skipped."""

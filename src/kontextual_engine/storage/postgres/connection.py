@@ -64,16 +64,22 @@ class _State:
 class Connection:
     """The pool plus each thread's open transaction."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 4, create: bool = True) -> None:
         self.dsn = dsn
         # One connection first: it migrates, and an unreachable server fails
         # here at once with libpq's reason instead of after the pool's timeout.
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
+                if not create and not schema.is_store(conn):
+                    raise StoreNotFound(
+                        shown_dsn(dsn),
+                        "the database holds no kontextual store; create one with "
+                        "`kontextual --store URL init`",
+                    )
                 schema.migrate(conn)
         except psycopg.OperationalError as exc:
             raise StoreNotFound(
-                _shown(dsn), f"cannot connect to the PostgreSQL index: {exc}"
+                shown_dsn(dsn), f"cannot connect to the PostgreSQL index: {exc}"
             ) from exc
         self.pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
@@ -259,7 +265,7 @@ class Connection:
         state.buffers, state.buffered_rows = {}, 0
 
 
-def _shown(dsn: str) -> str:
+def shown_dsn(dsn: str) -> str:
     """The DSN without its password, to name it in errors."""
     try:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)

@@ -47,7 +47,7 @@ from ..backend import IndexBackend
 from ..history import artifact_at
 from ..queries import metadata_matches
 from . import records
-from .connection import Connection
+from .connection import Connection, shown_dsn
 
 R = TypeVar("R")
 
@@ -158,11 +158,30 @@ _TEXT_MATCH = "t.reason IS NULL AND (t.indexed @@ %s::tsquery OR t.lexemes IS NU
 class PostgresIndex(IndexBackend):
     """The index of a repository in a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
-        self.connection = Connection(dsn, pool_size=pool_size)
+    def __init__(self, dsn: str, *, pool_size: int = 4, create: bool = True) -> None:
+        """Open the index in the database ``dsn`` names, migrating it; without
+        ``create``, a database that holds no store raises StoreNotFound."""
+        self.connection = Connection(dsn, pool_size=pool_size, create=create)
 
     def close(self) -> None:
         self.connection.close()
+
+    @property
+    def shown_dsn(self) -> str:
+        """The connection string without its password, for messages."""
+        return shown_dsn(self.connection.dsn)
+
+    def setting(self, name: str) -> str | None:
+        row = self.connection.row("SELECT value FROM store_settings WHERE name = %s", (name,))
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self.connection.transaction():
+            self.connection.execute(
+                "INSERT INTO store_settings (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     # -- transactions ------------------------------------------------------
 

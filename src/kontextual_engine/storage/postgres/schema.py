@@ -140,9 +140,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX artifact_text_words ON artifact_text USING gin (indexed);
     CREATE INDEX artifact_text_pending ON artifact_text (artifact_sequence) WHERE pending;
     """,
+    # 3: bodies a writer is about to store and reference (storage/postgres/intents.py),
+    # and settings of the store, such as the bodies the index belongs with.
+    """
+    CREATE TABLE upload_intents (
+        id bigserial PRIMARY KEY,
+        digest text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX upload_intents_by_digest ON upload_intents (digest);
+    CREATE TABLE store_settings (
+        name text PRIMARY KEY,
+        value text NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def is_store(conn: Any) -> bool:
+    """Whether the database holds a store (a migrated schema), at any version."""
+    row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+    return row is not None and row[0] is not None
 
 
 def migrate(conn: Any, target: int | None = None) -> int:

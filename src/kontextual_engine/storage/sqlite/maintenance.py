@@ -18,7 +18,6 @@ from pathlib import Path
 from ...errors import (
     DamagedStoreError,
     StoreFormatError,
-    ValidationError,
 )
 from ..durable import sync_filesystem, unlink_quietly
 from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStore
@@ -33,6 +32,7 @@ from ..reports import (
     Finding,
     FsckReport,
     GcReport,
+    check_grace,
     keep_reasons,
     pins,
 )
@@ -88,12 +88,7 @@ def gc(
     an index that is damaged, restored from elsewhere or replayed from a stray
     WAL does not reference this store's bodies, and trusting it would delete them.
     """
-    if (
-        isinstance(grace_seconds, bool)
-        or not isinstance(grace_seconds, (int, float))
-        or not (grace_seconds >= 0)
-    ):
-        raise ValidationError(f"grace_seconds must be a number >= 0, got {grace_seconds!r}")
+    check_grace(grace_seconds)
     store = repo.objects
     now = time.time()
     removed: list[tuple[str, int]] = []

@@ -1,0 +1,106 @@
+"""Upload intents: what keeps gc on a shared store from deleting a body that a
+writer on another machine is about to reference.
+
+Before a writer stores a body it records an intent (the digest, and when the
+intent expires) and commits it at once, outside the writer's transaction, so
+that a gc running anywhere sees it. When the writer's transaction ends the
+intents are dropped; a writer that dies leaves them to expire.
+
+gc and intents meet under one PostgreSQL advisory lock: recording an intent
+takes it shared for one statement, gc takes it exclusively while it reads
+the intents and the referenced digests and deletes. So an intent is either
+recorded before gc decides (and gc keeps the body) or after gc has finished
+deleting (and the writer stores the body again). gc reads the intents before
+the references: an intent already dropped belongs to a committed transaction,
+whose references gc then reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from .connection import translate
+
+# pg_advisory lock key of gc against new intents ("kontextgc" in ASCII, truncated).
+GC_LOCK = 0x6B6F6E74657867
+# A transaction that stores bodies for longer than this could lose one to gc;
+# gc's grace period guards a newly written body for longer still.
+DEFAULT_INTENT_SECONDS = 6 * 3600.0
+
+_RECORD = (
+    "WITH gate AS (SELECT pg_advisory_xact_lock_shared(%s)) "
+    "INSERT INTO upload_intents (digest, expires_at) "
+    "SELECT %s, now() + %s * interval '1 second' FROM gate RETURNING id"
+)
+
+
+class UploadIntents:
+    """The intents of one repository's writers, on a connection of their own
+    (an intent must commit while the writer's transaction is still open)."""
+
+    def __init__(self, dsn: str, *, seconds: float = DEFAULT_INTENT_SECONDS) -> None:
+        self.dsn = dsn
+        self.seconds = seconds
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True)
+        return self._conn
+
+    @property
+    def _held(self) -> list[int]:
+        held: list[int] | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = []
+        return held
+
+    def record(self, digest: str, *, hold: bool = True) -> None:
+        """Say that this thread is about to store and reference ``digest``; with
+        ``hold``, :meth:`release` drops the intent, else it lasts until it expires."""
+        with self._lock, translate():
+            row = self._connection().execute(_RECORD, (GC_LOCK, digest, self.seconds)).fetchone()
+        assert row is not None
+        if hold:
+            self._held.append(int(row[0]))
+
+    def release(self) -> None:
+        """Drop this thread's intents: its transaction committed or rolled back."""
+        held = self._held
+        if not held:
+            return
+        with self._lock, translate():
+            self._connection().execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
+        held.clear()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+@contextmanager
+def gc_gate(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction on ``conn`` in which no new intent can be recorded."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (GC_LOCK,))
+        yield
+
+
+def live_intents(conn: psycopg.Connection[Any], *, sweep: bool) -> dict[str, float]:
+    """Digests with an intent that has not expired, each with the seconds until
+    its last intent expires; with ``sweep``, expired intents are deleted."""
+    if sweep:
+        conn.execute("DELETE FROM upload_intents WHERE expires_at <= now()")
+    rows = conn.execute(
+        "SELECT digest, extract(epoch FROM max(expires_at) - now()) "
+        "FROM upload_intents WHERE expires_at > now() GROUP BY digest"
+    ).fetchall()
+    return {str(digest): float(left) for digest, left in rows}
