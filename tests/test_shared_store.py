@@ -405,3 +405,15 @@ def test_the_store_environment_variable_takes_a_url(store_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert "ready at user=postgres dbname=test_" in result.output
     assert "with bodies in s3://" in result.output
+
+
+def test_a_shared_store_without_its_clients_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> None:
+    from kontextual_engine.storage import stores
+
+    monkeypatch.setattr(stores, "SHARED_MODULES", ("psycopg", "kontextual_no_such_client"))
+    with pytest.raises(ValidationError, match=r"kontextual_no_such_client.*\[shared\]"):
+        open_store(store_url)
+    result = run("ls", store=store_url)
+    assert result.exit_code == 2 and "pip install 'kontextual-engine[shared]'" in result.output

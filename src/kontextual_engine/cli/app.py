@@ -134,6 +134,9 @@ class App:
 
         repo: KnowledgeRepository
         if self.shared is not None:
+            from ..storage.stores import require_shared_extra
+
+            require_shared_extra()
             from ..storage.shared import SharedKnowledgeRepository
 
             repo = SharedKnowledgeRepository(self.shared, create=create)
@@ -168,6 +171,9 @@ class App:
     def objects(self) -> ObjectStore | S3BodyStore:
         """Only the bodies of the selected store (the index is not opened)."""
         if self.shared is not None:
+            from ..storage.stores import require_shared_extra
+
+            require_shared_extra()
             from ..storage.s3 import S3BodyStore
 
             bodies = S3BodyStore(

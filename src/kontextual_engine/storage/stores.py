@@ -35,6 +35,22 @@ SHARED_SCHEMES = ("postgresql", "postgres")
 URL_FORM = "postgresql://[USER@]HOST[:PORT]/DATABASE?objects=s3://BUCKET/PREFIX"
 
 
+# What a shared store needs beyond the base install: the ``shared`` extra.
+SHARED_MODULES = ("psycopg", "psycopg_pool", "boto3")
+SHARED_EXTRA = "pip install 'kontextual-engine[shared]'"
+
+
+def require_shared_extra() -> None:
+    """Refuse a shared store, naming the install command, when its clients are missing."""
+    import importlib.util
+
+    missing = [name for name in SHARED_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValidationError(
+            f"a shared store needs {', '.join(missing)}, which are not installed: {SHARED_EXTRA}"
+        )
+
+
 def is_shared(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a shared store (a PostgreSQL URL)."""
     return urlsplit(os.fspath(location)).scheme in SHARED_SCHEMES
@@ -105,6 +121,7 @@ def open_store(
     store's durability is its servers' (every write is durable when acknowledged),
     and it has no read-only mode: its credentials decide what it may do."""
     if is_shared(location):
+        require_shared_extra()
         from .shared import SharedKnowledgeRepository
 
         if read_only:
