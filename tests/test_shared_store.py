@@ -417,3 +417,29 @@ def test_a_shared_store_without_its_clients_names_the_extra_to_install(
         open_store(store_url)
     result = run("ls", store=store_url)
     assert result.exit_code == 2 and "pip install 'kontextual-engine[shared]'" in result.output
+
+
+def test_changes_follow_sees_another_writers_commits(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kontextual_engine.cli.commands import changes as changes_module
+
+    ok("init", store=store_url)
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 1:
+            with open_store(store_url) as other_writer:
+                other_writer.create_collection("arrived-while-following")
+            return
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(changes_module, "sleep", sleep)
+    output = ok("changes", "--follow", "--json", store=store_url)
+    records = [
+        record
+        for change_set in map(json.loads, output.splitlines())
+        for record in change_set["changes"]
+    ]
+    assert [r["details"].get("name") for r in records] == ["arrived-while-following"]
