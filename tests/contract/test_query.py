@@ -92,6 +92,30 @@ def test_any_metadata_key_works(repo: KnowledgeRepository, make: MakeArtifact, k
     assert names(repo.query(metadata={key: "v"})) == ["hit"]
 
 
+@pytest.mark.parametrize(
+    ("wanted", "near_misses"),
+    [
+        (1.0, [1, True, "1.0"]),
+        ([1, 2], [[1, 2, 3], [2, 1], [1.0, 2]]),
+        ({"a": 1}, [{"a": 1, "b": 2}, {"a": 1.0}]),
+        ("kb", ["KB", ["kb"], None]),
+    ],
+)
+def test_a_limited_metadata_query_counts_only_exact_matches(
+    repo: KnowledgeRepository, make: MakeArtifact, wanted: object, near_misses: list[object]
+) -> None:
+    """Near misses (equal in some JSON sense, or containing the value) come first
+    and in between: a limit must count only the type-exact matches."""
+    for number in range(3):
+        for miss, value in enumerate(near_misses):
+            make(f"miss-{number}-{miss}", metadata={"k": value})
+        make(f"hit-{number}", metadata={"k": wanted})
+    found = repo.query(metadata={"k": wanted}, limit=2)
+    assert names(found) == ["hit-0", "hit-1"]
+    rest = repo.query(metadata={"k": wanted}, after=found[-1].sequence)
+    assert names(rest) == ["hit-2"]
+
+
 def test_related_to(repo: KnowledgeRepository, corpus: dict[str, str]) -> None:
     repo.create_relationship(corpus["a"], corpus["b"], "cites")
     repo.create_relationship(corpus["c"], corpus["a"], "cites")

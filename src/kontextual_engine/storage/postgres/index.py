@@ -39,6 +39,7 @@ from ...models import (
     Relationship,
     RunManifest,
     WorkflowStep,
+    canonical_json,
     format_time,
     parse_time,
 )
@@ -510,7 +511,16 @@ class PostgresIndex(IndexBackend):
             columns += ", t.words"
             where.append(_TEXT_MATCH)
             params.append(tsquery(parsed.required))
-        in_sql = parsed is None and query.metadata is None
+        if query.metadata is not None:
+            # jsonb containment finds a superset of the type-exact matches (1 and
+            # 1.0 are one jsonb number, a list contains its sub-lists); for
+            # strings, booleans and null it is exact, and LIMIT can stay in SQL.
+            where.append("a.metadata @> %s::jsonb")
+            params.append(canonical_json(dict(query.metadata)))
+        in_sql = parsed is None and (
+            query.metadata is None
+            or all(value is None or type(value) in (str, bool) for value in query.metadata.values())
+        )
         if in_sql and query.after is not None:
             where.append("a.sequence > %s")
             params.append(query.after)

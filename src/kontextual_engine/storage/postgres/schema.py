@@ -154,6 +154,12 @@ MIGRATIONS: tuple[str, ...] = (
         value text NOT NULL
     );
     """,
+    # 4: each artifact's metadata as jsonb, so that metadata filters run in the server.
+    """
+    ALTER TABLE artifacts ADD COLUMN metadata jsonb
+        GENERATED ALWAYS AS (((record::jsonb) ->> 'metadata_json')::jsonb) STORED;
+    CREATE INDEX artifacts_metadata ON artifacts USING gin (metadata jsonb_path_ops);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
