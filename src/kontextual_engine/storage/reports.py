@@ -130,6 +130,79 @@ class GcReport:
         )
 
 
+@dataclass
+class Sweep:
+    """gc's decision about each body, the same for every kind of store: a
+    referenced body stays (``dry_run`` says why), an unreferenced one younger
+    than the grace stays, the rest goes. :meth:`report` is the GcReport."""
+
+    repo: KnowledgeRepository
+    grace_seconds: float
+    dry_run: bool
+    now: float
+    removed: list[tuple[str, int]] = field(default_factory=list)
+    kept: dict[str, list[str]] = field(default_factory=dict)
+    young: int = 0
+    young_bytes: int = 0
+    _pins: dict[str, list[str]] | None = None
+
+    def referenced(self, digest: str) -> None:
+        if self.dry_run:
+            if self._pins is None:
+                self._pins = pins(self.repo)
+            self.kept[digest] = keep_reasons(self.repo, digest) + self._pins.get(digest, [])
+
+    def unreferenced(self, digest: str, size: int, modified: float) -> bool:
+        """Whether the unreferenced body goes (it is recorded as removed) or stays."""
+        age = self.now - modified
+        if age < self.grace_seconds:
+            self.kept[digest] = [
+                f"unreferenced, but only {age:.0f} s old (grace {self.grace_seconds:.0f} s)"
+            ]
+            self.young += 1
+            self.young_bytes += size
+            return False
+        self.removed.append((digest, size))
+        return True
+
+    def report(self, tmp_removed: list[tuple[str, int]], tmp_in_use: int) -> GcReport:
+        removed = self.removed + tmp_removed
+        return GcReport(
+            removed,
+            self.kept,
+            sum(size for _, size in removed),
+            self.dry_run,
+            len(tmp_removed),
+            float(self.grace_seconds),
+            self.young,
+            self.young_bytes,
+            tmp_in_use,
+        )
+
+
+# What `stats` counts, by the same SQL on every SQL index (the tables agree).
+RECORD_COUNTS = (
+    ("collections", "SELECT count(*) FROM collections WHERE deleted_at IS NULL"),
+    ("artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL"),
+    ("deleted_artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NOT NULL"),
+    ("revisions", "SELECT count(*) FROM revisions"),
+    ("relationships", "SELECT count(*) FROM relationships"),
+    ("changes", "SELECT count(*) FROM changes"),
+    ("runs", "SELECT count(*) FROM runs"),
+    ("context_packages", "SELECT count(*) FROM context_packages"),
+)
+
+
+def record_counts(repo: KnowledgeRepository, count: Callable[[str], int]) -> dict[str, int]:
+    """Counts of every kind of record (``count`` runs one of RECORD_COUNTS) and
+    of live artifacts by text state."""
+    counts = {name: count(sql) for name, sql in RECORD_COUNTS[:6]}
+    for state, number in repo.text_counts().items():
+        counts[f"text_{state.replace('-', '_')}"] = number
+    counts.update((name, count(sql)) for name, sql in RECORD_COUNTS[6:])
+    return counts
+
+
 def keep_reasons(repo: KnowledgeRepository, digest: str) -> list[str]:
     reasons = [
         f"revision {r.revision} of artifact {r.artifact_id}"

@@ -44,12 +44,12 @@ from .reports import (
     FsckReport,
     GcReport,
     Progress,
+    Sweep,
     check_grace,
     duration_text,
-    keep_reasons,
-    pins,
+    record_counts,
 )
-from .s3 import S3BodyStore, StoredObject
+from .s3 import S3BodyStore
 
 INDEX_ADVICE = (
     "the PostgreSQL index is damaged: restore it with the database's own tools "
@@ -195,59 +195,33 @@ def gc(
     the bucket does not have: that index may belong to other bodies.
     """
     check_grace(grace_seconds)
-    now = time.time()
+    sweep = Sweep(repo, grace_seconds, dry_run, time.time())
     listed = list(repo.bodies.entries())
     staging = list(repo.bodies.entries(staging=True))
-    removed: list[tuple[str, int]] = []
-    kept: dict[str, list[str]] = {}
-    young = young_bytes = 0
     with repo.index.connection.pool.connection() as conn, gc_gate(conn):
         intents = live_intents(conn, sweep=not dry_run)
         referenced = {row[0] for row in conn.execute("SELECT DISTINCT digest FROM revisions")}
         present = {entry.digest for entry in listed if entry.digest is not None}
         _refuse_missing(repo, referenced - present)
-        pinned = pins(repo) if dry_run else {}
-        doomed: list[StoredObject] = []
+        doomed: list[str] = []
         for entry in listed:
             digest = entry.digest
             if digest is None:
                 continue
             if digest in referenced:
-                if dry_run:
-                    kept[digest] = keep_reasons(repo, digest) + pinned.get(digest, [])
-                continue
-            if digest in intents:
-                kept[digest] = [
+                sweep.referenced(digest)
+            elif digest in intents:
+                sweep.kept[digest] = [
                     "a writer intends to reference it (upload intent for another "
                     f"{duration_text(intents[digest])})"
                 ]
-                continue
-            age = now - entry.modified
-            if age < grace_seconds:
-                kept[digest] = [
-                    f"unreferenced, but only {age:.0f} s old (grace {grace_seconds:.0f} s)"
-                ]
-                young += 1
-                young_bytes += entry.size
-                continue
-            doomed.append(entry)
+            elif sweep.unreferenced(digest, entry.size, entry.modified):
+                doomed.append(entry.key)
         tmp_grace = max(grace_seconds, MIN_TMP_GRACE_SECONDS)
-        stale = [entry for entry in staging if now - entry.modified >= tmp_grace]
+        stale = [entry for entry in staging if sweep.now - entry.modified >= tmp_grace]
         if not dry_run:
-            repo.bodies.delete_keys([entry.key for entry in doomed + stale])
-    removed = [(entry.digest or entry.key, entry.size) for entry in doomed]
-    removed += [(entry.key, entry.size) for entry in stale]
-    return GcReport(
-        removed,
-        kept,
-        sum(size for _, size in removed),
-        dry_run,
-        len(stale),
-        float(grace_seconds),
-        young,
-        young_bytes,
-        len(staging) - len(stale),
-    )
+            repo.bodies.delete_keys(doomed + [entry.key for entry in stale])
+    return sweep.report([(entry.key, entry.size) for entry in stale], len(staging) - len(stale))
 
 
 def _refuse_missing(repo: SharedKnowledgeRepository, unlisted: set[str]) -> None:
@@ -364,20 +338,7 @@ def _check_sequence(repo: SharedKnowledgeRepository) -> list[Finding]:
 def store_stats(repo: SharedKnowledgeRepository) -> dict[str, int]:
     """Counts of every kind of record, the index's size and the bodies' count and bytes."""
     rows = repo.index.connection.rows
-    counts: dict[str, int] = {}
-    for name, sql in (
-        ("collections", "SELECT count(*) FROM collections WHERE deleted_at IS NULL"),
-        ("artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL"),
-        ("deleted_artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NOT NULL"),
-        ("revisions", "SELECT count(*) FROM revisions"),
-        ("relationships", "SELECT count(*) FROM relationships"),
-        ("changes", "SELECT count(*) FROM changes"),
-    ):
-        counts[name] = int(rows(sql)[0][0])
-    for state, number in repo.text_counts().items():
-        counts[f"text_{state.replace('-', '_')}"] = number
-    for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
-        counts[name] = int(rows(f"SELECT count(*) FROM {table}")[0][0])
+    counts = record_counts(repo, lambda sql: int(rows(sql)[0][0]))
     bodies = list(repo.bodies.entries())
     counts["objects"] = sum(1 for entry in bodies if entry.digest is not None)
     counts["object_bytes"] = sum(entry.size for entry in bodies if entry.digest is not None)

@@ -32,9 +32,9 @@ from ..reports import (
     Finding,
     FsckReport,
     GcReport,
+    Sweep,
     check_grace,
-    keep_reasons,
-    pins,
+    record_counts,
 )
 from . import schema
 from .connection import INDEX_NAME
@@ -90,10 +90,7 @@ def gc(
     """
     check_grace(grace_seconds)
     store = repo.objects
-    now = time.time()
-    removed: list[tuple[str, int]] = []
-    kept: dict[str, list[str]] = {}
-    young = young_bytes = 0
+    sweep = Sweep(repo, grace_seconds, dry_run, time.time())
     with repo.transaction():
         try:
             # A damaged index can still answer the query below, wrongly (from an
@@ -123,44 +120,21 @@ def gc(
                 f"objects/ (such as {min(missing)}); the index may be damaged or belong to "
                 "another store; run fsck"
             )
-        pinned = pins(repo) if dry_run else {}
         for digest in present:
             if digest in referenced:
-                if dry_run:
-                    kept[digest] = keep_reasons(repo, digest) + pinned.get(digest, [])
+                sweep.referenced(digest)
                 continue
-            path = store.path(digest)
             try:
-                st = os.lstat(path)
+                st = os.lstat(store.path(digest))
             except FileNotFoundError:
                 continue
-            age = now - st.st_mtime
-            if age < grace_seconds:
-                kept[digest] = [
-                    f"unreferenced, but only {age:.0f} s old (grace {grace_seconds:.0f} s)"
-                ]
-                young += 1
-                young_bytes += st.st_size
-                continue
-            if not dry_run:
+            if sweep.unreferenced(digest, st.st_size, st.st_mtime) and not dry_run:
                 store.delete(digest)
-            removed.append((digest, st.st_size))
         tmp = store.collect_tmp(
             grace_seconds=max(grace_seconds, MIN_TMP_GRACE_SECONDS), remove=not dry_run
         )
-        removed += [(str(item.path), item.size) for item in tmp if item.garbage]
-    tmp_removed = sum(item.garbage for item in tmp)
-    return GcReport(
-        removed,
-        kept,
-        sum(size for _, size in removed),
-        dry_run,
-        tmp_removed,
-        float(grace_seconds),
-        young,
-        young_bytes,
-        len(tmp) - tmp_removed,
-    )
+    tmp_removed = [(str(item.path), item.size) for item in tmp if item.garbage]
+    return sweep.report(tmp_removed, len(tmp) - len(tmp_removed))
 
 
 @dataclass(frozen=True)
@@ -223,20 +197,7 @@ def _discard(destination: Path, existed: bool) -> None:
 
 def store_stats(repo: SQLiteKnowledgeRepository) -> dict[str, int]:
     """Counts of every kind of record, and the sizes of the index and the objects."""
-    counts: dict[str, int] = {}
-    for name, sql in (
-        ("collections", "SELECT count(*) FROM collections WHERE deleted_at IS NULL"),
-        ("artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NULL"),
-        ("deleted_artifacts", "SELECT count(*) FROM artifacts WHERE deleted_at IS NOT NULL"),
-        ("revisions", "SELECT count(*) FROM revisions"),
-        ("relationships", "SELECT count(*) FROM relationships"),
-        ("changes", "SELECT count(*) FROM changes"),
-    ):
-        counts[name] = int(repo.index.connection.row(sql)[0])
-    for state, count in repo.text_counts().items():
-        counts[f"text_{state.replace('-', '_')}"] = count
-    for name, table in (("runs", "runs"), ("context_packages", "context_packages")):
-        counts[name] = int(repo.index.connection.row(f"SELECT count(*) FROM {table}")[0])
+    counts = record_counts(repo, lambda sql: int(repo.index.connection.row(sql)[0]))
     stats = repo.objects.stats()
     counts["objects"] = stats.count
     counts["object_bytes"] = stats.bytes
