@@ -126,19 +126,20 @@ def _searchable(content: bytes) -> bytes | None:
 def _store_stream(bodies: BodyStore, stream: BinaryIO) -> StoredBody:
     """Read a head of one byte more than a searchable body; store it whole if the
     stream ends there, else stream the head and the rest into the store."""
-    head = stream.read(text.MAX_TEXT_BYTES + 1)
-    if not isinstance(head, (bytes, bytearray, memoryview)):
-        raise ValidationError(
-            f"what the stream's read() returned must be bytes, not {type(head).__name__}"
-        )
-    if len(head) <= text.MAX_TEXT_BYTES:
-        more = stream.read(text.MAX_TEXT_BYTES + 1 - len(head)) if head else b""
-        if not more:
+    want = text.MAX_TEXT_BYTES + 1
+    head = bytearray()
+    while len(head) < want:
+        chunk = stream.read(want - len(head))
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise ValidationError(
+                f"what the stream's read() returned must be bytes, not {type(chunk).__name__}"
+            )
+        if not chunk:
             content = bytes(head)
             return StoredBody(bodies.add(content), len(content), content, bodies)
-        head = bytes(head) + bytes(more)
+        head += chunk
     digest, size = bodies.add_stream(cast(BinaryIO, _Rejoined(bytes(head), stream)))
-    return StoredBody(digest, size, _searchable(head) if size == len(head) else None, bodies)
+    return StoredBody(digest, size, None, bodies)
 
 
 class _Rejoined(io.RawIOBase):
