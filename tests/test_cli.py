@@ -488,14 +488,14 @@ def test_add_reads_failing_mid_way_roll_everything_back(
     ok("init")
     before = state(store)
     monkeypatch.setattr(ingest, "BATCH_FILES", 1)
-    real_read = ingest.read
+    real_open = ingest.open_input
 
-    def read(item: ingest.InputFile) -> bytes:
+    def open_input(item: ingest.InputFile) -> ingest.InputReader:
         if item.name == "sub/c.json":
             raise ingest.ValidationError(f"cannot read {item.path}: vanished")
-        return real_read(item)
+        return real_open(item)
 
-    monkeypatch.setattr(ingest, "read", read)
+    monkeypatch.setattr(ingest, "open_input", open_input)
     fails(2, "add", "notes", str(docs), says=["vanished"])
     assert state(store)[0] == before[0]
     assert as_json("collection", "list") == []

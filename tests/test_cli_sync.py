@@ -278,14 +278,14 @@ def test_skip_invalid_stores_the_rest_and_lists_what_it_skipped(
     (folder / "bad name.md ").write_text("a name with trailing white space\n")
     (folder / "link").symlink_to(folder / "nowhere")
     (folder / "vanishing.md").write_text("read fails\n")
-    real_read = ingest.read
+    real_open = ingest.open_input
 
-    def read(item: ingest.InputFile) -> bytes:
+    def open_input(item: ingest.InputFile) -> ingest.InputReader:
         if item.name == "vanishing.md":
             raise ingest.UnstorableFile(item.path, "it vanished before it was read")
-        return real_read(item)
+        return real_open(item)
 
-    monkeypatch.setattr(ingest, "read", read)
+    monkeypatch.setattr(ingest, "open_input", open_input)
     ok("init")
     result = invoke("add", "notes", str(folder), "--skip-invalid")
     assert result.exit_code == 0, (result.stdout, result.stderr)
@@ -359,10 +359,10 @@ def test_a_read_failing_without_skip_invalid_stores_nothing(
     before = state(synced)[0]
     monkeypatch.setattr(ingest, "BATCH_FILES", 1)
 
-    def read(item: ingest.InputFile) -> bytes:
+    def open_input(item: ingest.InputFile) -> ingest.InputReader:
         raise ingest.UnstorableFile(item.path, "it vanished before it was read")
 
-    monkeypatch.setattr(ingest, "read", read)
+    monkeypatch.setattr(ingest, "open_input", open_input)
     fails(2, "add", "notes", str(folder), says=["a.md", "vanished", "--skip-invalid"])
     assert state(synced)[0] == before
 

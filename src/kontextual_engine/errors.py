@@ -21,6 +21,11 @@ class ValidationError(KontextualError, ValueError):
     exit_code = 2
 
 
+class NotTextError(ValidationError):
+    """A body that a text operation (``diff``) cannot take: binary (a NUL byte,
+    or not UTF-8), or larger than it compares."""
+
+
 class NotFoundError(KontextualError, LookupError):
     """An entity that does not exist (or no longer exists)."""
 

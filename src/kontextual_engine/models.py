@@ -18,9 +18,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import IllegalTransitionError, ValidationError
+
+if TYPE_CHECKING:
+    from .storage.pipeline import StoredBody
 
 JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]  # noqa: UP007
 JSONObject = dict[str, JSON]
@@ -380,7 +383,7 @@ class NewArtifact:
     """Input to the bulk API: one artifact to create or update by name."""
 
     name: str
-    content: bytes
+    content: bytes | StoredBody  # a StoredBody: already in the body store
     artifact_type: str
     media_type: str | None = None
     metadata: Mapping[str, Any] | None = None

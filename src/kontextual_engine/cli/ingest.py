@@ -11,13 +11,14 @@ is its :class:`Selection`: the include and exclude patterns and the folder's
 from __future__ import annotations
 
 import bisect
+import io
 import mimetypes
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
 from ..models import check_artifact_name, check_name
@@ -26,10 +27,11 @@ from .app import PathNotFound
 if TYPE_CHECKING:
     from pathspec import GitIgnoreSpec
 
-# Files per put_artifacts call, and bytes read ahead of it: bounds memory
-# while keeping the per-call overhead of the bulk API small.
+# Files per put_artifacts call, and bytes of searchable bodies held for it
+# (larger bodies are streamed, never held): bounds memory while keeping the
+# per-call overhead of the bulk API small.
 BATCH_FILES = 500
-BATCH_BYTES = 64 << 20
+BATCH_BYTES = 16 << 20
 
 # Types of the common formats of a knowledge store; the rest is guessed
 # by mimetypes from its built-in table (not the system's, so every machine
@@ -242,13 +244,52 @@ def check_file(path: Path) -> os.stat_result:
 
 
 def read(item: InputFile) -> bytes:
-    try:
-        with open(item.path, "rb") as source:
-            return source.read()
-    except FileNotFoundError:
-        raise UnstorableFile(item.path, "it vanished before it was read") from None
-    except OSError as exc:
-        raise UnstorableFile(item.path, exc.strerror or str(exc)) from None
+    with open_input(item) as source:
+        return source.read()
+
+
+def _unreadable(path: Path, exc: OSError) -> UnstorableFile:
+    if isinstance(exc, FileNotFoundError):
+        return UnstorableFile(path, "it vanished before it was read")
+    return UnstorableFile(path, exc.strerror or str(exc))
+
+
+class InputReader(io.RawIOBase):
+    """An input file open for reading, a failure to read it an :class:`UnstorableFile`
+    (not an OSError, so that it is never taken for a failure to write the store)."""
+
+    def __init__(self, item: InputFile) -> None:
+        super().__init__()
+        self._path = item.path
+        try:
+            self._file = io.FileIO(item.path, "rb")
+        except OSError as exc:
+            raise _unreadable(item.path, exc) from None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._file.readall() if size is None or size < 0 else self._file.read(size)
+        except OSError as exc:
+            raise _unreadable(self._path, exc) from None
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._file.readinto(buffer)
+        except OSError as exc:
+            raise _unreadable(self._path, exc) from None
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_input(item: InputFile) -> InputReader:
+    """The input file open for reading; failures to open or read it are
+    :class:`UnstorableFile`."""
+    return InputReader(item)
 
 
 def _inside(path: Path, directory: str) -> bool:

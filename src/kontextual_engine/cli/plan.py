@@ -9,11 +9,13 @@ a run is one change set of the store, all or nothing.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, cast
 
-from ..digests import digest_bytes
+from ..digests import Digest, digest_stream
 from ..errors import CollectionNotFound
 from ..models import (
     Artifact,
@@ -24,6 +26,7 @@ from ..models import (
     canonical_object,
 )
 from ..storage.contract import KnowledgeRepository, changed_fields
+from ..storage.pipeline import INGEST_WORKERS, StoredBody, held_size, pipelined
 from . import ingest, resolve
 from .output import Progress
 
@@ -51,7 +54,7 @@ class AddOptions:
         kind, media = ingest.guess_types(name)
         return self.artifact_type or kind, self.media_type or media
 
-    def new_artifact(self, item: ingest.InputFile, content: bytes) -> NewArtifact:
+    def new_artifact(self, item: ingest.InputFile, content: bytes | StoredBody) -> NewArtifact:
         artifact_type, media_type = self.types(item.name)
         return NewArtifact(
             item.name,
@@ -62,13 +65,23 @@ class AddOptions:
             self.provenance or None,
         )
 
-    def read(self, item: ingest.InputFile, skipped: list[ingest.Skipped]) -> bytes | None:
-        """The file's bytes, or ``None`` when it cannot be read and is skipped."""
+    def hash(
+        self, item: ingest.InputFile, skipped: list[ingest.Skipped]
+    ) -> tuple[Digest, int] | None:
+        """The file's digest and size (read in chunks), or ``None`` when it cannot be
+        read and is skipped."""
         try:
-            return ingest.read(item)
+            with ingest.open_input(item) as source:
+                return digest_stream(cast(BinaryIO, source))
         except ingest.UnstorableFile as exc:
-            ingest.skip_or_raise(exc, item.name, into=skipped, skip_invalid=self.skip_invalid)
+            self.skip(exc, item, skipped)
             return None
+
+    def skip(
+        self, exc: ingest.UnstorableFile, item: ingest.InputFile, skipped: list[ingest.Skipped]
+    ) -> None:
+        """Set the file aside in ``skipped``, or (not skipping) fail."""
+        ingest.skip_or_raise(exc, item.name, into=skipped, skip_invalid=self.skip_invalid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +166,10 @@ class Report:
         self.records.append(record)
 
 
-def _changes(
-    current: Artifact, item: ingest.InputFile, content: bytes, options: AddOptions
-) -> bool:
+def _changes(current: Artifact, item: ingest.InputFile, digest: str, options: AddOptions) -> bool:
     """Whether putting the file makes a new revision of ``current`` (as ``execute`` puts it)."""
     new = {
-        "digest": digest_bytes(content),
+        "digest": digest,
         "metadata_json": canonical_object({**current.metadata, **options.metadata}, "metadata"),
     }
     if not options.keep_types:
@@ -176,14 +187,15 @@ def preview(plan: Plan, options: AddOptions, *, records: bool) -> Report:
     )
     for item in plan.puts:
         current = plan.existing.get(item.name)
-        content = options.read(item, report.skipped)
-        if content is None:
+        hashed = options.hash(item, report.skipped)
+        if hashed is None:
             continue
-        report.bytes += len(content)
+        digest, size = hashed
+        report.bytes += size
         if current is None:
             report.note(PutOutcome.CREATED.value, item.name)
         else:
-            changes = _changes(current, item, content, options)
+            changes = _changes(current, item, digest, options)
             outcome = PutOutcome.UPDATED if changes else PutOutcome.UNCHANGED
             report.note(outcome.value, item.name, current)
     for artifact in plan.deletions:
@@ -200,10 +212,18 @@ def execute(
     records: bool,
     actor: str | None = None,
     message: str | None = None,
+    workers: int = INGEST_WORKERS,
 ) -> Report:
     """Carry out ``plan`` in one transaction, one change set by ``actor`` with
     ``message``. A deletion names the revision planned on, so an artifact changed
-    meanwhile fails the run (and nothing is written)."""
+    meanwhile fails the run (and nothing is written).
+
+    The files are read, hashed and stored in chunks by ``workers`` threads
+    (:func:`~kontextual_engine.storage.pipeline.pipelined`), a bounded way
+    ahead of the index, which takes them in name order, in batches of at most
+    :data:`~.ingest.BATCH_FILES` files and :data:`~.ingest.BATCH_BYTES` bytes
+    of searchable bodies held. The bodies are durable before the transaction
+    commits (its body store batch)."""
     total, done = len(plan.puts) + len(plan.deletions), 0
     with repo.transaction(actor=actor, message=message):
         target = plan.collection or repo.create_collection(plan.collection_name)
@@ -213,18 +233,36 @@ def execute(
             skipped=list(plan.skipped),
             records=[] if records else None,
         )
-        for batch in ingest.batches(plan.puts):
-            items = [
-                options.new_artifact(item, content)
-                for item in batch
-                if (content := options.read(item, report.skipped)) is not None
-            ]
-            report.bytes += sum(len(item.content) for item in items)
+
+        def put(batch: list[NewArtifact]) -> None:
             for result in repo.put_artifacts(
-                target.id, items, metadata=MetadataMode.MERGE, keep_types=options.keep_types
+                target.id, batch, metadata=MetadataMode.MERGE, keep_types=options.keep_types
             ):
                 report.note(result.outcome.value, result.artifact.name, result.artifact)
-            done += len(batch)
+            batch.clear()
+
+        stored = pipelined(
+            plan.puts,
+            functools.partial(_store, repo),
+            weight=lambda item: held_size(item.size),
+            workers=workers,
+        )
+        with closing(stored):
+            batch: list[NewArtifact] = []
+            held = 0
+            for item, body in zip(plan.puts, stored, strict=True):
+                done += 1
+                if isinstance(body, ingest.UnstorableFile):
+                    options.skip(body, item, report.skipped)
+                    continue
+                report.bytes += body.size
+                batch.append(options.new_artifact(item, body))
+                held += len(body.content or b"")
+                if len(batch) >= ingest.BATCH_FILES or held >= ingest.BATCH_BYTES:
+                    put(batch)
+                    held = 0
+                    bar(done, total)
+            put(batch)
             bar(done, total)
         for artifact in plan.deletions:
             repo.delete_artifact(artifact.id, expected_revision=artifact.revision)
@@ -232,3 +270,13 @@ def execute(
             done += 1
             bar(done, total)
     return report
+
+
+def _store(repo: KnowledgeRepository, item: ingest.InputFile) -> StoredBody | ingest.UnstorableFile:
+    """Store one input file's body, read in chunks; a file that cannot be read is
+    returned as its error, for the caller to skip or raise in name order."""
+    try:
+        with ingest.open_input(item) as source:
+            return repo.store_body(cast(BinaryIO, source))
+    except ingest.UnstorableFile as exc:
+        return exc

@@ -87,6 +87,7 @@ from .bodies import BodyStore
 from .context import ContextRules
 from .history import AsOf, ChangeSetFields, HistoryRules, OpenChangeSet, check_change_set_fields
 from .ids import Clock, IdSource, MonotonicIds, system_clock
+from .pipeline import INGEST_WORKERS, NewFile, Source, StoredBody, put_files, store_body
 from .queries import DIRECTIONS, check_id, normalize_query, ranked
 from .restore import RestoreRules
 from .runs import RunsContract
@@ -103,10 +104,24 @@ PUT_CHUNK = 500
 _Repository = TypeVar("_Repository", bound="KnowledgeRepository")
 
 
-def _check_content(content: object) -> bytes:
+def _check_content(content: object) -> bytes | StoredBody:
+    if isinstance(content, StoredBody):
+        return content
     if not isinstance(content, (bytes, bytearray, memoryview)):
         raise ValidationError(f"content must be bytes, got {type(content).__name__}")
     return bytes(content)
+
+
+def _body_digest(content: bytes | StoredBody) -> tuple[str, int]:
+    if isinstance(content, StoredBody):
+        return content.digest, content.size
+    return digests.digest_bytes(content), len(content)
+
+
+def _body_text(content: bytes | StoredBody) -> str | text.NotSearchable:
+    if isinstance(content, StoredBody):
+        return content.text()
+    return text.text_of(content)
 
 
 def _query_of(query: Query | None, filters: dict[str, Any]) -> Query:
@@ -230,8 +245,22 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 "record history out of order"
             )
 
-    def _store_body(self, content: bytes) -> tuple[str, int]:
+    def _store_body(self, content: bytes | StoredBody) -> tuple[str, int]:
+        if isinstance(content, StoredBody):
+            if content.bodies is not self.bodies:
+                raise ValidationError(
+                    f"body {content.digest} was stored in another body store than this "
+                    "repository's; store it with this repository's store_body()"
+                )
+            return content.digest, content.size
         return self.bodies.add(content), len(content)
+
+    def store_body(self, source: Source | bytes) -> StoredBody:
+        """Store a body from bytes, a file's path or a binary stream, hashed and
+        written a chunk at a time; pass the result as content (``NewArtifact``,
+        ``update_artifact``) to use it without reading it again. Inside a
+        transaction it is durable when the transaction commits."""
+        return store_body(self.bodies, source)
 
     def _store_body_stream(self, stream: BinaryIO) -> tuple[str, int]:
         return self.bodies.add_stream(stream)
@@ -337,7 +366,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         self,
         collection_id: str,
         name: str,
-        content: bytes,
+        content: bytes | StoredBody,
         *,
         artifact_type: str,
         media_type: str | None = None,
@@ -390,6 +419,35 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             for chunk in _chunks(items, PUT_CHUNK):
                 results += self._put_chunk(collection_id, chunk, seen, run_id, mode, keep_types)
             return results
+
+    def put_files(
+        self,
+        collection_id: str,
+        items: Iterable[NewFile],
+        *,
+        run_id: str | None = None,
+        metadata: MetadataMode | str = MetadataMode.REPLACE,
+        keep_types: bool = False,
+        actor: str | None = None,
+        message: str | None = None,
+        at: datetime | None = None,
+        workers: int = INGEST_WORKERS,
+    ) -> list[PutResult]:
+        """:meth:`put_artifacts` with each body read from a file's path or a binary
+        stream (:class:`NewFile`), in chunks, by ``workers`` threads overlapped
+        with the index transaction; see :func:`.pipeline.put_files`."""
+        return put_files(
+            self,
+            collection_id,
+            items,
+            run_id=run_id,
+            metadata=metadata,
+            keep_types=keep_types,
+            actor=actor,
+            message=message,
+            at=at,
+            workers=workers,
+        )
 
     def apply(
         self,
@@ -564,7 +622,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         self,
         artifact_id: str,
         *,
-        content: bytes | None = None,
+        content: bytes | StoredBody | None = None,
         artifact_type: str | None = None,
         media_type: str | None = None,
         name: str | None = None,
@@ -973,7 +1031,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             run_id=item.run_id,
         )
         self.index.insert_artifact(
-            artifact, _revision_of(artifact, sequence), text.text_of(item.content)
+            artifact, _revision_of(artifact, sequence), _body_text(item.content)
         )
         self._record(
             sequence,
@@ -991,7 +1049,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         self,
         current: Artifact,
         *,
-        content: bytes | None = None,
+        content: bytes | StoredBody | None = None,
         artifact_type: str | None = None,
         media_type: str | None = None,
         media_type_given: bool = False,
@@ -1002,7 +1060,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
     ) -> Artifact:
         digest, size = current.digest, current.size
         if content is not None:
-            digest, size = digests.digest_bytes(content), len(content)
+            digest, size = _body_digest(content)
         changes = {
             "digest": digest,
             "size": size,
@@ -1033,7 +1091,7 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         searchable = None
         if digest != current.digest:
             assert content is not None
-            searchable = text.text_of(content)
+            searchable = _body_text(content)
         self.index.replace_artifact(
             updated, _revision_of(updated, sequence), digest != current.digest, searchable
         )
@@ -1108,7 +1166,7 @@ class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 
     name: str
-    content: bytes
+    content: bytes | StoredBody
     artifact_type: str
     media_type: str | None
     metadata: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -9,8 +10,10 @@ from typing import Any
 
 import click
 
+from ...digests import CHUNK_SIZE
 from ...errors import (
     ArtifactNotFound,
+    NotTextError,
     RelationshipNotFound,
     ValidationError,
 )
@@ -503,13 +506,44 @@ def log(app: App, ref: str, every: bool, as_json: bool) -> None:
         _print_log(entries, with_name=False)
 
 
-def _text(body: bytes, label: str) -> list[str]:
+# diff holds both bodies and their lines: larger bodies are refused (before
+# they are read) rather than read whole.
+DIFF_MAX_BYTES = 8 << 20
+
+
+def _binary(label: str) -> NotTextError:
+    return NotTextError(f"{label} is binary; diff compares text (UTF-8) bodies only")
+
+
+def _looks_binary(chunk: bytes, *, final: bool) -> bool:
+    if b"\x00" in chunk:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(chunk, final=final)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _text(repo: KnowledgeRepository, revision: ArtifactRevision, label: str) -> list[str]:
+    """The lines of a revision's body, or NotTextError: a binary body is refused
+    on its first chunk, and a body over DIFF_MAX_BYTES on its size, neither read whole."""
+    with repo.bodies.open(revision.digest) as head:
+        first = head.read(CHUNK_SIZE)
+    if _looks_binary(first, final=len(first) >= revision.size):
+        raise _binary(label)
+    if revision.size > DIFF_MAX_BYTES:
+        raise NotTextError(
+            f"{label} is {revision.size} bytes; diff compares bodies of at most "
+            f"{DIFF_MAX_BYTES} bytes"
+        )
+    body = repo.read_content(revision.artifact_id, revision.revision)
     if b"\x00" not in body:
         try:
             return body.decode("utf-8").splitlines(keepends=True)
         except UnicodeDecodeError:
             pass
-    raise ValidationError(f"{label} is binary; diff compares text (UTF-8) bodies only")
+    raise _binary(label)
 
 
 def _diff_lines(lines: Iterator[str]) -> Iterator[str]:
@@ -533,8 +567,8 @@ def diff(app: App, ref: str, old: int, new: int) -> None:
     names = resolve.Names(repo)
     before, after = repo.get_revision(artifact_id, old), repo.get_revision(artifact_id, new)
     lines = difflib.unified_diff(
-        _text(repo.read_content(artifact_id, old), f"revision {old} of {ref}"),
-        _text(repo.read_content(artifact_id, new), f"revision {new} of {ref}"),
+        _text(repo, before, f"revision {old} of {ref}"),
+        _text(repo, after, f"revision {new} of {ref}"),
         fromfile=f"a/{names.of(before)}@{old}",
         tofile=f"b/{names.of(after)}@{new}",
     )
