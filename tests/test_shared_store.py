@@ -443,3 +443,43 @@ def test_changes_follow_sees_another_writers_commits(
         for record in change_set["changes"]
     ]
     assert [r["details"].get("name") for r in records] == ["arrived-while-following"]
+
+
+def test_intents_are_dropped_only_after_the_commit(repo: SharedKnowledgeRepository) -> None:
+    """Between the commit and the drop gc sees the reference or the intent, never
+    neither: when the intents are dropped, another connection already sees the
+    committed revision."""
+    import psycopg
+
+    collection = repo.create_collection("notes")
+    seen: list[int] = []
+    drop = repo.intents._drop
+
+    def checked_drop(held: list[int]) -> None:
+        with psycopg.connect(repo.location.dsn) as other:
+            row = other.execute("SELECT count(*) FROM revisions").fetchone()
+        assert row is not None
+        seen.append(int(row[0]))
+        drop(held)
+
+    repo.intents._drop = checked_drop  # type: ignore[method-assign]
+    repo.create_artifact(collection.id, "one.md", b"one", artifact_type="note")
+    assert seen == [1]
+    assert _intents(repo) == 0
+
+
+def test_bodies_stored_by_ingest_threads_hold_their_intents_until_the_commit(
+    repo: SharedKnowledgeRepository,
+) -> None:
+    from io import BytesIO
+
+    from kontextual_engine.storage.pipeline import NewFile
+
+    collection = repo.create_collection("notes")
+    files = [NewFile(f"n{number}.md", BytesIO(b"note %d" % number), "note") for number in range(20)]
+    with repo.transaction():
+        results = repo.put_files(collection.id, files, workers=2)
+        assert _intents(repo) == 20  # recorded by the worker threads, held for this transaction
+    assert len(results) == 20
+    assert _intents(repo) == 0
+    assert repo.read_content(results[7].artifact.id) == b"note 7"

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from contextvars import copy_context
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
@@ -230,7 +231,10 @@ def pipelined(
                         exhausted = True
                         break
                     size = max(0, weight(item))
-                    pending.append((pool.submit(work, item), size))
+                    # Each item runs in a copy of the caller's context: what the
+                    # caller's transaction keeps in context variables (a shared
+                    # store's upload intents) is the workers' too.
+                    pending.append((pool.submit(copy_context().run, work, item), size))
                     held += size
                 if not pending:
                     return

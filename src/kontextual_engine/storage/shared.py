@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,7 +110,7 @@ class SharedKnowledgeRepository(KnowledgeRepository):
             location.prefix,
             endpoint_url=location.endpoint_url,
             session=session,
-            before_write=self._intend,
+            before_write=self.intents.record,
         )
         bodies.check()
         index = PostgresIndex(location.dsn, pool_size=pool_size, create=create)
@@ -135,12 +135,6 @@ class SharedKnowledgeRepository(KnowledgeRepository):
         finally:
             self.intents.close()
 
-    def _intend(self, digest: Digest) -> None:
-        """Record the intent to reference a body about to be stored. Inside a
-        transaction it lasts until the transaction ends; a body stored outside
-        one (``hash-object -w``) keeps its intent until it expires."""
-        self.intents.record(digest, hold=getattr(self._depth, "value", 0) > 0)
-
     @contextmanager
     def transaction(
         self,
@@ -150,18 +144,24 @@ class SharedKnowledgeRepository(KnowledgeRepository):
         at: datetime | None = None,
         backdate: bool = False,
     ) -> Iterator[None]:
-        """The contract's transaction; when the outermost level ends, committed or
-        not, this thread's upload intents are dropped (a committed body is now
-        referenced, a rolled-back one is garbage for gc after its grace)."""
+        """The contract's transaction; the upload intents of the bodies stored in
+        it are dropped when the outermost level ends, committed or not (a
+        committed body is now referenced, a rolled-back one is garbage for gc
+        after its grace). A body stored outside any transaction
+        (``hash-object -w``) keeps its intent until it expires."""
         depth: int = getattr(self._depth, "value", 0)
         self._depth.value = depth + 1
+        # The intents are dropped only after the commit: until then gc must see
+        # either the intent or the reference.
+        holding = self.intents.holding() if depth == 0 else nullcontext()
         try:
-            with super().transaction(actor=actor, message=message, at=at, backdate=backdate):
+            with (
+                holding,
+                super().transaction(actor=actor, message=message, at=at, backdate=backdate),
+            ):
                 yield
         finally:
             self._depth.value = depth
-            if depth == 0:
-                self.intents.release()
 
 
 def _pair(index: PostgresIndex, objects: str) -> None:

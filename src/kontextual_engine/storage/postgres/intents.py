@@ -17,6 +17,7 @@ whose references gc then reads.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,37 +49,46 @@ class UploadIntents:
         self.seconds = seconds
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
-        self._local = threading.local()
+        # The intents to drop when the current transaction ends. A context
+        # variable, not a thread-local: threads that store bodies for a
+        # transaction run in a copy of its context (storage/pipeline.py) and
+        # so add to the same list.
+        self._held: contextvars.ContextVar[list[int]] = contextvars.ContextVar(
+            f"upload_intents_{id(self)}"
+        )
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.dsn, autocommit=True)
         return self._conn
 
-    @property
-    def _held(self) -> list[int]:
-        held: list[int] | None = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = []
-        return held
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold the intents recorded in this context until the block ends, then
+        drop them (the transaction committed or rolled back)."""
+        held: list[int] = []
+        token = self._held.set(held)
+        try:
+            yield
+        finally:
+            self._held.reset(token)
+            self._drop(held)
 
-    def record(self, digest: str, *, hold: bool = True) -> None:
-        """Say that this thread is about to store and reference ``digest``; with
-        ``hold``, :meth:`release` drops the intent, else it lasts until it expires."""
+    def record(self, digest: str) -> None:
+        """Say that this context is about to store and reference ``digest``. Inside
+        :meth:`holding` the intent is dropped when the block ends; outside, it
+        lasts until it expires."""
         with self._lock, translate():
             row = self._connection().execute(_RECORD, (GC_LOCK, digest, self.seconds)).fetchone()
         assert row is not None
-        if hold:
-            self._held.append(int(row[0]))
+        held = self._held.get(None)
+        if held is not None:
+            held.append(int(row[0]))
 
-    def release(self) -> None:
-        """Drop this thread's intents: its transaction committed or rolled back."""
-        held = self._held
-        if not held:
-            return
-        with self._lock, translate():
-            self._connection().execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
-        held.clear()
+    def _drop(self, held: list[int]) -> None:
+        if held:
+            with self._lock, translate():
+                self._connection().execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
 
     def close(self) -> None:
         if self._conn is not None:
