@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..digests import Digest
+from ..digests import Digest, digest_bytes
 from ..errors import CorruptObjectError, ObjectNotFound, StoreFormatError
+from ..models import MetadataMode, NewArtifact, PutResult
 from .contract import KnowledgeRepository
 from .ids import Clock, IdSource
 from .postgres import PostgresIndex
@@ -120,6 +121,8 @@ class SharedKnowledgeRepository(KnowledgeRepository):
             index.close()
             raise
         self._depth = threading.local()
+        # Bodies the current bulk chunk of this thread has stored already.
+        self._stored = threading.local()
         super().__init__(index, bodies, clock=clock, ids=ids)
 
     def __repr__(self) -> str:
@@ -135,11 +138,44 @@ class SharedKnowledgeRepository(KnowledgeRepository):
         finally:
             self.intents.close()
 
-    def _intend(self, digest: Digest) -> None:
-        """Record the intent to reference a body about to be stored. Inside a
+    def _intend(self, digests: Sequence[Digest]) -> None:
+        """Record the intent to reference bodies about to be stored. Inside a
         transaction it lasts until the transaction ends; a body stored outside
         one (``hash-object -w``) keeps its intent until it expires."""
-        self.intents.record(digest, hold=getattr(self._depth, "value", 0) > 0)
+        self.intents.record(digests, hold=getattr(self._depth, "value", 0) > 0)
+
+    def _put_chunk(
+        self,
+        collection_id: str,
+        chunk: Sequence[NewArtifact],
+        seen: set[str],
+        run_id: str | None,
+        mode: MetadataMode,
+        keep_types: bool,
+    ) -> list[PutResult]:
+        """The bulk path stores a chunk's bodies first, with one intent statement
+        for all and several writes at once, then writes the index: the bodies go
+        up before the transaction takes the change sequence (which serialises
+        writers until they commit), so other writers' uploads overlap."""
+        contents = [
+            item.content
+            for item in chunk
+            if isinstance(item, NewArtifact) and isinstance(item.content, (bytes, bytearray))
+        ]
+        self._stored.digests = set(self.bodies.add_many(contents))
+        try:
+            return super()._put_chunk(collection_id, chunk, seen, run_id, mode, keep_types)
+        finally:
+            self._stored.digests = set()
+
+    def _store_body(self, content: bytes) -> tuple[str, int]:
+        """A body the chunk already stored is not stored again."""
+        stored: set[Digest] = getattr(self._stored, "digests", set())
+        if stored:
+            digest = digest_bytes(content)
+            if digest in stored:
+                return digest, len(content)
+        return super()._store_body(content)
 
     @contextmanager
     def transaction(

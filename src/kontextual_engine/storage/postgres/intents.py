@@ -18,7 +18,7 @@ whose references gc then reads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,10 +32,13 @@ GC_LOCK = 0x6B6F6E74657867
 # gc's grace period guards a newly written body for longer still.
 DEFAULT_INTENT_SECONDS = 6 * 3600.0
 
+# One statement records the intents of every body of a batch: one round trip
+# and one commit, however many bodies.
 _RECORD = (
     "WITH gate AS (SELECT pg_advisory_xact_lock_shared(%s)) "
     "INSERT INTO upload_intents (digest, expires_at) "
-    "SELECT %s, now() + %s * interval '1 second' FROM gate RETURNING id"
+    "SELECT digest, now() + %s * interval '1 second' "
+    "FROM gate, unnest(%s::text[]) AS digest RETURNING id"
 )
 
 
@@ -62,14 +65,21 @@ class UploadIntents:
             held = self._local.held = []
         return held
 
-    def record(self, digest: str, *, hold: bool = True) -> None:
-        """Say that this thread is about to store and reference ``digest``; with
-        ``hold``, :meth:`release` drops the intent, else it lasts until it expires."""
+    def record(self, digests: Sequence[str], *, hold: bool = True) -> None:
+        """Say that this thread is about to store and reference ``digests``, in one
+        statement committed before it returns; with ``hold``, :meth:`release`
+        drops the intents, else they last until they expire."""
+        if not digests:
+            return
         with self._lock, translate():
-            row = self._connection().execute(_RECORD, (GC_LOCK, digest, self.seconds)).fetchone()
-        assert row is not None
+            rows = (
+                self._connection()
+                .execute(_RECORD, (GC_LOCK, self.seconds, list(digests)))
+                .fetchall()
+            )
+        assert len(rows) == len(digests)
         if hold:
-            self._held.append(int(row[0]))
+            self._held.extend(int(row[0]) for row in rows)
 
     def release(self) -> None:
         """Drop this thread's intents: its transaction committed or rolled back."""
