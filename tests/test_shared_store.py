@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from kontextual_engine.cli import cli
 from kontextual_engine.errors import (
+    DuplicateNameError,
     RemoteStoreError,
     StoreFormatError,
     StoreNotFound,
@@ -319,6 +320,20 @@ def test_a_bulk_put_commits_one_intent_statement_per_chunk_before_any_body(
     again = repo.put_artifacts(collection.id, [NewArtifact("n0.md", b"body 0", "note")])
     assert again[0].outcome.value == "unchanged"
     assert len(statements) == 2 and _intents(repo) == 0
+
+
+def test_a_bulk_put_refused_after_its_bodies_are_stored_drops_their_intents(
+    repo: SharedKnowledgeRepository,
+) -> None:
+    """The chunk's bodies go up before the index refuses the call (a name twice):
+    nothing is committed, the intents are dropped, and the bodies are garbage."""
+    collection = repo.create_collection("notes")
+    items = [NewArtifact("same.md", b"one", "note"), NewArtifact("same.md", b"two", "note")]
+    with pytest.raises(DuplicateNameError, match=r"same\.md"):
+        repo.put_artifacts(collection.id, items)
+    assert repo.list_artifacts(collection.id) == []
+    assert _intents(repo) == 0
+    assert sorted(size for _, size in gc(repo, grace_seconds=0).removed) == [3, 3]
 
 
 def test_expired_intents_keep_nothing(store_url: str) -> None:
