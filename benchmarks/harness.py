@@ -191,9 +191,17 @@ def _ratios(m: Measurement, baselines: list[Measurement]) -> str:
     return ", ".join(
         f"{speedup(m, b):.2f}x {b.contender}"
         for b in baselines
-        if b.extra.get("compare_with", m.contender) in (m.contender, "*")
-        and not b.extra.get("no_ratio")
+        if _compared(b, m) and not b.extra.get("no_ratio")
     )
+
+
+def _compared(baseline: Measurement, m: Measurement) -> bool:
+    """Whether ``m`` is shown against ``baseline``: its ``compare_with`` names
+    ``m``'s contender, a list of them, or "*" (absent: every contender)."""
+    wanted = baseline.extra.get("compare_with", m.contender)
+    if isinstance(wanted, (list, tuple)):
+        return m.contender in wanted
+    return wanted in (m.contender, "*")
 
 
 def render(report: Report) -> str:

@@ -48,9 +48,11 @@ def postgres_bin() -> Path | None:
 class PostgresServer:
     """A running cluster; :meth:`new_database` makes an empty database per test."""
 
-    def __init__(self, root: Path, bindir: Path) -> None:
+    def __init__(self, root: Path, bindir: Path, *, durable: bool = False) -> None:
         self.root = root
         self.bindir = bindir
+        # Tests run without fsync; a benchmark runs durable, as a real server would.
+        self.durable = durable
         self.data = root / "data"
         self._names = itertools.count(1)
         self._as: dict[str, Any] = {}
@@ -78,10 +80,9 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
-        options = (
-            f"-k {self.root} -c listen_addresses='' -F -c full_page_writes=off "
-            "-c synchronous_commit=off -c max_connections=200"
-        )
+        options = f"-k {self.root} -c listen_addresses='' -c max_connections=200"
+        if not self.durable:
+            options += " -F -c full_page_writes=off -c synchronous_commit=off"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -95,6 +96,10 @@ class PostgresServer:
             options,
             "start",
         )
+
+    def postmaster_pid(self) -> int:
+        """The process id of the running server (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

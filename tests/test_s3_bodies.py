@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 
 import blake3
 import pytest
@@ -71,6 +72,46 @@ def test_each_body_is_one_object_of_its_exact_bytes_under_its_digest(
     assert keys(s3_server, s3_bucket) == sorted(bodies.key(d) for d in digests)
     uploads = s3_server.client().list_multipart_uploads(Bucket=s3_bucket)
     assert not uploads.get("Uploads")
+
+
+def test_add_many_announces_every_body_once_before_writing_any(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    """One announcement for the batch (repeats once), made before the first
+    write; the digests come back in the order given, and each body is stored."""
+    announced: list[list[str]] = []
+    present_when_announced: list[bool] = []
+    bodies = store(s3_server, s3_bucket, concurrency=4)
+
+    def before_write(digests: Sequence[str]) -> None:
+        announced.append(list(digests))
+        present_when_announced.extend(bodies.exists(digest) for digest in digests)
+
+    bodies.before_write = before_write
+    data = [b"first", os.urandom(2 * MIN_PART_SIZE + 3), b"third", b"first"] + [
+        f"body {number}".encode() for number in range(10)
+    ]
+    digests = bodies.add_many(data)
+    assert digests == [digest_bytes(item) for item in data]
+    assert announced == [list(dict.fromkeys(digests))]
+    assert present_when_announced == [False] * len(announced[0])
+    for digest, item in zip(digests, data, strict=True):
+        assert bodies.get(digest, verify=True) == item
+    assert bodies.add_many([]) == []
+
+
+def test_add_many_raises_the_first_failure_after_the_other_writes_end(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    bodies = store(s3_server, s3_bucket, concurrency=4)
+    damaged = b"will be another size"
+    s3_server.client().put_object(
+        Bucket=s3_bucket, Key=bodies.key(digest_bytes(damaged)), Body=b"short"
+    )
+    good = [f"good {number}".encode() for number in range(6)]
+    with pytest.raises(DamagedStoreError, match="holds 5 bytes"):
+        bodies.add_many([*good, damaged])
+    assert all(bodies.exists(digest_bytes(item)) for item in good)
 
 
 def test_an_existing_body_of_the_same_size_is_success_without_rewriting(
@@ -203,6 +244,8 @@ def test_access_denied_names_the_bucket_and_prefix_and_no_secret(
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValidationError, match="part_size"):
         S3BodyStore("bucket", part_size=MIB)
+    with pytest.raises(ValidationError, match="concurrency"):
+        S3BodyStore("bucket", concurrency=0)
     with pytest.raises(ValidationError, match="prefix"):
         S3BodyStore("bucket", "a/../b")
     with pytest.raises(ValidationError, match="bucket"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ from click.testing import CliRunner, Result
 
 from kontextual_engine.cli import cli
 from kontextual_engine.errors import (
+    DuplicateNameError,
     RemoteStoreError,
     StoreFormatError,
     StoreNotFound,
     ValidationError,
 )
-from kontextual_engine.models import ContextReference
+from kontextual_engine.models import ContextReference, NewArtifact
 from kontextual_engine.storage.shared import SharedKnowledgeRepository, SharedLocation, fsck, gc
 from kontextual_engine.storage.stores import open_store, shared_location
 
@@ -270,6 +271,69 @@ def test_a_rolled_back_body_drops_its_intent_and_becomes_garbage(
         raise RuntimeError("the writer changed its mind")
     assert _intents(repo) == 0
     assert len(gc(repo, grace_seconds=0).removed) == 1
+
+
+def test_a_bulk_put_commits_one_intent_statement_per_chunk_before_any_body(
+    repo: SharedKnowledgeRepository, postgres_server: PostgresServer
+) -> None:
+    """put_artifacts records the intents of a chunk's bodies in one statement,
+    committed (visible to another connection) before any of them is written;
+    gc keeps them until the writer's transaction ends, which drops them."""
+    import psycopg
+
+    collection = repo.create_collection("notes")
+    statements: list[list[str]] = []
+    seen_committed: dict[str, bool] = {}
+    record, write = repo.intents.record, repo.bodies._write
+
+    def counting_record(digests: Sequence[str]) -> None:
+        statements.append(list(digests))
+        record(digests)
+
+    def checking_write(digest: Any, view: memoryview) -> None:
+        with psycopg.connect(repo.index.connection.dsn, autocommit=True) as other:
+            found = other.execute(
+                "SELECT count(*) FROM upload_intents WHERE digest = %s", (digest,)
+            ).fetchone()
+        seen_committed[digest] = found is not None and found[0] == 1
+        write(digest, view)
+
+    repo.bodies.before_write = counting_record
+    repo.bodies._write = checking_write  # type: ignore[method-assign]
+    items = [NewArtifact(f"n{k}.md", f"body {k}".encode(), "note") for k in range(5)]
+    with repo.transaction():
+        results = repo.put_artifacts(collection.id, items)
+        digests = [result.artifact.digest for result in results]
+        assert statements == [digests]
+        assert seen_committed == dict.fromkeys(digests, True)
+        found: list[Any] = []
+        worker = threading.Thread(target=lambda: found.append(gc(repo, grace_seconds=0)))
+        worker.start()
+        worker.join()
+        assert found[0].removed == []
+        assert _intents(repo) == 5
+    assert _intents(repo) == 0
+    assert [repo.read_content(result.artifact.id) for result in results] == [
+        item.content for item in items
+    ]
+    # A body already stored is not written again by the index's own path.
+    again = repo.put_artifacts(collection.id, [NewArtifact("n0.md", b"body 0", "note")])
+    assert again[0].outcome.value == "unchanged"
+    assert len(statements) == 2 and _intents(repo) == 0
+
+
+def test_a_bulk_put_refused_after_its_bodies_are_stored_drops_their_intents(
+    repo: SharedKnowledgeRepository,
+) -> None:
+    """The chunk's bodies go up before the index refuses the call (a name twice):
+    nothing is committed, the intents are dropped, and the bodies are garbage."""
+    collection = repo.create_collection("notes")
+    items = [NewArtifact("same.md", b"one", "note"), NewArtifact("same.md", b"two", "note")]
+    with pytest.raises(DuplicateNameError, match=r"same\.md"):
+        repo.put_artifacts(collection.id, items)
+    assert repo.list_artifacts(collection.id) == []
+    assert _intents(repo) == 0
+    assert sorted(size for _, size in gc(repo, grace_seconds=0).removed) == [3, 3]
 
 
 def test_expired_intents_keep_nothing(store_url: str) -> None:

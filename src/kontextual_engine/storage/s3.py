@@ -43,6 +43,7 @@ import io
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
@@ -125,9 +126,11 @@ class S3BodyStore:
         # botocore's "standard" retry mode: this many attempts in all, with
         # backoff, for throttling, 5xx answers and dropped connections.
         max_attempts: int = 3,
-        # Called with a body's digest before it is written under its key, so a
-        # shared store can record that a writer is about to reference it.
-        before_write: Callable[[Digest], None] | None = None,
+        # Called with the digests of bodies before they are written under their
+        # keys, so a shared store can record that a writer is about to reference them.
+        before_write: Callable[[Sequence[Digest]], None] | None = None,
+        # Bodies of one add_many written at once.
+        concurrency: int = 8,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -153,6 +156,9 @@ class S3BodyStore:
         self.part_size = part_size
         self.copy_limit = copy_limit
         self.before_write = before_write
+        if concurrency < 1:
+            raise ValidationError(f"invalid concurrency {concurrency}: expected at least 1")
+        self.concurrency = concurrency
         self._root = f"{prefix}/" if prefix else ""
         config = Config(
             connect_timeout=connect_timeout,
@@ -192,14 +198,39 @@ class S3BodyStore:
         """Store ``data``; return its digest. An existing body is not rewritten."""
         view = byte_view(data, "object data")
         digest = digest_bytes(view)  # type: ignore[arg-type]  # blake3 hashes any buffer
-        self._announce(digest)
+        self._announce([digest])
+        self._write(digest, view)
+        return digest
+
+    def add_many(self, bodies: Sequence[bytes]) -> list[Digest]:
+        """Store several bodies; return their digests in order. They are announced
+        together (one ``before_write`` call) before any is written, then written
+        up to ``concurrency`` at once; the first failure is raised once the
+        writes already started have ended."""
+        views = [byte_view(data, "object data") for data in bodies]
+        digests = [digest_bytes(view) for view in views]  # type: ignore[arg-type]
+        unique = dict(zip(digests, views, strict=True))
+        if not unique:
+            return []
+        self._announce(list(unique))
+        if len(unique) <= 1 or self.concurrency == 1:
+            for digest, view in unique.items():
+                self._write(digest, view)
+            return digests
+        with ThreadPoolExecutor(min(self.concurrency, len(unique))) as pool:
+            futures = [pool.submit(self._write, digest, view) for digest, view in unique.items()]
+        for future in futures:
+            future.result()
+        return digests
+
+    def _write(self, digest: Digest, view: memoryview) -> None:
+        """Write an announced body under its key (a no-op if it is there)."""
         key = self.key(digest)
         size = view.nbytes
         if size <= self.part_size:
             self._put(key, view)
         elif not self._present(key, size):
             self._multipart(key, _slices(view, self.part_size), conditional=True)
-        return digest
 
     def add_stream(self, stream: BinaryIO) -> tuple[Digest, int]:
         """Store everything ``stream`` yields, hashing while uploading; memory is
@@ -210,7 +241,7 @@ class S3BodyStore:
         if not rest:
             hasher.update(first)
             digest = finish(hasher)
-            self._announce(digest)
+            self._announce([digest])
             self._put(self.key(digest), first)
             return digest, len(first)
         staging = f"{self._root}tmp/{uuid.uuid4().hex}"
@@ -238,7 +269,7 @@ class S3BodyStore:
         try:
             self._multipart(staging, parts(), conditional=False)
             digest = finish(hasher)
-            self._announce(digest)
+            self._announce([digest])
             key = self.key(digest)
             if not self._present(key, total):
                 self._copy(staging, key, total)
@@ -383,9 +414,9 @@ class S3BodyStore:
 
     # -- requests ----------------------------------------------------------------
 
-    def _announce(self, digest: Digest) -> None:
+    def _announce(self, digests: Sequence[Digest]) -> None:
         if self.before_write is not None:
-            self.before_write(digest)
+            self.before_write(digests)
 
     def _put(self, key: str, body: bytes | bytearray | memoryview) -> None:
         try:

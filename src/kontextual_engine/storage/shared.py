@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..digests import Digest
+from ..digests import Digest, digest_bytes
 from ..errors import CorruptObjectError, ObjectNotFound, StoreFormatError
+from ..models import MetadataMode, NewArtifact, PutResult
 from .contract import KnowledgeRepository
 from .ids import Clock, IdSource
+from .pipeline import StoredBody
 from .postgres import PostgresIndex
 from .postgres.intents import DEFAULT_INTENT_SECONDS, UploadIntents, gc_gate, live_intents
 from .reports import (
@@ -120,6 +122,8 @@ class SharedKnowledgeRepository(KnowledgeRepository):
             index.close()
             raise
         self._depth = threading.local()
+        # Bodies the current bulk chunk of this thread has stored already.
+        self._stored = threading.local()
         super().__init__(index, bodies, clock=clock, ids=ids)
 
     def __repr__(self) -> str:
@@ -134,6 +138,39 @@ class SharedKnowledgeRepository(KnowledgeRepository):
             super().close()
         finally:
             self.intents.close()
+
+    def _put_chunk(
+        self,
+        collection_id: str,
+        chunk: Sequence[NewArtifact],
+        seen: set[str],
+        run_id: str | None,
+        mode: MetadataMode,
+        keep_types: bool,
+    ) -> list[PutResult]:
+        """The bulk path stores a chunk's bodies first, with one intent statement
+        for all and several writes at once, then writes the index: the bodies go
+        up before the transaction takes the change sequence (which serialises
+        writers until they commit), so other writers' uploads overlap."""
+        contents = [
+            item.content
+            for item in chunk
+            if isinstance(item, NewArtifact) and isinstance(item.content, (bytes, bytearray))
+        ]
+        self._stored.digests = set(self.bodies.add_many(contents))
+        try:
+            return super()._put_chunk(collection_id, chunk, seen, run_id, mode, keep_types)
+        finally:
+            self._stored.digests = set()
+
+    def _store_body(self, content: bytes | StoredBody) -> tuple[str, int]:
+        """A body the chunk already stored is not stored again."""
+        stored: set[Digest] = getattr(self._stored, "digests", set())
+        if stored and not isinstance(content, StoredBody):
+            digest = digest_bytes(content)
+            if digest in stored:
+                return digest, len(content)
+        return super()._store_body(content)
 
     @contextmanager
     def transaction(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,10 +33,13 @@ GC_LOCK = 0x6B6F6E74657867
 # gc's grace period guards a newly written body for longer still.
 DEFAULT_INTENT_SECONDS = 6 * 3600.0
 
+# One statement records the intents of every body of a batch: one round trip
+# and one commit, however many bodies.
 _RECORD = (
     "WITH gate AS (SELECT pg_advisory_xact_lock_shared(%s)) "
     "INSERT INTO upload_intents (digest, expires_at) "
-    "SELECT %s, now() + %s * interval '1 second' FROM gate RETURNING id"
+    "SELECT digest, now() + %s * interval '1 second' "
+    "FROM gate, unnest(%s::text[]) AS digest RETURNING id"
 )
 
 
@@ -74,16 +77,22 @@ class UploadIntents:
             self._held.reset(token)
             self._drop(held)
 
-    def record(self, digest: str) -> None:
-        """Say that this context is about to store and reference ``digest``. Inside
-        :meth:`holding` the intent is dropped when the block ends; outside, it
-        lasts until it expires."""
+    def record(self, digests: Sequence[str]) -> None:
+        """Say that this context is about to store and reference ``digests``, in one
+        statement committed before it returns. Inside :meth:`holding` the intents
+        are dropped when the block ends; outside, they last until they expire."""
+        if not digests:
+            return
         with self._lock, translate():
-            row = self._connection().execute(_RECORD, (GC_LOCK, digest, self.seconds)).fetchone()
-        assert row is not None
+            rows = (
+                self._connection()
+                .execute(_RECORD, (GC_LOCK, self.seconds, list(digests)))
+                .fetchall()
+            )
+        assert len(rows) == len(digests)
         held = self._held.get(None)
         if held is not None:
-            held.append(int(row[0]))
+            held.extend(int(row[0]) for row in rows)
 
     def _drop(self, held: list[int]) -> None:
         if held:
