@@ -13,6 +13,12 @@ recorded before gc decides (and gc keeps the body) or after gc has finished
 deleting (and the writer stores the body again). gc reads the intents before
 the references: an intent already dropped belongs to a committed transaction,
 whose references gc then reads.
+
+The intents' connection survives a restarted server: a statement that meets a
+dropped connection is sent once more on a new one (recording an intent twice
+or dropping one already gone changes nothing). Dropping intents when the
+server is unreachable gives up quietly: they expire by themselves, and until
+then gc only keeps their bodies a little longer.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any
 
 import psycopg
 
-from .connection import translate
+from ...errors import RemoteStoreUnreachableError
+from .connection import connection_lost, translate
 
 # pg_advisory lock key of gc against new intents ("kontextgc" in ASCII, truncated).
 GC_LOCK = 0x6B6F6E74657867
@@ -55,6 +62,18 @@ class UploadIntents:
             self._conn = psycopg.connect(self.dsn, autocommit=True)
         return self._conn
 
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows; on a connection the server
+        dropped, once more on a new one."""
+        with self._lock, translate(self.dsn):
+            try:
+                return _rows(self._connection().execute(sql, params))
+            except psycopg.OperationalError as exc:
+                if not connection_lost(exc) or self._conn is None:
+                    raise
+                self._conn.close()
+                return _rows(self._connection().execute(sql, params))
+
     @property
     def _held(self) -> list[int]:
         held: list[int] | None = getattr(self._local, "held", None)
@@ -65,25 +84,31 @@ class UploadIntents:
     def record(self, digest: str, *, hold: bool = True) -> None:
         """Say that this thread is about to store and reference ``digest``; with
         ``hold``, :meth:`release` drops the intent, else it lasts until it expires."""
-        with self._lock, translate():
-            row = self._connection().execute(_RECORD, (GC_LOCK, digest, self.seconds)).fetchone()
-        assert row is not None
+        rows = self._execute(_RECORD, (GC_LOCK, digest, self.seconds))
         if hold:
-            self._held.append(int(row[0]))
+            self._held.append(int(rows[0][0]))
 
     def release(self) -> None:
-        """Drop this thread's intents: its transaction committed or rolled back."""
+        """Drop this thread's intents: its transaction committed or rolled back.
+        With the server unreachable they are left to expire."""
         held = self._held
         if not held:
             return
-        with self._lock, translate():
-            self._connection().execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
-        held.clear()
+        try:
+            self._execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (list(held),))
+        except RemoteStoreUnreachableError:
+            pass
+        finally:
+            held.clear()
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
+    return cursor.fetchall() if cursor.description is not None else []
 
 
 @contextmanager
