@@ -67,6 +67,13 @@ class PostgresServer:
         )
 
     def start(self) -> None:
+        """Make the cluster (the first time only) and start the server: start and
+        :meth:`stop` may be repeated, and the data survives a restart."""
+        if not (self.data / "PG_VERSION").exists():
+            self._initdb()
+        self._pg_ctl_start()
+
+    def _initdb(self) -> None:
         self._run(
             str(self.bindir / "initdb"),
             "-D",
@@ -80,6 +87,8 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
+
+    def _pg_ctl_start(self) -> None:
         options = f"-k {self.root} -c listen_addresses='' -c max_connections=200"
         if not self.durable:
             options += " -F -c full_page_writes=off -c synchronous_commit=off"
@@ -101,9 +110,11 @@ class PostgresServer:
         """The process id of the running server (its backends are its children)."""
         return int((self.data / "postmaster.pid").read_text().split()[0])
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server: ``immediate`` (at the end of a session) or ``fast`` (an
+        administrator's restart: sessions are ended, committed work is kept)."""
         if (self.data / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
 
     def dsn(self, database: str) -> str:
         return f"host={self.root} port=5432 user=postgres dbname={database}"

@@ -183,17 +183,20 @@ class SnapshotError(KontextualError):
 
 
 class RemoteStoreError(KontextualError):
-    """A remote object store (S3 or compatible) refused or failed a request.
+    """A remote store (an S3-compatible object store, or a shared store's
+    PostgreSQL index) refused or failed a request.
 
-    The message names the store (``s3://bucket/prefix`` or the endpoint), the
-    operation and the service's error code; never a credential.
+    The message names the store (``s3://bucket/prefix``, the endpoint, or the
+    index's DSN without its password), the operation and the service's error
+    code; never a credential.
     """
 
     exit_code = 8
 
 
 class RemoteStoreUnreachableError(RemoteStoreError):
-    """The remote object store did not answer: connection refused, reset or timed out.
+    """The remote store did not answer: connection refused, reset or timed out, or
+    the PostgreSQL server stopped or restarted.
 
     Not damage: nothing acknowledged was lost; retry when the service is back.
     """

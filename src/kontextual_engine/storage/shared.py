@@ -36,6 +36,7 @@ from .contract import KnowledgeRepository
 from .ids import Clock, IdSource
 from .pipeline import StoredBody
 from .postgres import PostgresIndex
+from .postgres.connection import translate
 from .postgres.intents import DEFAULT_INTENT_SECONDS, UploadIntents, gc_gate, live_intents
 from .reports import (
     DEFAULT_GRACE_SECONDS,
@@ -235,7 +236,11 @@ def gc(
     sweep = Sweep(repo, grace_seconds, dry_run, time.time())
     listed = list(repo.bodies.entries())
     staging = list(repo.bodies.entries(staging=True))
-    with repo.index.connection.pool.connection() as conn, gc_gate(conn):
+    with (
+        repo.index.connection.borrow() as conn,
+        translate(repo.location.dsn),
+        gc_gate(conn),
+    ):
         intents = live_intents(conn, sweep=not dry_run)
         referenced = {row[0] for row in conn.execute("SELECT DISTINCT digest FROM revisions")}
         present = {entry.digest for entry in listed if entry.digest is not None}

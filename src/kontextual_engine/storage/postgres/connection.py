@@ -13,6 +13,16 @@ UPDATE``) and holds it until commit or rollback, so writers assign sequences
 one transaction at a time, in commit order: the feed has no gap and no
 duplicate however transactions interleave. The counter is written back when
 the outermost level commits; a rolled-back level gives its numbers back.
+
+A server that stops, restarts or drops a connection: the statement that meets
+it raises :class:`~kontextual_engine.errors.RemoteStoreUnreachableError`
+naming the server (never its password); the transaction it was part of is
+rolled back by the server, so nothing unacknowledged is kept. Every
+connection the pool hands out answers first (:meth:`Connection.borrow`): a
+connection broken while it sat in the pool is discarded for a new one, so
+the same repository carries on once the server is back, and while it is down
+the caller learns so at once (libpq's reason) instead of after the pool's
+timeout.
 """
 
 from __future__ import annotations
@@ -26,13 +36,19 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import psycopg.errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...errors import IntegrityError, StoreNotFound
+from ...errors import IntegrityError, RemoteStoreUnreachableError, StoreNotFound
 from . import schema
 
 # Rows buffered inside bulk() before they are written anyway.
 BULK_ROWS = 5000
+# How long a thread waits for a pooled connection in all, and after how long
+# of that it checks whether the server answers at all.
+POOL_TIMEOUT = 30.0
+PROBE_AFTER = 2.0
+# SQLSTATEs of a lost server: class 08 (connection exception) and the shutdowns.
+_GONE_STATES = ("57P01", "57P02", "57P03")
 
 
 @dataclass
@@ -87,12 +103,60 @@ class Connection:
             max_size=pool_size,
             kwargs={"autocommit": True},
             open=True,
-            timeout=30.0,
+            timeout=POOL_TIMEOUT,
         )
         self._local = threading.local()
 
     def close(self) -> None:
         self.pool.close()
+
+    @contextmanager
+    def borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool that answers, returned when the block ends.
+
+        A pooled connection the server has dropped (a restart, an idle timeout)
+        is discarded and the next one tried; when none answers, a new
+        connection tells whether the server is up: if not, the caller gets
+        :class:`RemoteStoreUnreachableError` at once with libpq's reason."""
+        for _ in range(self.pool.max_size + 1):
+            conn = self._getconn()
+            try:
+                conn.execute("")
+            except psycopg.OperationalError:
+                self.pool.putconn(conn)  # broken: the pool connects anew in its place
+                self.probe()
+                continue
+            try:
+                yield conn
+            finally:
+                self.pool.putconn(conn)
+            return
+        raise unreachable(self.dsn, "no pooled connection answers although the server does")
+
+    def _getconn(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any]
+        try:
+            conn = self.pool.getconn(timeout=PROBE_AFTER)
+            return conn
+        except PoolTimeout:
+            self.probe()
+        try:
+            conn = self.pool.getconn(timeout=POOL_TIMEOUT - PROBE_AFTER)
+            return conn
+        except PoolTimeout as exc:
+            raise unreachable(
+                self.dsn,
+                f"no connection of the pool came free in {POOL_TIMEOUT:.0f} s "
+                f"({self.pool.max_size} are in use)",
+            ) from exc
+
+    def probe(self) -> None:
+        """Return if the server accepts a new connection, else raise
+        :class:`RemoteStoreUnreachableError` with libpq's reason."""
+        try:
+            psycopg.connect(self.dsn, autocommit=True).close()
+        except psycopg.OperationalError as exc:
+            raise unreachable(self.dsn, _first_line(exc)) from exc
 
     @property
     def state(self) -> _State:
@@ -110,7 +174,7 @@ class Connection:
             saved = (state.last, dict(state.noted))
             self.flush()
             try:
-                with translate(), state.conn.transaction():
+                with translate(self.dsn), state.conn.transaction():
                     state.depth += 1
                     try:
                         yield False
@@ -122,10 +186,10 @@ class Connection:
                 state.last, state.noted = saved
                 raise
             return
-        with self.pool.connection() as conn:
+        with self.borrow() as conn:
             state.conn, state.depth = conn, 1
             try:
-                with translate(), conn.transaction():
+                with translate(self.dsn), conn.transaction():
                     yield True
                     self.flush()
                     if state.last is not None and state.last != state.counter_last:
@@ -139,10 +203,10 @@ class Connection:
         if state.conn is not None:
             yield
             return
-        with self.pool.connection() as conn:
+        with self.borrow() as conn:
             state.conn, state.depth, state.read_only = conn, 1, True
             try:
-                with translate(), conn.transaction():
+                with translate(self.dsn), conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     yield
             finally:
@@ -170,7 +234,7 @@ class Connection:
         self.flush()
         state = self.state
         assert state.conn is not None, "write outside a transaction"
-        with translate(), state.conn.cursor() as cursor:
+        with translate(self.dsn), state.conn.cursor() as cursor:
             cursor.executemany(sql, params)
 
     def _run(
@@ -180,10 +244,10 @@ class Connection:
         if state.conn is not None:
             if flush:
                 self.flush()
-            with translate():
+            with translate(self.dsn):
                 cursor = state.conn.execute(sql, params)
                 return cursor.fetchall() if fetch else []
-        with translate(), self.pool.connection() as conn:
+        with self.borrow() as conn, translate(self.dsn):
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if fetch else []
 
@@ -253,7 +317,7 @@ class Connection:
         assert conn is not None
         buffers, state.buffers, state.buffered_rows = state.buffers, {}, 0
         state.noted = {}
-        with translate(), conn.cursor() as cursor:
+        with translate(self.dsn), conn.cursor() as cursor:
             for buffered in buffers.values():
                 columns = ", ".join(buffered.columns)
                 with cursor.copy(f"COPY {buffered.table} ({columns}) FROM STDIN") as copy:
@@ -275,11 +339,40 @@ def shown_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
+def unreachable(dsn: str, reason: str) -> RemoteStoreUnreachableError:
+    """The error of a PostgreSQL index that does not answer, naming it without its password."""
+    return RemoteStoreUnreachableError(
+        f"the PostgreSQL index at {shown_dsn(dsn)} is unreachable ({reason}): the operation "
+        "was not acknowledged and nothing unacknowledged was kept; retry when the server answers"
+    )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is gone (stopped, restarted, unreachable)
+    rather than refusing a statement (a lock timeout, a serialization failure)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _GONE_STATES
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 @contextmanager
-def translate() -> Iterator[None]:
-    """PostgreSQL's constraint errors as the library's typed errors."""
+def translate(dsn: str | None = None) -> Iterator[None]:
+    """PostgreSQL's constraint errors, a lost server and a pool that hands out no
+    connection as the library's typed errors (``dsn`` names the server)."""
     try:
         yield
+    except psycopg.OperationalError as exc:
+        if not connection_lost(exc):
+            raise
+        raise unreachable(dsn or "(the store's DSN)", _first_line(exc)) from exc
+    except PoolTimeout as exc:
+        raise unreachable(dsn or "(the store's DSN)", _first_line(exc)) from exc
     except psycopg.errors.IntegrityError as exc:
         detail = exc.diag.message_detail or ""
         raise IntegrityError(

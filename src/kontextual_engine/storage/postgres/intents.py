@@ -13,6 +13,12 @@ recorded before gc decides (and gc keeps the body) or after gc has finished
 deleting (and the writer stores the body again). gc reads the intents before
 the references: an intent already dropped belongs to a committed transaction,
 whose references gc then reads.
+
+The intents' connection survives a restarted server: a statement that meets a
+dropped connection is sent once more on a new one (recording an intent twice
+or dropping one already gone changes nothing). Dropping intents when the
+server is unreachable gives up quietly: they expire by themselves, and until
+then gc only keeps their bodies a little longer.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
 
-from .connection import translate
+from ...errors import RemoteStoreUnreachableError
+from .connection import connection_lost, translate
 
 # pg_advisory lock key of gc against new intents ("kontextgc" in ASCII, truncated).
 GC_LOCK = 0x6B6F6E74657867
@@ -65,10 +72,23 @@ class UploadIntents:
             self._conn = psycopg.connect(self.dsn, autocommit=True)
         return self._conn
 
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows; on a connection the server
+        dropped, once more on a new one."""
+        with self._lock, translate(self.dsn):
+            try:
+                return _rows(self._connection().execute(sql, params))
+            except psycopg.OperationalError as exc:
+                if not connection_lost(exc) or self._conn is None:
+                    raise
+                self._conn.close()
+                return _rows(self._connection().execute(sql, params))
+
     @contextmanager
     def holding(self) -> Iterator[None]:
         """Hold the intents recorded in this context until the block ends, then
-        drop them (the transaction committed or rolled back)."""
+        drop them (the transaction committed or rolled back). With the server
+        unreachable they are left to expire."""
         held: list[int] = []
         token = self._held.set(held)
         try:
@@ -77,32 +97,31 @@ class UploadIntents:
             self._held.reset(token)
             self._drop(held)
 
+    def _drop(self, held: list[int]) -> None:
+        if held:
+            with suppress(RemoteStoreUnreachableError):
+                self._execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
+
     def record(self, digests: Sequence[str]) -> None:
         """Say that this context is about to store and reference ``digests``, in one
         statement committed before it returns. Inside :meth:`holding` the intents
         are dropped when the block ends; outside, they last until they expire."""
         if not digests:
             return
-        with self._lock, translate():
-            rows = (
-                self._connection()
-                .execute(_RECORD, (GC_LOCK, self.seconds, list(digests)))
-                .fetchall()
-            )
+        rows = self._execute(_RECORD, (GC_LOCK, self.seconds, list(digests)))
         assert len(rows) == len(digests)
         held = self._held.get(None)
         if held is not None:
             held.extend(int(row[0]) for row in rows)
 
-    def _drop(self, held: list[int]) -> None:
-        if held:
-            with self._lock, translate():
-                self._connection().execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
+    return cursor.fetchall() if cursor.description is not None else []
 
 
 @contextmanager
