@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +18,6 @@ from ..output import echo, jsonable, print_fields, print_json, print_table, prog
 from ..params import parse_duration
 
 if TYPE_CHECKING:
-    from ...snapshot.format import SnapshotSummary
     from ...storage.contract import KnowledgeRepository
     from ...storage.shared import SharedKnowledgeRepository
 
@@ -342,7 +341,9 @@ def import_(app: App, source: Path, target: str | None, as_json: bool, quiet: bo
     _imported(summary, str(app.store), as_json)
 
 
-def _imported(summary: SnapshotSummary, where: str, as_json: bool) -> None:
+def _imported(summary: Any, where: str, as_json: bool) -> None:
+    """Say what import brought in (``summary``: the snapshot package's SnapshotSummary,
+    which only export and import load)."""
     if as_json:
         print_json(summary)
         return
