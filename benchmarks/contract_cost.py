@@ -1,0 +1,166 @@
+"""Contract per document: the repository's own Python work in a bulk ingest.
+
+``put_artifacts`` of N generated documents into a
+``KnowledgeRepository(MemoryIndex(), MemoryBodyStore())``, against the same
+backend and body store given the same records directly (what the contract
+asks of them, with nothing to check or build). The difference is what the
+contract itself costs per document: validation, canonical JSON, ids, times,
+records. The target: at most 30 us per document.
+
+Both are timed in CPU time of this process (``time.process_time``), not wall
+time: the work is pure Python, and on a shared machine wall time also counts
+the time slices of other processes. A full collection runs before each timed
+run, so no run pays for the garbage of the one before; collections during a
+run are counted, as the work that allocates causes them.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kontextual_engine.models import (
+    Artifact,
+    ArtifactRevision,
+    ChangeRecord,
+    ChangeSet,
+    Collection,
+    NewArtifact,
+)
+from kontextual_engine.storage import text
+from kontextual_engine.storage.bodies import MemoryBodyStore
+from kontextual_engine.storage.contract import PUT_CHUNK, KnowledgeRepository
+from kontextual_engine.storage.memory import MemoryIndex
+
+from . import data
+from .harness import Measurement, alternate, at_most
+
+if TYPE_CHECKING:
+    from .workloads import Context
+
+WORKLOAD = "contract-per-doc"
+# The target: the contract's own CPU time per document, in microseconds.
+TARGET_US = 30.0
+
+
+@dataclass
+class Recorded:
+    """What one ``put_artifacts`` handed to the backend and the body store."""
+
+    collection: Collection
+    create_change: ChangeRecord
+    change_set: ChangeSet
+    artifacts: list[Artifact]
+    revisions: list[ArtifactRevision]
+    changes: list[ChangeRecord]
+    bodies: list[bytes]
+    searchable: list[str | text.NotSearchable]
+    names: list[str]
+
+
+def _repository() -> tuple[KnowledgeRepository, str]:
+    repo = KnowledgeRepository(MemoryIndex(), MemoryBodyStore())
+    return repo, repo.create_collection("bench").id
+
+
+def _put(items: list[NewArtifact]) -> float:
+    repo, collection_id = _repository()
+    gc.collect()
+    start = time.process_time()
+    results = repo.put_artifacts(collection_id, items)
+    seconds = time.process_time() - start
+    assert len(results) == len(items)
+    return seconds
+
+
+def record(items: list[NewArtifact]) -> Recorded:
+    """Run ``put_artifacts`` once and keep every record it wrote."""
+    repo, collection_id = _repository()
+    repo.put_artifacts(collection_id, items)
+    index = repo.index
+    assert isinstance(index, MemoryIndex)
+    artifacts = list(index.artifacts.values())
+    change_sets = list(index.change_sets.values())
+    assert len(artifacts) == len(items) and len(change_sets) == 2
+    return Recorded(
+        collection=index.collections[collection_id],
+        create_change=index.changes[0],
+        change_set=change_sets[1],
+        artifacts=artifacts,
+        revisions=[index.revisions[artifact.id][0] for artifact in artifacts],
+        changes=index.changes[1:],
+        bodies=[item.content for item in items],
+        searchable=[text.text_of(item.content) for item in items],
+        names=[item.name for item in items],
+    )
+
+
+def _primitives(rec: Recorded) -> float:
+    """The backend and body store calls of one ``put_artifacts``, records ready."""
+    index, bodies = MemoryIndex(), MemoryBodyStore()
+    with index.transaction():
+        index.insert_collection(rec.collection)
+        index.append_change(rec.create_change)
+    n = len(rec.artifacts)
+    collection_id = rec.collection.id
+    gc.collect()
+    start = time.process_time()
+    with index.transaction(), bodies.batch(), index.bulk():
+        index.find_collection(collection_id)
+        for first in range(0, n, PUT_CHUNK):
+            index.find_artifacts_by_names(collection_id, rec.names[first : first + PUT_CHUNK])
+            for i in range(first, min(n, first + PUT_CHUNK)):
+                bodies.add(rec.bodies[i])
+                index.next_sequence()
+                index.insert_artifact(rec.artifacts[i], rec.revisions[i], rec.searchable[i])
+                if i == 0:
+                    index.insert_change_set(rec.change_set)
+                index.append_change(rec.changes[i])
+    return time.process_time() - start
+
+
+def contract_per_doc(ctx: Context) -> None:
+    n = ctx.scale.bulk_n
+    items = [
+        NewArtifact(doc.name, doc.content, "document", "text/markdown", doc.metadata)
+        for doc in data.documents(0, n)
+    ]
+    recorded = record(items)
+    m_put = Measurement(WORKLOAD, "put_artifacts, memory backend (CPU)", n, "doc", False)
+    m_floor = Measurement(WORKLOAD, "memory backend + body store calls alone (CPU)", n, "doc", True)
+    # A part of the work, not an alternative to it: listed, never compared.
+    m_floor.extra["no_ratio"] = True
+    alternate(
+        ctx.report,
+        WORKLOAD,
+        [(m_put, lambda: _put(items)), (m_floor, lambda: _primitives(recorded))],
+        ctx.scale.repetitions,
+    )
+    contract_us = (m_put.median - m_floor.median) * 1e6 / n
+    ctx.report.targets.append(
+        at_most(
+            WORKLOAD,
+            "contract CPU per document (put_artifacts - backend calls)",
+            contract_us,
+            TARGET_US,
+            " us",
+            f"{contract_us:.1f} us",
+        )
+    )
+    ctx.report.note(
+        WORKLOAD,
+        f"{n:,} documents of ~1 KiB: put_artifacts {m_put.median * 1e6 / n:.1f} us/doc of CPU, "
+        f"of which the memory backend and body store {m_floor.median * 1e6 / n:.1f} "
+        f"(words {_words_us(recorded):.1f}), the contract {contract_us:.1f}",
+    )
+
+
+def _words_us(rec: Recorded) -> float:
+    """CPU per document of the memory backend's tokenizer alone (part of the floor)."""
+    start = time.process_time()
+    for searchable in rec.searchable:
+        if isinstance(searchable, str):
+            text.words(searchable)
+    return (time.process_time() - start) * 1e6 / len(rec.searchable)
