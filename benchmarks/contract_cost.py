@@ -10,16 +10,22 @@ records. The target: at most 30 us per document.
 Both are timed in CPU time of this process (``time.process_time``), not wall
 time: the work is pure Python, and on a shared machine wall time also counts
 the time slices of other processes. A full collection runs before each timed
-run, so no run pays for the garbage of the one before; collections during a
-run are counted, as the work that allocates causes them.
+run, so no run pays for the garbage of the one before. The cyclic garbage
+collector's passes during a run are timed apart (``gc.callbacks``): what a
+full pass costs depends on everything the process holds (here mostly the
+memory backend's word lists), not on the work that happened to trigger it.
+The target is the contract's work without them; the note gives both.
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kontextual_engine.models import (
     Artifact,
@@ -60,17 +66,38 @@ class Recorded:
     names: list[str]
 
 
+@contextmanager
+def _collector_time(m: Measurement) -> Iterator[None]:
+    """Add the CPU seconds of the collector's passes in the block to ``m``."""
+    spent = [0.0]
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.process_time()
+        else:
+            spent[0] += time.process_time() - started[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+        m.extra.setdefault("gc_seconds", []).append(spent[0])
+
+
 def _repository() -> tuple[KnowledgeRepository, str]:
     repo = KnowledgeRepository(MemoryIndex(), MemoryBodyStore())
     return repo, repo.create_collection("bench").id
 
 
-def _put(items: list[NewArtifact]) -> float:
+def _put(items: list[NewArtifact], m: Measurement) -> float:
     repo, collection_id = _repository()
     gc.collect()
-    start = time.process_time()
-    results = repo.put_artifacts(collection_id, items)
-    seconds = time.process_time() - start
+    with _collector_time(m):
+        start = time.process_time()
+        results = repo.put_artifacts(collection_id, items)
+        seconds = time.process_time() - start
     assert len(results) == len(items)
     return seconds
 
@@ -97,7 +124,7 @@ def record(items: list[NewArtifact]) -> Recorded:
     )
 
 
-def _primitives(rec: Recorded) -> float:
+def _primitives(rec: Recorded, m: Measurement) -> float:
     """The backend and body store calls of one ``put_artifacts``, records ready."""
     index, bodies = MemoryIndex(), MemoryBodyStore()
     with index.transaction():
@@ -106,19 +133,21 @@ def _primitives(rec: Recorded) -> float:
     n = len(rec.artifacts)
     collection_id = rec.collection.id
     gc.collect()
-    start = time.process_time()
-    with index.transaction(), bodies.batch(), index.bulk():
-        index.find_collection(collection_id)
-        for first in range(0, n, PUT_CHUNK):
-            index.find_artifacts_by_names(collection_id, rec.names[first : first + PUT_CHUNK])
-            for i in range(first, min(n, first + PUT_CHUNK)):
-                bodies.add(rec.bodies[i])
-                index.next_sequence()
-                index.insert_artifact(rec.artifacts[i], rec.revisions[i], rec.searchable[i])
-                if i == 0:
-                    index.insert_change_set(rec.change_set)
-                index.append_change(rec.changes[i])
-    return time.process_time() - start
+    with _collector_time(m):
+        start = time.process_time()
+        with index.transaction(), bodies.batch(), index.bulk():
+            index.find_collection(collection_id)
+            for first in range(0, n, PUT_CHUNK):
+                names = rec.names[first : first + PUT_CHUNK]
+                index.find_artifacts_by_names(collection_id, names)
+                for i in range(first, min(n, first + PUT_CHUNK)):
+                    bodies.add(rec.bodies[i])
+                    index.next_sequence()
+                    index.insert_artifact(rec.artifacts[i], rec.revisions[i], rec.searchable[i])
+                    if i == 0:
+                        index.insert_change_set(rec.change_set)
+                    index.append_change(rec.changes[i])
+        return time.process_time() - start
 
 
 def contract_per_doc(ctx: Context) -> None:
@@ -135,25 +164,34 @@ def contract_per_doc(ctx: Context) -> None:
     alternate(
         ctx.report,
         WORKLOAD,
-        [(m_put, lambda: _put(items)), (m_floor, lambda: _primitives(recorded))],
+        [(m_put, lambda: _put(items, m_put)), (m_floor, lambda: _primitives(recorded, m_floor))],
         ctx.scale.repetitions,
     )
-    contract_us = (m_put.median - m_floor.median) * 1e6 / n
+    per_doc = 1e6 / n
+    put, floor = m_put.median * per_doc, m_floor.median * per_doc
+    put_gc = statistics.median(m_put.extra["gc_seconds"]) * per_doc
+    floor_gc = statistics.median(m_floor.extra["gc_seconds"]) * per_doc
+    work = (put - put_gc) - (floor - floor_gc)
+    for m in (m_put, m_floor):
+        gc_us = statistics.median(m.extra["gc_seconds"]) * per_doc
+        m.extra["per_item_text"] = f"{m.median * per_doc:.1f} us ({gc_us:.1f} collector)"
     ctx.report.targets.append(
         at_most(
             WORKLOAD,
-            "contract CPU per document (put_artifacts - backend calls)",
-            contract_us,
+            "contract CPU per document, collector apart",
+            work,
             TARGET_US,
             " us",
-            f"{contract_us:.1f} us",
+            f"{work:.1f} us",
         )
     )
     ctx.report.note(
         WORKLOAD,
-        f"{n:,} documents of ~1 KiB: put_artifacts {m_put.median * 1e6 / n:.1f} us/doc of CPU, "
-        f"of which the memory backend and body store {m_floor.median * 1e6 / n:.1f} "
-        f"(words {_words_us(recorded):.1f}), the contract {contract_us:.1f}",
+        f"{n:,} documents of ~1 KiB, CPU per document: put_artifacts {put:.1f} us "
+        f"({put_gc:.1f} of it in the cyclic collector), the memory backend and body store "
+        f"given the same records {floor:.1f} ({floor_gc:.1f} collector; the tokenizer "
+        f"{_words_us(recorded):.1f}); the contract {work:.1f} us without the collector, "
+        f"{put - floor:.1f} with it",
     )
 
 

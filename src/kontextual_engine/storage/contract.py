@@ -485,22 +485,26 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
                 raise DuplicateNameError(f"artifact name {one.name!r} appears twice in one call")
             seen.add(one.name)
         existing = self.index.find_artifacts_by_names(collection_id, [one.name for one in checked])
-        return [
-            self._put_one(collection_id, one, existing.get(one.name), run_id, mode, keep_types)
-            for one in checked
-        ]
+        results: list[PutResult] = []
+        now: datetime | None = None  # the change set's time, fetched at the first creation
+        for one in checked:
+            current = existing.get(one.name)
+            if current is not None:
+                results.append(self._put_update(one, current, run_id, mode, keep_types))
+                continue
+            if now is None:
+                now = self._now()
+            results.append(PutResult(self._create(collection_id, one, now), PutOutcome.CREATED))
+        return results
 
-    def _put_one(
+    def _put_update(
         self,
-        collection_id: str,
         item: _CheckedArtifact,
-        existing: Artifact | None,
+        existing: Artifact,
         run_id: str | None,
         mode: MetadataMode,
         keep_types: bool,
     ) -> PutResult:
-        if existing is None:
-            return PutResult(self._create(collection_id, item), PutOutcome.CREATED)
         metadata: str | None = item.metadata
         if mode is MetadataMode.KEEP:
             metadata = None
