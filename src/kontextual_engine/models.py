@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Union
@@ -109,7 +109,7 @@ def canonical_json(value: object, where: str = "value") -> str:
     """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN) or raise."""
     if not _plain_json(value, 0):
         _check_json(value, where, 0)
-    text = _CANONICAL.encode(value)
+    text = _encode(value)
     if text.isascii():  # then no lone surrogate, and one byte per character
         size = len(text)
     else:
@@ -130,9 +130,42 @@ _CANONICAL = json.JSONEncoder(
 json_string = json.encoder.encode_basestring
 
 
+def _one_shot_encoder() -> Callable[[object], str]:
+    """``_CANONICAL.encode``, without the C encoder it builds anew on every call:
+    that one built once, where the json module has it (with the same arguments
+    ``JSONEncoder.iterencode`` passes), else ``_CANONICAL.encode`` itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _CANONICAL.encode
+    try:
+        encoder = make(
+            None,  # no cycle check: every value passed is checked first (depth)
+            _CANONICAL.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            False,
+        )
+    except TypeError:  # another signature in another Python
+        return _CANONICAL.encode
+
+    def encode(value: object) -> str:
+        if isinstance(value, str):
+            return json_string(value)
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _one_shot_encoder()
+
+
 def canonical_dumps(value: object) -> str:
     """The canonical text of a value already checked (records read back from a store)."""
-    return _CANONICAL.encode(value)
+    return _encode(value)
 
 
 def canonical_object(value: Mapping[str, Any] | None, where: str) -> str:
