@@ -23,6 +23,7 @@ from kontextual_engine.storage.sqlite import SQLiteKnowledgeRepository, schema
 
 from . import baselines, data
 from .config import Scale
+from .contract_cost import contract_per_doc
 from .harness import (
     Measurement,
     Report,
@@ -1270,6 +1271,7 @@ def _record_rss(m: Measurement, result: dict[str, Any]) -> float:
 
 WORKLOADS: dict[str, Callable[[Context], None]] = {
     "bulk-ingest": bulk_ingest,
+    "contract-per-doc": contract_per_doc,
     "single-create": single_create,
     "stdlib-corpus": stdlib_corpus,
     "lookups": lookups,

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = (
     "bulk-ingest",
+    "contract-per-doc",
     "single-create",
     "stdlib-corpus",
     "lookups",
@@ -91,6 +92,7 @@ def test_benchmarks_run_at_tiny_scale(tmp_path: Path) -> None:
     targets = {(t["workload"], t["name"]) for t in document["targets"]}
     assert {
         ("bulk-ingest", "batch time with words / without words"),
+        ("contract-per-doc", "contract CPU per document, collector apart"),
         ("stdlib-corpus", "index size / searchable text"),
         ("text-scale", "search rare term p50"),
         ("text-scale", "search phrase p50"),

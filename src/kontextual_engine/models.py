@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Union
@@ -75,24 +75,100 @@ def _check_json(value: object, where: str, depth: int) -> None:
     raise ValidationError(f"{where}: {type(value).__name__} value {value!r} is not JSON")
 
 
+def _plain_json(value: object, depth: int) -> bool:
+    """Whether :func:`_check_json` accepts ``value``, decided without building its
+    error texts: the check of every value written in bulk. ``False`` also for
+    what it is unsure of (subclasses, other mappings, documents near the depth
+    limit); :func:`_check_json` then decides, and names what is wrong."""
+    if type(value) is dict:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key:
+                return False
+            if type(item) is str:
+                if "\x00" in item:
+                    return False
+            elif type(item) is int:
+                if not MIN_JSON_INT <= item <= MAX_JSON_INT:
+                    return False
+            elif item is not None and type(item) is not bool and not _plain_json(item, depth + 1):
+                return False
+        return True
+    if type(value) is str:
+        return "\x00" not in value
+    if type(value) is int:
+        return MIN_JSON_INT <= value <= MAX_JSON_INT
+    if type(value) is float:
+        return math.isfinite(value)
+    if value is None or type(value) is bool:
+        return True
+    if type(value) is list or type(value) is tuple:
+        return depth < MAX_JSON_DEPTH and all(_plain_json(item, depth + 1) for item in value)
+    return False
+
+
 def canonical_json(value: object, where: str = "value") -> str:
     """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN) or raise."""
-    _check_json(value, where, 0)
-    text = canonical_dumps(value)
-    try:
-        encoded = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValidationError(f"{where}: contains a lone surrogate, not valid Unicode") from exc
-    if len(encoded) > MAX_JSON_BYTES:
+    if not _plain_json(value, 0):
+        _check_json(value, where, 0)
+    text = _encode(value)
+    if text.isascii():  # then no lone surrogate, and one byte per character
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValidationError(f"{where}: contains a lone surrogate, not valid Unicode") from exc
+    if size > MAX_JSON_BYTES:
         raise ValidationError(f"{where}: JSON larger than {MAX_JSON_BYTES} bytes")
     return text
 
 
+# One encoder for every canonical text: json.dumps builds a new one per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+# The canonical JSON text of a string: what _CANONICAL writes for one.
+json_string = json.encoder.encode_basestring
+
+
+def _one_shot_encoder() -> Callable[[object], str]:
+    """``_CANONICAL.encode``, without the C encoder it builds anew on every call:
+    that one built once, where the json module has it (with the same arguments
+    ``JSONEncoder.iterencode`` passes), else ``_CANONICAL.encode`` itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _CANONICAL.encode
+    try:
+        encoder = make(
+            None,  # no cycle check: every value passed is checked first (depth)
+            _CANONICAL.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            False,
+        )
+    except TypeError:  # another signature in another Python
+        return _CANONICAL.encode
+
+    def encode(value: object) -> str:
+        if isinstance(value, str):
+            return json_string(value)
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _one_shot_encoder()
+
+
 def canonical_dumps(value: object) -> str:
     """The canonical text of a value already checked (records read back from a store)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _encode(value)
 
 
 def canonical_object(value: Mapping[str, Any] | None, where: str) -> str:

@@ -16,7 +16,7 @@ from kontextual_engine.errors import (
     RevisionNotFound,
     ValidationError,
 )
-from kontextual_engine.models import MAX_JSON_DEPTH
+from kontextual_engine.models import MAX_JSON_DEPTH, canonical_json
 from kontextual_engine.storage import KnowledgeRepository
 
 from .conftest import Backend, MakeArtifact
@@ -377,6 +377,49 @@ def test_put_artifacts_is_all_or_nothing(repo: KnowledgeRepository, collection_i
         )
     assert repo.list_artifacts(collection_id) == []
     assert repo.last_sequence() == before
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        # The second item shares the first one's artifact type, not its media type.
+        (
+            [NewArtifact("a", b"1", "note", "text/plain"), NewArtifact("b", b"2", "note", "\n")],
+            "media type",
+        ),
+        ([NewArtifact("a", b"1", "note"), NewArtifact("b", b"2", "note", ["x"])], "media type"),  # type: ignore[arg-type]
+        ([NewArtifact("a", b"1", "note"), NewArtifact("b", b"2", ["note"])], "artifact type"),  # type: ignore[arg-type]
+        ([NewArtifact("a", b"1", "note"), NewArtifact("b", b"2", "")], "artifact type"),
+        # Every field wrong: the name is named, as it is checked first.
+        ([NewArtifact("\n", "text", "", "\n", {"x": math.nan})], "artifact name"),  # type: ignore[arg-type]
+        ([NewArtifact("a", "text", "", "\n")], "content"),  # type: ignore[arg-type]
+    ],
+)
+def test_put_artifacts_checks_every_item(
+    repo: KnowledgeRepository, collection_id: str, items: list[NewArtifact], message: str
+) -> None:
+    before = repo.last_sequence()
+    with pytest.raises(ValidationError, match=message):
+        repo.put_artifacts(collection_id, items)
+    assert repo.list_artifacts(collection_id) == []
+    assert repo.last_sequence() == before
+
+
+@pytest.mark.parametrize(
+    "name", ['quote " and \\ backslash', "日本語 ✓", "a/b\u2028c", "\U0001f600"]
+)
+def test_creation_change_names_the_artifact(
+    repo: KnowledgeRepository, collection_id: str, name: str
+) -> None:
+    created = repo.create_artifact(collection_id, name, b"x", artifact_type="note")
+    [put] = repo.put_artifacts(collection_id, [NewArtifact(name + " 2", b"y", "note")])
+    for artifact in (created, put.artifact):
+        [change] = repo.list_changes(entity_id=artifact.id)
+        expected = {"collection_id": collection_id, "name": artifact.name}
+        assert change.details == expected
+        assert change.details_json == canonical_json(expected)
+        assert (change.action, change.entity_kind, change.revision) == ("create", "artifact", 1)
+        assert change.new_digest == artifact.digest and change.old_digest is None
 
 
 def test_artifacts_survive_reopen(backend: Backend) -> None:

@@ -79,6 +79,7 @@ from ..models import (
     check_media_type,
     check_relationship_type,
     format_time,
+    json_string,
     utc,
 )
 from . import text
@@ -102,6 +103,9 @@ REBUILD_BATCH = 500
 # name query per chunk instead of one per item, with bounded memory.
 PUT_CHUNK = 500
 _Repository = TypeVar("_Repository", bound="KnowledgeRepository")
+# The change record fields of an artifact's creation, as the records hold them.
+_ARTIFACT = EntityKind.ARTIFACT.value
+_CREATE = ChangeAction.CREATE.value
 
 
 def _check_content(content: object) -> bytes | StoredBody:
@@ -532,28 +536,33 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         keep_types: bool,
     ) -> list[PutResult]:
         """Create or update a chunk of artifacts by name with one name lookup."""
-        checked = [self._check_new(item, run_id) for item in chunk]
+        types: set[tuple[str, str | None]] = set()
+        checked = [self._check_new(item, run_id, types) for item in chunk]
         for one in checked:
             if one.name in seen:
                 raise DuplicateNameError(f"artifact name {one.name!r} appears twice in one call")
             seen.add(one.name)
         existing = self.index.find_artifacts_by_names(collection_id, [one.name for one in checked])
-        return [
-            self._put_one(collection_id, one, existing.get(one.name), run_id, mode, keep_types)
-            for one in checked
-        ]
+        results: list[PutResult] = []
+        now: datetime | None = None  # the change set's time, fetched at the first creation
+        for one in checked:
+            current = existing.get(one.name)
+            if current is not None:
+                results.append(self._put_update(one, current, run_id, mode, keep_types))
+                continue
+            if now is None:
+                now = self._now()
+            results.append(PutResult(self._create(collection_id, one, now), PutOutcome.CREATED))
+        return results
 
-    def _put_one(
+    def _put_update(
         self,
-        collection_id: str,
         item: _CheckedArtifact,
-        existing: Artifact | None,
+        existing: Artifact,
         run_id: str | None,
         mode: MetadataMode,
         keep_types: bool,
     ) -> PutResult:
-        if existing is None:
-            return PutResult(self._create(collection_id, item), PutOutcome.CREATED)
         metadata: str | None = item.metadata
         if mode is MetadataMode.KEEP:
             metadata = None
@@ -968,6 +977,31 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
         new_digest: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> ChangeRecord:
+        return self._append_change(
+            sequence,
+            kind.value,
+            entity_id,
+            action.value,
+            timestamp,
+            revision,
+            old_digest,
+            new_digest,
+            canonical_json(dict(details), "change details") if details else "{}",
+        )
+
+    def _append_change(
+        self,
+        sequence: int,
+        kind: str,
+        entity_id: str,
+        action: str,
+        timestamp: datetime,
+        revision: int | None,
+        old_digest: str | None,
+        new_digest: str | None,
+        details_json: str,
+    ) -> ChangeRecord:
+        """Write one change record (and, with the first, its change set)."""
         open_set = self._open_change_set
         assert open_set is not None, "change records are written inside transaction()"
         change_set = open_set.record
@@ -983,65 +1017,108 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             self.index.insert_change_set(change_set)
             open_set.record = change_set
         change = ChangeRecord(
-            sequence=sequence,
-            entity_kind=kind.value,
-            entity_id=entity_id,
-            action=action.value,
-            timestamp=timestamp,
-            revision=revision,
-            old_digest=old_digest,
-            new_digest=new_digest,
-            details_json=canonical_json(dict(details or {}), "change details"),
-            change_set_id=change_set.id,
+            sequence,
+            kind,
+            entity_id,
+            action,
+            timestamp,
+            revision,
+            old_digest,
+            new_digest,
+            details_json,
+            change_set.id,
         )
         self.index.append_change(change)
         return change
 
-    def _check_new(self, item: NewArtifact, run_id: str | None = None) -> _CheckedArtifact:
+    def _check_new(
+        self,
+        item: NewArtifact,
+        run_id: str | None = None,
+        types: set[tuple[str, str | None]] | None = None,
+    ) -> _CheckedArtifact:
+        """Validate an item; ``types`` holds the (artifact type, media type) pairs
+        already found valid in this call, which most items of a bulk call share."""
         if not isinstance(item, NewArtifact):
             raise ValidationError(f"expected a NewArtifact, got {type(item).__name__}")
+        name = check_artifact_name(item.name)
+        content = _check_content(item.content)
+        artifact_type, media_type = item.artifact_type, item.media_type
+        if (
+            types is None
+            or type(artifact_type) is not str
+            or (media_type is not None and type(media_type) is not str)
+            or (artifact_type, media_type) not in types
+        ):
+            check_artifact_type(artifact_type)
+            check_media_type(media_type)
+            if types is not None:
+                types.add((artifact_type, media_type))
         return _CheckedArtifact(
-            name=check_artifact_name(item.name),
-            content=_check_content(item.content),
-            artifact_type=check_artifact_type(item.artifact_type),
-            media_type=check_media_type(item.media_type),
-            metadata=canonical_object(item.metadata, "metadata"),
-            provenance=canonical_object(item.provenance, "provenance"),
-            run_id=run_id,
+            name,
+            content,
+            artifact_type,
+            media_type,
+            canonical_object(item.metadata, "metadata"),
+            canonical_object(item.provenance, "provenance"),
+            run_id,
         )
 
-    def _create(self, collection_id: str, item: _CheckedArtifact) -> Artifact:
-        digest, size = self._store_body(item.content)
-        now = self._now()
+    def _create(
+        self, collection_id: str, item: _CheckedArtifact, now: datetime | None = None
+    ) -> Artifact:
+        """Store a new artifact as revision 1; ``now`` is :meth:`_now`, when the
+        caller has it."""
+        content = item.content
+        digest, size = self._store_body(content)
+        if now is None:
+            now = self._now()
         sequence = self.index.next_sequence()
+        artifact_id = self._ids("artifact")
+        name = item.name
         artifact = Artifact(
-            id=self._ids("artifact"),
-            collection_id=collection_id,
-            name=item.name,
-            artifact_type=item.artifact_type,
-            media_type=item.media_type,
-            digest=digest,
-            size=size,
-            revision=1,
-            metadata_json=item.metadata,
-            provenance_json=item.provenance,
-            created_at=now,
-            updated_at=now,
-            sequence=sequence,
-            run_id=item.run_id,
-        )
-        self.index.insert_artifact(
-            artifact, _revision_of(artifact, sequence), _body_text(item.content)
-        )
-        self._record(
-            sequence,
-            EntityKind.ARTIFACT,
-            artifact.id,
-            ChangeAction.CREATE,
+            artifact_id,
+            collection_id,
+            name,
+            item.artifact_type,
+            item.media_type,
+            digest,
+            size,
+            1,
+            item.metadata,
+            item.provenance,
             now,
-            revision=1,
-            new_digest=digest,
-            details={"collection_id": collection_id, "name": item.name},
+            now,
+            sequence,
+            item.run_id,
+        )
+        revision = ArtifactRevision(
+            artifact_id,
+            1,
+            collection_id,
+            name,
+            item.artifact_type,
+            item.media_type,
+            digest,
+            size,
+            item.metadata,
+            item.provenance,
+            now,
+            sequence,
+            item.run_id,
+        )
+        self.index.insert_artifact(artifact, revision, _body_text(content))
+        self._append_change(
+            sequence,
+            _ARTIFACT,
+            artifact_id,
+            _CREATE,
+            now,
+            1,
+            None,
+            digest,
+            # {"collection_id": ..., "name": ...}, canonical: both are checked strings.
+            f'{{"collection_id":{json_string(collection_id)},"name":{json_string(name)}}}',
         )
         return artifact
 
@@ -1161,7 +1238,7 @@ def changed_fields(current: Artifact | ArtifactRevision, new: Mapping[str, Any])
     return [key for key in REVISION_FIELDS if key in new and getattr(current, key) != new[key]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True)
 class _CheckedArtifact:
     """A validated :class:`NewArtifact`, with JSON fields already canonical."""
 

@@ -29,6 +29,11 @@ PREFIXES = {
 }
 
 
+# Random bytes read at once: enough for the random parts of this many milliseconds.
+RANDOM_POOL_MS = 64
+_RANDOM_BYTES = 10
+
+
 class MonotonicIds:
     """The default id source: time-ordered, unique across processes."""
 
@@ -36,17 +41,34 @@ class MonotonicIds:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_random = 0
+        self._stamp = ""  # the hex of _last_ms, as ids write it
+        # Random bytes read ahead (one read instead of one per millisecond), and
+        # the process that read them: a forked child must not draw the same.
+        self._pool = b""
+        self._pool_used = 0
+        self._pool_pid = -1
 
     def __call__(self, kind: str) -> str:
+        prefix = PREFIXES[kind]
         with self._lock:
             now_ms = time.time_ns() // 1_000_000
             if now_ms <= self._last_ms:
-                now_ms = self._last_ms
                 self._last_random += 1
             else:
                 self._last_ms = now_ms
-                self._last_random = int.from_bytes(os.urandom(10), "big") >> 1
-            return f"{PREFIXES[kind]}_{now_ms:012x}{self._last_random:020x}"
+                self._stamp = f"{now_ms:012x}"
+                self._last_random = self._draw() >> 1
+            return f"{prefix}_{self._stamp}{self._last_random:020x}"
+
+    def _draw(self) -> int:
+        """80 random bits, from the pool (refilled when empty or in a new process)."""
+        if self._pool_used >= len(self._pool) or self._pool_pid != os.getpid():
+            self._pool = os.urandom(_RANDOM_BYTES * RANDOM_POOL_MS)
+            self._pool_used = 0
+            self._pool_pid = os.getpid()
+        start = self._pool_used
+        self._pool_used = start + _RANDOM_BYTES
+        return int.from_bytes(self._pool[start : start + _RANDOM_BYTES], "big")
 
 
 class SequentialIds:
