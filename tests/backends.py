@@ -16,6 +16,7 @@ A PostgreSQL database is leased from the session's server and given back
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ class Backend:
         self.ids = SequentialIds()
         self.opened: list[KnowledgeRepository] = []
         self.paths: dict[int, Path] = {}
+        # Numbers the SQLite stores' directories (repositories are closed and
+        # forgotten after each example of a hypothesis test).
+        self._stores = itertools.count()
 
     def new(self) -> KnowledgeRepository:
         if self.kind == "memory":
@@ -82,7 +86,7 @@ class Backend:
         if self.kind in POSTGRES_KINDS:
             self.leased.append(self.server.lease())
             return self._open_postgres(self.leased[-1], self._new_bodies())
-        return self._open(self.root / f"store{len(self.opened)}", create=True)
+        return self._open(self.root / f"store{next(self._stores)}", create=True)
 
     @contextmanager
     def example(self) -> Iterator[KnowledgeRepository]:
