@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .backends import BACKENDS, Backend
+from .backends import BACKENDS, POSTGRES_KINDS, S3_KINDS, Backend, SharedS3
 from .s3server import ENABLE as S3_ENABLE
 from .s3server import SeaweedServer, ServerUnavailable
 from .s3server import required as s3_required
@@ -29,11 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _make_backend(request: pytest.FixtureRequest, kind: str, root: Path) -> Backend:
+    """A backend of ``kind`` with the session's servers it needs."""
+    server = request.getfixturevalue("postgres_server") if kind in POSTGRES_KINDS else None
+    s3 = None
+    if kind in S3_KINDS:
+        s3 = request.getfixturevalue("shared_s3")
+    return Backend(kind, root, server, s3)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn; every repository it made is closed afterwards."""
-    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
-    made = Backend(request.param, tmp_path, server)
+    made = _make_backend(request, request.param, tmp_path)
     yield made
     made.close_all()
 
@@ -44,8 +52,7 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
     made: list[Backend] = []
 
     def make(kind: str) -> Backend:
-        server = request.getfixturevalue("postgres_server") if kind == "postgres" else None
-        made.append(Backend(kind, tmp_path / f"{kind}-{len(made)}", server))
+        made.append(_make_backend(request, kind, tmp_path / f"{kind}-{len(made)}"))
         made[-1].root.mkdir()
         return made[-1]
 
@@ -71,6 +78,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_s3(s3_server: SeaweedServer) -> SharedS3:
+    """The session's bucket for the shared backend (each store has a prefix of its
+    own), and one boto3 session for all its clients: a client made from a session
+    that has loaded the S3 model once takes milliseconds, from a new one a third
+    of a second."""
+    name = f"shared-{uuid.uuid4().hex[:20]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return SharedS3(s3_server, name, s3_server.session())
 
 
 @pytest.fixture

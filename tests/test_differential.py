@@ -1,9 +1,11 @@
-"""The SQLite backend against the in-memory reference, operation by operation.
+"""The SQLite backend, and the shared backend (``PostgresIndex`` with bodies in
+an ``S3BodyStore``), against the in-memory reference, operation by operation.
 
-A hypothesis state machine applies the same random operations to both
-backends (each with its own ``SequentialIds`` and ``TickingClock``, so both
-hand out the same ids and timestamps) and checks that every result, every
-error and every read agrees, record by record.
+A hypothesis state machine applies the same random operations to the
+reference and to the backend under test (each with its own ``SequentialIds``
+and ``TickingClock``, so both hand out the same ids and timestamps) and
+checks that every result, every error and every read agrees, record by
+record.
 
 Text alphabet. Bodies and text queries are drawn from :data:`ALPHABET`:
 ``a``/``A`` and ``s``/``S`` (plain case folding), ``ß`` and ``ẞ`` (fold to
@@ -28,8 +30,14 @@ expired by the next tick of the test clock), renewed, finished with legal and
 illegal statuses, recovered, given steps, inputs and outputs, and referred to
 by context packages and external references. Opening the SQLite store
 recovers abandoned runs, so when the state machine reopens it the reference
-backend is asked to recover too. At the end of every run of the machine both
-backends' ``export_records()`` must be equal.
+backend is asked to recover too (opening the shared store recovers nothing).
+At the end of every run of the machine both backends' ``export_records()``
+must be equal.
+
+Runs of the machine. The SQLite machine runs 100 times. The shared one runs
+against the session's PostgreSQL and SeaweedFS servers (a leased database
+and a new prefix in the session's bucket per run), where every operation is
+a round trip or more: 10 times by default, 100 with ``--runslow``.
 """
 
 from __future__ import annotations
@@ -37,12 +45,14 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -50,6 +60,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from kontextual_engine import (
@@ -67,7 +78,11 @@ from kontextual_engine.digests import digest_bytes
 from kontextual_engine.errors import KontextualError
 from kontextual_engine.models import ContextReference, RunStatus
 from kontextual_engine.storage import SequentialIds, TickingClock
+from kontextual_engine.storage.postgres import PostgresIndex
 from kontextual_engine.storage.runs import Pin
+
+from .backends import SharedS3
+from .servers import PostgresServer
 
 ALPHABET = "aAsSßẞİi\u0131\u0307éﬁ- "
 MISSING = "art_ffffffffffffffffffffffffffffffff"
@@ -146,12 +161,12 @@ class Boom(Exception):
 Outcome = tuple[str, Any]
 
 
-def same_ranking(memory: list[SearchHit], sqlite: list[SearchHit]) -> None:
+def same_ranking(memory: list[SearchHit], other: list[SearchHit]) -> None:
     """The same hits and snippets, scores equal within :data:`SCORE_TOLERANCE`, in
     the same order but for hits whose scores tie within it."""
-    assert len(memory) == len(sqlite), (memory, sqlite)
-    if all(hit.score is None for hit in memory + sqlite):
-        assert memory == sqlite  # not ranked: by sequence, exactly
+    assert len(memory) == len(other), (memory, other)
+    if all(hit.score is None for hit in memory + other):
+        assert memory == other  # not ranked: by sequence, exactly
         return
 
     def tied(a: float | None, b: float | None) -> bool:
@@ -159,57 +174,70 @@ def same_ranking(memory: list[SearchHit], sqlite: list[SearchHit]) -> None:
             return a is b
         return math.isclose(a, b, rel_tol=SCORE_TOLERANCE, abs_tol=1e-15)
 
-    for left, right in zip(memory, sqlite, strict=True):
-        assert tied(left.score, right.score), (memory, sqlite)
+    for left, right in zip(memory, other, strict=True):
+        assert tied(left.score, right.score), (memory, other)
     start = 0
     while start < len(memory):
         end = start + 1
         while end < len(memory) and tied(memory[end].score, memory[start].score):
             end += 1
         group = {(hit.artifact, hit.snippet) for hit in memory[start:end]}
-        assert group == {(hit.artifact, hit.snippet) for hit in sqlite[start:end]}, (
+        assert group == {(hit.artifact, hit.snippet) for hit in other[start:end]}, (
             memory,
-            sqlite,
+            other,
         )
         start = end
 
 
 class Differential(RuleBasedStateMachine):
+    """The reference (``memory``) against the backend under test (``other``):
+    SQLite here; a subclass opens another backend with :meth:`open_other`."""
+
+    # Whether opening the backend under test recovers abandoned runs.
+    recovers_on_open = True
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="kontextual-diff-"))
         self.memory = InMemoryKnowledgeRepository(clock=TickingClock(), ids=SequentialIds())
-        self.sqlite_clock = TickingClock()
-        self.sqlite_ids = SequentialIds()
-        self.sqlite = self._open(create=True)
+        self.other_clock = TickingClock()
+        self.other_ids = SequentialIds()
+        self.other = self.open_other(create=True)
         self.collections: list[str] = []
         self.artifacts: list[str] = []
         self.relationships: list[str] = []
         self.runs: list[str] = []
         self.steps: list[str] = []
 
-    def _open(self, *, create: bool = False) -> SQLiteKnowledgeRepository:
+    def open_other(self, *, create: bool = False) -> KnowledgeRepository:
+        """The backend under test, new (``create``) or opened again."""
         return SQLiteKnowledgeRepository.open(
             self.tmp / "store",
             "none",
-            clock=self.sqlite_clock,
-            ids=self.sqlite_ids,
+            clock=self.other_clock,
+            ids=self.other_ids,
             create=create,
         )
+
+    def release(self) -> None:
+        """Give back what the backend under test holds (after it is closed)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def teardown(self) -> None:
         try:
             self.all_lineage_agrees()
-            assert self.memory.export_records() == self.sqlite.export_records()
+            assert self.memory.export_records() == self.other.export_records()
         finally:
-            self.sqlite.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                self.other.close()
+            finally:
+                self.release()
 
     # -- running one operation on both --------------------------------------
 
     def both(self, operation: Callable[[KnowledgeRepository], Any]) -> Outcome:
         outcomes: list[Outcome] = []
-        for repo in (self.memory, self.sqlite):
+        for repo in (self.memory, self.other):
             try:
                 outcomes.append(("ok", operation(repo)))
             except KontextualError as exc:
@@ -481,10 +509,10 @@ class Differential(RuleBasedStateMachine):
 
     @rule()
     def reopen(self) -> None:
-        self.sqlite.close()
-        self.sqlite = self._open()
-        # Opening recovers abandoned runs (when any run is running); mirror it.
-        if self.memory.list_runs(status="running"):
+        self.other.close()
+        self.other = self.open_other()
+        # Opening SQLite recovers abandoned runs (when any run is running); mirror it.
+        if self.recovers_on_open and self.memory.list_runs(status="running"):
             self.memory.recover_abandoned()
 
     # -- runs ----------------------------------------------------------------
@@ -820,19 +848,19 @@ class Differential(RuleBasedStateMachine):
             self.both(lambda repo: repo.query(query))
             return
         outcomes: list[Outcome] = []
-        for repo in (self.memory, self.sqlite):
+        for repo in (self.memory, self.other):
             try:
                 hits = repo.search(query)
                 assert repo.query(query) == [hit.artifact for hit in hits]
                 outcomes.append(("ok", hits))
             except KontextualError as exc:
                 outcomes.append(("error", (type(exc).__name__, str(exc))))
-        (kind, memory), (other, sqlite) = outcomes
-        assert kind == other, outcomes
+        (kind, memory), (other_kind, other) = outcomes
+        assert kind == other_kind, outcomes
         if kind == "error":
-            assert memory == sqlite
+            assert memory == other
         else:
-            same_ranking(memory, sqlite)
+            same_ranking(memory, other)
 
     @precondition(lambda self: bool(self.artifacts))
     @rule(
@@ -983,10 +1011,54 @@ class Differential(RuleBasedStateMachine):
         self.both(snapshot)
 
 
-Differential.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+def machine_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+Differential.TestCase.settings = machine_settings(100)
 TestDifferential = Differential.TestCase
+
+
+def run_shared(postgres_server: PostgresServer, shared_s3: SharedS3, examples: int) -> None:
+    """The machine against the shared backend: a leased database and a new prefix
+    in the session's bucket for each run."""
+
+    class SharedDifferential(Differential):
+        recovers_on_open = False
+
+        def __init__(self) -> None:
+            self.dsn = postgres_server.lease()
+            self.prefix = f"differential-{uuid.uuid4().hex}"
+            super().__init__()
+
+        def open_other(self, *, create: bool = False) -> KnowledgeRepository:
+            return KnowledgeRepository(
+                PostgresIndex(self.dsn),
+                shared_s3.bodies(self.prefix),
+                clock=self.other_clock,
+                ids=self.other_ids,
+            )
+
+        def release(self) -> None:
+            super().release()
+            postgres_server.release(self.dsn)
+
+    run_state_machine_as_test(SharedDifferential, settings=machine_settings(examples))
+
+
+def test_the_shared_backend_agrees_with_the_reference(
+    postgres_server: PostgresServer, shared_s3: SharedS3
+) -> None:
+    run_shared(postgres_server, shared_s3, 10)
+
+
+@pytest.mark.slow
+def test_the_shared_backend_agrees_with_the_reference_at_length(
+    postgres_server: PostgresServer, shared_s3: SharedS3
+) -> None:
+    run_shared(postgres_server, shared_s3, 100)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kontextual_engine.errors import IntegrityError, StoreFormatError, StoreNotFound
-from kontextual_engine.models import Query
+from kontextual_engine.models import NewArtifact, Query
 from kontextual_engine.storage import KnowledgeRepository
 from kontextual_engine.storage.bodies import MemoryBodyStore
 
@@ -60,6 +60,66 @@ def test_a_fresh_schema_equals_one_migrated_step_by_step(postgres_server: Postgr
     # Opening an up-to-date database applies nothing.
     PostgresIndex(stepped).close()
     assert _catalog(fresh) == _catalog(stepped)
+
+
+def _dump(server: PostgresServer, dsn: str) -> str:
+    """The database's schema and contents as ``pg_dump`` writes them."""
+    done = subprocess.run(
+        [str(server.bindir / "pg_dump"), "--no-owner", "--no-comments", dsn],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # The dump names no database, only a random key that guards its psql commands.
+    return "\n".join(
+        line
+        for line in done.stdout.splitlines()
+        if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
+
+
+def test_a_released_database_equals_a_fresh_copy_of_the_template(
+    postgres_server: PostgresServer,
+) -> None:
+    """A leased database written in every table and given back is leased again
+    exactly as a new copy of the template would be."""
+    from .test_snapshot import populate
+
+    dsn = postgres_server.lease()
+    repo = _repo(dsn)
+    populate(repo)
+    repo.apply(repo.list_collections()[0].id, [NewArtifact("more", b"more", "note")])
+    repo.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+        ]
+        empty = [t for t in tables if not conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
+        # Sequences would have to be restarted too: the schema has none.
+        assert conn.execute("SELECT count(*) FROM pg_sequences").fetchone() == (0,)
+    assert empty == []  # every table is written, so the comparison covers all of them
+    postgres_server.release(dsn)
+    assert postgres_server.lease() == dsn
+    assert _dump(postgres_server, dsn) == _dump(postgres_server, postgres_server.new_database())
+    postgres_server.release(dsn)
+
+
+def test_a_database_given_back_while_in_use_is_not_leased_again(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = postgres_server.lease()
+    repo = _repo(dsn)
+    try:
+        repo.create_collection("left open")
+        postgres_server.release(dsn)
+        assert postgres_server.lease() != dsn
+        assert [c.name for c in repo.list_collections()] == ["left open"]
+    finally:
+        repo.close()
 
 
 def test_a_newer_schema_is_refused_by_name(postgres_server: PostgresServer) -> None:

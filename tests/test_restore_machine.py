@@ -107,7 +107,7 @@ class RestoreMachine(Differential):
     def round_trip(self) -> None:
         where = self.tmp / f"trip-{next(self.round_trips)}"
         export_snapshot(self.memory, where / "memory")
-        export_snapshot(self.sqlite, where / "sqlite")
+        export_snapshot(self.other, where / "sqlite")
         first = tree_digest(where / "memory")
         assert tree_digest(where / "sqlite") == first
         # Fresh ids far from the restored ones, so new records never collide with them.

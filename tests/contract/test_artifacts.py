@@ -471,10 +471,10 @@ json_values = st.recursive(
 )
 @given(metadata=st.dictionaries(json_text(max_size=8), json_values, max_size=4))
 def test_metadata_roundtrips_exactly(backend: Backend, metadata: dict[str, object]) -> None:
-    repo = backend.new()
-    cid = repo.create_collection("c").id
-    made = repo.create_artifact(cid, "a", b"x", artifact_type="t", metadata=metadata)
-    repo = backend.reopen(repo)
-    got = repo.get_artifact(made.id).metadata
-    assert got == metadata
-    assert repo.get_artifact(made.id).metadata_json == made.metadata_json
+    with backend.example() as repo:
+        cid = repo.create_collection("c").id
+        made = repo.create_artifact(cid, "a", b"x", artifact_type="t", metadata=metadata)
+        repo = backend.reopen(repo)
+        got = repo.get_artifact(made.id).metadata
+        assert got == metadata
+        assert repo.get_artifact(made.id).metadata_json == made.metadata_json

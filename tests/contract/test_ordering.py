@@ -23,14 +23,14 @@ from .conftest import Backend
     )
 )
 def test_listing_order_is_creation_order(backend: Backend, names: list[str]) -> None:
-    repo = backend.new()
-    cid = repo.create_collection("c").id
-    for name in names:
-        repo.create_artifact(cid, name, name.encode(), artifact_type="t")
-    assert [a.name for a in repo.list_artifacts(cid)] == names
-    assert [a.name for a in repo.query(collection_id=cid)] == names
-    sequences = [a.sequence for a in repo.query()]
-    assert sequences == sorted(sequences)
+    with backend.example() as repo:
+        cid = repo.create_collection("c").id
+        for name in names:
+            repo.create_artifact(cid, name, name.encode(), artifact_type="t")
+        assert [a.name for a in repo.list_artifacts(cid)] == names
+        assert [a.name for a in repo.query(collection_id=cid)] == names
+        sequences = [a.sequence for a in repo.query()]
+        assert sequences == sorted(sequences)
 
 
 def test_default_ids_are_unique_and_time_ordered() -> None:

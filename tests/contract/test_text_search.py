@@ -429,7 +429,13 @@ def test_results_and_scores_match_the_reference(
         parsed = text.parse_query(query)
     except ValidationError:
         parsed = None
-    repo = backend.new()
+    with backend.example() as repo:
+        matches_the_reference(repo, bodies, query, parsed)
+
+
+def matches_the_reference(
+    repo: KnowledgeRepository, bodies: list[str], query: str, parsed: text.TextQuery | None
+) -> None:
     cid = repo.create_collection("c").id
     for index, body in enumerate(bodies):
         repo.create_artifact(cid, f"n{index}", body.encode(), artifact_type="t")
