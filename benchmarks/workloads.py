@@ -136,13 +136,30 @@ def _read_items(
         yield NewArtifact(name, content, "document", "text/markdown", meta)
 
 
+# The CLI in a child process that writes its own peak RSS (VmHWM, KiB) to the file
+# named by PEAK_RSS_FILE when it exits: the ru_maxrss that wait4 reports for a
+# child also counts the memory of the parent it was forked from (Linux folds the
+# old address space's peak into it at exec), and the parent here holds the data
+# set.
+PEAK_RSS_FILE = "KONTEXTUAL_BENCH_PEAK_RSS_FILE"
+_CLI_MAIN = f"""
+import atexit, os, sys
+def _peak():
+    out = os.environ.get({PEAK_RSS_FILE!r})
+    if out:
+        with open("/proc/self/status") as status:
+            kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+        with open(out, "w") as sink:
+            sink.write(kib)
+atexit.register(_peak)
+from kontextual_engine.cli import main
+sys.exit(main())
+"""
+
+
 def _cli_add(ctx: Context, source: Path) -> Callable[[Path], list[list[str]]] | None:
     """``kontextual init`` and ``kontextual add`` for a store, if the command works here."""
-    base = [
-        sys.executable,
-        "-c",
-        "import sys; from kontextual_engine.cli import main; sys.exit(main())",
-    ]
+    base = [sys.executable, "-c", _CLI_MAIN]
 
     def command(store: Path, folder: Path = source) -> list[list[str]]:
         options = ["--store", str(store), "--durability", "batch"]
@@ -288,14 +305,12 @@ def bulk_ingest(ctx: Context) -> None:
         def run_cli() -> float:
             target = ctx.fresh("store-cli")
             start = time.perf_counter()
+            peak_file = ctx.fresh("cli-peak-rss")
+            env = {**os.environ, PEAK_RSS_FILE: str(peak_file)}
             for argv in cli(target):
-                child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-                _, status, usage = os.wait4(child.pid, 0)
-                child.returncode = os.waitstatus_to_exitcode(status)
-                if child.returncode != 0:
-                    raise subprocess.CalledProcessError(child.returncode, argv)
+                subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, check=True)
                 if "add" in argv:
-                    m_cli.extra["peak_rss_kib"].append(usage.ru_maxrss)
+                    m_cli.extra["peak_rss_kib"].append(int(peak_file.read_text()))
             seconds = time.perf_counter() - start
             ctx.discard(target)
             return seconds
@@ -1109,12 +1124,30 @@ def snapshot(ctx: Context) -> None:
 # -- growth ------------------------------------------------------------------
 
 
+def _written_bytes() -> int:
+    """Bytes this process has caused to be written to storage so far (Linux
+    ``/proc/self/io``: counted when a page is dirtied); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/io") as io_file:
+            for line in io_file:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def growth(ctx: Context) -> None:
+    """Batches of ``growth_batch`` put into one ``batch`` store, three timed at each
+    size, after one untimed warm-up batch: the first timed batch never pays for
+    an empty store (the fan-out directories, the WAL file, the caches). Each
+    timed batch's write volume is recorded: the pages its transaction wrote to
+    the WAL and the bytes the process wrote in all (bodies, WAL, checkpoint)."""
     workload = "growth"
     points = list(ctx.scale.growth_points)
     batch = ctx.scale.growth_batch
     free = shutil.disk_usage(ctx.root).free
-    fits = [p for p in points if (p + 3 * batch) * GROWTH_BYTES_PER_ARTIFACT < free * 0.8]
+    fits = [p for p in points if (p + 4 * batch) * GROWTH_BYTES_PER_ARTIFACT < free * 0.8]
     if fits != points:
         ctx.report.note(
             workload,
@@ -1125,6 +1158,8 @@ def growth(ctx: Context) -> None:
     target = ctx.fresh("growth")
     repo = SQLiteKnowledgeRepository.open(target, durability="batch", create=True)
     collection = repo.create_collection("bench")
+    conn = repo.index.connection.sqlite
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
     count = 0
     fill_seconds = 0.0
 
@@ -1137,29 +1172,46 @@ def growth(ctx: Context) -> None:
         count += number
         return seconds
 
+    def wal_frames() -> int:
+        # The frames in the WAL after a batch: the pages its one transaction wrote
+        # (the WAL restarts at the first write after a complete checkpoint).
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
     measured: list[Measurement] = []
-    for point in points:
+    for number, point in enumerate(points):
         while count < point:
             fill_seconds += put(min(FILL_BATCH, point - count))
+        if number == 0:
+            drop_dirty_pages()
+            warm = put(batch)
+            log(f"  growth warm-up: {batch:,} artifacts at {count - batch:,}, {warm:.1f} s")
         m = Measurement(
             workload, f"kontextual batch at {point:,} artifacts", batch, "artifact", False
         )
         m.extra["no_ratio"] = True
+        m.extra["from"] = count
+        m.extra["wal_pages"] = []
+        m.extra["written_bytes"] = []
         for _ in range(3):
             drop_dirty_pages()
+            before = _written_bytes()
             m.seconds.append(put(batch))
+            m.extra["wal_pages"].append(wal_frames())
+            drop_dirty_pages()
+            m.extra["written_bytes"].append(_written_bytes() - before)
+        pages = statistics.median(m.extra["wal_pages"])
+        written = statistics.median(m.extra["written_bytes"])
+        m.extra["per_item_text"] = (
+            f"{pages * page / batch / 1024:.1f} KiB WAL, {written / batch / 1024:.1f} KiB "
+            "written per artifact"
+        )
         log(f"  growth at {point:,}: {m.median / batch * 1e6:.1f} us per artifact")
-        # Frames in the WAL after a batch: the pages that batch dirtied (each
-        # batch starts a fresh WAL once the last one is checkpointed). It grows
-        # while random-key indexes outgrow what one batch touches.
-        conn = repo.index.connection.sqlite
-        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
         ctx.report.note(
             workload,
-            f"at {point:,} artifacts the last batch of {batch:,} "
-            f"wrote {frames:,} pages ({frames * page / MIB:.0f} MiB) "
-            "to the WAL",
+            f"at {point:,} artifacts (timed from {m.extra['from']:,}) a batch of {batch:,} "
+            f"took {m.median / batch * 1e6:.0f} us per artifact, wrote {pages:,.0f} pages "
+            f"({pages * page / MIB:.0f} MiB) to the WAL and {written / MIB:.0f} MiB in all "
+            "(bodies, WAL, checkpoint; median of three)",
         )
         measured.append(m)
     repo.close()
@@ -1171,8 +1223,8 @@ def growth(ctx: Context) -> None:
     )
     ctx.report.note(
         workload,
-        f"three batches of {batch:,} timed at each size (median shown); "
-        f"untimed fill took {fill_seconds:.0f} s",
+        f"one untimed warm-up batch, then three batches of {batch:,} timed at each size "
+        f"(median shown); untimed fill took {fill_seconds:.0f} s",
     )
     _remove(target)
 

@@ -501,6 +501,47 @@ def test_add_reads_failing_mid_way_roll_everything_back(
     assert as_json("collection", "list") == []
 
 
+def test_guess_types_takes_the_suffix_a_path_has() -> None:
+    from pathlib import PurePosixPath
+
+    from kontextual_engine.cli import ingest
+
+    def by_path(name: str) -> tuple[str, str]:
+        suffix = PurePosixPath(name).suffix.lower()
+        if suffix in ingest._BY_SUFFIX:
+            return ingest._BY_SUFFIX[suffix]
+        media_type, _ = ingest._MIME.guess_type(name, strict=False)
+        if media_type is None:
+            return ("file", "application/octet-stream")
+        return ingest._BY_MAJOR.get(media_type.partition("/")[0], "file"), media_type
+
+    names = ("a.md", "x/Y.MD", ".md", "d/.md", "a.", "a..md", "dir.md/file", "x.tar.GZ", "s.mp3")
+    for name in names:
+        assert guess_types(name) == by_path(name), name
+
+
+def test_add_opens_the_store_with_a_small_page_cache(
+    store: Path, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kontextual_engine.cli import ingest
+
+    ok("init")
+    opened: list[int] = []
+    real_open = SQLiteKnowledgeRepository.open
+
+    def spy(*args: Any, **kwargs: Any) -> SQLiteKnowledgeRepository:
+        repo = real_open(*args, **kwargs)
+        size = repo.index.connection.sqlite.execute("PRAGMA cache_size").fetchone()[0]
+        opened.append(int(size))
+        return repo
+
+    monkeypatch.setattr(SQLiteKnowledgeRepository, "open", spy)
+    ok("add", "notes", str(docs))
+    assert opened == [-ingest.ADD_CACHE_KIB]
+    ok("ls", "notes")
+    assert opened[-1] != -ingest.ADD_CACHE_KIB  # other commands keep the library's
+
+
 def test_guess_types_and_parse_value() -> None:
     assert guess_types("x/Y.MD") == ("note", "text/markdown")
     assert guess_types("a.py") == ("code", "text/x-python")

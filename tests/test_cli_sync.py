@@ -472,9 +472,9 @@ def test_a_file_gone_between_listing_and_checking_is_skipped(
 ) -> None:
     real_check = ingest.check_file
 
-    def check_file(path: Path) -> os.stat_result:
-        if path.name == "b.txt":
-            path.unlink()  # listed by the walk, gone when looked at
+    def check_file(path: str | Path) -> os.stat_result:
+        if Path(path).name == "b.txt":
+            Path(path).unlink()  # listed by the walk, gone when looked at
         return real_check(path)
 
     monkeypatch.setattr(ingest, "check_file", check_file)

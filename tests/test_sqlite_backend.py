@@ -47,6 +47,7 @@ from kontextual_engine.storage import SequentialIds, TickingClock, text
 from kontextual_engine.storage.objects import ObjectStore
 from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import INDEX_NAME, schema
+from kontextual_engine.storage.sqlite.connection import CACHE_SIZE_KIB
 from kontextual_engine.storage.sqlite.schema import KNOWN as KNOWN_MIGRATIONS
 from kontextual_engine.storage.sqlite.schema import migrations
 
@@ -222,7 +223,20 @@ def test_bad_arguments_are_validation_errors(tmp_path: Path) -> None:
     for timeout in (-1, float("nan"), "30", True):
         with pytest.raises(ValidationError, match="busy_timeout"):
             open_repo(tmp_path / "t", busy_timeout=timeout)
+    for cache in (0, 1023, 2048.0, "4096", True):
+        with pytest.raises(ValidationError, match="cache_kib"):
+            open_repo(tmp_path / "u", cache_kib=cache)
     assert os.listdir(tmp_path) == []
+
+
+def test_the_page_cache_is_the_size_asked_for(tmp_path: Path) -> None:
+    def cache_size(repo: SQLiteKnowledgeRepository) -> int:
+        return int(repo.index.connection.sqlite.execute("PRAGMA cache_size").fetchone()[0])
+
+    with open_repo(tmp_path / "s") as repo:
+        assert cache_size(repo) == -CACHE_SIZE_KIB
+    with open_repo(tmp_path / "s", cache_kib=2048) as repo:
+        assert cache_size(repo) == -2048
 
 
 def test_read_only(tmp_path: Path) -> None:

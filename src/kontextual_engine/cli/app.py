@@ -85,7 +85,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class PathNotFound(NotFoundError):
     entity = "path"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         super().__init__(str(path), f"no such file or directory: {path}")
 
 
@@ -128,8 +128,9 @@ class App:
                 raise maintenance.lost_marker_error(self.store)
             raise StoreNotFound(self.store, "run `kontextual init` to create one")
 
-    def repo(self, *, create: bool = False) -> KnowledgeRepository:
-        """The selected store, closed when the command ends; ``create`` makes a new one."""
+    def repo(self, *, create: bool = False, cache_kib: int | None = None) -> KnowledgeRepository:
+        """The selected store, closed when the command ends; ``create`` makes a new one.
+        ``cache_kib`` is a local store's page cache (default: the library's)."""
         from .output import progress
 
         repo: KnowledgeRepository
@@ -142,6 +143,7 @@ class App:
             repo = SharedKnowledgeRepository(self.shared, create=create)
             return click.get_current_context().with_resource(repo)
         from ..storage.sqlite import SQLiteKnowledgeRepository
+        from ..storage.sqlite.connection import CACHE_SIZE_KIB
 
         if not create:
             self.require_store()
@@ -153,7 +155,11 @@ class App:
                 bar(done, total)
 
             repo = SQLiteKnowledgeRepository.open(
-                self.store, self.durability, create=create, rebuild_progress=derived
+                self.store,
+                self.durability,
+                create=create,
+                rebuild_progress=derived,
+                cache_kib=CACHE_SIZE_KIB if cache_kib is None else cache_kib,
             )
         return click.get_current_context().with_resource(repo)
 

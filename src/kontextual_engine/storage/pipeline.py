@@ -56,7 +56,9 @@ __all__ = [
 # machines this runs on have few cores, and the index takes one of them.
 INGEST_WORKERS = 2
 # How far the workers may run ahead of the consumer: items, and bytes of their
-# sources (an item larger than this still goes, on its own).
+# sources (an item larger than this still goes, on its own). 1024 items (more
+# than a chunk of put_artifacts) measured no faster than 64 on tmpfs (17.4-18.1 s
+# against 16.6-16.7 s for 20,000 documents), and held more.
 AHEAD_ITEMS = 64
 AHEAD_BYTES = 16 << 20
 

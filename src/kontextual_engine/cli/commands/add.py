@@ -125,7 +125,7 @@ def add(
         prefix=under,
         skip_invalid=skip_invalid,
     )
-    repo = app.repo()
+    repo = app.repo(cache_kib=ingest.ADD_CACHE_KIB)
     planned = plan.make_plan(
         repo, collection_name, found, sync=sync, prefix=under, list_existing=dry_run
     )

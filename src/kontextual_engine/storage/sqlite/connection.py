@@ -64,6 +64,8 @@ BULK_ROWS = 1000
 # 64 MiB page cache (negative = KiB): bulk ingest and FTS merges touch far more
 # than the 2 MiB default, and the cache is only allocated as pages are used.
 CACHE_SIZE_KIB = 64 * 1024
+# The smallest page cache a store may be opened with (SQLite's default is 2 MiB).
+MIN_CACHE_KIB = 1024
 # Free pages a commit leaves before it vacuums them away (PRAGMA
 # incremental_vacuum): 1 MiB of 4 KiB pages, so small commits never pay for it.
 RECLAIM_FREE_PAGES = 256
@@ -78,6 +80,14 @@ _SYNCHRONOUS = {
 }
 
 _T = TypeVar("_T")
+
+
+def check_cache_kib(cache_kib: object) -> None:
+    """A page cache size: KiB, at least :data:`MIN_CACHE_KIB`."""
+    if not isinstance(cache_kib, int) or isinstance(cache_kib, bool) or cache_kib < MIN_CACHE_KIB:
+        raise ValidationError(
+            f"cache_kib must be an integer number of KiB >= {MIN_CACHE_KIB}, got {cache_kib!r}"
+        )
 
 
 def check_busy_timeout(busy_timeout: object) -> None:
@@ -151,8 +161,11 @@ class Connection:
         read_only_reason: str,
         has_objects: Callable[[], bool],
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        cache_kib: int = CACHE_SIZE_KIB,
     ) -> None:
         check_busy_timeout(busy_timeout)
+        check_cache_kib(cache_kib)
+        self.cache_kib = cache_kib
         self.root = root
         self.durability = durability
         self.read_only = read_only
@@ -264,7 +277,7 @@ class Connection:
                 if str(mode).lower() != "wal":
                     raise StoreFormatError(f"cannot put {index} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
-            conn.execute(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
+            conn.execute(f"PRAGMA cache_size = -{self.cache_kib}")
             if not self._retry(lambda: schema.pending(conn, str(index))):
                 return
             if self.read_only:

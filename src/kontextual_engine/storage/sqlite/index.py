@@ -46,7 +46,7 @@ from ..backend import IndexBackend
 from ..objects import Durability
 from ..text import NotSearchable
 from . import schema
-from .connection import DEFAULT_BUSY_TIMEOUT, Connection
+from .connection import CACHE_SIZE_KIB, DEFAULT_BUSY_TIMEOUT, Connection
 from .filters import conditions
 from .history import HistoryQueries
 from .rows import (
@@ -107,6 +107,7 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
         read_only_reason: str,
         has_objects: Callable[[], bool],
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        cache_kib: int = CACHE_SIZE_KIB,
     ) -> None:
         self.connection = Connection(
             root,
@@ -115,6 +116,7 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
             read_only_reason=read_only_reason,
             has_objects=has_objects,
             busy_timeout=busy_timeout,
+            cache_kib=cache_kib,
         )
         self.text = TextIndex(self.connection)
         self._last: int | None = None  # newest sequence, valid inside a transaction

@@ -25,7 +25,13 @@ from ...errors import StoreNotFound
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
 from ..objects import STORE_MARKER, Durability, ObjectStore
-from .connection import DEFAULT_BUSY_TIMEOUT, INDEX_NAME, check_busy_timeout
+from .connection import (
+    CACHE_SIZE_KIB,
+    DEFAULT_BUSY_TIMEOUT,
+    INDEX_NAME,
+    check_busy_timeout,
+    check_cache_kib,
+)
 from .index import SQLiteIndex
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteIndex", "SQLiteKnowledgeRepository"]
@@ -83,8 +89,10 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         rebuild_progress: Callable[[int, int], None] | None = None,
+        cache_kib: int = CACHE_SIZE_KIB,
     ) -> None:
         check_busy_timeout(busy_timeout)
+        check_cache_kib(cache_kib)
         root = Path(path)
         if not create:
             _require_store(root)
@@ -102,6 +110,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
                 "so it was opened read-only",
                 has_objects=lambda: next(objects.all(), None) is not None,
                 busy_timeout=busy_timeout,
+                cache_kib=cache_kib,
             )
         except BaseException:
             objects.close()
@@ -131,10 +140,14 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
         create: bool = False,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         rebuild_progress: Callable[[int, int], None] | None = None,
+        cache_kib: int = CACHE_SIZE_KIB,
     ) -> SQLiteKnowledgeRepository:
         """Open the store at ``path``; with ``create=True``, make it first if it is
         missing (a missing or empty directory). Without it, a path that holds no
-        store raises :class:`StoreNotFound` and nothing is created."""
+        store raises :class:`StoreNotFound` and nothing is created. ``cache_kib`` is
+        the index's page cache (KiB, allocated only as pages are used): the default
+        suits bulk ingest into large stores; a smaller one bounds the memory of a
+        short-lived process."""
         return cls(
             path,
             durability,
@@ -144,6 +157,7 @@ class SQLiteKnowledgeRepository(KnowledgeRepository):
             create=create,
             busy_timeout=busy_timeout,
             rebuild_progress=rebuild_progress,
+            cache_kib=cache_kib,
         )
 
     def __repr__(self) -> str:
