@@ -47,7 +47,7 @@ from kontextual_engine.storage import SequentialIds, TickingClock, text
 from kontextual_engine.storage.objects import ObjectStore
 from kontextual_engine.storage.runs import Pin
 from kontextual_engine.storage.sqlite import INDEX_NAME, schema
-from kontextual_engine.storage.sqlite.connection import CACHE_SIZE_KIB
+from kontextual_engine.storage.sqlite.options import CACHE_SIZE_KIB
 from kontextual_engine.storage.sqlite.schema import KNOWN as KNOWN_MIGRATIONS
 from kontextual_engine.storage.sqlite.schema import migrations
 

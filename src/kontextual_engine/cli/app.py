@@ -143,7 +143,7 @@ class App:
             repo = SharedKnowledgeRepository(self.shared, create=create)
             return click.get_current_context().with_resource(repo)
         from ..storage.sqlite import SQLiteKnowledgeRepository
-        from ..storage.sqlite.connection import CACHE_SIZE_KIB
+        from ..storage.sqlite.options import CACHE_SIZE_KIB
 
         if not create:
             self.require_store()

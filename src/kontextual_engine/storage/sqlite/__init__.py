@@ -8,8 +8,9 @@ object store; ``schema`` holds the migrations, ``maintenance`` fsck, gc,
 backup and adopt.
 """
 
-from .connection import DEFAULT_BUSY_TIMEOUT, INDEX_NAME
+from .connection import INDEX_NAME
 from .index import SQLiteIndex
+from .options import DEFAULT_BUSY_TIMEOUT
 from .repository import SQLiteKnowledgeRepository
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteIndex", "SQLiteKnowledgeRepository"]

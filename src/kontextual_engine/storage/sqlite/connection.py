@@ -41,16 +41,18 @@ from ...errors import (
     ReadOnlyStoreError,
     StorageFullError,
     StoreFormatError,
-    ValidationError,
 )
 from ..objects import Durability, storage_full
 from . import failures, schema
 from .failures import NotUnicode, is_busy, is_full, shm_refused
+from .options import (
+    CACHE_SIZE_KIB,
+    DEFAULT_BUSY_TIMEOUT,
+    check_busy_timeout,
+    check_cache_kib,
+)
 
 INDEX_NAME = "index.sqlite"
-# Long enough to ride out any ordinary burst of writers from other processes;
-# a writer that holds the lock longer than this is stuck, not busy.
-DEFAULT_BUSY_TIMEOUT = 30.0
 # Closing only tries to checkpoint; if other processes keep the store busy the
 # last one to close checkpoints, so there is no point waiting long here.
 CLOSE_CHECKPOINT_TIMEOUT_MS = 2000
@@ -61,18 +63,9 @@ MAX_BACKOFF = 0.05
 # Rows buffered before an executemany: large enough to amortise per-statement
 # overhead, small enough to bound memory.
 BULK_ROWS = 1000
-# 64 MiB page cache (negative = KiB): bulk ingest and FTS merges touch far more
-# than the 2 MiB default, and the cache is only allocated as pages are used.
-CACHE_SIZE_KIB = 64 * 1024
-# The smallest page cache a store may be opened with (SQLite's default is 2 MiB).
-MIN_CACHE_KIB = 1024
 # Free pages a commit leaves before it vacuums them away (PRAGMA
 # incremental_vacuum): 1 MiB of 4 KiB pages, so small commits never pay for it.
 RECLAIM_FREE_PAGES = 256
-# Migration 0001 creates an FTS5 trigram table (0005 drops it), which needs
-# SQLite 3.34; JSON functions are built in from 3.38
-# but present as an extension in most earlier builds.
-MIN_SQLITE = (3, 34, 0)
 _SYNCHRONOUS = {
     Durability.FULL: "FULL",
     Durability.BATCH: "NORMAL",
@@ -80,31 +73,6 @@ _SYNCHRONOUS = {
 }
 
 _T = TypeVar("_T")
-
-
-def check_cache_kib(cache_kib: object) -> None:
-    """A page cache size: KiB, at least :data:`MIN_CACHE_KIB`."""
-    if not isinstance(cache_kib, int) or isinstance(cache_kib, bool) or cache_kib < MIN_CACHE_KIB:
-        raise ValidationError(
-            f"cache_kib must be an integer number of KiB >= {MIN_CACHE_KIB}, got {cache_kib!r}"
-        )
-
-
-def check_busy_timeout(busy_timeout: object) -> None:
-    """Refuse an index that cannot work here, before anything is created: a SQLite
-    too old for it, or a busy timeout that is not seconds."""
-    if sqlite3.sqlite_version_info < MIN_SQLITE:
-        raise StoreFormatError(
-            f"SQLite {sqlite3.sqlite_version} is too old for the index; "
-            f"{'.'.join(map(str, MIN_SQLITE))} or newer is needed"
-        )
-    if not (
-        isinstance(busy_timeout, (int, float))
-        and not isinstance(busy_timeout, bool)
-        and busy_timeout >= 0
-        and busy_timeout != float("inf")
-    ):
-        raise ValidationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
 
 
 def _has_wal(index: Path) -> bool:

@@ -1,20 +1,16 @@
 """``SQLiteIndex``: the primitives of :class:`~..backend.IndexBackend` over SQLite.
 
 Each primitive is one or a few statements on the index's :class:`Connection`
-(which owns transactions, retries, typed errors and the bulk buffer), with
-records mapped to rows by :mod:`.rows` and text search left to
-:class:`TextIndex`.
-
-Records with ordered parts (input bundles, context packages, manifests) keep
-the parts in child tables keyed by position; a listing reads parents and
-parts in one ``LEFT JOIN`` (or, for manifests, two statements in one read
-transaction), never a statement per record.
+(transactions, retries, typed errors, the bulk buffer); :mod:`.rows` maps
+records to rows, :class:`TextIndex` does text search. Records with ordered
+parts (input bundles, context packages, manifests) keep them in child tables
+keyed by position, read with the parents in one ``LEFT JOIN`` (manifests: two
+statements in one read transaction), never a statement per record.
 
 Bulk writes: inside :meth:`SQLiteIndex.bulk`, the rows of newly created
-artifacts (artifact, first revision, text, metadata, change record) are
-buffered and written with ``executemany``; any other statement writes the
-buffer first, so every read sees every write. Lookups by name answer from the
-buffered creations and the index together, without writing the buffer.
+artifacts are buffered and written with ``executemany``; any other statement
+writes the buffer first, so every read sees every write. Lookups by name
+answer from the buffered creations and the index together.
 """
 
 from __future__ import annotations
@@ -46,9 +42,10 @@ from ..backend import IndexBackend
 from ..objects import Durability
 from ..text import NotSearchable
 from . import schema
-from .connection import CACHE_SIZE_KIB, DEFAULT_BUSY_TIMEOUT, Connection
+from .connection import Connection
 from .filters import conditions
 from .history import HistoryQueries
+from .options import CACHE_SIZE_KIB, DEFAULT_BUSY_TIMEOUT
 from .rows import (
     ARTIFACT_UPDATE,
     ARTIFACTS,

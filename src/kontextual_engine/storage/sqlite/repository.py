@@ -25,14 +25,9 @@ from ...errors import StoreNotFound
 from ..contract import KnowledgeRepository
 from ..ids import Clock, IdSource
 from ..objects import STORE_MARKER, Durability, ObjectStore
-from .connection import (
-    CACHE_SIZE_KIB,
-    DEFAULT_BUSY_TIMEOUT,
-    INDEX_NAME,
-    check_busy_timeout,
-    check_cache_kib,
-)
+from .connection import INDEX_NAME
 from .index import SQLiteIndex
+from .options import CACHE_SIZE_KIB, DEFAULT_BUSY_TIMEOUT, check_busy_timeout, check_cache_kib
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "INDEX_NAME", "SQLiteIndex", "SQLiteKnowledgeRepository"]
 
