@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from types import MappingProxyType
 from typing import Any
@@ -116,7 +117,9 @@ EDGES: list[object] = [
 ]
 
 
-@pytest.mark.parametrize("value", EDGES, ids=repr)
+@pytest.mark.parametrize(
+    "value", EDGES, ids=lambda value: re.sub(r" at 0x[0-9a-f]+", "", repr(value))
+)
 def test_canonical_json_edges(value: object) -> None:
     assert outcome(canonical_json, value) == outcome(reference, value)
 

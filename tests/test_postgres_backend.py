@@ -21,6 +21,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from kontextual_engine.storage.postgres import PostgresIndex, schema  # noqa: E402
 from kontextual_engine.storage.postgres.index import LEXEME_CHARS  # noqa: E402
+from kontextual_engine.storage.postgres.intents import UploadIntents  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +91,10 @@ def test_a_released_database_equals_a_fresh_copy_of_the_template(
     repo = _repo(dsn)
     populate(repo)
     repo.apply(repo.list_collections()[0].id, [NewArtifact("more", b"more", "note")])
+    repo.index.set_setting("objects", "s3://bucket/prefix")  # the shared store's tables
+    intents = UploadIntents(dsn)
+    intents.record([repo.get_revision(repo.list_artifacts()[0].id, 1).digest])
+    intents.close()
     repo.close()
     with psycopg.connect(dsn, autocommit=True) as conn:
         tables = [

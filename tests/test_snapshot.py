@@ -495,6 +495,20 @@ def test_an_edit_the_api_allows_imports(backend: Backend, tmp_path: Path, field:
     assert not target.is_empty()
 
 
+@pytest.mark.parametrize(("field", "value"), [("action", "transithon"), ("entity_kind", "galaxy")])
+def test_import_refuses_a_change_record_of_an_unknown_kind_or_action(
+    backend: Backend, tmp_path: Path, field: str, value: str
+) -> None:
+    repo = backend.new()
+    populate(repo)
+    export_snapshot(repo, tmp_path / "snap")
+    _rewrite(tmp_path / "snap", "changes", lambda record: record.update({field: value}))
+    target = backend.new()
+    with pytest.raises(SnapshotError, match=f"change record 1: .*{value}"):
+        import_snapshot(tmp_path / "snap", target)
+    assert target.is_empty()
+
+
 def _drop_last_line(root: Path, kind: str) -> None:
     path = root / "index" / f"{kind}.jsonl"
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))

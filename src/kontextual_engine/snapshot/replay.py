@@ -83,12 +83,13 @@ def check_records(records: dict[str, list[Any]]) -> None:
 
 @contextlib.contextmanager
 def _about(where: str) -> Iterator[None]:
-    """Report a rule's error as a :class:`SnapshotError` that says where it was."""
+    """Report a rule's error as a :class:`SnapshotError` that says where it was
+    (a ValueError too: an enum such as ChangeAction refuses a name it lacks so)."""
     try:
         yield
     except SnapshotError:
         raise
-    except KontextualError as exc:
+    except (KontextualError, ValueError) as exc:
         raise SnapshotError(f"{where}: {exc}") from None
 
 

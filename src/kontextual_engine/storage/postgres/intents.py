@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -63,7 +64,7 @@ class UploadIntents:
         # variable, not a thread-local: threads that store bodies for a
         # transaction run in a copy of its context (storage/pipeline.py) and
         # so add to the same list.
-        self._held: contextvars.ContextVar[list[int]] = contextvars.ContextVar(
+        self._held: contextvars.ContextVar[list[uuid.UUID]] = contextvars.ContextVar(
             f"upload_intents_{id(self)}"
         )
 
@@ -89,7 +90,7 @@ class UploadIntents:
         """Hold the intents recorded in this context until the block ends, then
         drop them (the transaction committed or rolled back). With the server
         unreachable they are left to expire."""
-        held: list[int] = []
+        held: list[uuid.UUID] = []
         token = self._held.set(held)
         try:
             yield
@@ -97,7 +98,7 @@ class UploadIntents:
             self._held.reset(token)
             self._drop(held)
 
-    def _drop(self, held: list[int]) -> None:
+    def _drop(self, held: list[uuid.UUID]) -> None:
         if held:
             with suppress(RemoteStoreUnreachableError):
                 self._execute("DELETE FROM upload_intents WHERE id = ANY(%s)", (held,))
@@ -112,7 +113,7 @@ class UploadIntents:
         assert len(rows) == len(digests)
         held = self._held.get(None)
         if held is not None:
-            held.extend(int(row[0]) for row in rows)
+            held.extend(row[0] for row in rows)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -144,7 +144,7 @@ MIGRATIONS: tuple[str, ...] = (
     # and settings of the store, such as the bodies the index belongs with.
     """
     CREATE TABLE upload_intents (
-        id bigserial PRIMARY KEY,
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
         digest text NOT NULL,
         expires_at timestamptz NOT NULL
     );
