@@ -32,11 +32,12 @@ from kontextual_engine.storage.shared import SharedKnowledgeRepository, fsck, gc
 from kontextual_engine.storage.stores import open_store
 
 from . import shared_worker
-from .s3server import ACCESS_KEY, SECRET_KEY, SeaweedServer, ServerUnavailable
 from .s3server import ENABLE as S3_ENABLE
+from .s3server import SeaweedServer, ServerUnavailable
 from .s3server import required as s3_required
 from .servers import ENABLE as PG_ENABLE
 from .servers import PostgresServer, postgres_bin
+from .shared_fixtures import aws_environment, repo, store_url, url_of
 
 pytest.importorskip("psycopg")
 
@@ -44,38 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("shared_worker.py")
 pytestmark = pytest.mark.usefixtures("aws_environment")
 
-
-@pytest.fixture
-def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedServer) -> None:
-    """The standard AWS variables, as a user's shell (and each child process) holds them."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def url_of(database_dsn: str, bucket: str, *, extra: str = "") -> str:
-    """The store URL of a database (given by its keyword DSN) and a bucket."""
-    parts = dict(item.split("=", 1) for item in database_dsn.split())
-    return (
-        f"postgresql:///{parts['dbname']}?host={parts['host']}&port={parts['port']}"
-        f"&user={parts['user']}{extra}&objects=s3://{bucket}/kb"
-    )
-
-
-@pytest.fixture
-def store_url(postgres_server: PostgresServer, s3_bucket: str) -> str:
-    return url_of(postgres_server.new_database(migrated=False), s3_bucket)
-
-
-@pytest.fixture
-def repo(store_url: str) -> Iterator[SharedKnowledgeRepository]:
-    opened = open_store(store_url, create=True)
-    assert isinstance(opened, SharedKnowledgeRepository)
-    yield opened
-    opened.close()
+__all__ = ["aws_environment", "repo", "store_url"]  # fixtures used here
 
 
 def child_env() -> dict[str, str]:

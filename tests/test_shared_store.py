@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +30,13 @@ from kontextual_engine.models import ContextReference, NewArtifact
 from kontextual_engine.storage.shared import SharedKnowledgeRepository, SharedLocation, fsck, gc
 from kontextual_engine.storage.stores import open_store, shared_location
 
-from .s3server import ACCESS_KEY, SECRET_KEY, SeaweedServer
+from .s3server import SeaweedServer
 from .servers import PostgresServer
+from .shared_fixtures import aws_environment, repo, store_url, url_of
 
 pytestmark = pytest.mark.usefixtures("aws_environment")
 
-
-@pytest.fixture
-def aws_environment(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedServer) -> None:
-    """The standard AWS variables, as a user's shell would hold them."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def url_of(server: PostgresServer, database_dsn: str, bucket: str, prefix: str = "kb") -> str:
-    """The store URL of a database (given by its keyword DSN) and a bucket."""
-    parts = dict(item.split("=", 1) for item in database_dsn.split())
-    return (
-        f"postgresql:///{parts['dbname']}?host={parts['host']}&port={parts['port']}"
-        f"&user={parts['user']}&objects=s3://{bucket}/{prefix}"
-    )
-
-
-@pytest.fixture
-def store_url(postgres_server: PostgresServer, s3_bucket: str) -> str:
-    """A shared store's URL: an empty database and a new bucket (nothing created yet)."""
-    return url_of(postgres_server, postgres_server.new_database(migrated=False), s3_bucket)
-
-
-@pytest.fixture
-def repo(store_url: str) -> Iterator[SharedKnowledgeRepository]:
-    opened = open_store(store_url, create=True)
-    assert isinstance(opened, SharedKnowledgeRepository)
-    yield opened
-    opened.close()
+__all__ = ["aws_environment", "repo", "store_url"]  # fixtures used here
 
 
 def run(*args: str, store: str | Path, input: bytes | None = None) -> Result:
@@ -128,7 +97,7 @@ def test_an_unreachable_index_is_a_typed_error_without_the_password(s3_bucket: s
 def test_a_missing_bucket_is_a_typed_error_naming_it(
     postgres_server: PostgresServer,
 ) -> None:
-    url = url_of(postgres_server, postgres_server.new_database(), "no-such-bucket-here")
+    url = url_of(postgres_server.new_database(), "no-such-bucket-here")
     with pytest.raises(RemoteStoreError, match="no-such-bucket-here"):
         open_store(url, create=True)
 
