@@ -96,6 +96,8 @@ def test_ls_imports_its_own_command_module_and_nothing_heavy(tmp_path: Path, sto
     assert command_modules(modules) == {f"{commands.__name__}.artifacts"}
     unneeded = {"kontextual_engine.cli.ingest", "kontextual_engine.cli.plan"}
     unneeded |= {"kontextual_engine.storage.memory", "kontextual_engine.storage.sqlite.maintenance"}
+    # The ingest pipeline's threads, and the shared store's clients.
+    unneeded |= {"concurrent.futures", "kontextual_engine.storage.shared", "psycopg", "boto3"}
     assert not modules & unneeded
 
 

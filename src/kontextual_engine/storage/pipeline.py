@@ -26,7 +26,6 @@ import io
 import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from contextvars import copy_context
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from . import text
 from .bodies import BodyStore
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .contract import KnowledgeRepository
 
 __all__ = [
@@ -217,6 +218,9 @@ def pipelined(
         for item in items:
             yield work(item)
         return
+    # Imported here: every command imports this module, few run a pipeline.
+    from concurrent.futures import ThreadPoolExecutor
+
     pending: deque[tuple[Future[R], int]] = deque()
     held = 0
     source = iter(items)
