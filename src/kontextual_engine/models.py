@@ -75,6 +75,16 @@ def _check_json(value: object, where: str, depth: int) -> None:
     raise ValidationError(f"{where}: {type(value).__name__} value {value!r} is not JSON")
 
 
+def _as_dicts(value: object) -> object:
+    """``value`` (checked by :func:`_check_json`) with every mapping a dict: the
+    encoder writes only dicts as objects, and any mapping is a JSON object."""
+    if isinstance(value, Mapping):
+        return {key: _as_dicts(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_dicts(item) for item in value]
+    return value
+
+
 def _plain_json(value: object, depth: int) -> bool:
     """Whether :func:`_check_json` accepts ``value``, decided without building its
     error texts: the check of every value written in bulk. ``False`` also for
@@ -112,6 +122,7 @@ def canonical_json(value: object, where: str = "value") -> str:
     """Encode ``value`` as canonical JSON (sorted keys, no spaces, no NaN) or raise."""
     if not _plain_json(value, 0):
         _check_json(value, where, 0)
+        value = _as_dicts(value)
     text = _encode(value)
     if text.isascii():  # then no lone surrogate, and one byte per character
         size = len(text)

@@ -478,3 +478,17 @@ def test_metadata_roundtrips_exactly(backend: Backend, metadata: dict[str, objec
         got = repo.get_artifact(made.id).metadata
         assert got == metadata
         assert repo.get_artifact(made.id).metadata_json == made.metadata_json
+
+
+def test_any_mapping_is_a_json_object(repo: KnowledgeRepository, make: MakeArtifact) -> None:
+    """Metadata may hold mappings other than dicts (read-only views, ordered
+    dicts) at any depth; they are stored as the JSON objects they are."""
+    from collections import OrderedDict
+    from types import MappingProxyType
+
+    metadata = MappingProxyType(
+        {"view": MappingProxyType({"b": [OrderedDict(z=1, a=2)], "a": (1, "two")})}
+    )
+    found = repo.get_artifact(make("mapped", metadata=metadata))
+    assert found.metadata == {"view": {"a": [1, "two"], "b": [{"a": 2, "z": 1}]}}
+    assert found.metadata_json == '{"view":{"a":[1,"two"],"b":[{"a":2,"z":1}]}}'
