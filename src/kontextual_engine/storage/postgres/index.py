@@ -43,7 +43,7 @@ from ...models import (
     format_time,
     parse_time,
 )
-from .. import text
+from .. import sql_text, text
 from ..backend import IndexBackend
 from ..history import artifact_at
 from ..queries import metadata_matches
@@ -227,15 +227,7 @@ class PostgresIndex(IndexBackend):
     def list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]:
-        rest = "WHERE sequence > %s"
-        params: list[Any] = [since]
-        if entity_id is not None:
-            rest += " AND entity_id = %s"
-            params.append(entity_id)
-        rest += " ORDER BY sequence"
-        if limit is not None:
-            rest += " LIMIT %s"
-            params.append(limit)
+        rest, params = sql_text.after_sequence(since, entity_id, limit, "%s")
         return self._records(ChangeRecord, "changes", rest, *params)
 
     # -- change sets and history -------------------------------------------
@@ -251,9 +243,9 @@ class PostgresIndex(IndexBackend):
         return self._record(ChangeSet, "change_sets", "WHERE id = %s", change_set_id)
 
     def list_change_sets(self, after: int, limit: int | None) -> list[ChangeSet]:
-        rest, params = "WHERE sequence > %s ORDER BY sequence", [after]
-        if limit is not None:
-            rest, params = rest + " LIMIT %s", [*params, limit]
+        rest, params = sql_text.limited(
+            "WHERE sequence > %s ORDER BY sequence", [after], limit, "%s"
+        )
         return self._records(ChangeSet, "change_sets", rest, *params)
 
     def last_change_set(self) -> ChangeSet | None:
@@ -275,24 +267,11 @@ class PostgresIndex(IndexBackend):
     def artifacts_as_of(
         self, sequence: int, collection_id: str | None, name: str | None
     ) -> list[Artifact]:
-        where = [
-            "f.change_sequence <= %s",
-            "r.change_sequence = (SELECT max(x.change_sequence) FROM revisions x "
-            "WHERE x.artifact_id = r.artifact_id AND x.change_sequence <= %s)",
-            "NOT EXISTS (SELECT 1 FROM changes c WHERE c.entity_id = r.artifact_id "
-            "AND c.action = 'delete' AND c.sequence <= %s)",
-        ]
-        params: list[Any] = [sequence] * 3
-        if collection_id is not None:
-            where.append("r.collection_id = %s")
-            params.append(collection_id)
-        if name is not None:
-            where.append("r.name = %s")
-            params.append(name)
+        where, params = sql_text.live_revision_as_of(sequence, collection_id, name, "%s")
         rows = self.connection.rows(
             "SELECT f.record, r.record FROM revisions r "
             "JOIN revisions f ON f.artifact_id = r.artifact_id AND f.revision = 1 "
-            f"WHERE {' AND '.join(where)} ORDER BY f.change_sequence",
+            f"WHERE {where} ORDER BY f.change_sequence",
             params,
         )
         return [

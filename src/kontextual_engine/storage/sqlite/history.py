@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ...models import Artifact, ChangeRecord, ChangeSet, Relationship, format_time
+from .. import sql_text
 from ..history import artifact_at
 from .connection import Connection
 from .rows import CHANGE_SETS, CHANGES, DELETED_RELATIONSHIPS, RELATIONSHIPS, REVISIONS, Columns
@@ -44,9 +45,7 @@ class HistoryQueries:
         return found[0] if found else None
 
     def list_change_sets(self, after: int, limit: int | None) -> list[ChangeSet]:
-        rest, params = "WHERE sequence > ? ORDER BY sequence", [after]
-        if limit is not None:
-            rest, params = rest + " LIMIT ?", [*params, limit]
+        rest, params = sql_text.limited("WHERE sequence > ? ORDER BY sequence", [after], limit, "?")
         return self._records(CHANGE_SETS, rest, *params)
 
     def last_change_set(self) -> ChangeSet | None:
@@ -66,24 +65,11 @@ class HistoryQueries:
     def artifacts_as_of(
         self, sequence: int, collection_id: str | None, name: str | None
     ) -> list[Artifact]:
-        where = [
-            "f.change_sequence <= ?",
-            "r.change_sequence = (SELECT max(x.change_sequence) FROM revisions x "
-            "WHERE x.artifact_id = r.artifact_id AND x.change_sequence <= ?)",
-            "NOT EXISTS (SELECT 1 FROM changes c WHERE c.entity_id = r.artifact_id "
-            "AND c.action = 'delete' AND c.sequence <= ?)",
-        ]
-        params: list[Any] = [sequence] * 3
-        if collection_id is not None:
-            where.append("r.collection_id = ?")
-            params.append(collection_id)
-        if name is not None:
-            where.append("r.name = ?")
-            params.append(name)
+        where, params = sql_text.live_revision_as_of(sequence, collection_id, name, "?")
         sql = (
             f"SELECT {REVISIONS.select_as('r')}, {REVISIONS.select_as('f')} FROM revisions r "
             "JOIN revisions f ON f.artifact_id = r.artifact_id AND f.revision = 1 "
-            f"WHERE {' AND '.join(where)} ORDER BY f.change_sequence"
+            f"WHERE {where} ORDER BY f.change_sequence"
         )
         width = len(REVISIONS.names)
         return [

@@ -38,6 +38,7 @@ from ...models import (
     WorkflowStep,
     format_time,
 )
+from .. import sql_text
 from ..backend import IndexBackend
 from ..objects import Durability
 from ..text import NotSearchable
@@ -449,15 +450,7 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
     def list_changes(
         self, since: int, entity_id: str | None, limit: int | None
     ) -> list[ChangeRecord]:
-        rest = "WHERE sequence > ?"
-        params: list[Any] = [since]
-        if entity_id is not None:
-            rest += " AND entity_id = ?"
-            params.append(entity_id)
-        rest += " ORDER BY sequence"
-        if limit is not None:
-            rest += " LIMIT ?"
-            params.append(limit)
+        rest, params = sql_text.after_sequence(since, entity_id, limit, "?")
         return self._list(CHANGES, rest, *params)
 
     def all_collections(self) -> list[tuple[Collection, datetime | None]]:
