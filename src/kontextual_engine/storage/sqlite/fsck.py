@@ -21,9 +21,6 @@ from ..reports import (
     DEFAULT_GRACE_SECONDS,
     GC_COMMAND,
     GC_NOW_COMMAND,
-    INDEX_DAMAGE,
-    MIN_TMP_GRACE_SECONDS,
-    OBJECT_DAMAGE,
     Finding,
     FsckReport,
     Progress,
@@ -32,17 +29,7 @@ from ..reports import (
 from .connection import INDEX_NAME
 from .repository import SQLiteKnowledgeRepository
 
-__all__ = [
-    "DEFAULT_GRACE_SECONDS",
-    "GC_COMMAND",
-    "GC_NOW_COMMAND",
-    "INDEX_DAMAGE",
-    "MIN_TMP_GRACE_SECONDS",
-    "OBJECT_DAMAGE",
-    "Finding",
-    "FsckReport",
-    "fsck",
-]
+__all__ = ["fsck"]
 
 INDEX_ADVICE = (
     f"the index ({INDEX_NAME}) is damaged: restore the store from a backup "

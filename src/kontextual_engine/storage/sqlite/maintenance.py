@@ -24,13 +24,7 @@ from ..objects import OBJECTS_DIR, STORE_MARKER, TMP_DIR, Durability, ObjectStor
 from ..objects.layout import FAN
 from ..reports import (
     DEFAULT_GRACE_SECONDS,
-    GC_COMMAND,
-    GC_NOW_COMMAND,
-    INDEX_DAMAGE,
     MIN_TMP_GRACE_SECONDS,
-    OBJECT_DAMAGE,
-    Finding,
-    FsckReport,
     GcReport,
     Sweep,
     check_grace,
@@ -42,16 +36,7 @@ from .fsck import fsck
 from .repository import SQLiteKnowledgeRepository
 
 __all__ = [
-    "DEFAULT_GRACE_SECONDS",
-    "GC_COMMAND",
-    "GC_NOW_COMMAND",
-    "INDEX_DAMAGE",
-    "MIN_TMP_GRACE_SECONDS",
-    "OBJECT_DAMAGE",
     "BackupReport",
-    "Finding",
-    "FsckReport",
-    "GcReport",
     "adopt",
     "backup",
     "fsck",
