@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from .backends import BACKENDS, POSTGRES_KINDS, S3_KINDS, Backend, SharedS3
-from .s3server import ENABLE as S3_ENABLE
-from .s3server import SeaweedServer, ServerUnavailable
-from .s3server import required as s3_required
+from .s3server import SeaweedServer, running_seaweed
 from .servers import postgres_server
 
 __all__ = ["postgres_server"]
@@ -67,17 +65,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServe
 
     Under ``CI=true`` a server that cannot start fails the tests that need it;
     elsewhere they skip, naming the command that installs it."""
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        if s3_required():
-            pytest.fail(f"the S3 test server did not start: {exc}")
-        pytest.skip(f"no S3 test server ({exc}); enable with: {S3_ENABLE}")
-    try:
+    with running_seaweed(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ACCESS_KEY = "kontextual-test-key"
 SECRET_KEY = "kontextual-test-secret-0123456789"
@@ -209,6 +213,24 @@ PORT_FLAGS = [
     "admin.port.grpc",
     "debug.port",
 ]
+
+
+@contextmanager
+def running_seaweed(root: Path) -> Iterator[SeaweedServer]:
+    """A throwaway SeaweedFS with its data in ``root``, stopped at the end (also on
+    failure). One that cannot start fails the test under ``CI=true`` and skips
+    it elsewhere, naming the command that installs it."""
+    server = SeaweedServer(root)
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        if required():
+            pytest.fail(f"the S3 test server did not start: {exc}")
+        pytest.skip(f"no S3 test server ({exc}); enable with: {ENABLE}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def required() -> bool:

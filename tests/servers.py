@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +225,11 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL test server unavailable ({reason}); enable with: {ENABLE}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextmanager
+def running_postgres(*, template: bool = True) -> Iterator[PostgresServer]:
+    """A throwaway server in a temp directory, with the migrated template database
+    if ``template``, stopped and removed at the end (also on failure). One that
+    cannot start fails the test under ``CI=true`` and skips it elsewhere."""
     if importlib.util.find_spec("psycopg") is None:
         _unavailable("psycopg is not installed")
     bindir = postgres_bin()
@@ -237,7 +241,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         try:
             server.start()
-            server.make_template()
+            if template:
+                server.make_template()
         except (OSError, subprocess.SubprocessError) as exc:
             log = root / "server.log"
             detail = getattr(exc, "stderr", "") or (log.read_text() if log.exists() else "")
@@ -248,3 +253,9 @@ def postgres_server() -> Iterator[PostgresServer]:
             server.stop()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,11 +30,8 @@ from kontextual_engine.storage.shared import SharedKnowledgeRepository, fsck, gc
 from kontextual_engine.storage.stores import open_store
 
 from . import shared_worker
-from .s3server import ENABLE as S3_ENABLE
-from .s3server import SeaweedServer, ServerUnavailable
-from .s3server import required as s3_required
-from .servers import ENABLE as PG_ENABLE
-from .servers import PostgresServer, postgres_bin
+from .s3server import running_seaweed
+from .servers import PostgresServer, running_postgres
 from .shared_fixtures import aws_environment, repo, store_url, url_of
 
 pytest.importorskip("psycopg")
@@ -256,14 +251,7 @@ class Ingest:
 def test_the_s3_server_stopped_mid_ingest_is_a_clear_error_and_a_rerun_completes(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    server = SeaweedServer(tmp_path / "seaweedfs")
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        if s3_required():
-            pytest.fail(f"the S3 test server did not start: {exc}")
-        pytest.skip(f"no S3 test server ({exc}); enable with: {S3_ENABLE}")
-    try:
+    with running_seaweed(tmp_path / "seaweedfs") as server:
         bucket = f"test-{uuid.uuid4().hex[:20]}"
         server.client().create_bucket(Bucket=bucket)
         url = url_of(
@@ -304,35 +292,13 @@ def test_the_s3_server_stopped_mid_ingest_is_a_clear_error_and_a_rerun_completes
             assert rerun.error is None, rerun.error
             rerun.check(list(range(rerun.batches)), read=False)
             assert fsck(repo).ok
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of this test's own, to stop and start again."""
-    bindir = postgres_bin()
-    if bindir is None:
-        reason = "no PostgreSQL server binaries (initdb) found"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL test server could not start: {reason}")
-        pytest.skip(f"PostgreSQL test server unavailable ({reason}); enable with: {PG_ENABLE}")
-    root = Path(tempfile.mkdtemp(prefix="kpg"))
-    server = PostgresServer(root, bindir)
-    try:
-        try:
-            server.start()
-        except (OSError, subprocess.SubprocessError) as exc:
-            reason = f"{exc}: {getattr(exc, 'stderr', '')}".strip()
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"PostgreSQL test server could not start: {reason}")
-            pytest.skip(f"PostgreSQL test server unavailable ({reason}); enable with: {PG_ENABLE}")
+    with running_postgres(template=False) as server:
         yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_postgresql_restarted_mid_ingest_is_a_clear_error_and_a_rerun_completes(
