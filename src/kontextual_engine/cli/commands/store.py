@@ -311,43 +311,37 @@ def import_(app: App, source: Path, target: str | None, as_json: bool, quiet: bo
             app.shared, app.store = None, stores.store_path(target)
     if not source.exists():
         raise PathNotFound(source)
-    if app.shared is not None:
+
+    def into_new_store() -> Any:
         repo = app.repo(create=True)
         if not repo.is_empty():
             raise ConflictError(
                 f"store {app.where} already has records; import needs a new or empty store"
             )
         with progress("importing objects", quiet=quiet or as_json) as bar:
-            summary = import_snapshot(source, repo, progress=bar)
-        _imported(summary, app.where, as_json)
-        return
-    existed = app.store.exists()
-    if existed and not app.store.is_dir():
-        raise ConflictError(f"{app.store} exists and is not a directory")
-    fresh = not existed or not any(app.store.iterdir())
-    try:
-        repo = app.repo(create=True)
-        if not repo.is_empty():
-            raise ConflictError(
-                f"store {app.store} already has records; import needs a new or empty store"
-            )
-        with progress("importing objects", quiet=quiet or as_json) as bar:
-            summary = import_snapshot(source, repo, progress=bar)
-    except BaseException:
-        if fresh:
-            click.get_current_context().close()  # close the store before removing it
-            _remove_new_store(app.store, keep_directory=existed)
-        raise
-    _imported(summary, str(app.store), as_json)
+            return import_snapshot(source, repo, progress=bar)
 
-
-def _imported(summary: Any, where: str, as_json: bool) -> None:
-    """Say what import brought in (``summary``: the snapshot package's SnapshotSummary,
-    which only export and import load)."""
+    if app.shared is not None:
+        summary = into_new_store()
+    else:
+        existed = app.store.exists()
+        if existed and not app.store.is_dir():
+            raise ConflictError(f"{app.store} exists and is not a directory")
+        fresh = not existed or not any(app.store.iterdir())
+        try:
+            summary = into_new_store()
+        except BaseException:
+            if fresh:
+                click.get_current_context().close()  # close the store before removing it
+                _remove_new_store(app.store, keep_directory=existed)
+            raise
     if as_json:
         print_json(summary)
         return
-    echo(f"imported {sum(summary.counts.values())} records, {summary.objects} objects into {where}")
+    echo(
+        f"imported {sum(summary.counts.values())} records, {summary.objects} objects "
+        f"into {app.where}"
+    )
 
 
 def _upkeep() -> ModuleType:
