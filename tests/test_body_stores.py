@@ -228,3 +228,30 @@ def test_bare_hex_digests_mean_the_same_body(bodies: BodyStore) -> None:
     digest = bodies.add(b"bare")
     bare = digest.removeprefix("blake3:")
     assert bodies.exists(bare) and bodies.get(bare) == b"bare"
+
+
+def test_a_digest_prefix_resolves_to_its_one_body(bodies: BodyStore) -> None:
+    """Every body store resolves a unique prefix (4 to 64 hex digits, with or
+    without ``blake3:``), refuses an ambiguous one naming the bodies, and finds
+    none for a prefix no body has."""
+    from kontextual_engine.errors import AmbiguousPrefixError
+
+    # Two bodies whose digests share their first 4 hex digits, found by hashing.
+    by_prefix: dict[str, bytes] = {}
+    number = 0
+    while True:
+        content = b"body %d" % number
+        prefix = digest_bytes(content).removeprefix("blake3:")[:4]
+        if prefix in by_prefix:
+            break
+        by_prefix[prefix] = content
+        number += 1
+    first, second = bodies.add(by_prefix[prefix]), bodies.add(content)
+    assert bodies.resolve(first) == first
+    assert bodies.resolve(first.removeprefix("blake3:")) == first
+    assert bodies.resolve(second.removeprefix("blake3:")[:20]) == second
+    with pytest.raises(AmbiguousPrefixError, match=rf"{prefix}.*ambiguous.*2 objects"):
+        bodies.resolve(prefix)
+    missing = next(p for p in ("0000", "ffff", "1234") if p != prefix)
+    with pytest.raises(ObjectNotFound):
+        bodies.resolve(missing)
