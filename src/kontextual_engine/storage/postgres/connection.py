@@ -28,6 +28,7 @@ timeout.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ BULK_ROWS = 5000
 # of that it checks whether the server answers at all.
 POOL_TIMEOUT = 30.0
 PROBE_AFTER = 2.0
+# A pooled connection idle for longer than this is checked (one empty query)
+# before it is lent: a server restarted meanwhile has dropped it. One used more
+# recently is lent as it is; a loss then still ends in the typed error of
+# translate(), and the pool replaces the broken connection when it is returned.
+# The check is a round trip, as much as a lookup by id costs.
+CHECK_IDLE_SECONDS = 1.0
 # SQLSTATEs of a lost server: class 08 (connection exception) and the shutdowns.
 _GONE_STATES = ("57P01", "57P02", "57P03")
 
@@ -106,6 +113,8 @@ class Connection:
             timeout=POOL_TIMEOUT,
         )
         self._local = threading.local()
+        # When each pooled connection (by id) was last given back.
+        self._returned: dict[int, float] = {}
 
     def close(self) -> None:
         self.pool.close()
@@ -114,21 +123,25 @@ class Connection:
     def borrow(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection of the pool that answers, returned when the block ends.
 
-        A pooled connection the server has dropped (a restart, an idle timeout)
-        is discarded and the next one tried; when none answers, a new
+        A pooled connection idle for longer than :data:`CHECK_IDLE_SECONDS` that
+        the server has dropped (a restart, an idle timeout) is discarded and the
+        next one tried; when none answers, a new
         connection tells whether the server is up: if not, the caller gets
         :class:`RemoteStoreUnreachableError` at once with libpq's reason."""
         for _ in range(self.pool.max_size + 1):
             conn = self._getconn()
-            try:
-                conn.execute("")
-            except psycopg.OperationalError:
-                self.pool.putconn(conn)  # broken: the pool connects anew in its place
-                self.probe()
-                continue
+            idle = time.monotonic() - self._returned.get(id(conn), 0.0)
+            if idle > CHECK_IDLE_SECONDS:
+                try:
+                    conn.execute("")
+                except psycopg.OperationalError:
+                    self.pool.putconn(conn)  # broken: the pool connects anew in its place
+                    self.probe()
+                    continue
             try:
                 yield conn
             finally:
+                self._returned[id(conn)] = time.monotonic()
                 self.pool.putconn(conn)
             return
         raise unreachable(self.dsn, "no pooled connection answers although the server does")
