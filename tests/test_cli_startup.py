@@ -87,6 +87,8 @@ def test_version_imports_no_command_no_storage_and_nothing_heavy(tmp_path: Path)
     assert not command_modules(modules)
     assert "kontextual_engine.models" not in modules
     assert not {name for name in modules if name.startswith("kontextual_engine.storage.sqlite")}
+    # Beyond what click itself imports, the root command needs none of these.
+    assert not {"pathlib", "dataclasses", "kontextual_engine.cli.params"} & modules
 
 
 def test_ls_imports_its_own_command_module_and_nothing_heavy(tmp_path: Path, store: Path) -> None:

@@ -12,18 +12,19 @@ import errno
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from .. import __version__
 from ..errors import KontextualError, NotFoundError, StoreNotFound, ValidationError
-from ..storage.durable import FULL_ERRNOS, Durability, storage_full
-from .params import AS_OF_FORMS, parse_as_of
+from ..storage.durable import Durability
 
+# ``kontextual --version`` imports this module and click only: pathlib,
+# dataclasses and the command modules' helpers are imported where used.
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..storage.contract import KnowledgeRepository
     from ..storage.objects import ObjectStore
     from ..storage.s3 import S3BodyStore
@@ -89,7 +90,6 @@ class PathNotFound(NotFoundError):
         super().__init__(str(path), f"no such file or directory: {path}")
 
 
-@dataclass
 class App:
     """What the root options selected; commands open the store through it.
 
@@ -98,11 +98,14 @@ class App:
     and ``store`` is unused.
     """
 
-    store: Path
-    durability: Durability
-    shared: SharedLocation | None = None
-    # Artifacts whose words opening the store derived (an interrupted upgrade).
-    words_derived_at_open: int = 0
+    def __init__(
+        self, store: Path, durability: Durability, shared: SharedLocation | None = None
+    ) -> None:
+        self.store = store
+        self.durability = durability
+        self.shared = shared
+        # Artifacts whose words opening the store derived (an interrupted upgrade).
+        self.words_derived_at_open = 0
 
     @property
     def where(self) -> str:
@@ -207,6 +210,8 @@ def fail(code: int, message: str) -> NoReturn:
 
 def describe(exc: Exception) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ends a command."""
+    from ..storage.durable import FULL_ERRNOS, storage_full
+
     if isinstance(exc, KontextualError):
         return exc.exit_code, str(exc)
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
@@ -321,6 +326,8 @@ def change_set_options(function: F) -> F:
 
 
 def as_of_option(function: F) -> F:
+    from .params import AS_OF_FORMS, parse_as_of
+
     return click.option(
         "--as-of",
         metavar="POINT",
@@ -375,6 +382,8 @@ def cli(ctx: click.Context, store: str, durability: str, debug: bool) -> None:
     abbreviated to a unique prefix of at least 4 hex digits.
     """
     # --debug is read where errors are reported, in KontextualGroup.invoke.
+    from pathlib import Path
+
     from ..storage import stores
 
     if stores.is_shared(store):
