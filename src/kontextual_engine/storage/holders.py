@@ -9,7 +9,6 @@ the holder.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 
@@ -28,9 +27,17 @@ def _process_start(pid: int) -> str | None:
     return fields[19].decode() if fields is not None and len(fields) > 19 else None
 
 
+def _host() -> str:
+    # socket is imported here: every command that opens a store imports this
+    # module, and only run leases need the host name.
+    import socket
+
+    return socket.gethostname()
+
+
 def current_holder() -> dict[str, Any]:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}
+    return {"host": _host(), "pid": pid, "started": _process_start(pid)}
 
 
 def holder_is_gone(holder: dict[str, Any]) -> bool:
@@ -38,7 +45,7 @@ def holder_is_gone(holder: dict[str, Any]) -> bool:
 
     A holder on another host cannot be checked from here; its lease decides.
     """
-    if holder.get("host") != socket.gethostname():
+    if holder.get("host") != _host():
         return False
     pid = holder.get("pid")
     if not isinstance(pid, int) or pid <= 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import difflib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -562,6 +561,8 @@ def _diff_lines(lines: Iterator[str]) -> Iterator[str]:
 @click.pass_obj
 def diff(app: App, ref: str, old: int, new: int) -> None:
     """Unified diff between two revisions of a text artifact."""
+    import difflib
+
     repo = app.repo()
     artifact_id = resolve.artifact_id(repo, ref)
     names = resolve.Names(repo)

@@ -18,7 +18,6 @@ import fcntl
 import itertools
 import os
 import re
-import secrets
 import threading
 import time
 import weakref
@@ -230,7 +229,7 @@ def _take_ownership(tmp: str) -> _Owner:
     checked to still be this file, and a fresh name is taken otherwise.
     """
     for attempt in itertools.count():
-        prefix = f"{os.getpid()}.{secrets.token_hex(8)}"
+        prefix = f"{os.getpid()}.{os.urandom(8).hex()}"
         path = f"{tmp}/{prefix}{_LOCK_SUFFIX}"
         try:
             fd = os.open(path, WRITE_FLAGS, 0o444)
