@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from kontextual_engine.errors import IntegrityError, StoreFormatError, StoreNotFound
+from kontextual_engine.errors import (
+    IntegrityError,
+    RemoteStoreUnreachableError,
+    StoreFormatError,
+)
 from kontextual_engine.models import NewArtifact, Query
 from kontextual_engine.storage import KnowledgeRepository
 from kontextual_engine.storage.bodies import MemoryBodyStore
@@ -137,7 +141,7 @@ def test_a_newer_schema_is_refused_by_name(postgres_server: PostgresServer) -> N
 
 def test_an_unreachable_server_is_a_typed_error_without_the_password(tmp_path: Path) -> None:
     dsn = f"host={tmp_path} port=5432 dbname=nothing user=nobody password=s3cret connect_timeout=2"
-    with pytest.raises(StoreNotFound, match="cannot connect") as caught:
+    with pytest.raises(RemoteStoreUnreachableError, match="unreachable") as caught:
         PostgresIndex(dsn, pool_size=1)
     assert "s3cret" not in str(caught.value)
 

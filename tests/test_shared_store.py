@@ -21,7 +21,9 @@ from click.testing import CliRunner, Result
 from kontextual_engine.cli import cli
 from kontextual_engine.errors import (
     DuplicateNameError,
+    RemoteStoreAccessError,
     RemoteStoreError,
+    RemoteStoreUnreachableError,
     StoreFormatError,
     StoreNotFound,
     ValidationError,
@@ -86,12 +88,27 @@ def test_a_malformed_url_is_refused_naming_the_part_without_the_password(
 
 def test_an_unreachable_index_is_a_typed_error_without_the_password(s3_bucket: str) -> None:
     url = f"postgresql://ana:hunter2@127.0.0.1:9/kb?connect_timeout=2&objects=s3://{s3_bucket}/kb"
-    with pytest.raises(StoreNotFound) as caught:
+    with pytest.raises(RemoteStoreUnreachableError, match="unreachable") as caught:
         open_store(url)
     assert "hunter2" not in str(caught.value)
     result = run("ls", store=url)
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 8, result.output
     assert "hunter2" not in result.output
+
+
+def test_a_missing_database_and_a_refused_user_are_told_apart(
+    postgres_server: PostgresServer, s3_bucket: str
+) -> None:
+    missing = url_of(postgres_server.dsn("no_such_database"), s3_bucket)
+    with pytest.raises(StoreNotFound, match="no such database"):
+        open_store(missing)
+    assert run("ls", store=missing).exit_code == 3
+    stranger = url_of(
+        postgres_server.dsn("postgres").replace("user=postgres", "user=nobody_here"), s3_bucket
+    )
+    with pytest.raises(RemoteStoreAccessError, match="refused the connection"):
+        open_store(stranger)
+    assert run("ls", store=stranger).exit_code == 9
 
 
 def test_a_missing_bucket_is_a_typed_error_naming_it(

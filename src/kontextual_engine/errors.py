@@ -203,6 +203,7 @@ class RemoteStoreUnreachableError(RemoteStoreError):
 
 
 class RemoteStoreAccessError(RemoteStoreError):
-    """The remote object store denied access to the bucket or prefix."""
+    """Access denied: the remote object store to the bucket or prefix, or a shared
+    store's PostgreSQL server to the user or its password."""
 
     exit_code = 9

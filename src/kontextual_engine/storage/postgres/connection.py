@@ -27,6 +27,7 @@ timeout.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +40,13 @@ import psycopg.conninfo
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...errors import IntegrityError, RemoteStoreUnreachableError, StoreNotFound
+from ...errors import (
+    IntegrityError,
+    KontextualError,
+    RemoteStoreAccessError,
+    RemoteStoreUnreachableError,
+    StoreNotFound,
+)
 from . import schema
 
 # Rows buffered inside bulk() before they are written anyway.
@@ -56,6 +63,8 @@ PROBE_AFTER = 2.0
 CHECK_IDLE_SECONDS = 1.0
 # SQLSTATEs of a lost server: class 08 (connection exception) and the shutdowns.
 _GONE_STATES = ("57P01", "57P02", "57P03")
+# libpq's text for a server that answered that the database does not exist.
+_MISSING_DATABASE = re.compile(r'FATAL:\s+database ".*" does not exist')
 
 
 @dataclass
@@ -101,9 +110,7 @@ class Connection:
                     )
                 schema.migrate(conn)
         except psycopg.OperationalError as exc:
-            raise StoreNotFound(
-                shown_dsn(dsn), f"cannot connect to the PostgreSQL index: {exc}"
-            ) from exc
+            raise refused_at_open(dsn, exc) from exc
         self.pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=1,
@@ -367,6 +374,28 @@ def connection_lost(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     return state is None or state.startswith("08") or state in _GONE_STATES
+
+
+def refused_at_open(dsn: str, exc: psycopg.OperationalError) -> KontextualError:
+    """The typed error of a first connection that failed, by what libpq says.
+
+    A failed connection carries no SQLSTATE, only libpq's text: a server that
+    answered and refused says ``FATAL:`` (a missing database, an unknown role, a
+    wrong password); anything else (refused, timed out, no such socket or host)
+    means no server answered."""
+    reason = " ".join(str(exc).split())
+    if "FATAL:" not in reason:
+        return unreachable(dsn, reason)
+    if _MISSING_DATABASE.search(reason):
+        return StoreNotFound(
+            shown_dsn(dsn),
+            f"the PostgreSQL server has no such database ({reason}); create it "
+            "(createdb), then `kontextual --store URL init`",
+        )
+    return RemoteStoreAccessError(
+        f"the PostgreSQL server at {shown_dsn(dsn)} refused the connection ({reason}): "
+        "check the user, its password (PGPASSWORD, ~/.pgpass) and pg_hba.conf"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
