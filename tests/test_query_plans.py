@@ -71,6 +71,19 @@ def test_lookup_by_name_searches_the_live_name_index(repo: SQLiteKnowledgeReposi
     assert "SEARCH a USING INDEX artifacts_live_name (collection_id=? AND name=?)" in plan, plan
 
 
+def test_lookups_by_digest_search_the_digest_buckets(repo: SQLiteKnowledgeRepository) -> None:
+    """Both digest indexes are keyed by the digest's bucket first: a lookup must
+    name the bucket and test the whole digest apart, or it scans."""
+    artifact = repo.list_artifacts()[3]
+    plan = plan_of(repo, lambda: repo.query(digest=artifact.digest))
+    assert "SEARCH a USING INDEX artifacts_live_digest (<expr>=?)" in plan, plan
+    plan = plan_of(repo, lambda: repo.index.revisions_with_digest(artifact.digest))
+    assert "SEARCH revisions USING INDEX revisions_digest (<expr>=?)" in plan, plan
+    assert [r.artifact_id for r in repo.index.revisions_with_digest(artifact.digest)] == [
+        artifact.id
+    ]
+
+
 def test_text_query_is_driven_by_fts5(repo: SQLiteKnowledgeRepository) -> None:
     """In creation order, FTS5 yields matches by rowid: a LIMIT stops it early."""
     plan = plan_of(

@@ -50,12 +50,15 @@ def conditions(query: Query, *, probe: bool = False) -> tuple[list[str], list[An
     for column, value in (
         ("collection_id", query.collection_id),
         ("name", query.name),
-        ("digest", None if query.digest is None else parse_digest(query.digest)),
         ("artifact_type", query.artifact_type),
     ):
         if value is not None:
             where.append(f"a.{column} = ?")
             params.append(value)
+    if query.digest is not None:
+        digest = parse_digest(query.digest)
+        where.append(f"{schema.bucket_sql('a.digest')} = ? AND +a.digest = ?")
+        params += [schema.digest_bucket(digest), digest]
     if query.metadata is not None:
         for key, value in query.metadata.items():
             condition, values = _metadata_condition(value)

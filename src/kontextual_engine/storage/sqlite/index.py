@@ -541,7 +541,12 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
         return self._list(REVISIONS, "WHERE run_id = ? ORDER BY change_sequence", run_id)
 
     def revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
-        return self._list(REVISIONS, "WHERE digest = ? ORDER BY change_sequence", digest)
+        return self._list(
+            REVISIONS,
+            f"WHERE {schema.bucket_sql('digest')} = ? AND +digest = ? ORDER BY change_sequence",
+            schema.digest_bucket(digest),
+            digest,
+        )
 
     def store_manifest(self, manifest: RunManifest) -> None:
         self.connection.execute("DELETE FROM manifest_refs WHERE run_id = ?", (manifest.run_id,))

@@ -464,6 +464,42 @@ def _change_sets(db: Database) -> None:
         db.conn.execute(statement)
 
 
+# Digest lookups (the live artifacts, the revisions holding a body) go through
+# indexes keyed by the digest's first byte, then the creation sequence, then
+# the digest: a bulk ingest appends at the ends of 256 ranges. Keyed by the
+# whole digest, every insert landed on a page of its own once the indexes
+# outgrew a batch: at a million artifacts the two indexes were 58% of the
+# pages a batch of 10,000 wrote (docs/performance.md, "Growth"). A lookup
+# reads its range (1/256 of the rows) in the index, without the table.
+def bucket_sql(column: str) -> str:
+    """The SQL of a digest column's bucket, as the digest indexes begin with it.
+
+    A query must write this expression, and its test of the whole digest as
+    ``+column = ?``: given ``column = ?``, SQLite puts the value into the
+    expression (constant propagation) and then finds no index for it."""
+    return f"substr({column}, 8, 2)"
+
+
+def digest_bucket(digest: str) -> str:
+    """The bucket of ``digest`` (``blake3:<hex>``): its first byte, in hex."""
+    return digest[7:9]
+
+
+_DIGEST_BUCKETS = (
+    "DROP INDEX artifacts_live_digest",
+    f"CREATE INDEX artifacts_live_digest ON artifacts ({bucket_sql('digest')}, sequence, digest) "
+    "WHERE deleted_at IS NULL",
+    "DROP INDEX revisions_digest",
+    f"CREATE INDEX revisions_digest ON revisions ({bucket_sql('digest')}, change_sequence, digest)",
+)
+
+
+@_migration("0007_digest_buckets")
+def _digest_buckets(db: Database) -> None:
+    for statement in _DIGEST_BUCKETS:
+        db.conn.execute(statement)
+
+
 def metadata_rows(sequence: int, metadata_json: str) -> list[tuple[int, str, str, Any]]:
     """The ``artifact_metadata`` rows of one artifact's metadata."""
     return [
