@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1137,6 +1138,28 @@ def _written_bytes() -> int:
     return 0
 
 
+# The B-trees a growth note names: those that wrote the most pages of a batch.
+GROWTH_TOP_BTREES = 5
+
+
+def wal_pages_by_btree(conn: sqlite3.Connection, wal: Path) -> Counter[str]:
+    """The pages in the WAL file, counted by the table or index they belong to.
+
+    Read after a batch's commit, before the next write restarts the WAL: each
+    frame header names a page, and ``dbstat`` names the B-tree of each page.
+    Frames left from a longer earlier transaction carry other salts and end
+    the reading."""
+    pages: set[int] = set()
+    with open(wal, "rb") as log:
+        wal_header = log.read(32)
+        page_size, salts = int.from_bytes(wal_header[8:12], "big"), wal_header[16:24]
+        while len(header := log.read(24)) == 24 and header[8:16] == salts:
+            pages.add(int.from_bytes(header[:4], "big"))
+            log.seek(page_size, os.SEEK_CUR)
+    owner = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+    return Counter(owner.get(page, "(free or other)") for page in pages)
+
+
 def growth(ctx: Context) -> None:
     """Batches of ``growth_batch`` put into one ``batch`` store, three timed at each
     size, after one untimed warm-up batch: the first timed batch never pays for
@@ -1192,11 +1215,13 @@ def growth(ctx: Context) -> None:
         m.extra["from"] = count
         m.extra["wal_pages"] = []
         m.extra["written_bytes"] = []
-        for _ in range(3):
+        for repetition in range(3):
             drop_dirty_pages()
             before = _written_bytes()
             m.seconds.append(put(batch))
             m.extra["wal_pages"].append(wal_frames())
+            if repetition == 0:
+                by_btree = wal_pages_by_btree(conn, target / "index.sqlite-wal")
             drop_dirty_pages()
             m.extra["written_bytes"].append(_written_bytes() - before)
         pages = statistics.median(m.extra["wal_pages"])
@@ -1212,6 +1237,13 @@ def growth(ctx: Context) -> None:
             f"took {m.median / batch * 1e6:.0f} us per artifact, wrote {pages:,.0f} pages "
             f"({pages * page / MIB:.0f} MiB) to the WAL and {written / MIB:.0f} MiB in all "
             "(bodies, WAL, checkpoint; median of three)",
+        )
+        ctx.report.note(
+            workload,
+            f"at {point:,} artifacts the first batch's pages by B-tree: "
+            + ", ".join(
+                f"{name} {count:,}" for name, count in by_btree.most_common(GROWTH_TOP_BTREES)
+            ),
         )
         measured.append(m)
     repo.close()
