@@ -78,7 +78,8 @@ def test_lookups_by_digest_search_the_digest_buckets(repo: SQLiteKnowledgeReposi
     plan = plan_of(repo, lambda: repo.query(digest=artifact.digest))
     assert "SEARCH a USING INDEX artifacts_live_digest (<expr>=?)" in plan, plan
     plan = plan_of(repo, lambda: repo.index.revisions_with_digest(artifact.digest))
-    assert "SEARCH revisions USING INDEX revisions_digest (<expr>=?)" in plan, plan
+    assert "SEARCH revisions USING COVERING INDEX revisions_digest (<expr>=?)" in plan, plan
+    assert "SEARCH r USING PRIMARY KEY (artifact_id=? AND revision=?)" in plan, plan
     assert [r.artifact_id for r in repo.index.revisions_with_digest(artifact.digest)] == [
         artifact.id
     ]

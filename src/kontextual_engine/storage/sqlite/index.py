@@ -541,12 +541,15 @@ class SQLiteIndex(HistoryQueries, IndexBackend):
         return self._list(REVISIONS, "WHERE run_id = ? ORDER BY change_sequence", run_id)
 
     def revisions_with_digest(self, digest: str) -> list[ArtifactRevision]:
-        return self._list(
-            REVISIONS,
-            f"WHERE {schema.bucket_sql('digest')} = ? AND +digest = ? ORDER BY change_sequence",
-            schema.digest_bucket(digest),
-            digest,
+        # The keys come from the digest index alone; a WITHOUT ROWID table
+        # would otherwise be searched for every row of the digest's bucket.
+        sql = (
+            f"SELECT {REVISIONS.select_as('r')} FROM (SELECT artifact_id, revision "
+            f"FROM revisions WHERE {schema.bucket_sql('digest')} = ? AND +digest = ?) "
+            "JOIN revisions r USING (artifact_id, revision) ORDER BY r.change_sequence"
         )
+        rows = self.connection.rows(sql, (schema.digest_bucket(digest), digest))
+        return [REVISIONS.read(row) for row in rows]
 
     def store_manifest(self, manifest: RunManifest) -> None:
         self.connection.execute("DELETE FROM manifest_refs WHERE run_id = ?", (manifest.run_id,))
