@@ -34,7 +34,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,7 +88,7 @@ from .bodies import BodyStore
 from .context import ContextRules
 from .history import AsOf, ChangeSetFields, HistoryRules, OpenChangeSet, check_change_set_fields
 from .ids import Clock, IdSource, MonotonicIds, system_clock
-from .pipeline import INGEST_WORKERS, NewFile, Source, StoredBody, put_files, store_body
+from .pipeline import INGEST_WORKERS, NewFile, Source, StoredBody, store_body, stored_artifacts
 from .queries import DIRECTIONS, check_id, normalize_query, ranked
 from .restore import RestoreRules
 from .runs import RunsContract
@@ -439,19 +439,18 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
     ) -> list[PutResult]:
         """:meth:`put_artifacts` with each body read from a file's path or a binary
         stream (:class:`NewFile`), in chunks, by ``workers`` threads overlapped
-        with the index transaction; see :func:`.pipeline.put_files`."""
-        return put_files(
-            self,
-            collection_id,
-            items,
-            run_id=run_id,
-            metadata=metadata,
-            keep_types=keep_types,
-            actor=actor,
-            message=message,
-            at=at,
-            workers=workers,
-        )
+        with the index transaction (:func:`.pipeline.stored_artifacts`). Same
+        outcomes, errors and atomicity: one transaction, all or nothing; every
+        body is durable before it commits."""
+        # closing(): the workers are done before the transaction's bodies are
+        # flushed, also when put_artifacts fails part way.
+        with (
+            self.transaction(actor=actor, message=message, at=at),
+            closing(stored_artifacts(self.bodies, items, workers=workers)) as artifacts,
+        ):
+            return self.put_artifacts(
+                collection_id, artifacts, run_id=run_id, metadata=metadata, keep_types=keep_types
+            )
 
     def apply(
         self,

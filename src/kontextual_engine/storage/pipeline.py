@@ -26,22 +26,19 @@ import io
 import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
-from contextlib import closing
 from contextvars import copy_context
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from ..digests import Digest
 from ..errors import ValidationError
-from ..models import MetadataMode, NewArtifact, PutResult
+from ..models import NewArtifact
 from . import text
 from .bodies import BodyStore
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from .contract import KnowledgeRepository
 
 __all__ = [
     "INGEST_WORKERS",
@@ -49,8 +46,8 @@ __all__ = [
     "Source",
     "StoredBody",
     "pipelined",
-    "put_files",
     "store_body",
+    "stored_artifacts",
 ]
 
 # Threads that read, hash and write bodies ahead of the index transaction: the
@@ -254,30 +251,19 @@ def pipelined(
             # Leaving the pool's block waits for the workers that already started.
 
 
-def put_files(
-    repo: KnowledgeRepository,
-    collection_id: str,
-    items: Iterable[NewFile],
-    *,
-    run_id: str | None = None,
-    metadata: MetadataMode | str = MetadataMode.REPLACE,
-    keep_types: bool = False,
-    actor: str | None = None,
-    message: str | None = None,
-    at: datetime | None = None,
-    workers: int = INGEST_WORKERS,
-) -> list[PutResult]:
-    """:meth:`~.contract.KnowledgeRepository.put_artifacts` of bodies read from files
-    or streams: ``workers`` threads read, hash and write each body in chunks
-    (:func:`pipelined`) while the index transaction takes the artifacts in
-    order. Same outcomes, errors and atomicity as ``put_artifacts``: one
-    transaction, all or nothing; every body is durable before it commits.
+def stored_artifacts(
+    bodies: BodyStore, items: Iterable[NewFile], *, workers: int = INGEST_WORKERS
+) -> Generator[NewArtifact, None, None]:
+    """The :class:`NewArtifact` of each :class:`NewFile`, in order, its body already
+    in ``bodies``: ``workers`` threads read, hash and store the bodies in chunks
+    ahead of the consumer (:func:`pipelined`). Close the generator (or exhaust
+    it) before the transaction's bodies are flushed: that waits for the workers.
     """
 
     def stored(item: NewFile) -> NewArtifact:
         if not isinstance(item, NewFile):
             raise ValidationError(f"expected a NewFile, got {type(item).__name__}")
-        body = store_body(repo.bodies, item.source)
+        body = store_body(bodies, item.source)
         return NewArtifact(
             item.name, body, item.artifact_type, item.media_type, item.metadata, item.provenance
         )
@@ -285,12 +271,4 @@ def put_files(
     def weight(item: NewFile) -> int:
         return source_size(item.source) if isinstance(item, NewFile) else 0
 
-    # closing(): the workers are done before the transaction's bodies are flushed,
-    # also when put_artifacts fails part way.
-    with (
-        repo.transaction(actor=actor, message=message, at=at),
-        closing(pipelined(items, stored, weight=weight, workers=workers)) as artifacts,
-    ):
-        return repo.put_artifacts(
-            collection_id, artifacts, run_id=run_id, metadata=metadata, keep_types=keep_types
-        )
+    return pipelined(items, stored, weight=weight, workers=workers)
