@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from kontextual_engine.errors import (
 )
 from kontextual_engine.models import MAX_JSON_DEPTH, canonical_json
 from kontextual_engine.storage import KnowledgeRepository
+from kontextual_engine.storage.pipeline import NewFile
 
 from .conftest import Backend, MakeArtifact
 
@@ -492,3 +494,66 @@ def test_any_mapping_is_a_json_object(repo: KnowledgeRepository, make: MakeArtif
     found = repo.get_artifact(make("mapped", metadata=metadata))
     assert found.metadata == {"view": {"a": [1, "two"], "b": [{"a": 2, "z": 1}]}}
     assert found.metadata_json == '{"view":{"a":[1,"two"],"b":[{"a":2,"z":1}]}}'
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_put_files_is_put_artifacts_of_paths_and_streams(
+    repo: KnowledgeRepository, collection_id: str, tmp_path: Path, workers: int
+) -> None:
+    """Bodies read from paths and streams give the outcomes, bodies and change set
+    that the same bytes give through put_artifacts."""
+    paths = []
+    for number in range(5):
+        path = tmp_path / f"f{number}.md"
+        path.write_bytes(f"file {number} about retrieval\n".encode() * (number + 1))
+        paths.append(path)
+    repo.create_artifact(collection_id, "f1.md", b"old", artifact_type="note")
+    with open(paths[4], "rb") as stream:
+        results = repo.put_files(
+            collection_id,
+            [NewFile(p.name, str(p), "note", metadata={"n": i}) for i, p in enumerate(paths[:4])]
+            + [NewFile("f4.md", stream, "note")],
+            actor="ana",
+            message="files",
+            workers=workers,
+        )
+    assert [r.outcome for r in results] == [PutOutcome.CREATED, PutOutcome.UPDATED] + [
+        PutOutcome.CREATED
+    ] * 3
+    for result, path in zip(results, paths, strict=True):
+        assert result.artifact.name == path.name
+        assert result.artifact.digest == digest_bytes(path.read_bytes())
+        assert repo.read_content(result.artifact.id) == path.read_bytes()
+    assert repo.get_artifact_by_name(collection_id, "f2.md").metadata == {"n": 2}
+    assert [hit.artifact.name for hit in repo.search("retrieval")]
+    [change_set] = repo.list_change_sets(after=results[0].artifact.sequence - 1)
+    assert (change_set.actor, change_set.message) == ("ana", "files")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_put_files_is_all_or_nothing(
+    repo: KnowledgeRepository, collection_id: str, tmp_path: Path, workers: int
+) -> None:
+    good = tmp_path / "good.md"
+    good.write_bytes(b"good")
+    before = repo.last_sequence()
+    with pytest.raises(ValidationError, match="NewFile"):
+        repo.put_files(
+            collection_id,
+            [NewFile("good.md", str(good), "note"), NewArtifact("b", b"2", "note")],  # type: ignore[list-item]
+            workers=workers,
+        )
+    with pytest.raises(ValidationError, match="cannot read"):
+        repo.put_files(
+            collection_id,
+            [NewFile("good.md", str(good), "note"), NewFile("gone", str(tmp_path / "no"), "note")],
+            workers=workers,
+        )
+    with pytest.raises(DuplicateNameError):
+        repo.put_files(
+            collection_id,
+            [NewFile("a", str(good), "note"), NewFile("a", str(good), "note")],
+            workers=workers,
+        )
+    assert repo.list_artifacts(collection_id) == []
+    assert repo.last_sequence() == before
