@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from kontextual_engine.storage import KnowledgeRepository
 from kontextual_engine.storage.bodies import MemoryBodyStore
 
 from .servers import PostgresServer
+from .workers import release_together, start
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -27,7 +26,7 @@ from kontextual_engine.storage.postgres import PostgresIndex, schema  # noqa: E4
 from kontextual_engine.storage.postgres.index import LEXEME_CHARS  # noqa: E402
 from kontextual_engine.storage.postgres.intents import UploadIntents  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("postgres_worker.py")
 
 # What a schema is made of, read from the catalog (migration times left out).
 _CATALOG = (
@@ -203,36 +202,10 @@ def test_four_processes_writing_at_once_leave_a_gap_free_feed(
     writers, count = 4, 250
     try:
         collection = repo.create_collection("shared")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "tests" / "postgres_worker.py"),
-                    dsn,
-                    collection.id,
-                    str(worker),
-                    str(count),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            for worker in range(writers)
+            start(WORKER, dsn, collection.id, str(worker), str(count)) for worker in range(writers)
         ]
-        try:
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            results = [proc.communicate(timeout=300) for proc in procs]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        results = release_together(procs)
         for proc, (out, err) in zip(procs, results, strict=True):
             assert proc.returncode == 0, err
             assert out.strip() == str(count)

@@ -8,10 +8,7 @@ leaves them running, and a throwaway server of its own where it stops one.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,36 +30,14 @@ from . import shared_worker
 from .s3server import running_seaweed
 from .servers import PostgresServer, running_postgres
 from .shared_fixtures import aws_environment, repo, store_url, url_of
+from .workers import release_together, start, stop_all
 
 pytest.importorskip("psycopg")
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("shared_worker.py")
 pytestmark = pytest.mark.usefixtures("aws_environment")
 
 __all__ = ["aws_environment", "repo", "store_url"]  # fixtures used here
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-
-
-def start_worker(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-
-
-def stop_all(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 # -- writers at once -----------------------------------------------------------
@@ -74,17 +49,10 @@ def test_four_processes_write_a_thousand_artifacts_each_through_s3_bodies(
     writers, count, batch = 4, 1000, 50
     collection = repo.create_collection("shared")
     procs = [
-        start_worker("write", store_url, collection.id, str(w), str(count), str(batch))
+        start(WORKER, "write", store_url, collection.id, str(w), str(count), str(batch))
         for w in range(writers)
     ]
-    try:
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = [proc.communicate(timeout=300) for proc in procs]
-    finally:
-        stop_all(procs)
+    results = release_together(procs)
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert "Traceback" not in err, err
@@ -129,7 +97,7 @@ def test_a_writer_killed_mid_transaction_leaves_nothing_and_gc_takes_only_its_bo
     )
     changes_before = repo.list_changes()
     intent_seconds, count = 3.0, 6
-    proc = start_worker("hang", store_url, collection.id, str(intent_seconds), str(count))
+    proc = start(WORKER, "hang", store_url, collection.id, str(intent_seconds), str(count))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the handshake: bodies stored, rows written
