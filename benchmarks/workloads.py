@@ -205,13 +205,16 @@ def bulk_ingest(ctx: Context) -> None:
     del docs
     log(f"  {n:,} documents of ~1 KiB written to {source}, and with a NUL byte to {source_nul}")
 
-    def ours(durability: str, folder: Path = source) -> Run:
+    def ingest(
+        label: str, durability: str, put: Callable[[SQLiteKnowledgeRepository, str], list[Any]]
+    ) -> Run:
+        """One fresh store, timed from its opening to its closing around ``put``."""
+
         def run() -> float:
-            target = ctx.fresh(f"store-{durability}")
+            target = ctx.fresh(f"store-{label}")
             start = time.perf_counter()
             repo = SQLiteKnowledgeRepository.open(target, durability=durability, create=True)
-            collection = repo.create_collection("bench")
-            results = repo.put_artifacts(collection.id, _read_items(folder, names, metadata))
+            results = put(repo, repo.create_collection("bench").id)
             repo.close()
             seconds = time.perf_counter() - start
             assert len(results) == n
@@ -219,28 +222,28 @@ def bulk_ingest(ctx: Context) -> None:
             return seconds
 
         return run
+
+    def ours(durability: str, folder: Path = source) -> Run:
+        return ingest(
+            durability,
+            durability,
+            lambda repo, collection_id: repo.put_artifacts(
+                collection_id, _read_items(folder, names, metadata)
+            ),
+        )
 
     def files_in(workers: int) -> Run:
         """put_files: bodies read, hashed and written by ``workers`` threads
         (0: on the calling thread) overlapped with the index transaction."""
 
-        def run() -> float:
-            target = ctx.fresh(f"store-files-{workers}")
-            start = time.perf_counter()
-            repo = SQLiteKnowledgeRepository.open(target, durability="batch", create=True)
-            collection = repo.create_collection("bench")
+        def put(repo: SQLiteKnowledgeRepository, collection_id: str) -> list[Any]:
             items = (
                 NewFile(name, source / name, "document", "text/markdown", meta)
                 for name, meta in zip(names, metadata, strict=True)
             )
-            results = repo.put_files(collection.id, items, workers=workers)
-            repo.close()
-            seconds = time.perf_counter() - start
-            assert len(results) == n
-            ctx.discard(target)
-            return seconds
+            return repo.put_files(collection_id, items, workers=workers)
 
-        return run
+        return ingest(f"files-{workers}", "batch", put)
 
     def git(config: tuple[str, ...]) -> Run:
         def run() -> float:
