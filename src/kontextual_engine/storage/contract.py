@@ -1091,6 +1091,8 @@ class KnowledgeRepository(RunsContract, ContextRules, RestoreRules, HistoryRules
             sequence,
             item.run_id,
         )
+        # _revision_of(artifact, sequence), written out from the locals: this is
+        # the bulk path, and the helper measured 4-10 us more per document.
         revision = ArtifactRevision(
             artifact_id,
             1,
