@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +215,28 @@ class Ingest:
             present = {item.name in names for item in self.items(batch)}
             assert len(present) == 1, f"batch {batch} is there in part"
 
+    def stopped_by(self, stop: Callable[[], None]) -> BaseException:
+        """Run until three batches are acknowledged, ``stop`` a server, and return
+        the error that ended the ingest (it must end, with one)."""
+        thread = self.start()
+        self.wait_for(3)
+        stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        assert self.error is not None
+        return self.error
+
+    def recovers(self, acknowledged: list[int]) -> None:
+        """With the server back: every acknowledged batch is there, none in part,
+        and a re-run of them all completes on the same repository, fsck clean."""
+        self.check(acknowledged)
+        self.check_whole()
+        rerun = Ingest(self.repo, self.collection_id, batches=self.batches)
+        rerun.run()
+        assert rerun.error is None, rerun.error
+        rerun.check(list(range(rerun.batches)), read=False)
+        assert fsck(self.repo).ok
+
 
 def test_the_s3_server_stopped_mid_ingest_is_a_clear_error_and_a_rerun_completes(
     postgres_server: PostgresServer, tmp_path: Path
@@ -230,12 +252,7 @@ def test_the_s3_server_stopped_mid_ingest_is_a_clear_error_and_a_rerun_completes
         with open_store(url, create=True) as repo:
             assert isinstance(repo, SharedKnowledgeRepository)
             ingest = Ingest(repo, repo.create_collection("docs").id, batches=30)
-            thread = ingest.start()
-            ingest.wait_for(3)
-            server.stop()
-            thread.join(timeout=120)
-            assert not thread.is_alive()
-            error = ingest.error
+            error = ingest.stopped_by(server.stop)
             assert isinstance(error, RemoteStoreError), repr(error)
             assert isinstance(error, RemoteStoreUnreachableError), str(error)
             message = str(error)
@@ -253,13 +270,7 @@ def test_the_s3_server_stopped_mid_ingest_is_a_clear_error_and_a_rerun_completes
             assert "unreachable" in result.output and server.endpoint in result.output
 
             server.start()
-            ingest.check(acknowledged)
-            ingest.check_whole()
-            rerun = Ingest(repo, ingest.collection_id, batches=ingest.batches)
-            rerun.run()
-            assert rerun.error is None, rerun.error
-            rerun.check(list(range(rerun.batches)), read=False)
-            assert fsck(repo).ok
+            ingest.recovers(acknowledged)
 
 
 @pytest.fixture
@@ -276,12 +287,7 @@ def test_postgresql_restarted_mid_ingest_is_a_clear_error_and_a_rerun_completes(
     with open_store(url, create=True) as repo:
         assert isinstance(repo, SharedKnowledgeRepository)
         ingest = Ingest(repo, repo.create_collection("docs").id, batches=40)
-        thread = ingest.start()
-        ingest.wait_for(3)
-        own_postgres.stop("fast")
-        thread.join(timeout=120)
-        assert not thread.is_alive()
-        error = ingest.error
+        error = ingest.stopped_by(lambda: own_postgres.stop("fast"))
         assert isinstance(error, RemoteStoreUnreachableError), repr(error)
         message = str(error)
         assert "PostgreSQL index" in message and "unreachable" in message
@@ -301,12 +307,6 @@ def test_postgresql_restarted_mid_ingest_is_a_clear_error_and_a_rerun_completes(
 
         own_postgres.start()
         # The same repository carries on: broken connections are replaced.
-        ingest.check(acknowledged)
-        ingest.check_whole()
-        rerun = Ingest(repo, ingest.collection_id, batches=ingest.batches)
-        rerun.run()
-        assert rerun.error is None, rerun.error
-        rerun.check(list(range(rerun.batches)), read=False)
+        ingest.recovers(acknowledged)
         sequences = [change.sequence for change in repo.list_changes()]
         assert sequences == list(range(1, len(sequences) + 1))
-        assert fsck(repo).ok
